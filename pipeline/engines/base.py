@@ -1,0 +1,60 @@
+"""The Engine interface that evaluation and serving share.
+
+An engine is built from a verified bundle (never from loose files), generates from token ids
+with per-request sampling parameters, and scores log-likelihoods. Whether it is exact is a
+claim the parity probe checks, not a promise taken on trust.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Protocol, Sequence, runtime_checkable
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_ids: Sequence[int]
+    sampling: SamplingParams
+
+
+@dataclass
+class Completion:
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    # stop: a stop id was produced (not included in token_ids); length: budget spent;
+    # cancelled: the on_token callback asked to stop (client went away).
+    finish_reason: Literal["stop", "length", "cancelled"] = "length"
+
+
+# on_token(row, token_id, logprob) -> False cancels that row. Called from the engine's thread.
+TokenCallback = Callable[[int, int, float], bool | None]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+    exact: bool  # deterministic, and computes exactly what evaluation computed
+    max_context_tokens: int
+    stop_token_ids: tuple[int, ...]
+
+    def generate(self, requests: Sequence[GenerationRequest], on_token: TokenCallback | None = None) -> list[Completion]:
+        """Generate for a batch of requests (each with its own sampling parameters)."""
+        ...
+
+    def loglikelihood(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, bool]]:
+        """For each (context_ids, continuation_ids): sum of continuation log-probs and whether
+        greedy decoding would have produced the continuation."""
+        ...

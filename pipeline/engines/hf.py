@@ -1,0 +1,207 @@
+"""`hf` engine: transformers + bitsandbytes + peft, the adapter unmerged on the NF4 base.
+
+The decode loop is written out (instead of `model.generate`) for three reasons: each row of a
+batch carries its own sampling parameters and stop ids, streaming needs a per-token callback,
+and the golden outputs need the log-prob of every chosen token. Batches are left-padded with
+explicit position ids so a row computes the same positions it would alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from pipeline.engines.base import Completion, GenerationRequest, TokenCallback
+
+log = logging.getLogger(__name__)
+
+
+def load_model(base_dir: Path, adapter_dir: Path | None, dtype: torch.dtype | None = None):
+    """Load a base (pre-quantized or 16-bit) and attach the adapter unmerged, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(base_dir, trust_remote_code=False, **kwargs)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+    model.eval()
+    return model
+
+
+class HFEngine:
+    name = "hf"
+
+    def __init__(self, model, tokenizer, *, max_context_tokens: int, stop_token_ids: Sequence[int],
+                 exact: bool = True, description: str = ""):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_context_tokens = max_context_tokens
+        self.stop_token_ids = tuple(stop_token_ids)
+        self.exact = exact
+        self.description = description
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_token_ids[0]
+        # One forward pass at a time: torch already uses every core for one batch, and the
+        # KV cache of a batch is not shareable between threads.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_bundle(cls, bundle, precision: str = "shipped", reference_base_dir: str | Path | None = None):
+        """Build from a VerifiedBundle. precision=reference swaps in the 16-bit base (evaluation's
+        quantization-damage comparison); everything else stays the bundle's."""
+        from transformers import AutoTokenizer
+
+        m = bundle.manifest
+        if precision == "shipped":
+            base_dir, dtype = bundle.root / "base_q", None
+        elif precision == "reference":
+            if reference_base_dir is None:
+                raise ValueError("precision=reference needs the 16-bit base directory")
+            base_dir, dtype = Path(reference_base_dir), getattr(torch, m.quantization.compute_dtype)
+        else:
+            raise ValueError(f"unknown precision {precision!r}")
+        tokenizer = AutoTokenizer.from_pretrained(bundle.root / "tokenizer", trust_remote_code=False)
+        model = load_model(base_dir, bundle.root / "adapter", dtype)
+        return cls(model, tokenizer, max_context_tokens=m.inference.max_context_tokens,
+                   stop_token_ids=m.tokenizer.stop_token_ids,
+                   description=f"{precision} precision, bundle {m.bundle_digest[:12]}")
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def _left_pad(self, seqs: Sequence[Sequence[int]]):
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            if len(s):
+                ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+                mask[i, width - len(s):] = 1
+        return ids, mask
+
+    @staticmethod
+    def _choose(logits: torch.Tensor, req: GenerationRequest, gen: torch.Generator | None):
+        """Pick the next token for one row; return (token, logprob under the model)."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        s = req.sampling
+        if s.greedy:
+            tok = int(torch.argmax(logprobs))
+        else:
+            probs = torch.softmax(logits.float() / s.temperature, dim=-1)
+            if s.top_p < 1.0:
+                sorted_p, order = torch.sort(probs, descending=True)
+                keep = torch.cumsum(sorted_p, 0) - sorted_p < s.top_p  # always keeps the top token
+                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+            tok = int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+        return tok, float(logprobs[tok])
+
+    @torch.inference_mode()
+    def generate(self, requests: Sequence[GenerationRequest], on_token: TokenCallback | None = None) -> list[Completion]:
+        if not requests:
+            return []
+        for r in requests:
+            if not len(r.prompt_ids):
+                raise ValueError("empty prompt")
+            if len(r.prompt_ids) + r.sampling.max_new_tokens > self.max_context_tokens:
+                raise ValueError(f"prompt ({len(r.prompt_ids)} tokens) + max_new_tokens "
+                                 f"({r.sampling.max_new_tokens}) exceeds the context ({self.max_context_tokens})")
+        with self._lock:
+            return self._generate(requests, on_token)
+
+    def _generate(self, requests, on_token):
+        from transformers import DynamicCache
+
+        n = len(requests)
+        gens = []
+        for r in requests:
+            g = None
+            if not r.sampling.greedy:
+                g = torch.Generator().manual_seed(r.sampling.seed if r.sampling.seed is not None
+                                                  else int(torch.randint(0, 2**31 - 1, (1,))))
+            gens.append(g)
+        stops = [set(r.sampling.stop_token_ids or self.stop_token_ids) for r in requests]
+        ids, mask = self._left_pad([r.prompt_ids for r in requests])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=DynamicCache(), use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1, :]
+        results = [Completion() for _ in range(n)]
+        active = [True] * n
+        next_pos = positions[:, -1] + 1
+        for step in range(max(r.sampling.max_new_tokens for r in requests)):
+            next_ids = torch.full((n,), self.pad_id, dtype=torch.long)
+            for i, r in enumerate(requests):
+                if not active[i]:
+                    continue
+                if step >= r.sampling.max_new_tokens:
+                    active[i] = False  # finish_reason stays "length"
+                    continue
+                tok, lp = self._choose(logits[i], r, gens[i])
+                if tok in stops[i]:
+                    results[i].finish_reason, active[i] = "stop", False
+                    continue
+                results[i].token_ids.append(tok)
+                results[i].logprobs.append(lp)
+                next_ids[i] = tok
+                if on_token is not None and on_token(i, tok, lp) is False:
+                    results[i].finish_reason, active[i] = "cancelled", False
+            if not any(active):
+                break
+            # Finished rows keep stepping with a pad token (masked out) so the batch stays
+            # rectangular; their outputs are ignored.
+            step_mask = torch.tensor([[1 if a else 0] for a in active], dtype=torch.long)
+            mask = torch.cat([mask, step_mask], dim=1)
+            out = self.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                             past_key_values=cache, use_cache=True)
+            cache, logits = out.past_key_values, out.logits[:, -1, :]
+            next_pos = next_pos + 1
+        for i, r in enumerate(requests):
+            if active[i] and len(results[i].token_ids) >= r.sampling.max_new_tokens:
+                results[i].finish_reason = "length"
+        return results
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def loglikelihood(self, pairs, batch_size: int = 8) -> list[tuple[float, bool]]:
+        results: list[tuple[float, bool]] = []
+        with self._lock:
+            for start in range(0, len(pairs), batch_size):
+                results.extend(self._score_batch(pairs[start:start + batch_size]))
+        return results
+
+    def token_logprobs(self, pairs, batch_size: int = 8) -> list[list[float]]:
+        """Per-token log-probs of each continuation (evaluation's per-example NLL)."""
+        out: list[list[float]] = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(pairs), batch_size):
+                out.extend(lp for lp, _ in self._score_tokens(pairs[start:start + batch_size]))
+        return out
+
+    def _score_tokens(self, pairs):
+        seqs = [list(c) + list(x) for c, x in pairs]
+        width = max(len(s) for s in seqs)
+        if width > self.max_context_tokens:
+            raise ValueError(f"scored sequence of {width} tokens exceeds the context ({self.max_context_tokens})")
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):  # right padding: positions start at 0 for every row
+            ids[i, :len(s)] = torch.tensor(s)
+            mask[i, :len(s)] = 1
+        logprobs = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        rows = []
+        for i, (ctx, cont) in enumerate(pairs):
+            start, end = len(ctx), len(ctx) + len(cont)
+            target = torch.tensor(list(cont))
+            step_lp = logprobs[i, start - 1:end - 1]
+            chosen = step_lp.gather(-1, target[:, None]).squeeze(-1)
+            greedy = bool((step_lp.argmax(-1) == target).all())
+            rows.append((chosen.tolist(), greedy))
+        return rows
+
+    def _score_batch(self, pairs):
+        return [(float(sum(lp)), greedy) for lp, greedy in self._score_tokens(pairs)]

@@ -1,0 +1,119 @@
+"""The bundle's Engine as an lm-eval model, so lm-eval tasks run through the shipped path.
+
+Registered as lm-eval model `tailgate`: `model_args` take `bundle=<dir>` (verified before
+anything loads) and optionally `batch_size`, `precision` (shipped|reference) and
+`reference_base`. Evaluation passes an already-built engine instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from tqdm import tqdm
+
+from pipeline.engines.base import GenerationRequest, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@register_model("tailgate")
+class TailgateLM(LM):
+    def __init__(self, bundle: str | None = None, engine=None, batch_size: int | str = 16,
+                 precision: str = "shipped", reference_base: str | None = None, max_gen_toks: int = 256, **_ignored):
+        super().__init__()
+        if engine is None:
+            if bundle is None:
+                raise ValueError("tailgate lm-eval model needs bundle=<dir>")
+            from pipeline.bundle.verify import verify_bundle
+            from pipeline.engines.hf import HFEngine
+
+            engine = HFEngine.from_bundle(verify_bundle(bundle), precision=precision,
+                                          reference_base_dir=reference_base)
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.batch_size = int(batch_size)
+        self.max_gen_toks = int(max_gen_toks)
+        self.contexts: list[str] = []  # every generation context seen, for the template parity check
+
+    # -- encoding -------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def split_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Tokenize context+continuation as one string (as the model sees it) and split it at the
+        context boundary, so BPE merges across the boundary are not invented."""
+        whole = self.encode(context + continuation)
+        ctx = self.encode(context)
+        if whole[: len(ctx)] != ctx:
+            raise ValueError("context tokenizes differently when followed by the continuation")
+        return ctx, whole[len(ctx):]
+
+    # -- lm-eval interface --------------------------------------------------------------------
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        prompts = []
+        for req in requests:
+            context, gen_kwargs = req.args
+            self.contexts.append(context)
+            kw = dict(gen_kwargs or {})
+            until = kw.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            ids = self.encode(context)
+            room = self.engine.max_context_tokens - len(ids)
+            if room <= 0:
+                raise ValueError(f"prompt of {len(ids)} tokens leaves no room in the {self.engine.max_context_tokens}-token context")
+            # The shipped context bounds prompt + reply, as it will when serving.
+            max_new = min(int(kw.pop("max_gen_toks", self.max_gen_toks)), self.max_gen_toks, room)
+            temperature = float(kw.pop("temperature", 0.0)) if kw.pop("do_sample", False) else 0.0
+            prompts.append((ids, until, SamplingParams(
+                max_new_tokens=max_new, temperature=temperature, seed=0 if temperature else None,
+                stop_token_ids=self.engine.stop_token_ids)))
+        # Longest first: similar lengths share a batch and an OOM shows up on the first batch.
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i][0]))
+        outputs: list[str] = [""] * len(prompts)
+        bar = tqdm(total=len(prompts), desc="generate", disable=disable_tqdm, unit="item")
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            done = self.engine.generate([GenerationRequest(prompts[i][0], prompts[i][2]) for i in idx])
+            for i, completion in zip(idx, done):
+                text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+                for stop in prompts[i][1]:
+                    if stop and stop in text:
+                        text = text[: text.index(stop)]
+                outputs[i] = text
+            bar.update(len(idx))
+        bar.close()
+        return outputs
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        pairs = [self.split_pair(*req.args) for req in requests]
+        return self.engine.loglikelihood(pairs)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        out = []
+        for req in requests:
+            ids = self.encode(req.args[0])
+            prefix = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None
+                      else self.engine.stop_token_ids[0]]
+            window = self.engine.max_context_tokens - 1
+            total = 0.0
+            for start in range(0, len(ids), window):
+                ctx = prefix if start == 0 else ids[max(0, start - 1): start]
+                total += self.engine.loglikelihood([(ctx, ids[start:start + window])])[0][0]
+            out.append(total)
+        return out
+
+    def apply_chat_template(self, chat_history: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(list(chat_history), tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return "tailgate-bundle-tokenizer"
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return self.tokenizer.chat_template

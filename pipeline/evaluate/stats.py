@@ -1,0 +1,69 @@
+"""Tail statistics: per-slice means with bootstrap CIs, quantiles, worst-k means, length buckets."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+
+
+def bootstrap_ci(values: Sequence[float], samples: int, seed: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean (seeded, so reports are reproducible)."""
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(samples, len(x)))].mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def summarize(values: Sequence[float], samples: int, seed: int) -> dict:
+    lo, hi = bootstrap_ci(values, samples, seed)
+    return {"n": len(values), "mean": float(np.mean(values)) if len(values) else None, "ci95": [lo, hi]}
+
+
+def quantiles(values: Sequence[float]) -> dict:
+    """p50/p90/p99/max and the mean of the worst 5% (at least one example)."""
+    x = np.sort(np.asarray(values, dtype=float))
+    if len(x) == 0:
+        return {}
+    k = max(1, int(np.ceil(0.05 * len(x))))
+    return {"p50": float(np.quantile(x, 0.5)), "p90": float(np.quantile(x, 0.9)),
+            "p99": float(np.quantile(x, 0.99)), "max": float(x[-1]), "worst5pct_mean": float(x[-k:].mean()),
+            "mean": float(x.mean())}
+
+
+def per_slice(rows: Sequence[dict], metric: str, samples: int, seed: int, min_n: int) -> dict[str, dict]:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        groups[r["slice"]].append(r[metric])
+    out = {}
+    for i, (name, vals) in enumerate(sorted(groups.items())):
+        s = summarize(vals, samples, seed + i)
+        s["too_small"] = len(vals) < min_n
+        out[name] = s
+    return out
+
+
+def worst_slice(slices: dict[str, dict]) -> dict | None:
+    """Lowest mean among slices; small slices are included (and flagged), never hidden."""
+    if not slices:
+        return None
+    name = min(slices, key=lambda k: slices[k]["mean"])
+    return {"slice": name, **slices[name]}
+
+
+def length_buckets(rows: Sequence[dict], metric: str, edges: Sequence[int]) -> list[dict]:
+    """Mean metric by prompt length in tokens, bucketed at the given upper edges."""
+    out, lower = [], 0
+    for edge in edges:
+        vals = [r[metric] for r in rows if lower < r["prompt_tokens"] <= edge]
+        out.append({"min_tokens": lower + 1, "max_tokens": edge, "n": len(vals),
+                    "mean": float(np.mean(vals)) if vals else None})
+        lower = edge
+    rest = [r[metric] for r in rows if r["prompt_tokens"] > lower]
+    if rest:
+        out.append({"min_tokens": lower + 1, "max_tokens": None, "n": len(rest), "mean": float(np.mean(rest))})
+    return out

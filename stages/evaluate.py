@@ -1,0 +1,38 @@
+"""DVC stage `evaluate`: score the exact bundle on the suite, per slice, with tails.
+
+Reads params `evaluate`, --bundle and the suite; writes --report (bound to the bundle digest),
+--samples (one row per item), --golden (outputs the serving parity probe replays) and
+--plot (per-slice accuracy for `dvc plots show`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from pipeline import cli
+from pipeline.evaluate import evaluate
+from pipeline.evaluate.report import write_reports
+from pipeline.params import load_section
+
+
+def main(argv=None) -> int:
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--bundle", default="artifacts/bundle")
+    p.add_argument("--report", default="reports/eval.json")
+    p.add_argument("--samples", default="reports/eval_samples.jsonl")
+    p.add_argument("--golden", default="reports/golden.json")
+    p.add_argument("--plots", default="reports/plots")
+
+    def body(args):
+        params = load_section("evaluate", args.params)
+        report, rows, golden = evaluate(params, args.bundle)
+        write_reports(report, rows, golden, args.report, args.samples, args.golden, args.plots)
+        cli.log.info("evaluate: %s", json.dumps({k: round(v["mean"], 4) for k, v in report["overall"].items()}))
+        cli.log.info("worst slice: %s", report["worst_slice"])
+
+    return cli.run(body, p, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

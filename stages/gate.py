@@ -1,0 +1,42 @@
+"""DVC stage `gate`: apply the release rules; exit non-zero when the release fails.
+
+Reads params `gate`, --report and the --bundle manifest; writes --out (gate.json) and
+--summary (gate.md).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pipeline import cli
+from pipeline.bundle.manifest import MANIFEST_NAME
+from pipeline.files import atomic_write_json, atomic_write_text, read_json
+from pipeline.gate import decide, render_markdown
+from pipeline.params import load_section
+
+
+def main(argv=None) -> int:
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--report", default="reports/eval.json")
+    p.add_argument("--bundle", default="artifacts/bundle")
+    p.add_argument("--out", default="reports/gate.json")
+    p.add_argument("--summary", default="reports/gate.md")
+
+    def body(args):
+        params = load_section("gate", args.params)
+        digest = read_json(Path(args.bundle) / MANIFEST_NAME)["bundle_digest"]
+        report = read_json(args.report) if Path(args.report).exists() else {}
+        decision = decide(params, report, digest)
+        atomic_write_json(args.out, decision)
+        atomic_write_text(args.summary, render_markdown(decision))
+        if not decision["passed"]:
+            cli.log.error("gate FAILED: %s (see %s)", ", ".join(decision["failed"]), args.summary)
+            return 1
+        cli.log.info("gate passed: %d rules", len(decision["rules"]))
+
+    return cli.run(body, p, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

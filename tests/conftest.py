@@ -1,0 +1,131 @@
+"""Offline fixtures: a tiny random Llama with a tiny BPE tokenizer, and a tiny real bundle
+built from it by the pipeline's own functions (base -> quantize -> curate -> train -> bundle).
+
+Nothing touches a model hub. The tiny model is random, so tests assert invariants (hashes,
+refusals, file sets, loss falls, parity), never output quality.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def corpus_lines(limit: int = 400) -> list[str]:
+    lines = []
+    with open(REPO / "data/raw/discharge_notes.jsonl", encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                lines.extend(m["content"] for m in rec["messages"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if len(lines) >= limit:
+                break
+    return lines
+
+
+def build_tiny_model_dir(out: Path, vocab_size: int = 384, seed: int = 0) -> Path:
+    """A 2-layer random Llama plus a byte-level BPE trained on the repo's notes, saved as an
+    ordinary HF directory with a ChatML template."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus_lines(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                         pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
+
+def tiny_params(tmp: Path, **overrides) -> Path:
+    """A params.yaml for the tiny model: local base, short training, small eval."""
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["base"] = {"source": "local_dir", "local_dir": str(tmp / "tiny_hf"), "dtype": "bfloat16"}
+    params["curate"]["max_seq_len_tokens"] = 1024
+    params["curate"]["max_quarantine_fraction"] = 0.9
+    params["train"].update(max_steps=4, batch_size=2, val_every_steps=2, warmup_steps=1, learning_rate=1e-3)
+    params["evaluate"].update(limit=4, batch_size=4, max_new_tokens=8, bootstrap_samples=50, golden_prompts=2)
+    params["gate"].update(min_field_accuracy=0.0, min_worst_slice_field_accuracy=0.0, min_format_validity=0.0,
+                          max_nll_p99=None)
+    for section, values in overrides.items():
+        params[section].update(values)
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def small_raw(out_dir: Path, n: int = 60) -> Path:
+    """The first n raw lines (defects included) so curation has real work."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(REPO / "data/raw/discharge_notes.jsonl", encoding="utf-8") as src:
+        lines = [next(src) for _ in range(n)]
+    (out_dir / "notes.jsonl").write_text("".join(lines), encoding="utf-8")
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """Run the real stage functions on the tiny model once per session; return the paths."""
+    from pipeline.base import fetch_base
+    from pipeline.bundle.build import build_bundle
+    from pipeline.curate import curate
+    from pipeline.params import load_section
+    from pipeline.quantize import quantize_base
+    from pipeline.train import train
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    build_tiny_model_dir(tmp / "tiny_hf")
+    params = tiny_params(tmp)
+    paths = {"root": tmp, "params": params, "base": tmp / "artifacts/base", "base_q": tmp / "artifacts/base_q",
+             "data": tmp / "data/curated", "adapter": tmp / "artifacts/adapter", "bundle": tmp / "artifacts/bundle",
+             "raw": small_raw(tmp / "data/raw")}
+    fetch_base(load_section("base", params), paths["base"])
+    quantize_base(load_section("quantize", params), paths["base"], paths["base_q"])
+    paths["curate_report"] = curate(load_section("curate", params), paths["raw"], REPO / "eval_suites",
+                                    paths["base"], paths["data"])
+    paths["train_report"] = train(load_section("train", params), paths["base_q"], paths["base"], paths["data"],
+                                  paths["adapter"])
+    build_bundle(load_section("bundle", params), paths["base"], paths["base_q"], paths["adapter"], paths["bundle"])
+    return paths
+
+
+@pytest.fixture
+def bundle_copy(tiny_pipeline, tmp_path):
+    """A private, fully copied bundle a test may tamper with."""
+    dst = tmp_path / "bundle"
+    shutil.copytree(tiny_pipeline["bundle"], dst, copy_function=shutil.copyfile)
+    return dst
