@@ -37,12 +37,10 @@ class VerifiedBundle:
 
 
 def _check_paths(root: Path, rel_paths) -> None:
+    """Manifest paths must stay inside the bundle: no absolute paths, no `..`."""
     for rel in rel_paths:
         p = Path(rel)
-        if p.is_absolute() or ".." in p.parts:
-            raise BundleError(rel, "path escapes the bundle")
-        full = root / p
-        if full.resolve() != full.absolute() and not str(full.resolve()).startswith(str(root.resolve())):
+        if p.is_absolute() or ".." in p.parts or not (root / p).resolve().is_relative_to(root.resolve()):
             raise BundleError(rel, "path escapes the bundle")
 
 
@@ -75,13 +73,13 @@ def verify_bundle(root: str | Path) -> VerifiedBundle:
                           manifest.bundle_digest, digest)
 
     expected = manifest.all_files()
-    _check_paths(root, expected)
     present = set(list_files(root)) - {MANIFEST_NAME}
     for rel in sorted(present):
         if (root / rel).is_symlink():
             raise BundleError(rel, "is a symlink; bundles hold real files only")
         if not rel.endswith(ALLOWED_SUFFIXES):
             raise BundleError(rel, f"file type not allowed in a bundle (allowed: {', '.join(ALLOWED_SUFFIXES)})")
+    _check_paths(root, expected)
     for rel in sorted(set(expected) - present):
         raise BundleError(rel, "missing")
     for rel in sorted(present - set(expected)):

@@ -74,6 +74,22 @@ def lr_at(step: int, params: TrainParams) -> float:
     return params.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def resolve_targets(model, target_modules: str | list[str]) -> list[str]:
+    """Expand "all-linear" to the sorted names of every linear layer but the output head.
+
+    peft expands it itself, but into full module paths in set order, which would make
+    adapter_config.json (and so the bundle digest) differ between otherwise identical runs.
+    """
+    if target_modules != "all-linear":
+        return sorted(target_modules) if isinstance(target_modules, list) else [target_modules]
+    import bitsandbytes as bnb
+
+    linear = (torch.nn.Linear, bnb.nn.Linear4bit)
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                   if isinstance(m, linear) and m is not head})
+
+
 def load_trainable(base_q: Path, params: TrainParams, quantized: bool):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
@@ -88,7 +104,8 @@ def load_trainable(base_q: Path, params: TrainParams, quantized: bool):
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
     lora = LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
-                      target_modules=params.target_modules, bias="none", task_type="CAUSAL_LM")
+                      target_modules=resolve_targets(model, params.target_modules), bias="none",
+                      task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     # Recorded relative to the bundle, so the adapter bytes do not depend on where it was built.
     model.peft_config["default"].base_model_name_or_path = "base_q"

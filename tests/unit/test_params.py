@@ -88,8 +88,12 @@ def code_read_by(script: Path) -> set[Path]:
             names = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level:  # relative: resolve against the importing file's package
+                    pkg = f.relative_to(REPO).parent.parts[: len(f.relative_to(REPO).parent.parts) - node.level + 1]
+                    module = ".".join([*pkg, module] if module else pkg)
+                names = [module] + [f"{module}.{a.name}" for a in node.names]
             for name in names:
                 if name.split(".")[0] in ("pipeline", "serving"):
                     parts = name.split(".")

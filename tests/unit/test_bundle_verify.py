@@ -1,0 +1,129 @@
+"""Loading is verifying: every tampering is refused, naming the file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest, compute_bundle_digest
+from pipeline.bundle.verify import BundleError, verify_bundle
+from pipeline.files import sha256_file
+
+
+def flip_byte(path: Path, offset: int = -100) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def resign(bundle: Path, **section_updates) -> None:
+    """Rewrite the manifest so its file entries and digest match the (edited) files: the
+    checks past the hash layer must hold even for a tamperer who rewrites the manifest."""
+    raw = json.loads((bundle / MANIFEST_NAME).read_text())
+    for section in ("base", "tokenizer", "adapter"):
+        for rel in raw[section]["files"]:
+            raw[section]["files"][rel] = FileEntry(sha256=sha256_file(bundle / rel),
+                                                   size=(bundle / rel).stat().st_size).model_dump()
+    for key, value in section_updates.items():
+        section, field = key.split("__")
+        raw[section][field] = value
+    raw["bundle_digest"] = compute_bundle_digest(raw)
+    (bundle / MANIFEST_NAME).write_text(json.dumps(raw))
+
+
+def test_pristine_bundle_verifies(bundle_copy):
+    vb = verify_bundle(bundle_copy)
+    assert isinstance(vb.manifest, Manifest)
+    assert set(vb.manifest.all_files()) == {p.relative_to(bundle_copy).as_posix()
+                                            for p in bundle_copy.rglob("*") if p.is_file()} - {MANIFEST_NAME}
+
+
+@pytest.mark.parametrize("rel", ["adapter/adapter_model.safetensors", "base_q/model.safetensors",
+                                 "tokenizer/tokenizer.json", "tokenizer/chat_template.jinja"])
+def test_changed_file_is_refused_by_name(bundle_copy, rel):
+    flip_byte(bundle_copy / rel, offset=len((bundle_copy / rel).read_bytes()) // 2)
+    with pytest.raises(BundleError) as err:
+        verify_bundle(bundle_copy)
+    assert err.value.path == rel and "sha256" in str(err.value)
+    assert err.value.expected != err.value.actual
+
+
+def test_swapped_chat_template_is_refused(bundle_copy):
+    template = bundle_copy / "tokenizer/chat_template.jinja"
+    template.write_text(template.read_text().replace("<|im_start|>", "<|im_start|> "))
+    with pytest.raises(BundleError, match="chat_template.jinja"):
+        verify_bundle(bundle_copy)
+
+
+def test_extra_file_is_refused(bundle_copy):
+    (bundle_copy / "adapter/notes.txt").write_text("not part of the release")
+    with pytest.raises(BundleError, match="notes.txt.*extra"):
+        verify_bundle(bundle_copy)
+
+
+def test_missing_file_is_refused(bundle_copy):
+    (bundle_copy / "adapter/adapter_config.json").unlink()
+    with pytest.raises(BundleError) as err:
+        verify_bundle(bundle_copy)
+    assert err.value.path == "adapter/adapter_config.json" and "missing" in str(err.value)
+
+
+def test_pickle_file_is_refused(bundle_copy):
+    (bundle_copy / "adapter/adapter_model.bin").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(BundleError, match="adapter_model.bin.*not allowed"):
+        verify_bundle(bundle_copy)
+
+
+def test_symlink_is_refused(bundle_copy):
+    target = bundle_copy / "adapter/adapter_config.json"
+    real = bundle_copy.parent / "outside.json"
+    target.rename(real)
+    os.symlink(real, target)
+    with pytest.raises(BundleError, match="symlink"):
+        verify_bundle(bundle_copy)
+
+
+def test_edited_manifest_is_refused(bundle_copy):
+    raw = json.loads((bundle_copy / MANIFEST_NAME).read_text())
+    raw["inference"]["max_context_tokens"] += 1  # digest no longer matches the content
+    (bundle_copy / MANIFEST_NAME).write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="bundle_digest"):
+        verify_bundle(bundle_copy)
+
+
+def test_adapter_for_another_base_is_refused_even_with_a_rewritten_manifest(bundle_copy):
+    resign(bundle_copy, adapter__base_digest="0" * 64)
+    with pytest.raises(BundleError, match="another base"):
+        verify_bundle(bundle_copy)
+
+
+def test_remote_code_config_is_refused_even_with_a_rewritten_manifest(bundle_copy):
+    cfg_path = bundle_copy / "base_q/config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel"}
+    cfg_path.write_text(json.dumps(cfg))
+    resign(bundle_copy)
+    with pytest.raises(BundleError, match="auto_map"):
+        verify_bundle(bundle_copy)
+
+
+def test_manifest_sections_forbid_unknown_keys(bundle_copy):
+    raw = json.loads((bundle_copy / MANIFEST_NAME).read_text())
+    raw["adapter"]["trust_remote_code"] = True
+    raw["bundle_digest"] = compute_bundle_digest(raw)
+    (bundle_copy / MANIFEST_NAME).write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="schema"):
+        verify_bundle(bundle_copy)
+
+
+def test_manifest_path_escaping_the_bundle_is_refused(bundle_copy):
+    raw = json.loads((bundle_copy / MANIFEST_NAME).read_text())
+    entry = raw["adapter"]["files"].pop("adapter/adapter_config.json")
+    raw["adapter"]["files"]["../adapter_config.json"] = entry
+    raw["bundle_digest"] = compute_bundle_digest(raw)
+    (bundle_copy / MANIFEST_NAME).write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="escapes"):
+        verify_bundle(bundle_copy)
