@@ -1,0 +1,67 @@
+"""The whole chain through real DVC on the tiny model: repro, no-op repro, failing gate."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, build_tiny_model_dir, small_raw, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def _dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    return subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    for name in ("stages", "pipeline", "eval_suites"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    small_raw(root / "data/raw", n=40)
+    build_tiny_model_dir(root / "tiny_hf")
+    params_path = tiny_params(root, curate={"max_seq_len_tokens": 4096})
+    assert _dvc(root, "init", "--no-scm", "-q").returncode == 0
+    _dvc(root, "config", "core.analytics", "false")
+    return root, params_path
+
+
+def test_repro_runs_every_stage_and_the_gate_passes(project):
+    root, _ = project
+    run = _dvc(root, "repro")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for stage in ("base", "quantize", "curate", "train", "bundle", "evaluate", "gate"):
+        assert f"Running stage '{stage}'" in run.stdout
+    gate = json.loads((root / "reports/gate.json").read_text())
+    manifest = json.loads((root / "artifacts/bundle/manifest.json").read_text())
+    assert gate["passed"] and gate["bundle_digest"] == manifest["bundle_digest"]
+    assert json.loads((root / "reports/eval.json").read_text())["bundle_digest"] == manifest["bundle_digest"]
+
+    again = _dvc(root, "repro")
+    assert again.returncode == 0 and "Running stage" not in again.stdout  # nothing stale
+
+    metrics = _dvc(root, "metrics", "show", "--json")
+    assert metrics.returncode == 0 and "reports/gate.json" in metrics.stdout
+
+
+def test_a_failing_rule_fails_the_pipeline(project):
+    root, params_path = project
+    params = yaml.safe_load(params_path.read_text())
+    params["gate"]["min_format_validity"] = 1.0  # a random tiny model writes no valid summaries
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    run = _dvc(root, "repro")
+    assert run.returncode != 0
+    assert "Running stage 'gate'" in run.stdout and "Running stage 'train'" not in run.stdout
+    gate = json.loads((root / "reports/gate.json").read_text())
+    assert not gate["passed"] and gate["failed"] == ["format_validity"]

@@ -1,0 +1,71 @@
+"""evaluate: lm-eval runs through the bundle's engine; the report is bound to the bundle."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.bundle.verify import verify_bundle
+from pipeline.params import load_section
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_pipeline):
+    from pipeline.evaluate import evaluate
+
+    params = load_section("evaluate", tiny_pipeline["params"]).model_copy(
+        update={"suite": str(REPO / "eval_suites/discharge")})
+    return evaluate(params, tiny_pipeline["bundle"]), params
+
+
+def test_report_is_bound_to_the_bundle_digest(tiny_pipeline, evaluated):
+    (report, rows, golden), _ = evaluated
+    digest = verify_bundle(tiny_pipeline["bundle"]).manifest.bundle_digest
+    assert report["bundle_digest"] == digest == golden["bundle_digest"]
+    assert report["engine"] == {"name": "hf", "exact": True, "description": report["engine"]["description"]}
+
+
+def test_per_slice_tails_and_golden(evaluated):
+    (report, rows, golden), params = evaluated
+    # lm-eval's limit applies per task: the first `limit` items of the suite
+    assert len(rows) == params.limit == report["suite"]["items"]
+    assert sum(s["n"] for s in report["slices"].values()) == len(rows)
+    for s in report["slices"].values():
+        lo, hi = s["field_accuracy"]["ci95"]
+        assert 0.0 <= lo <= s["field_accuracy"]["mean"] <= hi <= 1.0
+        assert s["too_small"]  # 4 items are far below min_slice_n and must be flagged
+    q = report["nll_per_token"]
+    assert 0 < q["p50"] <= q["p90"] <= q["p99"] <= q["max"]
+    assert all(r["nll_per_token"] > 0 and r["reply_tokens"] > 0 for r in rows)
+    assert len(golden["prompts"]) == params.golden_prompts
+    for g in golden["prompts"]:
+        assert len(g["token_ids"]) == len(g["logprobs"]) and all(lp <= 0 for lp in g["logprobs"])
+
+
+def test_golden_replays_exactly(tiny_pipeline, evaluated):
+    """The parity probe's premise: the same engine replays golden prompts token for token."""
+    from pipeline.engines.base import GenerationRequest, SamplingParams
+    from pipeline.engines.hf import HFEngine
+
+    (_report, _rows, golden), _ = evaluated
+    engine = HFEngine.from_bundle(verify_bundle(tiny_pipeline["bundle"]))
+    for g in golden["prompts"]:
+        c = engine.generate([GenerationRequest(g["prompt_ids"], SamplingParams(max_new_tokens=g["max_new_tokens"]))])[0]
+        assert c.token_ids == g["token_ids"]
+
+
+def test_stage_writes_reports(tiny_pipeline, tmp_path):
+    from stages.evaluate import main
+
+    params = tmp_path / "params.yaml"
+    text = tiny_pipeline["params"].read_text().replace("suite: eval_suites/discharge",
+                                                       f"suite: {REPO / 'eval_suites/discharge'}")
+    params.write_text(text)
+    rc = main(["--params", str(params), "--bundle", str(tiny_pipeline["bundle"]), "--report", str(tmp_path / "eval.json"),
+               "--samples", str(tmp_path / "s.jsonl"), "--golden", str(tmp_path / "g.json"), "--plots", str(tmp_path / "plots")])
+    assert rc == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["suite"]["name"] == "discharge"
+    assert (tmp_path / "eval.md").read_text().startswith("# Evaluation")
+    assert (tmp_path / "plots/eval_slices.csv").read_text().startswith("slice,")
