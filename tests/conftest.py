@@ -129,3 +129,15 @@ def bundle_copy(tiny_pipeline, tmp_path):
     dst = tmp_path / "bundle"
     shutil.copytree(tiny_pipeline["bundle"], dst, copy_function=shutil.copyfile)
     return dst
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA; elsewhere they are skipped with a reason, not silently passed."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -25,7 +25,8 @@ def load_model(base_dir: Path, adapter_dir: Path | None, dtype: torch.dtype | No
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(base_dir, trust_remote_code=False, **kwargs)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(base_dir, trust_remote_code=False, device_map={"": device}, **kwargs)
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -45,6 +46,7 @@ class HFEngine:
         self.stop_token_ids = tuple(stop_token_ids)
         self.exact = exact
         self.description = description
+        self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_token_ids[0]
         # One forward pass at a time: torch already uses every core for one batch, and the
         # KV cache of a batch is not shareable between threads.
@@ -86,12 +88,13 @@ class HFEngine:
     @staticmethod
     def _choose(logits: torch.Tensor, req: GenerationRequest, gen: torch.Generator | None):
         """Pick the next token for one row; return (token, logprob under the model)."""
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        logits = logits.float().cpu()  # the per-request generators live on the CPU
+        logprobs = torch.log_softmax(logits, dim=-1)
         s = req.sampling
         if s.greedy:
             tok = int(torch.argmax(logprobs))
         else:
-            probs = torch.softmax(logits.float() / s.temperature, dim=-1)
+            probs = torch.softmax(logits / s.temperature, dim=-1)
             if s.top_p < 1.0:
                 sorted_p, order = torch.sort(probs, descending=True)
                 keep = torch.cumsum(sorted_p, 0) - sorted_p < s.top_p  # always keeps the top token
@@ -125,6 +128,7 @@ class HFEngine:
             gens.append(g)
         stops = [set(r.sampling.stop_token_ids or self.stop_token_ids) for r in requests]
         ids, mask = self._left_pad([r.prompt_ids for r in requests])
+        ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          past_key_values=DynamicCache(), use_cache=True)
@@ -133,7 +137,7 @@ class HFEngine:
         active = [True] * n
         next_pos = positions[:, -1] + 1
         for step in range(max(r.sampling.max_new_tokens for r in requests)):
-            next_ids = torch.full((n,), self.pad_id, dtype=torch.long)
+            next_ids = torch.full((n,), self.pad_id, dtype=torch.long, device=self.device)
             for i, r in enumerate(requests):
                 if not active[i]:
                     continue
@@ -153,7 +157,7 @@ class HFEngine:
                 break
             # Finished rows keep stepping with a pad token (masked out) so the batch stays
             # rectangular; their outputs are ignored.
-            step_mask = torch.tensor([[1 if a else 0] for a in active], dtype=torch.long)
+            step_mask = torch.tensor([[1 if a else 0] for a in active], dtype=torch.long, device=self.device)
             mask = torch.cat([mask, step_mask], dim=1)
             out = self.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                              past_key_values=cache, use_cache=True)
@@ -192,7 +196,8 @@ class HFEngine:
         for i, s in enumerate(seqs):  # right padding: positions start at 0 for every row
             ids[i, :len(s)] = torch.tensor(s)
             mask[i, :len(s)] = 1
-        logprobs = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        logprobs = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1).cpu()
         rows = []
         for i, (ctx, cont) in enumerate(pairs):
             start, end = len(ctx), len(ctx) + len(cont)

@@ -7,24 +7,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from pipeline.files import atomic_write_text
+
 from .dataset import DEFAULT_SEED, DEFECTS_FILE, RAW_FILE, SUITE_FILE, build, outputs
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
                 stale.append(str(path))
         else:
-            _write_atomic(path, text)
+            atomic_write_text(path, text)
             print(f"wrote {path} ({text.count(chr(10))} lines)")
     if stale:
         print("out of date (regenerate with python -m pipeline.synth): " + ", ".join(stale), file=sys.stderr)

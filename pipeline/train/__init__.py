@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 
 
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def hardware() -> str:
     if torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name(0)}"
@@ -94,7 +98,7 @@ def load_trainable(base_q: Path, params: TrainParams, quantized: bool):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base_q, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(base_q, trust_remote_code=False, device_map={"": device()})
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=params.gradient_checkpointing)
     else:
@@ -120,6 +124,7 @@ def _loss(model, batch) -> tuple[torch.Tensor, int]:
     arithmetic and memory that the loss would then ignore.
     """
     inner = model.get_base_model()
+    batch = {k: v.to(inner.device) for k, v in batch.items()}
     hidden = inner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE_INDEX

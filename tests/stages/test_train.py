@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from pipeline.base import check_lock
@@ -61,8 +62,6 @@ def test_optimizer_choice_is_honest_on_cpu():
     opt, name = make_optimizer(TrainParams(), [torch.nn.Parameter(torch.zeros(2))])
     assert name == ("paged_adamw_32bit" if torch.cuda.is_available() else "adamw_torch")
     if not torch.cuda.is_available():
-        import pytest
-
         with pytest.raises(RuntimeError, match="needs CUDA"):
             make_optimizer(TrainParams(optimizer="paged_adamw_8bit"), [torch.nn.Parameter(torch.zeros(2))])
 
@@ -74,3 +73,11 @@ def test_schedule_warms_up_then_decays():
     lrs = [lr_at(s, p) for s in range(20)]
     assert lrs[:4] == sorted(lrs[:4]) and lrs[3] == 1.0
     assert lrs[4:] == sorted(lrs[4:], reverse=True) and lrs[-1] >= 0.1
+
+
+@pytest.mark.gpu
+def test_paged_adamw_runs_on_cuda(tiny_pipeline, tmp_path):
+    """On CUDA, optimizer=auto must really be bitsandbytes' paged AdamW, and a run completes."""
+    params = load_section("train", tiny_params(tmp_path, train={"max_steps": 2, "val_every_steps": 2}))
+    report = train(params, tiny_pipeline["base_q"], tiny_pipeline["base"], tiny_pipeline["data"], tmp_path / "a")
+    assert report["optimizer"] == "paged_adamw_32bit" and report["hardware"].startswith("cuda")
