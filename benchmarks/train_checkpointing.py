@@ -31,7 +31,7 @@ def one_config(checkpointing: bool, steps: int) -> dict:
     tok = AutoTokenizer.from_pretrained("artifacts/base")
     meta = json.loads(Path("data/curated/meta.json").read_text())
     examples = encode_records(tok, read_jsonl("data/curated/train.jsonl"), stop_token_ids(tok), meta["max_seq_len_tokens"])
-    model = load_trainable(Path("artifacts/base_q"), params, quantized=True)
+    model = load_trainable(Path("artifacts/base_q"), params)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=params.learning_rate)
     stream = batches(examples, params.batch_size, params.seed)

@@ -94,19 +94,22 @@ def resolve_targets(model, target_modules: str | list[str]) -> list[str]:
                    if isinstance(m, linear) and m is not head})
 
 
-def load_trainable(base_q: Path, params: TrainParams, quantized: bool):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def load_trainable(base_q: Path, params: TrainParams):
+    """The frozen base as saved (no re-quantization) with fresh LoRA adapters.
+
+    peft's prepare_model_for_kbit_training is deliberately not used: it casts norms and
+    embeddings to fp32, so training would compute in a precision serving never runs (and, on
+    this CPU, it doubled activation memory and ran slower). The base stays exactly as shipped.
+    """
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_q, trust_remote_code=False, device_map={"": device()})
-    if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=params.gradient_checkpointing)
-    else:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        if params.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            model.enable_input_require_grads()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if params.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     lora = LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
                       target_modules=resolve_targets(model, params.target_modules), bias="none",
                       task_type="CAUSAL_LM")
@@ -172,7 +175,7 @@ def train(params: TrainParams, base_q: str | Path, tokenizer_dir: str | Path, da
         raise ValueError(f"{data_dir}/train.jsonl is empty: nothing to train on")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
 
-    model = load_trainable(base_q, params, quantized=quant["method"] != "none")
+    model = load_trainable(base_q, params)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, optimizer_name = make_optimizer(params, trainable)
