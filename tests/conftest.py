@@ -80,6 +80,7 @@ def tiny_params(tmp: Path, **overrides) -> Path:
     params["train"].update(max_steps=4, batch_size=2, val_every_steps=2, warmup_steps=1, learning_rate=1e-3)
     params["evaluate"].update(limit=4, batch_size=4, max_new_tokens=8, bootstrap_samples=50, golden_prompts=2)
     params["gate"].update(min_field_accuracy=0.0, min_worst_slice_field_accuracy=0.0, min_format_validity=0.0,
+                          min_slice_field_accuracy={},
                           max_nll_p99=None)
     for section, values in overrides.items():
         params[section].update(values)

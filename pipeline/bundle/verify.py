@@ -60,7 +60,12 @@ def verify_bundle(root: str | Path) -> VerifiedBundle:
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file() or manifest_path.is_symlink():
         raise BundleError(MANIFEST_NAME, "missing (not a bundle?)")
-    raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    try:
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(MANIFEST_NAME, f"is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BundleError(MANIFEST_NAME, "is not a JSON object")
     if raw.get("schema_version") != SCHEMA_VERSION:
         raise BundleError(MANIFEST_NAME, "unsupported schema_version", str(SCHEMA_VERSION), str(raw.get("schema_version")))
     try:

@@ -127,3 +127,10 @@ def test_manifest_path_escaping_the_bundle_is_refused(bundle_copy):
     (bundle_copy / MANIFEST_NAME).write_text(json.dumps(raw))
     with pytest.raises(BundleError, match="escapes"):
         verify_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"\xff\xfe"])
+def test_corrupt_manifest_is_a_bundle_error(bundle_copy, content):
+    (bundle_copy / MANIFEST_NAME).write_bytes(content)
+    with pytest.raises(BundleError, match=MANIFEST_NAME):
+        verify_bundle(bundle_copy)

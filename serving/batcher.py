@@ -1,0 +1,192 @@
+"""Micro-batching: concurrent requests share one `engine.generate` call.
+
+A forward pass over eight rows costs little more than over one on the same hardware, so one
+worker thread takes up to `max_batch` waiting requests at a time and runs them as one batch;
+concurrency then raises throughput instead of queueing one request behind another. Tokens go
+back to each request's asyncio queue as they are produced (`call_soon_threadsafe`, since the
+engine calls back from the worker thread). A request whose client went away, whose stop
+string matched or whose time ran out is cancelled: its row's callback returns False and the
+engine stops stepping it.
+
+The queue is bounded (a full queue is the caller's 429) and draining stops admissions (503)
+while everything already admitted, queued or running, is still answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Sequence
+
+from pipeline.engines.base import Completion, Engine, GenerationRequest
+from serving.logs import log_event
+from serving.metrics import ServingMetrics
+
+log = logging.getLogger(__name__)
+
+# How long an idle worker waits for companions after the first request arrives. Small next to
+# one decode step (tens of ms and up), large enough for a burst of requests to land together.
+BATCH_WINDOW_S = 0.005
+
+
+class QueueFull(Exception):
+    """The bounded queue has no room (HTTP 429)."""
+
+
+class Draining(Exception):
+    """The server is shutting down and admits no new work (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    token_id: int
+    logprob: float
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    completion: Completion
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    error: BaseException
+
+
+Event = TokenEvent | DoneEvent | ErrorEvent
+
+
+class Job:
+    """One request's row: created on the event loop, run on the worker thread."""
+
+    def __init__(self, request: GenerationRequest, request_id: str) -> None:
+        self.request = request
+        self.request_id = request_id
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.enqueued_at = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def post(self, event: Event) -> None:
+        """Hand an event to the request's coroutine (from any thread)."""
+        try:
+            self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:
+            self.cancel()  # the event loop is closed: nobody is left to answer
+
+
+class Batcher:
+    def __init__(self, engine: Engine, metrics: ServingMetrics, *, max_batch: int, max_queue: int) -> None:
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError("max_batch and max_queue must be at least 1")
+        self.engine = engine
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self._pending: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._draining = False
+        self._thread: threading.Thread | None = None
+
+    # -- event-loop side ----------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._draining:
+                raise Draining("the server is shutting down")
+            if len(self._pending) >= self.max_queue:
+                # Requests whose callers already left hold no real place in the queue.
+                self._pending = deque(j for j in self._pending if not j.cancelled)
+            if len(self._pending) >= self.max_queue:
+                raise QueueFull(f"{len(self._pending)} requests are already waiting (max_queue={self.max_queue})")
+            self._pending.append(job)
+            self.metrics.queue_depth.set(len(self._pending))
+            self._cond.notify()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tailgate-batcher", daemon=True)
+            self._thread.start()
+
+    def drain(self) -> None:
+        """Stop admitting work; what was admitted still runs."""
+        with self._cond:
+            self._draining = True
+            self._cond.notify_all()
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Drain, then wait for the worker to finish everything admitted."""
+        self.drain()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    # -- worker side --------------------------------------------------------------------------
+
+    def _next_batch(self) -> list[Job] | None:
+        """Block for work; None once draining has emptied the queue."""
+        with self._cond:
+            while not self._pending:
+                if self._draining:
+                    return None
+                self._cond.wait()
+            deadline = time.monotonic() + BATCH_WINDOW_S
+            while len(self._pending) < self.max_batch and not self._draining:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch: list[Job] = []
+            while self._pending and len(batch) < self.max_batch:
+                job = self._pending.popleft()
+                if not job.cancelled:  # its caller already gave up (disconnect, timeout)
+                    batch.append(job)
+            self.metrics.queue_depth.set(len(self._pending))
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            if batch:
+                self._run_batch(batch)
+
+    def _run_batch(self, batch: Sequence[Job]) -> None:
+        def on_token(row: int, token_id: int, logprob: float) -> bool:
+            job = batch[row]
+            if job.cancelled:
+                return False
+            job.post(TokenEvent(token_id, logprob))
+            return True
+
+        started = time.monotonic()
+        self.metrics.in_flight.set(len(batch))
+        self.metrics.batch_size.observe(len(batch))
+        try:
+            completions = self.engine.generate([job.request for job in batch], on_token)
+        except Exception as exc:  # the engine failed the whole batch: every row gets the error
+            log.exception("engine.generate failed for a batch of %d", len(batch))
+            for job in batch:
+                job.post(ErrorEvent(exc))
+        else:
+            for job, completion in zip(batch, completions):
+                job.post(DoneEvent(completion))
+            self.metrics.generated_tokens.inc(sum(len(c.token_ids) for c in completions))
+            log_event(log, "batch", request_ids=[job.request_id for job in batch], size=len(batch),
+                      generated_tokens=[len(c.token_ids) for c in completions],
+                      queue_wait_s=[round(started - job.enqueued_at, 4) for job in batch],
+                      run_s=round(time.monotonic() - started, 4))
+        finally:
+            self.metrics.in_flight.set(0)

@@ -1,0 +1,163 @@
+"""The serving logic under the routes: a validated request becomes prompt ids and sampling
+parameters (checked against the context), a job on the batcher, and a stream of text pieces.
+
+All tokenizer work (encoding prompts, decoding outputs) happens here, on the event loop's
+thread: a fast tokenizer is not safe to use from two threads at once, and the batch worker
+only ever sees token ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable
+
+from jinja2 import TemplateError
+
+from pipeline.chat import ChatFormatError, encode_prompt
+from pipeline.engines.base import GenerationRequest, SamplingParams
+from serving.batcher import DoneEvent, Draining, Event, Job, QueueFull, TokenEvent
+from serving.errors import APIError, internal_error
+from serving.logs import log_event
+from serving.protocol import ChatCompletionRequest, CompletionRequest, FinishReason, Usage
+from serving.state import ServingState
+from serving.text import TextAssembler
+
+log = logging.getLogger(__name__)
+
+# How often a plain (non-streaming) request checks whether its client is still connected;
+# a streaming one learns it from the server at once.
+DISCONNECT_POLL_S = 0.5
+MIN_SAMPLING_TEMPERATURE = 1e-5
+
+
+@dataclass(frozen=True)
+class Prepared:
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    stop_strings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+    def usage(self) -> Usage:
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                     total_tokens=self.prompt_tokens + self.completion_tokens)
+
+
+def check_model(state: ServingState, name: str) -> None:
+    if name != state.model_id:
+        raise APIError(404, f"model {name!r} is not served here; this server serves {state.model_id!r} "
+                            "(see /v1/models)", param="model", code="model_not_found")
+
+
+def chat_prompt_ids(state: ServingState, req: ChatCompletionRequest) -> list[int]:
+    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    try:
+        return encode_prompt(state.engine.tokenizer, messages)
+    except (ChatFormatError, TemplateError) as exc:
+        raise APIError(400, f"messages cannot be encoded: {exc}", param="messages") from None
+
+
+def completion_prompt_ids(state: ServingState, req: CompletionRequest) -> list[int]:
+    # The text is the whole prompt, as with the chat encoding: no special tokens are added.
+    return list(state.engine.tokenizer(req.prompt, add_special_tokens=False)["input_ids"])
+
+
+def prepare(state: ServingState, req: ChatCompletionRequest | CompletionRequest, prompt_ids: list[int],
+            prompt_param: str) -> Prepared:
+    """Resolve defaults from the manifest and refuse what does not fit the context."""
+    context = state.engine.max_context_tokens
+    n = len(prompt_ids)
+    if n == 0:
+        raise APIError(400, "the prompt encodes to no tokens", param=prompt_param)
+    if req.max_tokens is None:
+        room = context - n
+        if room < 1:
+            raise APIError(400, f"the prompt is {n} tokens, which leaves no room in the model's context of "
+                                f"{context} tokens", param=prompt_param, code="context_length_exceeded")
+        max_tokens = min(state.manifest.inference.max_new_tokens, room)
+    else:
+        max_tokens = req.max_tokens
+        if n + max_tokens > context:
+            raise APIError(400, f"prompt_tokens ({n}) + max_tokens ({max_tokens}) = {n + max_tokens} exceeds the "
+                                f"model's context of {context} tokens", param="max_tokens",
+                           code="context_length_exceeded")
+    inference = state.manifest.inference
+    temperature = inference.temperature if req.temperature is None else req.temperature
+    sampling = SamplingParams(
+        max_new_tokens=max_tokens,
+        # Dividing logits by a vanishing temperature overflows to inf and NaN probabilities,
+        # which would fail the whole engine batch; that close to 0 sampling is greedy anyway.
+        temperature=0.0 if temperature < MIN_SAMPLING_TEMPERATURE else temperature,
+        top_p=inference.top_p if req.top_p is None else req.top_p,
+        seed=req.seed,
+        stop_token_ids=state.stop_token_ids,
+    )
+    return Prepared(prompt_ids=prompt_ids, sampling=sampling, stop_strings=req.stop_strings())
+
+
+def submit(state: ServingState, prepared: Prepared, request_id: str) -> Job:
+    """Queue the request; 429 when the queue is full, 503 while draining."""
+    job = Job(GenerationRequest(prepared.prompt_ids, prepared.sampling), request_id)
+    try:
+        state.batcher.submit(job)
+    except QueueFull as exc:
+        raise APIError(429, f"server busy: {exc}; retry later", code="queue_full", headers={"retry-after": "1"}) from None
+    except Draining:
+        raise APIError(503, "the server is shutting down and accepts no new requests", code="draining") from None
+    state.metrics.prompt_tokens.inc(len(prepared.prompt_ids))
+    return job
+
+
+async def _next_event(job: Job, deadline: float, timeout_s: float,
+                      disconnected: Callable[[], Awaitable[bool]] | None) -> Event:
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise APIError(504, f"the request did not finish within {timeout_s:g} s", code="timeout")
+        try:
+            return await asyncio.wait_for(job.events.get(), timeout=min(left, DISCONNECT_POLL_S))
+        except TimeoutError:
+            if disconnected is not None and await disconnected():
+                # nginx's "client closed request": nobody reads this answer, the metrics do.
+                raise APIError(499, "the client closed the request", code="client_closed") from None
+
+
+async def pieces(state: ServingState, job: Job, prepared: Prepared,
+                 disconnected: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[str | Finished]:
+    """Text pieces as they become stable, then one Finished. Leaving early (client gone,
+    timeout, stop string, error) cancels the job's row, so the engine stops spending on it."""
+    assembler = TextAssembler(state.engine.tokenizer, prepared.stop_strings)
+    deadline = job.enqueued_at + state.request_timeout_s
+    try:
+        while True:
+            event = await _next_event(job, deadline, state.request_timeout_s, disconnected)
+            if isinstance(event, TokenEvent):
+                step = assembler.add(event.token_id)
+                if step.text:
+                    yield step.text
+                if not step.stopped:
+                    continue
+                reason: FinishReason = "stop"
+            elif isinstance(event, DoneEvent):
+                tail = assembler.finish()
+                if tail:
+                    yield tail
+                reason = "stop" if event.completion.finish_reason == "stop" else "length"
+            else:
+                raise internal_error() from event.error  # the worker logged the engine's exception
+            finished = Finished(reason, len(prepared.prompt_ids), len(assembler.ids))
+            log_event(log, "generation", prompt_tokens=finished.prompt_tokens,
+                      completion_tokens=finished.completion_tokens, finish_reason=reason,
+                      max_tokens=prepared.sampling.max_new_tokens, temperature=prepared.sampling.temperature)
+            yield finished
+            return
+    finally:
+        job.cancel()

@@ -1,0 +1,70 @@
+"""Everything a running server holds: the engine, what it serves, and how it is doing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from pipeline.bundle.manifest import Manifest
+from pipeline.engines.base import Engine
+from pipeline.files import files_digest
+from serving.batcher import Batcher
+from serving.metrics import ServingMetrics
+from serving.probe import ParityReport
+from serving.protocol import ModelCard
+
+
+class TokenizingEngine(Engine, Protocol):
+    """An engine that also exposes the bundle's tokenizer (serving encodes and decodes text)."""
+
+    tokenizer: Any
+
+
+@dataclass
+class ServingState:
+    engine: TokenizingEngine
+    manifest: Manifest
+    parity: ParityReport
+    batcher: Batcher
+    metrics: ServingMetrics
+    api_key: str | None
+    request_timeout_s: float
+
+    @property
+    def model_id(self) -> str:
+        return f"tailgate-{self.manifest.bundle_digest[:12]}"
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        return tuple(self.manifest.tokenizer.stop_token_ids)
+
+    def model_card(self) -> ModelCard:
+        m = self.manifest
+
+        def component(files: dict[str, Any]) -> dict[str, Any]:
+            return {"digest": files_digest(files), "files": {k: v.sha256 for k, v in sorted(files.items())}}
+
+        return ModelCard(
+            id=self.model_id,
+            created=int(datetime.fromisoformat(m.built.time_utc).timestamp()),
+            bundle_digest=m.bundle_digest,
+            components={
+                "base": {**component(m.base.files), "architecture": m.base.architecture,
+                         "quantization": m.quantization.method, "source_sha256": m.base.source_sha256},
+                "adapter": {**component(m.adapter.files), "base_digest": m.adapter.base_digest},
+                "tokenizer": component(m.tokenizer.files),
+                "chat_template_sha256": m.tokenizer.chat_template_sha256,
+            },
+            engine={"name": self.engine.name, "exact": self.engine.exact},
+            max_context_tokens=self.engine.max_context_tokens,
+            parity=self.parity.as_dict(),
+        )
+
+
+def build_state(engine: TokenizingEngine, manifest: Manifest, parity: ParityReport, *, max_batch: int,
+                max_queue: int, api_key: str | None, request_timeout_s: float) -> ServingState:
+    metrics = ServingMetrics()
+    batcher = Batcher(engine, metrics, max_batch=max_batch, max_queue=max_queue)
+    return ServingState(engine=engine, manifest=manifest, parity=parity, batcher=batcher, metrics=metrics,
+                        api_key=api_key or None, request_timeout_s=request_timeout_s)

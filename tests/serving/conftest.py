@@ -1,0 +1,110 @@
+"""Real servers for the serving tests: the tiny bundle, a real engine, uvicorn on a free port.
+
+One engine and one golden file per session (the engine serializes its batches with a lock,
+so several servers can share it); each test module starts the servers it needs with
+`start_server` and they stop when the module ends.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from tests.conftest import REPO
+
+GOLDEN_PROMPTS = 2
+GOLDEN_MAX_NEW_TOKENS = 4  # enough to compare token ids and log-probs; cheap on 2 cores
+
+
+@dataclass
+class Served:
+    """What the serving tests share: the verified bundle, its engine, the golden file and the
+    parity report the probe gave for it."""
+
+    bundle: object
+    engine: object
+    golden_path: Path
+    parity: object
+
+
+@pytest.fixture(scope="session")
+def served(tiny_pipeline, tmp_path_factory) -> Served:
+    from pipeline.bundle.verify import verify_bundle
+    from pipeline.engines.hf import HFEngine
+    from pipeline.evaluate import golden_outputs
+    from pipeline.suites import load_suite
+    from serving.probe import load_golden, replay
+
+    bundle = verify_bundle(tiny_pipeline["bundle"])
+    engine = HFEngine.from_bundle(bundle)
+    suite = load_suite(REPO / "eval_suites/discharge")
+    prompts = golden_outputs(engine, suite, suite.items(), GOLDEN_PROMPTS, GOLDEN_MAX_NEW_TOKENS)
+    golden_path = tmp_path_factory.mktemp("golden") / "golden.json"
+    golden_path.write_text(json.dumps({"bundle_digest": bundle.manifest.bundle_digest, "engine": engine.name,
+                                       "prompts": prompts}), encoding="utf-8")
+    parity = replay(engine, load_golden(golden_path, bundle.manifest), bundle.manifest)
+    return Served(bundle=bundle, engine=engine, golden_path=golden_path, parity=parity)
+
+
+@dataclass
+class RunningServer:
+    url: str
+    state: object  # serving.state.ServingState
+    server: object  # serving.server.DrainingServer
+    thread: threading.Thread
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+
+
+def _listening_socket() -> socket.socket:
+    # Bound here and handed to uvicorn, so no other process can take the port in between.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def run_server(served: Served, *, parity: object | None = None, max_batch: int = 8, max_queue: int = 64,
+               api_key: str | None = None, request_timeout_s: float = 60.0) -> RunningServer:
+    from serving.app import create_app
+    from serving.server import build_server
+    from serving.state import build_state
+
+    state = build_state(served.engine, served.bundle.manifest, parity or served.parity, max_batch=max_batch,
+                        max_queue=max_queue, api_key=api_key, request_timeout_s=request_timeout_s)
+    sock = _listening_socket()
+    host, port = sock.getsockname()
+    server = build_server(create_app(state), state, host, port)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    return RunningServer(url=url, state=state, server=server, thread=thread)
+
+
+@pytest.fixture(scope="module")
+def start_server(served) -> Iterator[Callable[..., RunningServer]]:
+    """Start servers on the shared engine; all of them stop when the module ends."""
+    running: list[RunningServer] = []
+
+    def start(**kwargs) -> RunningServer:
+        srv = run_server(served, **kwargs)
+        running.append(srv)
+        return srv
+
+    yield start
+    for srv in running:
+        srv.stop()
