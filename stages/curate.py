@@ -21,6 +21,7 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer", default="artifacts/base")
     p.add_argument("--out", default="data/curated")
     p.add_argument("--report", default="reports/curate.json")
+    p.add_argument("--metrics", default="reports/metrics/curate.json")
 
     def body(args):
         params = load_section("curate", args.params)
@@ -30,6 +31,8 @@ def main(argv=None) -> int:
             atomic_write_json(args.report, exc.report)
             raise
         atomic_write_json(args.report, report)
+        atomic_write_json(args.metrics, {k: report[k] for k in ("input_lines", "kept", "rejected",
+                                                                "quarantine_fraction", "reasons")})
         cli.log.info("curate: %d lines -> %d kept (train %d, val %d), %d quarantined", report["input_lines"],
                      report["kept"], report["splits"]["train"]["total"], report["splits"]["val"]["total"],
                      report["rejected"])

@@ -23,11 +23,12 @@ def main(argv=None) -> int:
     p.add_argument("--samples", default="reports/eval_samples.jsonl")
     p.add_argument("--golden", default="reports/golden.json")
     p.add_argument("--plots", default="reports/plots")
+    p.add_argument("--metrics", default="reports/metrics/eval.json")
 
     def body(args):
         params = load_section("evaluate", args.params)
         report, rows, golden = evaluate(params, args.bundle)
-        write_reports(report, rows, golden, args.report, args.samples, args.golden, args.plots)
+        write_reports(report, rows, golden, args.report, args.samples, args.golden, args.plots, args.metrics)
         cli.log.info("evaluate: %s", json.dumps({k: round(v["mean"], 4) for k, v in report["overall"].items()}))
         cli.log.info("worst slice: %s", report["worst_slice"])
 

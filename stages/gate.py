@@ -22,6 +22,7 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", default="artifacts/bundle")
     p.add_argument("--out", default="reports/gate.json")
     p.add_argument("--summary", default="reports/gate.md")
+    p.add_argument("--metrics", default="reports/metrics/gate.json")
 
     def body(args):
         params = load_section("gate", args.params)
@@ -30,6 +31,8 @@ def main(argv=None) -> int:
         decision = decide(params, report, digest)
         atomic_write_json(args.out, decision)
         atomic_write_text(args.summary, render_markdown(decision))
+        atomic_write_json(args.metrics, {"passed": decision["passed"], "failed_rules": len(decision["failed"]),
+                                         "rules": len(decision["rules"])})
         if not decision["passed"]:
             cli.log.error("gate FAILED: %s (see %s)", ", ".join(decision["failed"]), args.summary)
             return 1

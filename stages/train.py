@@ -24,6 +24,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="artifacts/adapter")
     p.add_argument("--report", default="reports/train.json")
     p.add_argument("--plot", default="reports/plots/train_loss.csv")
+    p.add_argument("--metrics", default="reports/metrics/train.json")
 
     def body(args):
         params = load_section("train", args.params)
@@ -36,6 +37,9 @@ def main(argv=None) -> int:
             writer.writerow([s["step"], s["loss"], val.get(s["step"], "")])
         atomic_write_text(args.plot, buf.getvalue())
         atomic_write_json(args.report, report)
+        atomic_write_json(args.metrics, {k: report[k] for k in (
+            "loss_first10_mean", "loss_last10_mean", "final_val_loss", "train_time_s", "real_tokens_per_s",
+            "peak_rss_mb", "optimizer")})
         cli.log.info("train: loss %.3f -> %.3f in %.0f s, %.0f real tokens/s, peak RSS %.0f MB, optimizer %s",
                      report["loss_first10_mean"], report["loss_last10_mean"], report["train_time_s"],
                      report["real_tokens_per_s"], report["peak_rss_mb"], report["optimizer"])

@@ -34,9 +34,23 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def headline_metrics(report: dict) -> dict:
+    """The few numbers `dvc metrics show` and `dvc exp show` put side by side."""
+    return {
+        "bundle_digest": report["bundle_digest"][:12],
+        "overall": {m: round(v["mean"], 4) for m, v in report["overall"].items()},
+        "slices": {name: {"field_accuracy": round(s["field_accuracy"]["mean"], 4),
+                          "ci95_low": round(s["field_accuracy"]["ci95"][0], 4), "n": s["n"]}
+                   for name, s in sorted(report["slices"].items())},
+        "worst_slice": {"slice": report["worst_slice"]["slice"], "field_accuracy": round(report["worst_slice"]["mean"], 4)},
+        "nll_per_token": {k: round(v, 4) for k, v in report["nll_per_token"].items()},
+    }
+
+
 def write_reports(report: dict, rows: list[dict], golden: dict, report_path: str, samples_path: str,
-                  golden_path: str, plots_dir: str) -> None:
+                  golden_path: str, plots_dir: str, metrics_path: str) -> None:
     atomic_write_json(report_path, report)
+    atomic_write_json(metrics_path, headline_metrics(report))
     atomic_write_text(samples_path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
     atomic_write_json(golden_path, golden)
     csv = ["slice,field_accuracy,ci_low,ci_high,n"]

@@ -64,8 +64,11 @@ def test_stage_writes_reports(tiny_pipeline, tmp_path):
                                                        f"suite: {REPO / 'eval_suites/discharge'}")
     params.write_text(text)
     rc = main(["--params", str(params), "--bundle", str(tiny_pipeline["bundle"]), "--report", str(tmp_path / "eval.json"),
-               "--samples", str(tmp_path / "s.jsonl"), "--golden", str(tmp_path / "g.json"), "--plots", str(tmp_path / "plots")])
+               "--samples", str(tmp_path / "s.jsonl"), "--golden", str(tmp_path / "g.json"), "--plots", str(tmp_path / "plots"),
+               "--metrics", str(tmp_path / "metrics.json")])
     assert rc == 0
     assert json.loads((tmp_path / "eval.json").read_text())["suite"]["name"] == "discharge"
     assert (tmp_path / "eval.md").read_text().startswith("# Evaluation")
     assert (tmp_path / "plots/eval_slices.csv").read_text().startswith("slice,")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["slices"]) == set(json.loads((tmp_path / "eval.json").read_text())["slices"])

@@ -70,11 +70,13 @@ def test_stage_exits_nonzero_on_failure(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("gate:\n  min_field_accuracy: 0.7\n")
     args = ["--params", str(params), "--report", str(report), "--bundle", str(bundle),
-            "--out", str(tmp_path / "gate.json"), "--summary", str(tmp_path / "gate.md")]
+            "--out", str(tmp_path / "gate.json"), "--summary", str(tmp_path / "gate.md"),
+            "--metrics", str(tmp_path / "metrics.json")]
     assert main(args) == 0
     params.write_text("gate:\n  min_field_accuracy: 0.9\n")
     assert main(args) == 1
     assert json.loads((tmp_path / "gate.json").read_text())["failed"] == ["field_accuracy"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["passed"] is False
     (bundle / "manifest.json").write_text(json.dumps({"bundle_digest": "c" * 64}))
     params.write_text("gate:\n  min_field_accuracy: 0.7\n")
     assert main(args) == 1  # the report describes another bundle
