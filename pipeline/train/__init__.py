@@ -98,8 +98,8 @@ def load_trainable(base_q: Path, params: TrainParams):
     """The frozen base as saved (no re-quantization) with fresh LoRA adapters.
 
     peft's prepare_model_for_kbit_training is deliberately not used: it casts norms and
-    embeddings to fp32, so training would compute in a precision serving never runs (and, on
-    this CPU, it doubled activation memory and ran slower). The base stays exactly as shipped.
+    embeddings to fp32, so training would compute in a precision serving never runs. The base
+    stays exactly as shipped.
     """
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
