@@ -133,6 +133,8 @@ class GateParams(_Strict):
     min_worst_slice_field_accuracy: float = Field(0.0, ge=0.0, le=1.0, description="Floor on the worst slice.")
     min_format_validity: float = Field(0.0, ge=0.0, le=1.0, description="Floor on the share of parseable outputs.")
     max_nll_p99: float | None = Field(None, gt=0.0, description="Ceiling on the p99 of per-example mean NLL (nats/token).")
+    max_hallucination_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="Ceiling on the share of outputs naming a drug or allergen the note never mentions.")
     allow_inexact_engine: bool = Field(False, description="Accept a report produced by an engine not known to be exact.")
 
 

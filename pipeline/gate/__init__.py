@@ -63,6 +63,9 @@ def decide(params: GateParams, report: dict, bundle_digest: str) -> dict:
                           floor, ">="))
     if params.max_nll_p99 is not None:
         rules.append(_cmp("nll_per_token_p99", _get(report, "nll_per_token", "p99"), params.max_nll_p99, "<="))
+    if params.max_hallucination_rate is not None:
+        rules.append(_cmp("hallucination_rate", _get(report, "overall", "hallucination", "mean"),
+                          params.max_hallucination_rate, "<=", "outputs naming a drug/allergen absent from the note"))
     passed = all(r.passed for r in rules)
     return {"passed": passed, "bundle_digest": bundle_digest, "rules": [asdict(r) for r in rules],
             "failed": [r.name for r in rules if not r.passed]}

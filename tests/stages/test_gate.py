@@ -14,13 +14,13 @@ DIGEST = "a" * 64
 GOOD = {
     "bundle_digest": DIGEST,
     "engine": {"name": "hf", "exact": True},
-    "overall": {"field_accuracy": {"mean": 0.8}, "format_valid": {"mean": 0.99}},
+    "overall": {"field_accuracy": {"mean": 0.8}, "format_valid": {"mean": 0.99}, "hallucination": {"mean": 0.02}},
     "slices": {"common": {"field_accuracy": {"mean": 0.85}}, "long": {"field_accuracy": {"mean": 0.7}}},
     "worst_slice": {"slice": "long", "mean": 0.7, "n": 40},
     "nll_per_token": {"p99": 0.9},
 }
 PARAMS = GateParams(min_field_accuracy=0.7, min_slice_field_accuracy={"long": 0.6}, min_worst_slice_field_accuracy=0.6,
-                    min_format_validity=0.95, max_nll_p99=1.5)
+                    min_format_validity=0.95, max_nll_p99=1.5, max_hallucination_rate=0.05)
 
 
 def test_good_report_passes():
@@ -39,6 +39,8 @@ def test_good_report_passes():
     (lambda r: r["slices"].pop("long"), "slice[long].field_accuracy"),
     (lambda r: r["nll_per_token"].update(p99=3.0), "nll_per_token_p99"),
     (lambda r: r["overall"]["format_valid"].update(mean=0.5), "format_validity"),
+    (lambda r: r["overall"]["hallucination"].update(mean=0.2), "hallucination_rate"),
+    (lambda r: r["overall"].pop("hallucination"), "hallucination_rate"),
 ])
 def test_each_failure_fails_closed(mutate, rule):
     report = copy.deepcopy(GOOD)
