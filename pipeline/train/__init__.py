@@ -94,6 +94,15 @@ def resolve_targets(model, target_modules: str | list[str]) -> list[str]:
                    if isinstance(m, linear) and m is not head})
 
 
+def _canonical_adapter_config(path: Path) -> None:
+    """peft stores target_modules as a set and writes it in hash-seed order, so the same run
+    gave different adapter_config.json bytes (and bundle digests) in different processes."""
+    cfg = read_json(path)
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    atomic_write_json(path, cfg)
+
+
 def load_trainable(base_q: Path, params: TrainParams):
     """The frozen base as saved (no re-quantization) with fresh LoRA adapters.
 
@@ -225,6 +234,7 @@ def train(params: TrainParams, base_q: str | Path, tokenizer_dir: str | Path, da
     }
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        _canonical_adapter_config(Path(tmp) / "adapter_config.json")
         atomic_write_json(Path(tmp) / TRAINING_META, training_meta)
 
     # The base must come out of training exactly as it went in.
