@@ -9,7 +9,6 @@ import sys
 
 from pipeline import cli
 from pipeline.bundle.build import build_bundle
-from pipeline.bundle.verify import BundleError
 from pipeline.params import load_section
 
 
@@ -22,10 +21,7 @@ def main(argv=None) -> int:
 
     def body(args):
         params = load_section("bundle", args.params)
-        try:
-            manifest = build_bundle(params, args.base, args.base_q, args.adapter, args.out)
-        except BundleError as exc:
-            raise RuntimeError(str(exc)) from None
+        manifest = build_bundle(params, args.base, args.base_q, args.adapter, args.out)
         cli.log.info("bundle: digest %s, %d files", manifest.bundle_digest, len(manifest.all_files()))
 
     return cli.run(body, p, argv)

@@ -19,8 +19,10 @@ from pipeline.bundle.manifest import (
 from pipeline.files import hash_files, list_files, sha256_bytes
 
 
-class BundleError(Exception):
-    """A bundle failed verification. `path` names the offending file (relative to the bundle)."""
+class BundleError(ValueError):
+    """A bundle failed verification. `path` names the offending file (relative to the bundle).
+
+    A ValueError, so every stage entry point reports it as a one-line error and exit code 1."""
 
     def __init__(self, path: str, problem: str, expected: str | None = None, actual: str | None = None):
         self.path, self.problem, self.expected, self.actual = path, problem, expected, actual

@@ -72,3 +72,15 @@ def test_stage_writes_reports(tiny_pipeline, tmp_path):
     assert (tmp_path / "plots/eval_slices.csv").read_text().startswith("slice,")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["slices"]) == set(json.loads((tmp_path / "eval.json").read_text())["slices"])
+
+
+def test_stage_refuses_a_tampered_bundle_with_exit_1(bundle_copy, tmp_path, caplog):
+    from stages.evaluate import main
+
+    (bundle_copy / "adapter/adapter_config.json").write_text("{}")
+    rc = main(["--params", str(REPO / "params.yaml"), "--bundle", str(bundle_copy),
+               "--report", str(tmp_path / "eval.json"), "--samples", str(tmp_path / "s.jsonl"),
+               "--golden", str(tmp_path / "g.json"), "--plots", str(tmp_path / "plots"),
+               "--metrics", str(tmp_path / "m.json")])
+    assert rc == 1 and "adapter/adapter_config.json" in caplog.text
+    assert not (tmp_path / "eval.json").exists()
