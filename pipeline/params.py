@@ -121,6 +121,9 @@ class EvaluateParams(_Strict):
     bootstrap_samples: int = Field(1000, gt=0, description="Bootstrap resamples for the per-slice 95% CI.")
     seed: int = Field(0, description="Seed of the bootstrap.")
     golden_prompts: int = Field(8, ge=1, description="Items whose greedy outputs are recorded for the serving parity probe.")
+    damage: bool = Field(
+        True, description="Run the suite again on the 16-bit base with the same adapter and report quantization "
+        "damage (delta NLL, flips, per-slice deltas). Doubles evaluation time; a 16-bit bundle is its own reference.")
 
 
 class GateParams(_Strict):
@@ -136,6 +139,20 @@ class GateParams(_Strict):
     max_hallucination_rate: float | None = Field(
         None, ge=0.0, le=1.0, description="Ceiling on the share of outputs naming a drug or allergen the note never mentions.")
     allow_inexact_engine: bool = Field(False, description="Accept a report produced by an engine not known to be exact.")
+    max_delta_nll_p99: float | None = Field(
+        None, description="Quantization damage ceiling: p99 of per-example NLL increase, shipped minus reference "
+        "precision (nats/token).")
+    max_flip_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="Ceiling on the share of item-fields right under reference precision and "
+        "wrong as shipped.")
+    max_slice_accuracy_drop: float | None = Field(
+        None, description="Ceiling on any slice's field-accuracy drop from reference precision to shipped.")
+    baseline: str | None = Field(
+        None, description="eval.json of the last release; each slice (and overall) may regress by at most its budget. "
+        "Its sha256 is recorded in gate.json.")
+    regression_budget: float = Field(0.05, ge=0.0, description="Allowed field-accuracy drop against the baseline.")
+    slice_regression_budgets: dict[str, float] = Field(
+        default_factory=dict, description="Per-slice overrides of regression_budget (slice -> budget).")
 
 
 SECTIONS: dict[str, type[_Strict]] = {

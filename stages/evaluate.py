@@ -1,7 +1,8 @@
 """DVC stage `evaluate`: score the exact bundle on the suite, per slice, with tails.
 
-Reads params `evaluate`, --bundle and the suite; writes --report (bound to the bundle digest),
---samples (one row per item), --golden (outputs the serving parity probe replays) and
+Reads params `evaluate`, --bundle, the suite and --reference-base (the 16-bit base, for
+quantization damage); writes --report (bound to the bundle digest),
+--samples (one row per item, shipped beside reference), --golden (outputs the serving parity probe replays) and
 --plot (per-slice accuracy for `dvc plots show`).
 """
 
@@ -24,10 +25,12 @@ def main(argv=None) -> int:
     p.add_argument("--golden", default="reports/golden.json")
     p.add_argument("--plots", default="reports/plots")
     p.add_argument("--metrics", default="reports/metrics/eval.json")
+    p.add_argument("--reference-base", default="artifacts/base",
+                   help="16-bit base the bundle's base was quantized from (quantization damage)")
 
     def body(args):
         params = load_section("evaluate", args.params)
-        report, rows, golden = evaluate(params, args.bundle)
+        report, rows, golden = evaluate(params, args.bundle, args.reference_base)
         write_reports(report, rows, golden, args.report, args.samples, args.golden, args.plots, args.metrics)
         cli.log.info("evaluate: %s", json.dumps({k: round(v["mean"], 4) for k, v in report["overall"].items()}))
         cli.log.info("worst slice: %s", report["worst_slice"])

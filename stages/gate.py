@@ -1,7 +1,7 @@
 """DVC stage `gate`: apply the release rules; exit non-zero when the release fails.
 
-Reads params `gate`, --report and the --bundle manifest; writes --out (gate.json) and
---summary (gate.md).
+Reads params `gate`, --report, the --bundle (verified file by file) and the baseline report
+named in params; writes --out (gate.json) and --summary (gate.md).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from pipeline import cli
-from pipeline.bundle.manifest import MANIFEST_NAME
-from pipeline.files import atomic_write_json, atomic_write_text, read_json
+from pipeline.bundle.verify import BundleError, verify_bundle
+from pipeline.files import atomic_write_json, atomic_write_text, read_json, sha256_file
 from pipeline.gate import decide, render_markdown
 from pipeline.params import load_section
 
@@ -26,9 +26,20 @@ def main(argv=None) -> int:
 
     def body(args):
         params = load_section("gate", args.params)
-        digest = read_json(Path(args.bundle) / MANIFEST_NAME)["bundle_digest"]
+        digest = template = error = None
+        try:
+            manifest = verify_bundle(args.bundle).manifest
+            digest, template = manifest.bundle_digest, manifest.tokenizer.chat_template_sha256
+        except (BundleError, FileNotFoundError) as exc:
+            error = str(exc)  # recorded as the failing bundle_verified rule, not a traceback
         report = read_json(args.report) if Path(args.report).exists() else {}
-        decision = decide(params, report, digest)
+        baseline = None
+        if params.baseline and Path(params.baseline).is_file():
+            baseline = read_json(params.baseline)
+        decision = decide(params, report, digest, chat_template_sha256=template, bundle_error=error,
+                          baseline=baseline)
+        if baseline is not None:
+            decision["baseline_sha256"] = sha256_file(params.baseline)
         atomic_write_json(args.out, decision)
         atomic_write_text(args.summary, render_markdown(decision))
         atomic_write_json(args.metrics, {"passed": decision["passed"], "failed_rules": len(decision["failed"]),

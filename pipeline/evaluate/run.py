@@ -21,7 +21,8 @@ import yaml
 from pipeline.bundle.verify import verify_bundle
 from pipeline.chat import encode_prompt
 from pipeline.engines.base import GenerationRequest, SamplingParams
-from pipeline.evaluate import stats
+from pipeline.files import files_digest
+from pipeline.evaluate import damage, stats
 from pipeline.evaluate.scorers import SCORERS
 from pipeline.suites import Suite, load_suite
 from pipeline.params import EvaluateParams
@@ -123,31 +124,70 @@ def aggregate(rows: list[dict], suite: Suite, params: EvaluateParams) -> dict:
     }
 
 
-def evaluate(params: EvaluateParams, bundle_dir: str | Path) -> tuple[dict, list[dict], dict]:
-    """Return (report, per-example rows, golden record)."""
-    from pipeline.engines.hf import HFEngine
+def _pass(engine, suite: Suite, params: EvaluateParams) -> tuple[list[dict], "TailgateLM"]:
+    """One run of the suite's lm-eval tasks through engine, scored into per-item rows."""
     from pipeline.evaluate.lm_model import TailgateLM
 
+    lm = TailgateLM(engine=engine, batch_size=params.batch_size, max_gen_toks=params.max_new_tokens)
+    rows = score_rows(lm, suite, run_lm_eval(lm, suite, params.limit))
+    if not rows:
+        raise RuntimeError("evaluation produced no rows")
+    return rows, lm
+
+
+def evaluate(params: EvaluateParams, bundle_dir: str | Path,
+             reference_base_dir: str | Path | None = None) -> tuple[dict, list[dict], dict]:
+    """Return (report, per-example rows, golden record).
+
+    With params.damage, the suite runs a second time with the 16-bit base (reference_base_dir,
+    checked against the bundle's pinned base) under the same adapter, and the report gains a
+    `damage` section. A bundle whose base is not quantized is its own reference.
+    """
+    from pipeline.engines.hf import HFEngine
+
     bundle = verify_bundle(bundle_dir)
+    manifest = bundle.manifest
     suite = load_suite(params.suite)
     unknown = [s for s in suite.spec.scorers if s not in SCORERS]
     if unknown:
         raise ValueError(f"suite {suite.name}: unknown scorers {unknown}; known: {sorted(SCORERS)}")
+    quantized = manifest.quantization.method != "none"
+    if params.damage and quantized:
+        if reference_base_dir is None:
+            raise ValueError("evaluate.damage needs the 16-bit reference base (--reference-base)")
+        damage.check_reference_base(manifest, reference_base_dir)
     engine = HFEngine.from_bundle(bundle)
-    lm = TailgateLM(engine=engine, batch_size=params.batch_size, max_gen_toks=params.max_new_tokens)
-    samples = run_lm_eval(lm, suite, params.limit)
-    rows = score_rows(lm, suite, samples)
-    if not rows:
-        raise RuntimeError("evaluation produced no rows")
+    log.info("evaluate: shipped precision (%s)", manifest.quantization.method)
+    rows, _lm = _pass(engine, suite, params)
     items = [it for it in suite.items() if it["id"] in {r["id"] for r in rows}]
     golden = golden_outputs(engine, suite, items, params.golden_prompts, params.max_new_tokens)
-    digest = bundle.manifest.bundle_digest
+    engine_info = {"name": engine.name, "exact": engine.exact, "description": engine.description}
+    del engine, _lm
+    digest = manifest.bundle_digest
     report = {
         "bundle_digest": digest,
+        "bundle": {"quantization": manifest.quantization.method,
+                   "base_sha256": manifest.base.source_sha256,
+                   "adapter_digest": files_digest(manifest.adapter.files),
+                   "tokenizer_digest": files_digest(manifest.tokenizer.files),
+                   "chat_template_sha256": manifest.tokenizer.chat_template_sha256},
         "suite": {"name": suite.name, "version": suite.spec.version, "items": len(rows)},
-        "engine": {"name": engine.name, "exact": engine.exact, "description": engine.description},
+        "engine": engine_info,
         "headline_metric": HEADLINE,
         **aggregate(rows, suite, params),
     }
-    golden_record = {"bundle_digest": digest, "engine": engine.name, "prompts": golden}
+    if params.damage:
+        if quantized:
+            log.info("evaluate: reference precision (16-bit base %s, same adapter)", reference_base_dir)
+            ref_engine = HFEngine.from_bundle(bundle, precision="reference", reference_base_dir=reference_base_dir)
+            ref_rows, _ = _pass(ref_engine, suite, params)
+            del ref_engine
+            description = f"{manifest.quantization.compute_dtype} base (lock {manifest.base.source_sha256[:12]}) + the same adapter"
+        else:
+            ref_rows, description = rows, "the shipped model itself (its base is not quantized)"
+        report["damage"] = damage.compare(rows, ref_rows, sorted(report["slices"]), description)
+        report["reference"] = {k: v for k, v in aggregate(ref_rows, suite, params).items()
+                               if k in ("overall", "slices", "nll_per_token", "length_buckets")}
+        damage.attach_reference(rows, ref_rows)
+    golden_record = {"bundle_digest": digest, "engine": engine_info["name"], "prompts": golden}
     return report, rows, golden_record

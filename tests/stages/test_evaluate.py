@@ -17,7 +17,7 @@ def evaluated(tiny_pipeline):
 
     params = load_section("evaluate", tiny_pipeline["params"]).model_copy(
         update={"suite": str(REPO / "eval_suites/discharge")})
-    return evaluate(params, tiny_pipeline["bundle"]), params
+    return evaluate(params, tiny_pipeline["bundle"], tiny_pipeline["base"]), params
 
 
 def test_report_is_bound_to_the_bundle_digest(tiny_pipeline, evaluated):
@@ -65,11 +65,17 @@ def test_stage_writes_reports(tiny_pipeline, tmp_path):
     params.write_text(text)
     rc = main(["--params", str(params), "--bundle", str(tiny_pipeline["bundle"]), "--report", str(tmp_path / "eval.json"),
                "--samples", str(tmp_path / "s.jsonl"), "--golden", str(tmp_path / "g.json"), "--plots", str(tmp_path / "plots"),
-               "--metrics", str(tmp_path / "metrics.json")])
+               "--metrics", str(tmp_path / "metrics.json"),
+               "--reference-base", str(tiny_pipeline["base"])])
     assert rc == 0
     assert json.loads((tmp_path / "eval.json").read_text())["suite"]["name"] == "discharge"
     assert (tmp_path / "eval.md").read_text().startswith("# Evaluation")
     assert (tmp_path / "plots/eval_slices.csv").read_text().startswith("slice,")
+    for png in ("eval_slices.png", "nll_cdf.png", "length_buckets.png"):
+        assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](plots/{png})" in (tmp_path / "eval.md").read_text()
+    quantiles = (tmp_path / "plots/nll_quantiles.csv").read_text().splitlines()
+    assert quantiles[0] == "percentile,shipped,reference" and len(quantiles) == 102
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["slices"]) == set(json.loads((tmp_path / "eval.json").read_text())["slices"])
 
@@ -84,3 +90,40 @@ def test_stage_refuses_a_tampered_bundle_with_exit_1(bundle_copy, tmp_path, capl
                "--metrics", str(tmp_path / "m.json")])
     assert rc == 1 and "adapter/adapter_config.json" in caplog.text
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_quantization_damage_is_measured_against_the_16bit_base(evaluated):
+    """The reference pass really ran on other weights: per-item NLLs differ, and the damage
+    statistics are consistent with the rows they summarise."""
+    (report, rows, _golden), _ = evaluated
+    d = report["damage"]
+    assert d["items"] == len(rows) and "bfloat16 base" in d["reference"]
+    deltas = sorted(r["nll_per_token"] - r["reference_nll_per_token"] for r in rows)
+    assert any(abs(x) > 1e-6 for x in deltas)  # NF4 weights are not the bf16 weights
+    assert d["delta_nll_per_token"]["max"] == pytest.approx(deltas[-1])
+    assert d["delta_nll_per_token"]["p50"] <= d["delta_nll_per_token"]["p99"] <= d["delta_nll_per_token"]["max"]
+    assert 0.0 <= d["flip_rate"] <= 1.0 and d["field_pairs"] == 5 * len(rows)
+    for name, s in d["slices"].items():
+        shipped = [r["field_accuracy"] for r in rows if r["slice"] == name]
+        ref = [r["reference_field_accuracy"] for r in rows if r["slice"] == name]
+        assert s["field_accuracy_drop"] == pytest.approx(sum(ref) / len(ref) - sum(shipped) / len(shipped))
+    assert set(report["reference"]["slices"]) == set(report["slices"])
+
+
+def test_reference_base_must_be_the_pinned_one(tiny_pipeline, tmp_path):
+    """Another 16-bit model cannot stand in as the reference: the lock hash is pinned."""
+    import shutil
+
+    from pipeline.evaluate import evaluate
+
+    other = tmp_path / "base"
+    shutil.copytree(tiny_pipeline["base"], other)
+    lock = json.loads((other / "base.lock.json").read_text())
+    lock["source"] = {"kind": "local_dir", "path": "/elsewhere"}
+    (other / "base.lock.json").write_text(json.dumps(lock))
+    params = load_section("evaluate", tiny_pipeline["params"]).model_copy(
+        update={"suite": str(REPO / "eval_suites/discharge")})
+    with pytest.raises(ValueError, match="pinned base"):
+        evaluate(params, tiny_pipeline["bundle"], other)
+    with pytest.raises(ValueError, match="--reference-base"):
+        evaluate(params, tiny_pipeline["bundle"], None)

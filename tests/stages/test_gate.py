@@ -4,27 +4,40 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
 from pipeline.gate import decide, render_markdown
 from pipeline.params import GateParams
+from tests.conftest import REPO
 
 DIGEST = "a" * 64
+TEMPLATE = "t" * 64
 GOOD = {
     "bundle_digest": DIGEST,
+    "bundle": {"chat_template_sha256": TEMPLATE},
+    "suite": {"name": "discharge", "version": 1},
     "engine": {"name": "hf", "exact": True},
     "overall": {"field_accuracy": {"mean": 0.8}, "format_valid": {"mean": 0.99}, "hallucination": {"mean": 0.02}},
     "slices": {"common": {"field_accuracy": {"mean": 0.85}}, "long": {"field_accuracy": {"mean": 0.7}}},
     "worst_slice": {"slice": "long", "mean": 0.7, "n": 40},
     "nll_per_token": {"p99": 0.9},
+    "damage": {"delta_nll_per_token": {"p50": 0.001, "p99": 0.02}, "flip_rate": 0.01, "worst_slice_drop": 0.01,
+               "slices": {"common": {"field_accuracy_drop": 0.0}, "long": {"field_accuracy_drop": 0.01}}},
 }
 PARAMS = GateParams(min_field_accuracy=0.7, min_slice_field_accuracy={"long": 0.6}, min_worst_slice_field_accuracy=0.6,
-                    min_format_validity=0.95, max_nll_p99=1.5, max_hallucination_rate=0.05)
+                    min_format_validity=0.95, max_nll_p99=1.5, max_hallucination_rate=0.05,
+                    max_delta_nll_p99=0.05, max_flip_rate=0.03, max_slice_accuracy_drop=0.05)
+
+
+def _decide(report, params=PARAMS, **kw):
+    kw.setdefault("chat_template_sha256", TEMPLATE)
+    return decide(params, report, kw.pop("digest", DIGEST), **kw)
 
 
 def test_good_report_passes():
-    d = decide(PARAMS, GOOD, DIGEST)
+    d = _decide(GOOD)
     assert d["passed"] and not d["failed"]
     assert "PASS" in render_markdown(d)
 
@@ -41,44 +54,143 @@ def test_good_report_passes():
     (lambda r: r["overall"]["format_valid"].update(mean=0.5), "format_validity"),
     (lambda r: r["overall"]["hallucination"].update(mean=0.2), "hallucination_rate"),
     (lambda r: r["overall"].pop("hallucination"), "hallucination_rate"),
+    (lambda r: r["bundle"].update(chat_template_sha256="u" * 64), "chat_template_matches"),
+    (lambda r: r.pop("bundle"), "chat_template_matches"),
+    (lambda r: r["damage"]["delta_nll_per_token"].update(p99=0.2), "damage.delta_nll_p99"),
+    (lambda r: r["damage"].update(flip_rate=0.1), "damage.flip_rate"),
+    (lambda r: r["damage"].update(worst_slice_drop=0.2), "damage.worst_slice_drop"),
+    (lambda r: r.pop("damage"), "damage.delta_nll_p99"),
+    (lambda r: r.pop("damage"), "damage.flip_rate"),
 ])
 def test_each_failure_fails_closed(mutate, rule):
     report = copy.deepcopy(GOOD)
     mutate(report)
-    d = decide(PARAMS, report, DIGEST)
+    d = _decide(report)
     assert not d["passed"] and rule in d["failed"]
     assert "FAIL" in render_markdown(d) and rule in render_markdown(d)
 
 
 def test_empty_report_fails_every_rule():
-    d = decide(PARAMS, {}, DIGEST)
-    assert not d["passed"] and len(d["failed"]) == len(d["rules"])
+    d = _decide({})
+    # everything but the bundle's own verification (the bundle is fine; the report is empty)
+    assert not d["passed"] and d["failed"] == [r["name"] for r in d["rules"] if r["name"] != "bundle_verified"]
 
 
 def test_inexact_engine_only_when_allowed():
     report = copy.deepcopy(GOOD)
     report["engine"]["exact"] = False
-    assert decide(PARAMS.model_copy(update={"allow_inexact_engine": True}), report, DIGEST)["passed"]
+    assert _decide(report, PARAMS.model_copy(update={"allow_inexact_engine": True}))["passed"]
 
 
-def test_stage_exits_nonzero_on_failure(tmp_path):
-    from stages.gate import main
+def test_unverified_bundle_fails_everything_it_binds():
+    d = _decide(GOOD, digest=None, chat_template_sha256=None,
+                bundle_error="tokenizer/chat_template.jinja: sha256 mismatch")
+    assert {"bundle_verified", "bundle_digest_matches", "chat_template_matches"} <= set(d["failed"])
+    assert "tokenizer/chat_template.jinja" in render_markdown(d)  # the summary names the file
 
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "manifest.json").write_text(json.dumps({"bundle_digest": DIGEST}))
-    report = tmp_path / "eval.json"
-    report.write_text(json.dumps(GOOD))
-    params = tmp_path / "params.yaml"
-    params.write_text("gate:\n  min_field_accuracy: 0.7\n")
-    args = ["--params", str(params), "--report", str(report), "--bundle", str(bundle),
+
+BASELINE = {"suite": {"name": "discharge", "version": 1}, "overall": {"field_accuracy": {"mean": 0.82}},
+            "slices": {"common": {"field_accuracy": {"mean": 0.86}}, "long": {"field_accuracy": {"mean": 0.74}}}}
+
+
+def test_regression_budgets_against_the_last_release():
+    params = PARAMS.model_copy(update={"baseline": "release/eval.json", "regression_budget": 0.05})
+    assert _decide(GOOD, params, baseline=BASELINE)["passed"]  # drops 0.02 / 0.01 / 0.04 fit 0.05
+    tight = params.model_copy(update={"slice_regression_budgets": {"long": 0.02}})
+    d = _decide(GOOD, tight, baseline=BASELINE)
+    assert d["failed"] == ["regression.slice[long]"]
+    rule = next(r for r in d["rules"] if r["name"] == "regression.slice[long]")
+    assert rule["value"] == pytest.approx(0.04) and rule["threshold"] == 0.02
+    gone = copy.deepcopy(GOOD)
+    gone["slices"].pop("common")  # a slice of the baseline that vanished fails closed
+    assert "regression.slice[common]" in _decide(gone, params, baseline=BASELINE)["failed"]
+    other = copy.deepcopy(BASELINE)
+    other["suite"]["version"] = 2
+    assert "baseline_suite_matches" in _decide(GOOD, params, baseline=other)["failed"]
+    assert _decide(GOOD, params, baseline=None)["failed"] == ["baseline_present"]
+
+
+def _stage_args(tmp_path, bundle, report, params):
+    return ["--params", str(params), "--report", str(report), "--bundle", str(bundle),
             "--out", str(tmp_path / "gate.json"), "--summary", str(tmp_path / "gate.md"),
             "--metrics", str(tmp_path / "metrics.json")]
+
+
+def _report_for(bundle: Path) -> dict:
+    from pipeline.bundle.verify import verify_bundle
+
+    m = verify_bundle(bundle).manifest
+    report = copy.deepcopy(GOOD)
+    report["bundle_digest"] = m.bundle_digest
+    report["bundle"]["chat_template_sha256"] = m.tokenizer.chat_template_sha256
+    return report
+
+
+def test_stage_exits_nonzero_on_failure(bundle_copy, tmp_path):
+    from stages.gate import main
+
+    report = tmp_path / "eval.json"
+    report.write_text(json.dumps(_report_for(bundle_copy)))
+    params = tmp_path / "params.yaml"
+    params.write_text("gate:\n  min_field_accuracy: 0.7\n")
+    args = _stage_args(tmp_path, bundle_copy, report, params)
     assert main(args) == 0
     params.write_text("gate:\n  min_field_accuracy: 0.9\n")
     assert main(args) == 1
     assert json.loads((tmp_path / "gate.json").read_text())["failed"] == ["field_accuracy"]
     assert json.loads((tmp_path / "metrics.json").read_text())["passed"] is False
-    (bundle / "manifest.json").write_text(json.dumps({"bundle_digest": "c" * 64}))
-    params.write_text("gate:\n  min_field_accuracy: 0.7\n")
-    assert main(args) == 1  # the report describes another bundle
+    params.write_text("gate:\n  min_field_accuracy: 0.7\n  baseline: " + str(tmp_path / "missing.json") + "\n")
+    assert main(args) == 1
+    assert json.loads((tmp_path / "gate.json").read_text())["failed"] == ["baseline_present"]
+
+
+def test_stage_refuses_a_report_for_another_bundle(bundle_copy, tmp_path):
+    from stages.gate import main
+
+    report = _report_for(bundle_copy)
+    report["bundle_digest"] = "c" * 64
+    (tmp_path / "eval.json").write_text(json.dumps(report))
+    (tmp_path / "params.yaml").write_text("gate: {}\n")
+    assert main(_stage_args(tmp_path, bundle_copy, tmp_path / "eval.json", tmp_path / "params.yaml")) == 1
+    assert json.loads((tmp_path / "gate.json").read_text())["failed"] == ["bundle_digest_matches"]
+
+
+def test_stage_refuses_a_swapped_chat_template(bundle_copy, tmp_path):
+    """Swapped in place (the manifest no longer matches) and swapped then re-sealed (a valid
+    bundle, but not the one evaluated): both block the release, naming what differs."""
+    from pipeline.files import sha256_bytes
+    from stages.gate import main
+    from tests.unit.test_bundle_verify import resign
+
+    (tmp_path / "eval.json").write_text(json.dumps(_report_for(bundle_copy)))
+    (tmp_path / "params.yaml").write_text("gate: {}\n")
+    args = _stage_args(tmp_path, bundle_copy, tmp_path / "eval.json", tmp_path / "params.yaml")
+    assert main(args) == 0
+    template = bundle_copy / "tokenizer/chat_template.jinja"
+    swapped = template.read_text().replace("<|im_start|>", "<|im_start|> ")
+    template.write_text(swapped)
+    assert main(args) == 1
+    gate = json.loads((tmp_path / "gate.json").read_text())
+    assert "bundle_verified" in gate["failed"]
+    assert "tokenizer/chat_template.jinja" in (tmp_path / "gate.md").read_text()
+    resign(bundle_copy, tokenizer__chat_template_sha256=sha256_bytes(swapped.encode()))
+    assert main(args) == 1
+    gate = json.loads((tmp_path / "gate.json").read_text())
+    assert gate["failed"] == ["bundle_digest_matches", "chat_template_matches"]
+
+
+def test_real_fp4_configuration_fails_the_damage_ceiling():
+    """A real worse configuration on the default model: FP4 without double quantization
+    (reports/experiments/fp4_nodq/eval.json, from `dvc exp run`) against the committed ceilings,
+    while the shipped NF4 report passes the same rules."""
+    from pipeline.params import load_section
+
+    params = load_section("gate", REPO / "params.yaml")
+    damage_rules = {"damage.delta_nll_p99", "damage.flip_rate", "damage.worst_slice_drop"}
+    fp4 = json.loads((REPO / "reports/experiments/fp4_nodq/eval.json").read_text())
+    assert fp4["bundle"]["quantization"] == "fp4"
+    d = decide(params, fp4, fp4["bundle_digest"], chat_template_sha256=fp4["bundle"]["chat_template_sha256"])
+    assert set(d["failed"]) & damage_rules
+    nf4 = json.loads((REPO / "reports/eval.json").read_text())
+    d = decide(params, nf4, nf4["bundle_digest"], chat_template_sha256=nf4["bundle"]["chat_template_sha256"])
+    assert not set(d["failed"]) & damage_rules

@@ -1,0 +1,107 @@
+"""Quantization damage: the same suite, the same adapter, the base at reference precision.
+
+The shipped bundle runs its adapter on the 4-bit base. The reference run swaps in the 16-bit
+base the 4-bit one was made from (checked against the bundle's pinned base lock) and keeps
+everything else: adapter, tokenizer, chat template, prompts, decoding. What differs between
+the two runs is therefore what quantization did, item by item:
+
+- delta NLL per item (shipped minus reference, nats/token; positive = the shipped model finds
+  the reference answer less likely), summarised by its quantiles: damage pools in the tail.
+- flips: a summary field right under the reference precision and wrong as shipped, over all
+  (item, field) pairs; the reverse (wrong -> right) is reported beside it so noise is visible.
+- per-slice deltas of the headline metric and of the mean NLL.
+
+A merged (adapter folded into the weights) variant is a different set of numbers: it would be
+evaluated as its own bundle, never assumed equal to this one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.evaluate import stats
+from pipeline.files import hash_files
+
+HEADLINE = "field_accuracy"
+
+
+def field_keys(row: dict) -> list[str]:
+    """Per-field correctness columns written by the field_exact_match scorer."""
+    return sorted(k for k in row if k.startswith("field_") and k != HEADLINE)
+
+
+def check_reference_base(manifest, base_dir: str | Path) -> str:
+    """The reference base must be the one the shipped base was quantized from: its lock file
+    hashes to the manifest's pinned value and every file matches the lock. Returns the lock hash."""
+    from pipeline.base import LOCK_NAME, check_lock
+
+    base_dir = Path(base_dir)
+    if not (base_dir / LOCK_NAME).is_file():
+        raise FileNotFoundError(f"reference base {base_dir} has no {LOCK_NAME}")
+    actual = hash_files(base_dir, [LOCK_NAME])[LOCK_NAME]
+    if actual != manifest.base.source_sha256:
+        raise ValueError(f"reference base {base_dir / LOCK_NAME}: sha256 {actual[:16]}... is not the bundle's "
+                         f"pinned base {manifest.base.source_sha256[:16]}... (another base cannot be a reference)")
+    check_lock(base_dir)
+    return actual
+
+
+def compare(shipped: list[dict], reference: list[dict], slice_names: list[str], description: str) -> dict:
+    """Damage statistics of shipped rows against reference rows (matched by item id)."""
+    ref = {r["id"]: r for r in reference}
+    missing = [r["id"] for r in shipped if r["id"] not in ref]
+    if missing:
+        raise RuntimeError(f"reference run lacks items {missing[:5]}")
+    fields = field_keys(shipped[0])
+    deltas, flips, unflips, identical = [], 0, 0, 0
+    flipped_items = []
+    for r in shipped:
+        q = ref[r["id"]]
+        if "nll_per_token" in r and "nll_per_token" in q and math.isfinite(r["nll_per_token"]):
+            deltas.append(r["nll_per_token"] - q["nll_per_token"])
+        lost = [f for f in fields if q[f] == 1.0 and r[f] == 0.0]
+        flips += len(lost)
+        unflips += sum(1 for f in fields if q[f] == 0.0 and r[f] == 1.0)
+        identical += r["output"] == q["output"]
+        if lost:
+            flipped_items.append({"id": r["id"], "slice": r["slice"], "fields": [f[len("field_"):] for f in lost]})
+    pairs = len(shipped) * len(fields)
+    slices = {}
+    for name in slice_names:
+        s_rows = [r for r in shipped if r["slice"] == name]
+        if not s_rows:
+            continue
+        s_mean = float(np.mean([r[HEADLINE] for r in s_rows]))
+        r_mean = float(np.mean([ref[r["id"]][HEADLINE] for r in s_rows]))
+        d_nll = [r["nll_per_token"] - ref[r["id"]]["nll_per_token"] for r in s_rows
+                 if "nll_per_token" in r and "nll_per_token" in ref[r["id"]]]
+        slices[name] = {"n": len(s_rows), f"{HEADLINE}_shipped": s_mean, f"{HEADLINE}_reference": r_mean,
+                        # positive = quantization lost accuracy on this slice
+                        f"{HEADLINE}_drop": r_mean - s_mean,
+                        "delta_nll_mean": float(np.mean(d_nll)) if d_nll else None}
+    return {
+        "reference": description,
+        "items": len(shipped),
+        "delta_nll_per_token": stats.quantiles(deltas),
+        "flip_rate": flips / pairs if pairs else None,
+        "unflip_rate": unflips / pairs if pairs else None,
+        "field_pairs": pairs,
+        "flipped_items": flipped_items,
+        "identical_outputs": identical / len(shipped),
+        "slices": slices,
+        "worst_slice_drop": max((s[f"{HEADLINE}_drop"] for s in slices.values()), default=None),
+    }
+
+
+def attach_reference(rows: list[dict], reference: list[dict]) -> None:
+    """Put each item's reference output and numbers beside the shipped ones (eval_samples)."""
+    ref = {r["id"]: r for r in reference}
+    for r in rows:
+        q = ref[r["id"]]
+        r["reference_output"] = q["output"]
+        r[f"reference_{HEADLINE}"] = q[HEADLINE]
+        if "nll_per_token" in q:
+            r["reference_nll_per_token"] = q["nll_per_token"]
