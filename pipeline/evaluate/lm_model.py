@@ -1,8 +1,9 @@
 """The bundle's Engine as an lm-eval model, so lm-eval tasks run through the shipped path.
 
-Registered as lm-eval model `tailgate`: `model_args` take `bundle=<dir>` (verified before
-anything loads) and optionally `batch_size`, `precision` (shipped|reference) and
-`reference_base`. Evaluation passes an already-built engine instead.
+Registered as lm-eval model `tailgate` (from the command line: `tailgate-lm-eval`, see
+lm_eval_cli.py): `model_args` take `bundle=<dir>` (verified before anything loads) and
+optionally `batch_size`, `max_gen_toks`, `precision` (shipped|reference) and `reference_base`
+(checked against the bundle's pinned base). Evaluation passes an already-built engine instead.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
+import lm_eval.models  # noqa: F401  (see below)
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
@@ -19,6 +21,9 @@ from pipeline.engines.base import GenerationRequest, SamplingParams
 log = logging.getLogger(__name__)
 
 
+# lm-eval fills its model table with the built-in models only when the table is empty at the
+# first lookup; registering ours first would hide them (`local-chat-completions` included), so
+# the built-ins are imported above, before this registration.
 @register_model("tailgate")
 class TailgateLM(LM):
     def __init__(self, bundle: str | None = None, engine=None, batch_size: int | str = 16,
@@ -30,8 +35,12 @@ class TailgateLM(LM):
             from pipeline.bundle.verify import verify_bundle
             from pipeline.engines.hf import HFEngine
 
-            engine = HFEngine.from_bundle(verify_bundle(bundle), precision=precision,
-                                          reference_base_dir=reference_base)
+            verified = verify_bundle(bundle)
+            if precision == "reference" and reference_base is not None:
+                from pipeline.evaluate.damage import check_reference_base
+
+                check_reference_base(verified.manifest, reference_base)
+            engine = HFEngine.from_bundle(verified, precision=precision, reference_base_dir=reference_base)
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.batch_size = int(batch_size)

@@ -1,0 +1,98 @@
+"""lm-eval both ways: the bundle engine as an lm-eval model from lm-eval's own command line,
+and lm-eval's OpenAI-compatible chat client against a running server.
+
+Stated tolerance: with one prompt per forward pass on both sides (server --max-batch 1, the
+in-process model at batch size 1) the two paths must agree exactly, output for output and
+score for score. Batched bf16 forwards may move near-tie tokens, so batched runs are not
+compared here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+SUITE = REPO / "eval_suites/discharge"
+MAX_GEN = 8
+LIMIT = 3
+
+
+def _task() -> dict:
+    config = yaml.safe_load((SUITE / "tasks/discharge_summary.yaml").read_text())
+    config["dataset_kwargs"] = {"data_files": {"test": str(SUITE / "data/test.jsonl")}}
+    config["generation_kwargs"] = {**config["generation_kwargs"], "max_gen_toks": MAX_GEN}
+    return config
+
+
+def _evaluate(model, model_args=None) -> tuple[dict, dict]:
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from pipeline.suites import load_suite
+
+    out = simple_evaluate(model=model, model_args=model_args, tasks=[_task()],
+                          task_manager=TaskManager(include_path=str(SUITE / "tasks")), apply_chat_template=True,
+                          system_instruction=load_suite(SUITE).spec.system_prompt, log_samples=True, limit=LIMIT,
+                          bootstrap_iters=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0)
+    samples = {s["doc"]["id"]: s["filtered_resps"][0] for s in out["samples"]["discharge_summary"]}
+    return out["results"]["discharge_summary"], samples
+
+
+@pytest.mark.slow
+def test_lm_eval_chat_client_against_the_server_agrees_with_in_process(served, start_server):
+    from pipeline.evaluate.lm_model import TailgateLM
+    from pipeline.evaluate.scorers import SCORERS
+    from pipeline.suites import load_suite
+
+    srv = start_server(max_batch=1)
+    through_server, server_out = _evaluate("local-chat-completions", {
+        "base_url": f"{srv.url}/v1/chat/completions", "model": srv.state.model_id,
+        "tokenizer_backend": None, "num_concurrent": 1, "max_retries": 1, "max_gen_toks": MAX_GEN})
+    in_process, local_out = _evaluate(TailgateLM(engine=served.engine, batch_size=1, max_gen_toks=MAX_GEN))
+    assert len(server_out) == LIMIT and set(server_out) == set(local_out)
+    assert server_out == local_out  # tolerance 0 unbatched
+    assert through_server["exact_match,none"] == in_process["exact_match,none"]
+    items = {it["id"]: it for it in load_suite(SUITE).items()}
+    score = SCORERS["field_exact_match"]
+    for item_id, text in server_out.items():
+        assert score(text, items[item_id]) == score(local_out[item_id], items[item_id])
+    # the server really answered them, one request per item
+    metrics = httpx.get(f"{srv.url}/metrics").text
+    served_ok = [line for line in metrics.splitlines() if line.startswith("tailgate_requests_total{")
+                 and "chat/completions" in line and 'status="200"' in line]
+    assert served_ok and float(served_ok[0].rsplit(" ", 1)[1]) == LIMIT
+
+
+@pytest.mark.slow
+def test_lm_eval_command_line_runs_the_bundle_engine(tiny_pipeline, tmp_path):
+    """`tailgate-lm-eval --model tailgate --model_args bundle=...` is lm-eval's CLI with our
+    model registered; the samples it logs are the engine's greedy outputs."""
+    cmd = [sys.executable, "-m", "pipeline.evaluate.lm_eval_cli", "run", "--model", "tailgate",
+           "--model_args", f"bundle={tiny_pipeline['bundle']},max_gen_toks={MAX_GEN}", "--batch_size", "2",
+           "--tasks", "discharge_summary", "--include_path", str(SUITE / "tasks"), "--limit", "2",
+           "--apply_chat_template", "--system_instruction", "You write structured hospital discharge summaries.",
+           "--output_path", str(tmp_path / "out"), "--log_samples"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("results_*.json")]
+    assert results and "exact_match,none" in results[0]["results"]["discharge_summary"]
+    assert results[0]["config"]["model"] == "tailgate"
+    samples = [json.loads(line) for p in (tmp_path / "out").rglob("samples_discharge_summary_*.jsonl")
+               for line in p.read_text().splitlines()]
+    assert len(samples) == 2 and all(isinstance(s["resps"][0][0], str) for s in samples)
+
+
+def test_a_tampered_bundle_is_refused_by_the_lm_eval_model(bundle_copy):
+    from pipeline.bundle.verify import BundleError
+    from pipeline.evaluate.lm_model import TailgateLM
+
+    (bundle_copy / "tokenizer/chat_template.jinja").write_text("{{ messages }}")
+    with pytest.raises(BundleError, match="chat_template.jinja"):
+        TailgateLM(bundle=str(bundle_copy))
