@@ -55,6 +55,17 @@ def test_repro_runs_every_stage_and_the_gate_passes(project):
     assert metrics.returncode == 0
     shown = json.loads(metrics.stdout)
     assert any("reports/metrics/gate.json" in str(v) for v in shown.values())
+    eval_metrics = json.loads((root / "reports/metrics/eval.json").read_text())
+    assert {"delta_nll_p99", "flip_rate", "worst_slice_drop"} <= set(eval_metrics["damage"])
+
+    # every declared plot renders, the two-column damage plots included
+    plots = _dvc(root, "plots", "show", "--json")
+    assert plots.returncode == 0, plots.stderr[-2000:]
+    rendered = json.loads(plots.stdout)
+    assert not rendered.get("errors"), rendered["errors"]
+    for name in ("nll_quantiles", "length_buckets", "reports/plots/eval_slices.csv",
+                 "reports/plots/train_loss.csv", "reports/plots/nll_cdf.png"):
+        assert rendered["data"].get(name), (name, sorted(rendered["data"]))
 
 
 def test_a_failing_rule_fails_the_pipeline(project):
