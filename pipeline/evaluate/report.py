@@ -14,13 +14,15 @@ def render_markdown(report: dict, plots: list[str] = (), plots_rel: str = "plots
     lines = [f"# Evaluation of bundle `{report['bundle_digest'][:16]}`", "",
              f"Suite `{report['suite']['name']}` v{report['suite']['version']}, {report['suite']['items']} items, "
              f"engine `{report['engine']['name']}` (exact: {report['engine']['exact']}).", "",
-             "| slice | n | field accuracy (95% CI) | exact match | format valid | NLL p50 / p99 |",
-             "|---|---|---|---|---|---|"]
+             "| slice | n | field accuracy (95% CI) | list F1 (P / R) | exact match | format valid | NLL p50 / p99 |",
+             "|---|---|---|---|---|---|---|"]
     for name, s in sorted(report["slices"].items()):
         fa, em, fv = s["field_accuracy"], s.get("exact_match", {}), s.get("format_valid", {})
         nll = report["nll_by_slice"].get(name, {})
         flag = " (too small)" if s["too_small"] else ""
-        lines.append(f"| {name}{flag} | {s['n']} | {fa['mean']:.3f} ({fa['ci95'][0]:.3f}-{fa['ci95'][1]:.3f}) "
+        f1 = "-" if "list_f1" not in s else (f"{s['list_f1']['mean']:.3f} ({s['list_precision']['mean']:.3f} / "
+                                             f"{s['list_recall']['mean']:.3f})")
+        lines.append(f"| {name}{flag} | {s['n']} | {fa['mean']:.3f} ({fa['ci95'][0]:.3f}-{fa['ci95'][1]:.3f}) | {f1} "
                      f"| {em.get('mean', float('nan')):.3f} | {fv.get('mean', float('nan')):.3f} "
                      f"| {nll.get('p50', float('nan')):.3f} / {nll.get('p99', float('nan')):.3f} |")
     w = report["worst_slice"]
@@ -67,7 +69,8 @@ def headline_metrics(report: dict) -> dict:
         "bundle_digest": report["bundle_digest"][:12],
         "overall": {m: round(v["mean"], 4) for m, v in report["overall"].items()},
         "slices": {name: {"field_accuracy": round(s["field_accuracy"]["mean"], 4),
-                          "ci95_low": round(s["field_accuracy"]["ci95"][0], 4), "n": s["n"]}
+                          "ci95_low": round(s["field_accuracy"]["ci95"][0], 4), "n": s["n"],
+                          **({"list_f1": round(s["list_f1"]["mean"], 4)} if "list_f1" in s else {})}
                    for name, s in sorted(report["slices"].items())},
         "worst_slice": {"slice": report["worst_slice"]["slice"], "field_accuracy": round(report["worst_slice"]["mean"], 4)},
         "nll_per_token": {k: round(v, 4) for k, v in report["nll_per_token"].items()},

@@ -96,3 +96,32 @@ def empty_or_refusal(text: str, item: dict) -> dict[str, float]:
     """1 when the model answered nothing, or declined instead of summarising."""
     t = text.strip().casefold()
     return {"empty_or_refusal": float(not t or t.startswith(_REFUSALS))}
+
+
+def _prf(pred: frozenset[str], gold: frozenset[str]) -> tuple[float, float, float]:
+    """Precision, recall, F1 of predicted items against gold items. An empty prediction is
+    precise only when nothing was due; an empty gold list is recalled only by saying nothing."""
+    tp, fp, fn = len(pred & gold), len(pred - gold), len(gold - pred)
+    p = tp / (tp + fp) if tp + fp else float(fn == 0)
+    r = tp / (tp + fn) if tp + fn else float(fp == 0)
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+@register("list_f1")
+def list_f1(text: str, item: dict) -> dict[str, float]:
+    """Item-level precision/recall/F1 of the three list fields (medications, allergies,
+    warnings), pooled per example, plus F1 per field. Lists are read leniently, so a summary
+    that breaks the format still gets credit for the items it lists (format_validity counts
+    the breakage)."""
+    gold = _gold(item)
+    pooled_pred: set[str] = set()
+    pooled_gold: set[str] = set()
+    out = {}
+    for name in sorted(fmt.LIST_FIELDS):
+        pred = frozenset(n for n in (fmt.normalize(i) for i in _list_items(text, fmt.LABELS[name].casefold())) if n)
+        want = frozenset(fmt.normalize(i) for i in getattr(gold, name))
+        out[f"f1_{name}"] = _prf(pred, want)[2]
+        pooled_pred |= {f"{name}:{i}" for i in pred}
+        pooled_gold |= {f"{name}:{i}" for i in want}
+    out["list_precision"], out["list_recall"], out["list_f1"] = _prf(frozenset(pooled_pred), frozenset(pooled_gold))
+    return out

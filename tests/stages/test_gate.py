@@ -179,18 +179,42 @@ def test_stage_refuses_a_swapped_chat_template(bundle_copy, tmp_path):
     assert gate["failed"] == ["bundle_digest_matches", "chat_template_matches"]
 
 
-def test_real_fp4_configuration_fails_the_damage_ceiling():
+def test_real_fp4_configuration_is_refused_and_its_damage_is_measured():
     """A real worse configuration on the default model: FP4 without double quantization
-    (reports/experiments/fp4_nodq/eval.json, from `dvc exp run`) against the committed ceilings,
-    while the shipped NF4 report passes the same rules."""
+    (`dvc exp run -S quantize.method=fp4 -S quantize.double_quant=false`, its reports filed in
+    reports/experiments/fp4_nodq/). The committed gate refuses it, on the allergy slice floor,
+    while the shipped NF4 report passes every rule. Its quantization damage against the 16-bit
+    base is measured and barely above NF4's: a QLoRA adapter is trained on the quantized
+    weights and absorbs most of their error, so the damage ceilings do not fire here."""
     from pipeline.params import load_section
 
     params = load_section("gate", REPO / "params.yaml")
-    damage_rules = {"damage.delta_nll_p99", "damage.flip_rate", "damage.worst_slice_drop"}
     fp4 = json.loads((REPO / "reports/experiments/fp4_nodq/eval.json").read_text())
-    assert fp4["bundle"]["quantization"] == "fp4"
-    d = decide(params, fp4, fp4["bundle_digest"], chat_template_sha256=fp4["bundle"]["chat_template_sha256"])
-    assert set(d["failed"]) & damage_rules
     nf4 = json.loads((REPO / "reports/eval.json").read_text())
-    d = decide(params, nf4, nf4["bundle_digest"], chat_template_sha256=nf4["bundle"]["chat_template_sha256"])
-    assert not set(d["failed"]) & damage_rules
+    assert fp4["bundle"]["quantization"] == "fp4" and nf4["bundle"]["quantization"] == "nf4"
+    refused = decide(params, fp4, fp4["bundle_digest"], chat_template_sha256=fp4["bundle"]["chat_template_sha256"])
+    assert refused["failed"] == ["slice[allergy].field_accuracy"]
+    shipped = decide(params, nf4, nf4["bundle_digest"], chat_template_sha256=nf4["bundle"]["chat_template_sha256"])
+    assert shipped["passed"]
+    worse_tail = fp4["damage"]["delta_nll_per_token"]["p99"] - nf4["damage"]["delta_nll_per_token"]["p99"]
+    assert 0 < worse_tail < 0.05
+
+
+def test_real_regression_nf4_against_the_16bit_release():
+    """Real reports: with the 16-bit LoRA run (reports/experiments/lora16) as the last
+    release, the NF4 default regresses far beyond a 0.05 budget on every slice."""
+    from pipeline.params import load_section
+
+    params = load_section("gate", REPO / "params.yaml").model_copy(
+        update={"baseline": "reports/experiments/lora16/eval.json", "regression_budget": 0.05})
+    baseline = json.loads((REPO / "reports/experiments/lora16/eval.json").read_text())
+    nf4 = json.loads((REPO / "reports/eval.json").read_text())
+    d = decide(params, nf4, nf4["bundle_digest"], chat_template_sha256=nf4["bundle"]["chat_template_sha256"],
+               baseline=baseline)
+    regressed = {r["name"]: r["value"] for r in d["rules"] if r["name"].startswith("regression.") and not r["passed"]}
+    assert set(regressed) == {"regression.overall"} | {f"regression.slice[{n}]" for n in baseline["slices"]}
+    assert all(v > 0.05 for v in regressed.values())
+    # and the 16-bit release measured against itself regresses nowhere
+    same = decide(params, baseline, baseline["bundle_digest"],
+                  chat_template_sha256=baseline["bundle"]["chat_template_sha256"], baseline=baseline)
+    assert not [r for r in same["failed"] if r.startswith("regression.")]

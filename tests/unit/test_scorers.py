@@ -19,6 +19,7 @@ def test_the_reference_scores_perfectly(item):
     assert SCORERS["format_validity"](ref, item)["format_valid"] == 1.0
     assert SCORERS["hallucinated_entities"](ref, item)["hallucination"] == 0.0
     assert SCORERS["empty_or_refusal"](ref, item)["empty_or_refusal"] == 0.0
+    assert SCORERS["list_f1"](ref, item)["list_f1"] == 1.0
 
 
 def test_an_invented_drug_is_a_hallucination_even_in_a_broken_format():
@@ -42,3 +43,32 @@ def test_empty_and_refusal():
 def test_entity_name_strips_dose_and_reaction():
     assert entity_name("metoprolol succinate 25 mg daily") == "metoprolol succinate"
     assert entity_name("Penicillin (hives)") == "penicillin"
+
+
+def _with_meds(item: dict, meds: list[str]) -> str:
+    lines = item["messages"][-1]["content"].splitlines()
+    lines[1] = "Medications: " + ("; ".join(meds) if meds else "none")
+    return "\n".join(lines)
+
+
+def test_list_f1_counts_items_not_lines():
+    from pipeline.synth import summary as fmt
+
+    item = next(it for it in ITEMS if len(fmt.parse(it["messages"][-1]["content"]).medications) >= 2)
+    gold = fmt.parse(item["messages"][-1]["content"])
+    meds = list(gold.medications)
+    others = sum(len(getattr(gold, f)) for f in ("allergies", "warnings"))
+    # one medication missing: precision stays 1, recall drops by one item of the pooled lists
+    missing = SCORERS["list_f1"](_with_meds(item, meds[1:]), item)
+    total = len(meds) + others
+    assert missing["list_precision"] == 1.0
+    assert missing["list_recall"] == pytest.approx((total - 1) / total)
+    assert missing["f1_medications"] == pytest.approx(2 * (len(meds) - 1) / (2 * len(meds) - 1))
+    # one invented medication: recall stays 1, precision drops
+    extra = SCORERS["list_f1"](_with_meds(item, meds + ["zolpiclonazide 5 mg daily"]), item)
+    assert extra["list_recall"] == 1.0 and extra["list_precision"] == pytest.approx(total / (total + 1))
+    # case and spacing do not matter; a repeated item is one item
+    noisy = SCORERS["list_f1"](_with_meds(item, [m.upper() + "  " for m in meds] + [meds[0]]), item)
+    assert noisy["list_f1"] == 1.0
+    # saying "none" when medications were due recalls nothing of that field
+    assert SCORERS["list_f1"](_with_meds(item, []), item)["f1_medications"] == 0.0
