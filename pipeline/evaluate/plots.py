@@ -45,6 +45,21 @@ def write_csvs(report: dict, rows: list[dict], plots_dir: Path) -> None:
            ref_buckets.get(b["min_tokens"], {}).get("mean")] for b in report["length_buckets"]])
 
 
+def _finish(plt, fig, ax, path: Path, title: str, xlabel: str | None, ylabel: str, *, accuracy: bool = False,
+            legend_at: str = "upper right") -> None:
+    """Labels, legend and the write, the same for every chart."""
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if accuracy:
+        ax.set_ylim(0, 1)
+    ax.legend(loc=legend_at, fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_pngs(report: dict, rows: list[dict], plots_dir: Path) -> list[str]:
     """Write the three PNGs; return their file names."""
     import matplotlib
@@ -66,27 +81,17 @@ def write_pngs(report: dict, rows: list[dict], plots_dir: Path) -> list[str]:
         ref = [ref_slices.get(n, {}).get("field_accuracy", {}).get("mean", np.nan) for n in names]
         ax.bar(x + width / 2, ref, width, label="reference precision", alpha=0.6)
     ax.set_xticks(x, [f"{n}\n(n={report['slices'][n]['n']})" for n in names])
-    ax.set_ylabel("field accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title("Per-slice field accuracy")
-    fig.tight_layout()
-    fig.savefig(plots_dir / "eval_slices.png", dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, plots_dir / "eval_slices.png", "Per-slice field accuracy", None, "field accuracy",
+            accuracy=True)
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for key, label in (("nll_per_token", "shipped"), ("reference_nll_per_token", "reference precision")):
         v = _nll(rows, key)
         if len(v):
             ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=label)
-    ax.set_xlabel("per-example NLL of the reference answer (nats/token)")
-    ax.set_ylabel("share of examples")
     ax.axhline(0.99, color="grey", lw=0.6, ls=":")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("NLL distribution: shipped vs reference")
-    fig.tight_layout()
-    fig.savefig(plots_dir / "nll_cdf.png", dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, plots_dir / "nll_cdf.png", "NLL distribution: shipped vs reference",
+            "per-example NLL of the reference answer (nats/token)", "share of examples", legend_at="lower right")
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     buckets = [b for b in report["length_buckets"] if b["n"]]
@@ -98,12 +103,6 @@ def write_pngs(report: dict, rows: list[dict], plots_dir: Path) -> list[str]:
                 label="reference precision")
     for label, b in zip(labels, buckets):
         ax.annotate(f"n={b['n']}", (label, b["mean"]), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
-    ax.set_xlabel("prompt tokens")
-    ax.set_ylabel("field accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title("Accuracy by prompt length (up to the shipped context)")
-    fig.tight_layout()
-    fig.savefig(plots_dir / "length_buckets.png", dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, plots_dir / "length_buckets.png", "Accuracy by prompt length (up to the shipped context)",
+            "prompt tokens", "field accuracy", accuracy=True)
     return ["eval_slices.png", "nll_cdf.png", "length_buckets.png"]
