@@ -97,6 +97,10 @@ class TrainParams(_Strict):
         "auto", description="auto = paged AdamW (bitsandbytes) on CUDA, torch AdamW on CPU."
     )
     val_every_steps: int = Field(25, gt=0, description="Validation loss interval in optimizer steps.")
+    base_precision: Literal["quantized", "reference"] = Field(
+        "quantized", description="quantized: QLoRA, the adapter learns on the exact base that ships. reference: train "
+        "on the 16-bit base and ship the adapter on the quantized one (post-training quantization of a LoRA); "
+        "the manifest pins the 16-bit base as the adapter's, and evaluation's damage pass measures the cost.")
     num_threads: int | None = Field(None, description="torch CPU threads; None = torch's default.")
 
 

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from pipeline.bundle.manifest import Manifest
+from pipeline.bundle.verify import adapter_trained_on
 from pipeline.engines.base import Engine
 from pipeline.files import files_digest
 from serving.batcher import Batcher
@@ -52,7 +53,8 @@ class ServingState:
             components={
                 "base": {**component(m.base.files), "architecture": m.base.architecture,
                          "quantization": m.quantization.method, "source_sha256": m.base.source_sha256},
-                "adapter": {**component(m.adapter.files), "base_digest": m.adapter.base_digest},
+                "adapter": {**component(m.adapter.files), "base_digest": m.adapter.base_digest,
+                            "trained_on": adapter_trained_on(m)},
                 "tokenizer": component(m.tokenizer.files),
                 "chat_template_sha256": m.tokenizer.chat_template_sha256,
             },

@@ -1,6 +1,7 @@
 """DVC stage `train`: QLoRA fine-tuning of LoRA adapters on the frozen pre-quantized base.
 
-Reads params `train`, --base-q, --tokenizer, --data; writes --out (the adapter), --report and
+Reads params `train`, --base-q, --base (the 16-bit base: tokenizer, and weights when
+train.base_precision=reference), --data; writes --out (the adapter), --report and
 --plot (loss curve for `dvc plots show`).
 """
 
@@ -19,7 +20,7 @@ from pipeline.train import train
 def main(argv=None) -> int:
     p = cli.parser(__doc__.splitlines()[0])
     p.add_argument("--base-q", default="artifacts/base_q")
-    p.add_argument("--tokenizer", default="artifacts/base")
+    p.add_argument("--base", default="artifacts/base")
     p.add_argument("--data", default="data/curated")
     p.add_argument("--out", default="artifacts/adapter")
     p.add_argument("--report", default="reports/train.json")
@@ -28,7 +29,7 @@ def main(argv=None) -> int:
 
     def body(args):
         params = load_section("train", args.params)
-        report = train(params, args.base_q, args.tokenizer, args.data, args.out)
+        report = train(params, args.base_q, args.base, args.data, args.out)
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["step", "loss", "val_loss"])

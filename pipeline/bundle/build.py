@@ -70,8 +70,10 @@ def build_bundle(params: BundleParams, base_dir: str | Path, base_q_dir: str | P
     quant = read_json(base_q_dir / QUANT_REPORT)
     training = read_json(adapter_dir / TRAINING_META)
     base_q_digest = files_digest(quant["files"])
-    if training["base_digest"] != base_q_digest:
-        raise BundleError("adapter/", "adapter was trained on another base", training["base_digest"], base_q_digest)
+    # An adapter learns on the base that ships (QLoRA) or on the 16-bit base that base was
+    # quantized from (train.base_precision=reference); the manifest keeps which, and nothing else.
+    if training["base_digest"] not in (base_q_digest, sha256_file(base_dir / LOCK_NAME)):
+        raise BundleError("adapter/", "adapter was trained on another base", base_q_digest, training["base_digest"])
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
     stops = stop_token_ids(tokenizer)

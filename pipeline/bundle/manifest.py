@@ -60,7 +60,8 @@ class TokenizerSection(_M):
 class AdapterSection(_M):
     files: Files
     lora_config: dict[str, Any]
-    base_digest: str = Field(description="Digest of the base_q file hashes the adapter was trained on.")
+    base_digest: str = Field(description="The base the adapter was trained on: the digest of the base_q file hashes "
+                             "(QLoRA), or base.source_sha256 when it was trained on the 16-bit base.")
 
 
 class InferenceSection(_M):

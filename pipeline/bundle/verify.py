@@ -57,6 +57,21 @@ def _check_config_has_no_code(root: Path, rel: str) -> None:
                 raise BundleError(rel, f"declares {key} (remote code); bundles never run code")
 
 
+def shipped_base_digest(manifest: Manifest) -> str:
+    return files_digest({k.split("/", 1)[1]: v for k, v in manifest.base.files.items()})
+
+
+def adapter_trained_on(manifest: Manifest) -> str | None:
+    """"shipped" (QLoRA: trained on base_q itself), "reference" (trained on the 16-bit base
+    base_q was quantized from, i.e. post-training quantization of the adapter), None (another
+    base: refused)."""
+    if manifest.adapter.base_digest == shipped_base_digest(manifest):
+        return "shipped"
+    if manifest.adapter.base_digest == manifest.base.source_sha256:
+        return "reference"
+    return None
+
+
 def verify_bundle(root: str | Path) -> VerifiedBundle:
     root = Path(root).absolute()
     manifest_path = root / MANIFEST_NAME
@@ -106,9 +121,9 @@ def verify_bundle(root: str | Path) -> VerifiedBundle:
         if rel.endswith(".json"):
             _check_config_has_no_code(root, rel)
 
-    base_digest = files_digest({k.split("/", 1)[1]: v for k, v in manifest.base.files.items()})
-    if manifest.adapter.base_digest != base_digest:
-        raise BundleError("adapter/", "adapter was trained on another base", manifest.adapter.base_digest, base_digest)
+    if adapter_trained_on(manifest) is None:
+        raise BundleError("adapter/", "adapter was trained on another base", shipped_base_digest(manifest),
+                          manifest.adapter.base_digest)
     template = root / "tokenizer" / "chat_template.jinja"
     if template.exists():
         got = sha256_bytes(template.read_bytes())

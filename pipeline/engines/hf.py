@@ -187,22 +187,31 @@ class HFEngine:
         return out
 
     def _score_tokens(self, pairs):
+        """Log-prob of each continuation token given everything before it.
+
+        Rows are left-padded (explicit positions, as in generation) so every continuation ends
+        at the last column: the output head and the full-vocabulary log-softmax then run only
+        over the last max(len(continuation)) + 1 columns instead of every prompt position,
+        which on long notes was most of the scoring time and memory.
+        """
         seqs = [list(c) + list(x) for c, x in pairs]
         width = max(len(s) for s in seqs)
         if width > self.max_context_tokens:
             raise ValueError(f"scored sequence of {width} tokens exceeds the context ({self.max_context_tokens})")
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):  # right padding: positions start at 0 for every row
-            ids[i, :len(s)] = torch.tensor(s)
-            mask[i, :len(s)] = 1
+        if any(not len(c) for c, _ in pairs):
+            raise ValueError("empty context: the first token has nothing to be predicted from")
+        ids, mask = self._left_pad(seqs)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        logprobs = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1).cpu()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        keep = max(len(x) for _, x in pairs) + 1
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
         rows = []
-        for i, (ctx, cont) in enumerate(pairs):
-            start, end = len(ctx), len(ctx) + len(cont)
+        for i, (_ctx, cont) in enumerate(pairs):
             target = torch.tensor(list(cont))
-            step_lp = logprobs[i, start - 1:end - 1]
+            # column keep-1 predicts the token after the last one; the continuation's own
+            # predictions are the len(cont) columns before it.
+            step_lp = logprobs[i, keep - 1 - len(cont):keep - 1]
             chosen = step_lp.gather(-1, target[:, None]).squeeze(-1)
             greedy = bool((step_lp.argmax(-1) == target).all())
             rows.append((chosen.tolist(), greedy))

@@ -14,6 +14,7 @@ def render_markdown(report: dict, plots: list[str] = (), plots_rel: str = "plots
     lines = [f"# Evaluation of bundle `{report['bundle_digest'][:16]}`", "",
              f"Suite `{report['suite']['name']}` v{report['suite']['version']}, {report['suite']['items']} items, "
              f"engine `{report['engine']['name']}` (exact: {report['engine']['exact']}).", "",
+             *_bundle_lines(report.get("bundle")),
              "| slice | n | field accuracy (95% CI) | list F1 (P / R) | exact match | format valid | NLL p50 / p99 |",
              "|---|---|---|---|---|---|---|"]
     for name, s in sorted(report["slices"].items()):
@@ -39,6 +40,15 @@ def render_markdown(report: dict, plots: list[str] = (), plots_rel: str = "plots
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({plots_rel}/{name})" for name in plots]
     return "\n".join(lines) + "\n"
+
+
+def _bundle_lines(b: dict | None) -> list[str]:
+    if not b:
+        return []
+    trained = {"shipped": "the shipped base (QLoRA)",
+               "reference": "the 16-bit base, shipped on the quantized one (post-training quantization)"}
+    return [f"Quantization `{b['quantization']}`; adapter trained on "
+            f"{trained.get(b.get('adapter_trained_on'), 'the shipped base')}.", ""]
 
 
 def _damage_lines(d: dict | None) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.bundle.verify import verify_bundle
+from pipeline.bundle.verify import adapter_trained_on, verify_bundle
 from pipeline.chat import encode_prompt
 from pipeline.engines.base import GenerationRequest, SamplingParams
 from pipeline.files import files_digest
@@ -168,6 +168,7 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path,
         "bundle_digest": digest,
         "bundle": {"quantization": manifest.quantization.method,
                    "base_sha256": manifest.base.source_sha256,
+                   "adapter_trained_on": adapter_trained_on(manifest),
                    "adapter_digest": files_digest(manifest.adapter.files),
                    "tokenizer_digest": files_digest(manifest.tokenizer.files),
                    "chat_template_sha256": manifest.tokenizer.chat_template_sha256},

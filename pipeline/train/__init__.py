@@ -1,7 +1,8 @@
 """train stage: QLoRA fine-tuning of LoRA adapters on the frozen pre-quantized base.
 
 Reads: params `train`; `artifacts/base_q/` (the quantized base, loaded as saved, never
-re-quantized); the tokenizer in `artifacts/base/`; `data/curated/{train,val}.jsonl` and
+re-quantized); `artifacts/base/` (the 16-bit base: its tokenizer, and its weights when
+`base_precision: reference`); `data/curated/{train,val}.jsonl` and
 `meta.json` (which carries the shipped context length).
 Writes: `artifacts/adapter/` (PEFT adapter in safetensors + training.json with the base digest
 it was trained on) and the report dict (loss per step, real tokens/s, peak RSS, optimizer).
@@ -22,10 +23,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline.artifacts import TRAINING_META
+from pipeline.artifacts import BASE_LOCK, TRAINING_META
 from pipeline.base import check_lock
 from pipeline.chat import IGNORE_INDEX, stop_token_ids
-from pipeline.files import atomic_dir, atomic_write_json, digest_json, files_digest, read_json, verify_files
+from pipeline.files import (
+    atomic_dir, atomic_write_json, digest_json, files_digest, read_json, sha256_file, verify_files,
+)
 from pipeline.params import TrainParams
 from pipeline.artifacts import QUANTIZE_REPORT as QUANT_REPORT
 from pipeline.train.data import batches, collate, encode_records, read_jsonl
@@ -103,7 +106,7 @@ def _canonical_adapter_config(path: Path) -> None:
     atomic_write_json(path, cfg)
 
 
-def load_trainable(base_q: Path, params: TrainParams):
+def load_trainable(base_dir: Path, params: TrainParams, dtype: torch.dtype | None = None):
     """The frozen base as saved (no re-quantization) with fresh LoRA adapters.
 
     peft's prepare_model_for_kbit_training is deliberately not used: it casts norms and
@@ -113,7 +116,8 @@ def load_trainable(base_q: Path, params: TrainParams):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base_q, trust_remote_code=False, device_map={"": device()})
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(base_dir, trust_remote_code=False, device_map={"": device()}, **kwargs)
     for p in model.parameters():
         p.requires_grad_(False)
     if params.gradient_checkpointing:
@@ -160,19 +164,38 @@ def validation_loss(model, examples, batch_size: int, pad_id: int) -> float | No
     return total / max(count, 1)
 
 
-def train(params: TrainParams, base_q: str | Path, tokenizer_dir: str | Path, data_dir: str | Path,
+def _training_base(params: TrainParams, base_q: Path, base_dir: Path, quant: dict):
+    """(directory, dtype, digest) of the base the adapter learns on.
+
+    quantized: base_q as saved, pinned by the digest of its files. reference: the 16-bit base
+    base_q was quantized from, in the compute dtype evaluation's reference pass uses, pinned by
+    the sha256 of its lock (the manifest's base.source_sha256), so a bundle says which one it is.
+    """
+    if params.base_precision == "quantized":
+        return base_q, None, files_digest(quant["files"])
+    lock_sha = sha256_file(base_dir / BASE_LOCK)
+    if lock_sha != quant["base_lock_sha256"]:
+        raise ValueError(f"{base_dir} is not the base {base_q} was quantized from "
+                         f"(lock {lock_sha[:16]}..., quantize.json says {quant['base_lock_sha256'][:16]}...)")
+    return base_dir, getattr(torch, quant["params"]["compute_dtype"]), lock_sha
+
+
+def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_dir: str | Path,
           out_dir: str | Path) -> dict:
+    """base_dir is the 16-bit base: the tokenizer comes from it, and the weights too under
+    base_precision=reference."""
     from transformers import AutoTokenizer
 
-    base_q, data_dir = Path(base_q), Path(data_dir)
+    base_q, base_dir, data_dir = Path(base_q), Path(base_dir), Path(data_dir)
+    tokenizer_dir = base_dir
     if params.num_threads:
         torch.set_num_threads(params.num_threads)
     random.seed(params.seed)
     torch.manual_seed(params.seed)
-    base_lock = check_lock(tokenizer_dir)
+    base_lock = check_lock(base_dir)
     quant = read_json(base_q / QUANT_REPORT)
     verify_files(base_q, quant["files"])
-    base_digest = files_digest(quant["files"])
+    model_dir, model_dtype, base_digest = _training_base(params, base_q, base_dir, quant)
     meta = read_json(data_dir / "meta.json")
     max_len = int(meta["max_seq_len_tokens"])
 
@@ -184,13 +207,13 @@ def train(params: TrainParams, base_q: str | Path, tokenizer_dir: str | Path, da
         raise ValueError(f"{data_dir}/train.jsonl is empty: nothing to train on")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
 
-    model = load_trainable(base_q, params)
+    model = load_trainable(model_dir, params, model_dtype)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, optimizer_name = make_optimizer(params, trainable)
     n_trainable = sum(p.numel() for p in trainable)
-    log.info("training %d LoRA parameters on %d examples (%d val), %d steps, optimizer %s",
-             n_trainable, len(train_ex), len(val_ex), params.max_steps, optimizer_name)
+    log.info("training %d LoRA parameters on %d examples (%d val), %d steps, optimizer %s, on the %s base",
+             n_trainable, len(train_ex), len(val_ex), params.max_steps, optimizer_name, params.base_precision)
 
     stream = batches(train_ex, params.batch_size, params.seed)
     steps, val_curve = [], []
@@ -223,6 +246,7 @@ def train(params: TrainParams, base_q: str | Path, tokenizer_dir: str | Path, da
 
     training_meta = {
         "base_digest": base_digest,
+        "base_precision": params.base_precision,
         "curated_data_digest": meta["digest"],
         "params_digest": digest_json(params.model_dump(mode="json")),
         "params": params.model_dump(mode="json"),
@@ -257,4 +281,5 @@ def train(params: TrainParams, base_q: str | Path, tokenizer_dir: str | Path, da
         "gradient_checkpointing": params.gradient_checkpointing,
         "hardware": training_meta["hardware"],
         "base_lock_files": len(base_lock["files"]),
+        "base_precision": params.base_precision,
     }

@@ -100,6 +100,15 @@ def test_adapter_for_another_base_is_refused_even_with_a_rewritten_manifest(bund
         verify_bundle(bundle_copy)
 
 
+def test_adapter_pinned_to_the_16bit_source_base_is_accepted_as_post_training_quantized(bundle_copy):
+    """The one other base an adapter may name: the 16-bit base the shipped one was quantized from."""
+    from pipeline.bundle.verify import adapter_trained_on
+
+    raw = json.loads((bundle_copy / MANIFEST_NAME).read_text())
+    resign(bundle_copy, adapter__base_digest=raw["base"]["source_sha256"])
+    assert adapter_trained_on(verify_bundle(bundle_copy).manifest) == "reference"
+
+
 def test_remote_code_config_is_refused_even_with_a_rewritten_manifest(bundle_copy):
     cfg_path = bundle_copy / "base_q/config.json"
     cfg = json.loads(cfg_path.read_text())
