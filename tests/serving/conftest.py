@@ -53,6 +53,17 @@ def served(tiny_pipeline, tmp_path_factory) -> Served:
     return Served(bundle=bundle, engine=engine, golden_path=golden_path, parity=parity)
 
 
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Tripwire: fail the test if an engine is built (the refusal must come before weights)."""
+    from pipeline.engines.hf import HFEngine
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("an engine was built before the refusal")
+
+    monkeypatch.setattr(HFEngine, "from_bundle", refuse)
+
+
 @dataclass
 class RunningServer:
     url: str
@@ -100,8 +111,8 @@ def start_server(served) -> Iterator[Callable[..., RunningServer]]:
     """Start servers on the shared engine; all of them stop when the module ends."""
     running: list[RunningServer] = []
 
-    def start(**kwargs) -> RunningServer:
-        srv = run_server(served, **kwargs)
+    def start(served_as: Served | None = None, **kwargs) -> RunningServer:
+        srv = run_server(served_as or served, **kwargs)
         running.append(srv)
         return srv
 

@@ -251,3 +251,30 @@ def test_concurrent_requests_are_batched_and_match_sequential(oai, client, model
     assert merged >= 1, "no engine batch held more than one request"
     print(f"\n8 requests: sequential {t1 - t0:.2f} s, concurrent {t2 - t1:.2f} s, "
           f"{batches_after - batches_before:.0f} engine batches")
+
+
+def test_64_requests_at_concurrency_8_match_sequential_ones(oai, model):
+    """Load, not just a burst: 64 requests through 8 client threads, mixed chat and completion,
+    mixed lengths, every one answered, each greedy answer identical to its sequential twin."""
+    def kwargs(i: int) -> dict:
+        if i % 4 == 3:
+            return dict(kind="completion", model=model, prompt=f"Discharge note {i}: stable, home on day {i % 9}.",
+                        max_tokens=1 + i % 13, temperature=0)
+        return dict(kind="chat", model=model, messages=chat(f"Note {i}: admitted for {'pain ' * (i % 7)}x."),
+                    max_tokens=1 + i % 11, temperature=0)
+
+    def run(kw: dict) -> tuple[str, int, str]:
+        kw = dict(kw)
+        if kw.pop("kind") == "completion":
+            c = oai.completions.create(**kw)
+            return c.choices[0].text, c.usage.completion_tokens, c.choices[0].finish_reason
+        c = oai.chat.completions.create(**kw)
+        return c.choices[0].message.content, c.usage.completion_tokens, c.choices[0].finish_reason
+
+    requests = [kwargs(i) for i in range(64)]
+    sequential = [run(r) for r in requests]
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(run, requests))
+    assert len(concurrent) == 64 and all(reason in ("stop", "length") for _, _, reason in concurrent)
+    mismatched = [i for i, (a, b) in enumerate(zip(sequential, concurrent)) if a != b]
+    assert not mismatched, f"requests {mismatched} answered differently under concurrency"

@@ -10,30 +10,13 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from serving.__main__ import EXIT_BUNDLE_REFUSED, EXIT_PARITY_REFUSED, main
 from tests.conftest import REPO
-
-
-def flip_byte(path: Path, offset: int = -100) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-@pytest.fixture
-def no_weights(monkeypatch):
-    """Tripwire: fail the test if an engine is built (the refusal must come before weights)."""
-    from pipeline.engines.hf import HFEngine
-
-    def refuse(*_args, **_kwargs):
-        raise AssertionError("an engine was built before the refusal")
-
-    monkeypatch.setattr(HFEngine, "from_bundle", refuse)
+from tests.tamper import flip_byte
 
 
 @pytest.mark.parametrize("victim", ["adapter/adapter_model.safetensors", "base_q/model.safetensors"])
@@ -128,3 +111,49 @@ def test_skip_parity_probe_serves_and_says_so(served, tmp_path):
     assert any(e["msg"] == "parity_skipped" for e in events)
     assert any(e["msg"] == "request" and e.get("request_id") and e["path"] == "/v1/completions" for e in events)
     assert any(e["msg"] == "stopped" for e in events)
+
+
+def test_allow_parity_mismatch_serves_and_reports_the_mismatch(served, tmp_path, monkeypatch):
+    import serving.__main__ as entry
+
+    record = json.loads(served.golden_path.read_text())
+    record["prompts"][0]["logprobs"][1] += 0.01
+    edited = tmp_path / "golden.json"
+    edited.write_text(json.dumps(record))
+    started = {}
+
+    class NoServer:
+        def __init__(self, app, state, host, port):
+            started["state"] = state
+
+        def run(self):
+            started["ran"] = True
+
+    monkeypatch.setattr(entry, "build_server", NoServer)
+    assert main(["--bundle", str(served.bundle.root), "--golden", str(edited), "--allow-parity-mismatch"]) == 0
+    assert started["ran"]
+    parity = started["state"].model_card().parity
+    assert parity["status"] == "mismatch_allowed" and "log-prob of token 1 differs" in parity["detail"]
+
+
+def test_an_inexact_engine_gets_the_looser_logprob_tolerance(served):
+    """Same drift (0.01 nats): refused for an exact engine, accepted for one that is not."""
+    from serving.probe import INEXACT_LOGPROB_TOLERANCE_NATS, ParityError, load_golden, replay
+
+    golden = load_golden(served.golden_path, served.bundle.manifest)
+    golden.prompts[0].logprobs[1] += 0.01
+
+    class Inexact:
+        exact, name = False, "inexact"
+
+        def __init__(self, engine):
+            self.tokenizer, self._engine = engine.tokenizer, engine
+
+        def generate(self, *a, **k):
+            return self._engine.generate(*a, **k)
+
+    with pytest.raises(ParityError, match="tolerance 0.001 for engine hf"):
+        replay(served.engine, golden, served.bundle.manifest)
+    report = replay(Inexact(served.engine), golden, served.bundle.manifest)
+    assert report.status == "passed" and report.tolerance_nats == INEXACT_LOGPROB_TOLERANCE_NATS
+    assert 0.009 < report.max_abs_logprob_diff < INEXACT_LOGPROB_TOLERANCE_NATS

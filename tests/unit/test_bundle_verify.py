@@ -4,34 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
-from pipeline.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest, compute_bundle_digest
+from pipeline.bundle.manifest import MANIFEST_NAME, Manifest, compute_bundle_digest
 from pipeline.bundle.verify import BundleError, verify_bundle
-from pipeline.files import sha256_file
-
-
-def flip_byte(path: Path, offset: int = -100) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def resign(bundle: Path, **section_updates) -> None:
-    """Rewrite the manifest so its file entries and digest match the (edited) files: the
-    checks past the hash layer must hold even for a tamperer who rewrites the manifest."""
-    raw = json.loads((bundle / MANIFEST_NAME).read_text())
-    for section in ("base", "tokenizer", "adapter"):
-        for rel in raw[section]["files"]:
-            raw[section]["files"][rel] = FileEntry(sha256=sha256_file(bundle / rel),
-                                                   size=(bundle / rel).stat().st_size).model_dump()
-    for key, value in section_updates.items():
-        section, field = key.split("__")
-        raw[section][field] = value
-    raw["bundle_digest"] = compute_bundle_digest(raw)
-    (bundle / MANIFEST_NAME).write_text(json.dumps(raw))
+from tests.tamper import flip_byte, resign
 
 
 def test_pristine_bundle_verifies(bundle_copy):

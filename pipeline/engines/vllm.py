@@ -1,0 +1,188 @@
+"""`vllm` engine: the bundle's pre-quantized NF4 base loaded by vLLM (bitsandbytes through
+`vllm-bnb-plugin` since vLLM 0.28) with the bundle's LoRA adapter attached per request.
+
+vLLM is imported only when this engine is built: the rest of the project, and every test that
+does not ask for vLLM, runs without it. `llm_kwargs` and `sampling_kwargs` are plain
+functions of the manifest and the request so the configuration is checked on any machine
+(tests/unit/test_vllm_config.py); the engine itself is exercised by `make test-vllm`.
+
+vLLM's kernels are not the ones evaluation ran, so the engine never claims exactness
+(`exact = False`): the serving parity probe measures how far its greedy tokens and log-probs
+are from the golden outputs and refuses to start beyond the tolerance.
+
+Streaming: `LLM.generate` returns whole completions, so `on_token` is called for every token
+once the batch is done. Clients still get a well-formed SSE stream; they do not get the first
+token early. A client that has gone away is only noticed then.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from pipeline.engines.base import Completion, GenerationRequest, TokenCallback
+
+log = logging.getLogger(__name__)
+
+# vLLM accepts only these LoRA ranks for max_lora_rank; the adapter's r must fit under one.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def max_lora_rank(r: int) -> int:
+    for allowed in VLLM_LORA_RANKS:
+        if r <= allowed:
+            return allowed
+    raise ValueError(f"LoRA rank {r} is above what vLLM serves ({VLLM_LORA_RANKS[-1]})")
+
+
+def llm_kwargs(manifest, bundle_root: str | Path, *, seed: int = 0) -> dict[str, Any]:
+    """Arguments of `vllm.LLM` for a verified bundle: its own base, tokenizer and context."""
+    root = Path(bundle_root)
+    method = manifest.quantization.method
+    kwargs: dict[str, Any] = {
+        "model": str(root / "base_q"),
+        # The bundle keeps the tokenizer (with the pinned chat template) apart from the weights.
+        "tokenizer": str(root / "tokenizer"),
+        "trust_remote_code": False,
+        "dtype": manifest.quantization.compute_dtype,
+        "max_model_len": manifest.inference.max_context_tokens,
+        "enable_lora": True,
+        "max_loras": 1,
+        "max_lora_rank": max_lora_rank(int(manifest.adapter.lora_config["r"])),
+        "seed": seed,
+        # Generation config of the bundle is ignored on purpose: sampling comes from the request,
+        # defaults from the manifest's inference section.
+        "generation_config": "vllm",
+    }
+    if method in ("nf4", "fp4"):
+        # The saved config carries bitsandbytes' quantization_config: vLLM loads the packed
+        # 4-bit weights as they are, never re-quantizing from 16 bits.
+        kwargs["quantization"] = "bitsandbytes"
+    elif method != "none":
+        raise ValueError(f"the vllm engine cannot load quantization method {method!r}")
+    return kwargs
+
+
+def sampling_kwargs(req: GenerationRequest, default_stops: Sequence[int]) -> dict[str, Any]:
+    """Arguments of `vllm.SamplingParams` for one request, matching the hf engine's decoding."""
+    s = req.sampling
+    kw: dict[str, Any] = {
+        "max_tokens": s.max_new_tokens,
+        "temperature": s.temperature if not s.greedy else 0.0,
+        "top_p": s.top_p if not s.greedy else 1.0,
+        "stop_token_ids": list(s.stop_token_ids or default_stops),
+        # The bundle's stop ids are the whole truth; vLLM's own EOS handling would add the
+        # tokenizer's eos even when a request named other stops.
+        "ignore_eos": True,
+        "logprobs": 0,  # the chosen token's log-prob only (raw model log-probs, as hf computes)
+        "detokenize": False,  # serving detokenizes itself (UTF-8-safe, stop strings)
+        "skip_special_tokens": False,
+    }
+    if not s.greedy and s.seed is not None:
+        kw["seed"] = s.seed
+    return kw
+
+
+class VLLMEngine:
+    name = "vllm"
+    exact = False
+
+    def __init__(self, llm, lora_request, tokenizer, *, max_context_tokens: int, stop_token_ids: Sequence[int],
+                 description: str = ""):
+        self.llm = llm
+        self.lora_request = lora_request
+        self.tokenizer = tokenizer
+        self.max_context_tokens = max_context_tokens
+        self.stop_token_ids = tuple(stop_token_ids)
+        self.description = description
+
+    @classmethod
+    def from_bundle(cls, bundle, *, seed: int = 0):
+        """Build from a VerifiedBundle (nothing here reads a file the verifier did not hash)."""
+        # The engine core runs in this process: simpler lifetimes, and no spawn from code paths
+        # that are not guarded by `if __name__ == "__main__"` (tests, notebooks).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from transformers import AutoTokenizer
+        from vllm import LLM
+        from vllm.lora.request import LoRARequest
+
+        m = bundle.manifest
+        llm = LLM(**llm_kwargs(m, bundle.root, seed=seed))
+        lora = LoRARequest("bundle-adapter", 1, str(bundle.root / "adapter"))
+        tokenizer = AutoTokenizer.from_pretrained(bundle.root / "tokenizer", trust_remote_code=False)
+        return cls(llm, lora, tokenizer, max_context_tokens=m.inference.max_context_tokens,
+                   stop_token_ids=m.tokenizer.stop_token_ids,
+                   description=f"vLLM {_version()}, bundle {m.bundle_digest[:12]}")
+
+    def _check(self, requests: Sequence[GenerationRequest]) -> None:
+        for r in requests:
+            if not len(r.prompt_ids):
+                raise ValueError("empty prompt")
+            if len(r.prompt_ids) + r.sampling.max_new_tokens > self.max_context_tokens:
+                raise ValueError(f"prompt ({len(r.prompt_ids)} tokens) + max_new_tokens "
+                                 f"({r.sampling.max_new_tokens}) exceeds the context ({self.max_context_tokens})")
+
+    def generate(self, requests: Sequence[GenerationRequest], on_token: TokenCallback | None = None) -> list[Completion]:
+        from vllm import SamplingParams
+
+        if not requests:
+            return []
+        self._check(requests)
+        params = [SamplingParams(**sampling_kwargs(r, self.stop_token_ids)) for r in requests]
+        prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in requests]
+        outputs = self.llm.generate(prompts, params, lora_request=self.lora_request, use_tqdm=False)
+        results = []
+        for row, (req, out) in enumerate(zip(requests, outputs)):
+            results.append(completion_from_output(out.outputs[0], set(req.sampling.stop_token_ids or self.stop_token_ids),
+                                                  row, on_token))
+        return results
+
+    def loglikelihood(self, pairs, batch_size: int = 8) -> list[tuple[float, bool]]:
+        """Sum of continuation log-probs and whether each token was the model's top choice,
+        from vLLM's prompt log-probs (rank 1 = greedy)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=1, detokenize=False)
+        prompts = [{"prompt_token_ids": list(c) + list(x)} for c, x in pairs]
+        outputs = self.llm.generate(prompts, params, lora_request=self.lora_request, use_tqdm=False)
+        results = []
+        for (ctx, cont), out in zip(pairs, outputs):
+            steps = out.prompt_logprobs[len(ctx):len(ctx) + len(cont)]
+            total, greedy = 0.0, True
+            for tok, step in zip(cont, steps):
+                lp = step[tok]
+                total += lp.logprob
+                greedy &= lp.rank == 1
+            results.append((total, greedy))
+        return results
+
+
+def completion_from_output(out, stops: set[int], row: int, on_token: TokenCallback | None) -> Completion:
+    """Turn one vLLM CompletionOutput into a Completion the way the hf engine reports it: stop
+    ids end the text and are not part of it; log-probs are the chosen tokens'."""
+    comp = Completion()
+    logprobs = out.logprobs or [None] * len(out.token_ids)
+    for tok, lps in zip(out.token_ids, logprobs):
+        if tok in stops:
+            comp.finish_reason = "stop"
+            return comp
+        lp = float(lps[tok].logprob) if lps is not None and tok in lps else float("nan")
+        comp.token_ids.append(tok)
+        comp.logprobs.append(lp)
+        if on_token is not None and on_token(row, tok, lp) is False:
+            comp.finish_reason = "cancelled"
+            return comp
+    # vLLM may leave the matched stop id out of token_ids; its own finish reason says so.
+    comp.finish_reason = "stop" if out.finish_reason == "stop" else "length"
+    return comp
+
+
+def _version() -> str:
+    try:
+        import vllm
+
+        return vllm.__version__
+    except Exception:  # version string only decorates the description
+        return "?"
