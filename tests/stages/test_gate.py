@@ -200,6 +200,32 @@ def test_real_fp4_configuration_is_refused_and_its_damage_is_measured():
     assert 0 < worse_tail < 0.05
 
 
+def test_real_post_training_quantized_adapter_is_refused_on_its_damage():
+    """A real configuration whose quantization damage exceeds the ceilings, on the default
+    model: the LoRA trained on the 16-bit base and shipped on the NF4 one
+    (`dvc exp run -S '++train.base_precision=reference'`, reports in
+    reports/experiments/ptq_lora16/). It passes every quality floor and fails exactly the three
+    damage rules, while the QLoRA default passes them: the damage pass is what catches weights
+    other than the ones the adapter learned on."""
+    from pipeline.params import load_section
+
+    params = load_section("gate", REPO / "params.yaml")
+    ptq = json.loads((REPO / "reports/experiments/ptq_lora16/eval.json").read_text())
+    lora16 = json.loads((REPO / "reports/experiments/lora16/eval.json").read_text())
+    assert ptq["bundle"]["quantization"] == "nf4" and ptq["bundle"]["adapter_trained_on"] == "reference"
+    # Its reference pass is the 16-bit LoRA run itself (same adapter bytes, same base): the
+    # same greedy answers, so the same accuracy to the last item.
+    assert ptq["reference"]["overall"]["field_accuracy"] == lora16["overall"]["field_accuracy"]
+    d = decide(params, ptq, ptq["bundle_digest"], chat_template_sha256=ptq["bundle"]["chat_template_sha256"])
+    assert d["failed"] == ["damage.delta_nll_p99", "damage.flip_rate", "damage.worst_slice_drop"]
+    values = {r["name"]: r["value"] for r in d["rules"]}
+    assert values["damage.delta_nll_p99"] > params.max_delta_nll_p99
+    assert values["damage.flip_rate"] > params.max_flip_rate > ptq["damage"]["unflip_rate"]
+    nf4 = json.loads((REPO / "reports/eval.json").read_text())
+    qlora = decide(params, nf4, nf4["bundle_digest"], chat_template_sha256=nf4["bundle"]["chat_template_sha256"])
+    assert not [r for r in qlora["failed"] if r.startswith("damage.")]
+
+
 def test_real_regression_nf4_against_the_16bit_release():
     """Real reports: with the 16-bit LoRA run (reports/experiments/lora16) as the last
     release, the NF4 default regresses far beyond a 0.05 budget on every slice."""

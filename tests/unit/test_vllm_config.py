@@ -27,13 +27,28 @@ def test_llm_kwargs_load_the_bundles_own_prequantized_base_and_tokenizer(tiny_pi
     assert (b.root / "tokenizer/chat_template.jinja").is_file()
 
 
+def test_kv_cache_is_sized_for_the_batch_not_a_share_of_host_memory(tiny_pipeline):
+    from pipeline.engines.vllm import kv_cache_bytes
+
+    b = verify_bundle(tiny_pipeline["bundle"])
+    kw = llm_kwargs(b.manifest, b.root, max_batch=4)
+    cfg = json.loads((b.root / "base_q/config.json").read_text())
+    assert kw["max_num_seqs"] == 4
+    assert kw["kv_cache_memory_bytes"] == kv_cache_bytes(cfg, b.manifest.quantization.compute_dtype, 4 * b.manifest.inference.max_context_tokens)
+    # SmolLM2-135M: 30 layers, 3 KV heads of 64 dims, bf16 -> 23,040 bytes per position
+    smol = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}
+    assert kv_cache_bytes(smol, "bfloat16", 1) == 23_040
+    assert kv_cache_bytes({**smol, "num_key_value_heads": None}, "float32", 2) == 2 * 30 * 9 * 64 * 4 * 2
+
+
 def test_16bit_bundle_gets_no_quantization_and_unknown_methods_are_refused(tiny_pipeline):
-    m = verify_bundle(tiny_pipeline["bundle"]).manifest
+    b = verify_bundle(tiny_pipeline["bundle"])
+    m = b.manifest
     sixteen = m.model_copy(update={"quantization": m.quantization.model_copy(update={"method": "none"})})
-    assert "quantization" not in llm_kwargs(sixteen, "/b")
+    assert "quantization" not in llm_kwargs(sixteen, b.root)
     odd = m.model_copy(update={"quantization": m.quantization.model_copy(update={"method": "gptq"})})
     with pytest.raises(ValueError, match="gptq"):
-        llm_kwargs(odd, "/b")
+        llm_kwargs(odd, b.root)
 
 
 @pytest.mark.parametrize("r,expected", [(1, 1), (4, 8), (16, 16), (17, 32), (64, 64), (300, 320)])
