@@ -58,3 +58,14 @@ class Engine(Protocol):
         """For each (context_ids, continuation_ids): sum of continuation log-probs and whether
         greedy decoding would have produced the continuation."""
         ...
+
+
+def check_requests(requests: Sequence[GenerationRequest], max_context_tokens: int) -> None:
+    """What every engine refuses before generating: an empty prompt, or a prompt plus its
+    token budget that does not fit the shipped context."""
+    for r in requests:
+        if not len(r.prompt_ids):
+            raise ValueError("empty prompt")
+        if len(r.prompt_ids) + r.sampling.max_new_tokens > max_context_tokens:
+            raise ValueError(f"prompt ({len(r.prompt_ids)} tokens) + max_new_tokens "
+                             f"({r.sampling.max_new_tokens}) exceeds the context ({max_context_tokens})")

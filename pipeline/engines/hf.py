@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from pipeline.engines.base import Completion, GenerationRequest, TokenCallback
+from pipeline.engines.base import Completion, GenerationRequest, TokenCallback, check_requests
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,7 @@ class HFEngine:
     def generate(self, requests: Sequence[GenerationRequest], on_token: TokenCallback | None = None) -> list[Completion]:
         if not requests:
             return []
-        for r in requests:
-            if not len(r.prompt_ids):
-                raise ValueError("empty prompt")
-            if len(r.prompt_ids) + r.sampling.max_new_tokens > self.max_context_tokens:
-                raise ValueError(f"prompt ({len(r.prompt_ids)} tokens) + max_new_tokens "
-                                 f"({r.sampling.max_new_tokens}) exceeds the context ({self.max_context_tokens})")
+        check_requests(requests, self.max_context_tokens)
         with self._lock:
             return self._generate(requests, on_token)
 

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.engines.base import Completion, GenerationRequest, TokenCallback
+from pipeline.engines.base import Completion, GenerationRequest, TokenCallback, check_requests
 
 log = logging.getLogger(__name__)
 
@@ -141,20 +141,12 @@ class VLLMEngine:
                    stop_token_ids=m.tokenizer.stop_token_ids,
                    description=f"vLLM {_version()}, bundle {m.bundle_digest[:12]}")
 
-    def _check(self, requests: Sequence[GenerationRequest]) -> None:
-        for r in requests:
-            if not len(r.prompt_ids):
-                raise ValueError("empty prompt")
-            if len(r.prompt_ids) + r.sampling.max_new_tokens > self.max_context_tokens:
-                raise ValueError(f"prompt ({len(r.prompt_ids)} tokens) + max_new_tokens "
-                                 f"({r.sampling.max_new_tokens}) exceeds the context ({self.max_context_tokens})")
-
     def generate(self, requests: Sequence[GenerationRequest], on_token: TokenCallback | None = None) -> list[Completion]:
         from vllm import SamplingParams
 
         if not requests:
             return []
-        self._check(requests)
+        check_requests(requests, self.max_context_tokens)
         params = [SamplingParams(**sampling_kwargs(r, self.stop_token_ids)) for r in requests]
         prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in requests]
         outputs = self.llm.generate(prompts, params, lora_request=self.lora_request, use_tqdm=False)

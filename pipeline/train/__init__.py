@@ -187,7 +187,6 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
     from transformers import AutoTokenizer
 
     base_q, base_dir, data_dir = Path(base_q), Path(base_dir), Path(data_dir)
-    tokenizer_dir = base_dir
     if params.num_threads:
         torch.set_num_threads(params.num_threads)
     random.seed(params.seed)
@@ -199,7 +198,7 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
     meta = read_json(data_dir / "meta.json")
     max_len = int(meta["max_seq_len_tokens"])
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
     stops = stop_token_ids(tokenizer)
     train_ex = encode_records(tokenizer, read_jsonl(data_dir / "train.jsonl"), stops, max_len)
     val_ex = encode_records(tokenizer, read_jsonl(data_dir / "val.jsonl"), stops, max_len)
@@ -262,7 +261,7 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
         atomic_write_json(Path(tmp) / TRAINING_META, training_meta)
 
     # The base must come out of training exactly as it went in.
-    check_lock(tokenizer_dir)
+    check_lock(base_dir)
     verify_files(base_q, quant["files"])
     first = sum(s["loss"] for s in steps[:10]) / min(10, len(steps))
     last = sum(s["loss"] for s in steps[-10:]) / min(10, len(steps))
