@@ -1,10 +1,10 @@
 """Serving throughput and latency: the real server at concurrency 1, 4 and 8 against a naive
 sequential `transformers.generate` loop on the same bundle, as ratios in one run.
 
-Both sides answer the same eval-suite prompts greedily with the same token budget, on the
-same loaded model (the bundle's NF4 base with the adapter unmerged). The server runs in this
-process under uvicorn and is called over HTTP by real clients (the `openai` package), so the
-figures include request parsing, micro-batching, detokenization and JSON. Reported per mode:
+Both sides answer the same eval-suite prompts greedily with the same token budget, from the
+same bundle (its NF4 base with the adapter unmerged). The server is `python -m serving` in its
+own process, called over HTTP by real clients (the `openai` package), so the figures include
+request parsing, micro-batching, detokenization and JSON. Reported per mode:
 generated tokens/s (sum of usage.completion_tokens over wall time), request latency p50/p99,
 and how many greedy answers match the naive loop's text exactly. Where vLLM is importable (run
 it with `.venv-vllm/bin/python` after `make test-vllm`), the same server with the `vllm` engine
@@ -16,14 +16,19 @@ on the same NF4 base + adapter is measured in the same run.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
+import signal
 import socket
-import threading
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 CONCURRENCY = (1, 4, 8)
 
@@ -69,23 +74,46 @@ def naive_loop(engine, prompts, max_tokens: int) -> dict:
             "latency_p99_s": _quantile(latencies, 0.99), "texts": texts}
 
 
-def _start_server(engine, manifest, max_batch: int):
-    from serving.app import create_app
-    from serving.probe import ParityReport
-    from serving.server import build_server
-    from serving.state import build_state
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    state = build_state(engine, manifest, ParityReport.skipped(), max_batch=max_batch, max_queue=256,
-                        api_key=None, request_timeout_s=3600)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    host, port = sock.getsockname()
-    server = build_server(create_app(state), state, host, port)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, thread, f"http://{host}:{port}", state.model_id
+
+@contextmanager
+def running_server(bundle_dir: str, engine: str, max_batch: int) -> Iterator[tuple[str, str]]:
+    """`python -m serving` itself, in its own process, exactly as users start it (the parity
+    probe skipped: startup is not what is measured). Yields (url, model id); SIGTERM after."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "serving", "--bundle", bundle_dir, "--engine", engine, "--skip-parity-probe",
+           "--port", str(port), "--max-batch", str(max_batch), "--max-queue", "256", "--request-timeout-s", "3600",
+           "--log-level", "WARNING"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 1800  # vLLM on CPU compiles for minutes
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            try:
+                ready = httpx.get(f"{url}/ready", timeout=2)
+                if ready.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not become ready")
+            time.sleep(0.5)
+        yield url, ready.json()["model"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
 
 
 def served_run(url: str, model: str, prompts, max_tokens: int, concurrency: int) -> dict:
@@ -98,14 +126,13 @@ def served_run(url: str, model: str, prompts, max_tokens: int, concurrency: int)
         r = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0)
         return time.perf_counter() - s, r.usage.completion_tokens, r.choices[0].message.content
 
-    one(prompts[0])  # warm the HTTP path; not timed
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(one, prompts))
     wall = time.perf_counter() - t0
     latencies = [r[0] for r in results]
     tokens = sum(r[1] for r in results)
-    return {"mode": "tailgate server (hf engine, micro-batched)", "concurrency": concurrency,
+    return {"mode": "tailgate server", "concurrency": concurrency,
             "requests": len(prompts), "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
             "latency_p50_s": _quantile(latencies, 0.5), "latency_p99_s": _quantile(latencies, 0.99),
             "texts": [r[2] for r in results]}
@@ -157,23 +184,17 @@ def main(argv=None) -> int:
               f"| {row['latency_p50_s']:.2f} | {row['latency_p99_s']:.2f} | {row['answers_equal_to_naive']} |", flush=True)
 
     record(naive)
-    server, thread, url, model = _start_server(engine, bundle.manifest, max_batch=max(CONCURRENCY))
-    for c in CONCURRENCY:
-        record(served_run(url, model, prompts, args.max_tokens, c))
-    server.should_exit = True
-    thread.join(60)
-    if _has_vllm() and not args.no_vllm:
-        from pipeline.engines.vllm import VLLMEngine
-
-        vengine = VLLMEngine.from_bundle(bundle, max_batch=max(CONCURRENCY))
-        server, thread, url, model = _start_server(vengine, bundle.manifest, max_batch=max(CONCURRENCY))
-        served_run(url, model, prompts[:2], args.max_tokens, 2)  # first requests compile kernels: not timed
-        for c in CONCURRENCY:
-            r = served_run(url, model, prompts, args.max_tokens, c)
-            r["mode"] = "tailgate server (vllm engine)"
-            record(r)
-        server.should_exit = True
-        thread.join(60)
+    del engine  # the server loads its own copy; this process only sends requests from here on
+    gc.collect()
+    engines = ["hf"] + (["vllm"] if _has_vllm() and not args.no_vllm else [])
+    for name in engines:
+        with running_server(args.bundle, name, max(CONCURRENCY)) as (url, model):
+            # first requests warm the HTTP path (and, for vLLM, compile kernels): not timed
+            served_run(url, model, prompts[:2], args.max_tokens, 2)
+            for c in CONCURRENCY:
+                r = served_run(url, model, prompts, args.max_tokens, c)
+                r["mode"] = f"tailgate server ({name} engine)"
+                record(r)
     return 0
 
 

@@ -19,7 +19,7 @@ from pipeline.bundle.verify import BundleError, verify_bundle
 from serving.app import create_app
 from serving.logs import log_event, setup_logging
 from serving.probe import ParityError, ParityReport, load_golden, replay
-from serving.server import build_server
+from serving.server import serve
 from serving.state import build_state
 
 log = logging.getLogger("serving")
@@ -131,8 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   hint=f"binding beyond this machine without an API key; set {args.api_key_env}")
     state = build_state(engine, manifest, parity, max_batch=args.max_batch, max_queue=args.max_queue,
                         api_key=api_key, request_timeout_s=args.request_timeout_s)
-    build_server(create_app(state), state, args.host, args.port).run()
-    return 0
+    return serve(create_app(state), state, args.host, args.port)
 
 
 if __name__ == "__main__":

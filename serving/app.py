@@ -1,8 +1,9 @@
 """The FastAPI application: thin routes over `handlers`, built per call (no app at import).
 
 `create_app(state)` wires the routes, OpenAI-shaped error handlers, the request middleware
-(request id, access log line, request metrics) and a lifespan that starts the batch worker
-and, on shutdown, lets it finish everything already admitted.
+(request id, access log line, request metrics) and a lifespan that, on shutdown, lets the
+engine loop finish everything already admitted. Whoever serves the app runs that loop
+(serving/server.py: on the main thread).
 """
 
 from __future__ import annotations
@@ -139,7 +140,6 @@ class RequestContext:
 def create_app(state: ServingState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state.batcher.start()
         log_event(log, "serving", model=state.model_id, bundle_digest=state.manifest.bundle_digest,
                   engine=state.engine.name, parity=state.parity.as_dict(), max_batch=state.batcher.max_batch,
                   max_queue=state.batcher.max_queue, api_key_required=state.api_key is not None)

@@ -1,10 +1,13 @@
 """Micro-batching: concurrent requests share one `engine.generate` call.
 
 A forward pass over eight rows costs little more than over one on the same hardware, so one
-worker thread takes up to `max_batch` waiting requests at a time and runs them as one batch;
+engine loop takes up to `max_batch` waiting requests at a time and runs them as one batch;
 concurrency then raises throughput instead of queueing one request behind another. Tokens go
 back to each request's asyncio queue as they are produced (`call_soon_threadsafe`, since the
-engine calls back from the worker thread). A request whose client went away, whose stop
+engine calls back from its own thread, not the event loop's).
+
+`run()` is the engine loop on the calling thread: `python -m serving` gives it the main thread
+(see serving/server.py for why); `start()` runs it on a thread of its own (tests, embedding). A request whose client went away, whose stop
 string matched or whose time ran out is cancelled: its row's callback returns False and the
 engine stops stepping it.
 
@@ -97,7 +100,8 @@ class Batcher:
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
         self._draining = False
-        self._thread: threading.Thread | None = None
+        self._running = False
+        self._finished = threading.Event()
 
     # -- event-loop side ----------------------------------------------------------------------
 
@@ -118,22 +122,25 @@ class Batcher:
     def draining(self) -> bool:
         return self._draining
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="tailgate-batcher", daemon=True)
-            self._thread.start()
+    def start(self) -> threading.Thread:
+        """Run the engine loop on a new thread."""
+        thread = threading.Thread(target=self.run, name="tailgate-batcher", daemon=True)
+        thread.start()
+        return thread
 
     def drain(self) -> None:
-        """Stop admitting work; what was admitted still runs."""
+        """Stop admitting work; what was admitted still runs. Safe from a signal handler on the
+        loop's own thread: the condition's lock is reentrant."""
         with self._cond:
             self._draining = True
             self._cond.notify_all()
 
-    def stop(self, timeout_s: float | None = None) -> None:
-        """Drain, then wait for the worker to finish everything admitted."""
+    def stop(self, timeout_s: float | None = None) -> bool:
+        """Drain, then wait for the engine loop to finish everything admitted (True if it did)."""
         self.drain()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        if not self._running:
+            return True
+        return self._finished.wait(timeout_s)
 
     # -- worker side --------------------------------------------------------------------------
 
@@ -158,10 +165,18 @@ class Batcher:
             self.metrics.queue_depth.set(len(self._pending))
             return batch
 
-    def _run(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            if batch:
-                self._run_batch(batch)
+    def run(self) -> None:
+        """The engine loop, on the calling thread, until draining has emptied the queue."""
+        with self._cond:
+            if self._running:
+                raise RuntimeError("the engine loop is already running")
+            self._running = True
+        try:
+            while (batch := self._next_batch()) is not None:
+                if batch:
+                    self._run_batch(batch)
+        finally:
+            self._finished.set()
 
     def _run_batch(self, batch: Sequence[Job]) -> None:
         def on_token(row: int, token_id: int, logprob: float) -> bool:

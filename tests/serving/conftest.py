@@ -95,6 +95,9 @@ def run_server(served: Served, *, parity: object | None = None, max_batch: int =
     sock = _listening_socket()
     host, port = sock.getsockname()
     server = build_server(create_app(state), state, host, port)
+    # Both loops on threads here (pytest owns the main thread); `python -m serving` runs the
+    # engine loop on its main thread, which test_cli exercises.
+    state.batcher.start()
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://{host}:{port}"

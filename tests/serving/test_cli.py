@@ -105,8 +105,8 @@ def test_skip_parity_probe_serves_and_says_so(served, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    # Uvicorn re-raises the signal after a clean shutdown, so the status is SIGTERM's or 0.
-    assert proc.returncode in (0, -signal.SIGTERM)
+    # SIGTERM is handled on the main thread (the engine loop's) and drains: a clean exit.
+    assert proc.returncode == 0
     events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     assert any(e["msg"] == "parity_skipped" for e in events)
     assert any(e["msg"] == "request" and e.get("request_id") and e["path"] == "/v1/completions" for e in events)
@@ -122,16 +122,12 @@ def test_allow_parity_mismatch_serves_and_reports_the_mismatch(served, tmp_path,
     edited.write_text(json.dumps(record))
     started = {}
 
-    class NoServer:
-        def __init__(self, app, state, host, port):
-            started["state"] = state
+    def no_server(app, state, host, port):
+        started["state"] = state
+        return 0
 
-        def run(self):
-            started["ran"] = True
-
-    monkeypatch.setattr(entry, "build_server", NoServer)
+    monkeypatch.setattr(entry, "serve", no_server)
     assert main(["--bundle", str(served.bundle.root), "--golden", str(edited), "--allow-parity-mismatch"]) == 0
-    assert started["ran"]
     parity = started["state"].model_card().parity
     assert parity["status"] == "mismatch_allowed" and "log-prob of token 1 differs" in parity["detail"]
 

@@ -1,0 +1,102 @@
+"""`serve`, as `python -m serving` runs it: the engine loop on the calling (main) thread, HTTP
+on its own thread, SIGTERM received on the main thread and forwarded to the drain."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from serving.app import create_app
+from serving.server import serve
+from serving.state import build_state
+from tests.serving.conftest import _listening_socket
+
+MESSAGES = [{"role": "user", "content": "Summarize: stable, discharged home."}]
+
+
+def _wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not come up"
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(120)
+def test_engine_runs_on_the_main_thread_and_sigterm_drains(served, monkeypatch):
+    assert threading.current_thread() is threading.main_thread()  # pytest runs tests on it
+    on_main: list[bool] = []
+    generate = served.engine.generate
+
+    def recording_generate(requests, on_token=None):
+        on_main.append(threading.current_thread() is threading.main_thread())
+        return generate(requests, on_token)
+
+    monkeypatch.setattr(served.engine, "generate", recording_generate)
+    state = build_state(served.engine, served.bundle.manifest, served.parity, max_batch=8, max_queue=64,
+                        api_key=None, request_timeout_s=60)
+    sock = _listening_socket()
+    host, port = sock.getsockname()
+    url = f"http://{host}:{port}"
+    seen: dict = {}
+
+    def client() -> None:
+        try:
+            _wait_ready(url)
+            model = state.model_id
+            # Long enough to still be running when the signal has been handled.
+            request = {"model": model, "messages": MESSAGES, "max_tokens": 400, "stream": True}
+            with httpx.Client(base_url=url, timeout=60) as c, \
+                    c.stream("POST", "/v1/chat/completions", json=request) as s:
+                lines = s.iter_lines()
+                for line in lines:
+                    if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                        break
+                os.kill(os.getpid(), signal.SIGTERM)  # lands on the main thread, inside the engine loop
+                seen["rest"] = [line for line in lines if line.startswith("data: ")]
+        except BaseException as exc:  # reported by the main thread's assertions
+            seen["error"] = exc
+            os.kill(os.getpid(), signal.SIGTERM)  # never leave serve() waiting
+
+    # A SIGTERM that arrives after serve() has put the previous handler back must not end pytest.
+    stray: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: stray.append(sig))
+    try:
+        worker = threading.Thread(target=client)
+        worker.start()
+        code = serve(create_app(state), state, host, port, sockets=[sock])
+        handler_after = signal.getsignal(signal.SIGTERM)
+        worker.join(30)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "error" not in seen, seen.get("error")
+    assert code == 0
+    assert on_main and all(on_main), "engine.generate ran off the main thread"
+    rest = seen["rest"]
+    assert len(rest) > 3, "the stream had ended before the signal; the drain was not exercised"
+    assert rest[-1] == "data: [DONE]"
+    assert json.loads(rest[-2][6:])["choices"][0]["finish_reason"] in ("length", "stop")  # not cut short
+    assert not stray, "SIGTERM reached the handler serve() should have replaced"
+    assert getattr(handler_after, "__name__", "") == "<lambda>", "serve() did not restore the previous handler"
+
+
+@pytest.mark.timeout(60)
+def test_a_port_in_use_exits_1_instead_of_hanging(served):
+    state = build_state(served.engine, served.bundle.manifest, served.parity, max_batch=8, max_queue=64,
+                        api_key=None, request_timeout_s=60)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        host, port = taken.getsockname()
+        assert serve(create_app(state), state, host, port) == 1
