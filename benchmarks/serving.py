@@ -10,7 +10,7 @@ and how many greedy answers match the naive loop's text exactly. Where vLLM is i
 it with `.venv-vllm/bin/python` after `make test-vllm`), the same server with the `vllm` engine
 on the same NF4 base + adapter is measured in the same run.
 
-    python -m benchmarks.serving [--bundle artifacts/bundle] [--requests 16] [--max-tokens 64]
+    python -m benchmarks.serving [--bundle artifacts/bundle] [--requests 16] [--max-tokens N]
 """
 
 from __future__ import annotations
@@ -149,7 +149,9 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", default="artifacts/bundle")
     p.add_argument("--suite", default="eval_suites/discharge")
     p.add_argument("--requests", type=int, default=16)
-    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="token budget per request (default: the bundle's inference.max_new_tokens, what "
+                        "evaluation generated with)")
     p.add_argument("--no-vllm", action="store_true", help="skip the vllm engine even where it is installed")
     p.add_argument("--out", default="benchmarks/results/serving.json")
     args = p.parse_args(argv)
@@ -162,6 +164,8 @@ def main(argv=None) -> int:
     bundle = verify_bundle(args.bundle)
     engine = HFEngine.from_bundle(bundle)
     prompts = _prompts(args.suite, args.requests)
+    if args.max_tokens is None:
+        args.max_tokens = bundle.manifest.inference.max_new_tokens
     result = {"bundle_digest": bundle.manifest.bundle_digest, "requests": len(prompts),
               "max_tokens": args.max_tokens, "torch_threads": torch.get_num_threads(),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}", "rows": []}

@@ -6,6 +6,10 @@ concurrency then raises throughput instead of queueing one request behind anothe
 back to each request's asyncio queue as they are produced (`call_soon_threadsafe`, since the
 engine calls back from its own thread, not the event loop's).
 
+With `continuous=True` (the hf engine) requests do not wait for a batch to finish: each is
+prefilled alone and joins the running decode batch, leaving it the step it finishes (see
+serving/continuous.py). Other engines get one `engine.generate` per batch.
+
 `run()` is the engine loop on the calling thread: `python -m serving` gives it the main thread
 (see serving/server.py for why); `start()` runs it on a thread of its own (tests, embedding). A request whose client went away, whose stop
 string matched or whose time ran out is cancelled: its row's callback returns False and the
@@ -71,6 +75,7 @@ class Job:
         self.request_id = request_id
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.enqueued_at = time.monotonic()
+        self.started_at = self.enqueued_at  # set again when the engine takes it
         self._loop = asyncio.get_running_loop()
         self._cancelled = threading.Event()
 
@@ -90,13 +95,15 @@ class Job:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, metrics: ServingMetrics, *, max_batch: int, max_queue: int) -> None:
+    def __init__(self, engine: Engine, metrics: ServingMetrics, *, max_batch: int, max_queue: int,
+                 continuous: bool = False) -> None:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be at least 1")
         self.engine = engine
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.continuous = continuous
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
         self._draining = False
@@ -172,11 +179,82 @@ class Batcher:
                 raise RuntimeError("the engine loop is already running")
             self._running = True
         try:
-            while (batch := self._next_batch()) is not None:
-                if batch:
-                    self._run_batch(batch)
+            if self.continuous:
+                self._run_continuous()
+            else:
+                while (batch := self._next_batch()) is not None:
+                    if batch:
+                        self._run_batch(batch)
         finally:
             self._finished.set()
+
+    def _take(self, n: int, block: bool) -> list[Job] | None:
+        """Up to n live waiting jobs. With block, wait for one; None once draining left nothing."""
+        with self._cond:
+            while block and not self._pending:
+                if self._draining:
+                    return None
+                self._cond.wait()
+            jobs: list[Job] = []
+            while self._pending and len(jobs) < n:
+                job = self._pending.popleft()
+                if not job.cancelled:
+                    jobs.append(job)
+            self.metrics.queue_depth.set(len(self._pending))
+            return jobs
+
+    def _run_continuous(self) -> None:
+        from serving.continuous import RunningBatch
+
+        batch = RunningBatch(self.engine)
+        # Block for work only when nothing is running; otherwise admit what is waiting (the
+        # first step after admission already serves it) and keep stepping.
+        while (jobs := self._take(self.max_batch - len(batch), block=not len(batch))) is not None:
+            for job in jobs:
+                self._admit(batch, job)
+            if len(batch):
+                self._step(batch)
+
+    def _admit(self, batch, job: Job) -> None:
+        def on_token(token_id: int, logprob: float) -> bool:
+            if job.cancelled:
+                return False
+            job.post(TokenEvent(token_id, logprob))
+            return True
+
+        job.started_at = time.monotonic()
+        try:
+            row = batch.admit(job.request, on_token, key=job)
+        except Exception as exc:  # this request only; the running rows are untouched
+            log.exception("prefill failed for request %s", job.request_id)
+            job.post(ErrorEvent(exc))
+            return
+        self.metrics.in_flight.set(len(batch))
+        if row.done:
+            self._done(row)
+
+    def _step(self, batch) -> None:
+        self.metrics.batch_size.observe(len(batch))
+        try:
+            finished = batch.step()
+        except Exception as exc:  # the step failed for every running row
+            rows = batch.fail_all()
+            log.exception("decode step failed for %d rows", len(rows))
+            for row in rows:
+                row.key.post(ErrorEvent(exc))
+            finished = []
+        for row in finished:
+            self._done(row)
+        self.metrics.in_flight.set(len(batch))
+
+    def _done(self, row) -> None:
+        job: Job = row.key
+        job.post(DoneEvent(row.completion))
+        self.metrics.generated_tokens.inc(len(row.completion.token_ids))
+        now = time.monotonic()
+        log_event(log, "row", request_id=job.request_id, generated_tokens=len(row.completion.token_ids),
+                  finish_reason=row.completion.finish_reason, queue_wait_s=round(job.started_at - job.enqueued_at, 4),
+                  run_s=round(now - job.started_at, 4))
 
     def _run_batch(self, batch: Sequence[Job]) -> None:
         def on_token(row: int, token_id: int, logprob: float) -> bool:

@@ -108,7 +108,7 @@ class ServingMetrics:
                                  (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), ("endpoint",))
         self.prompt_tokens = Counter("tailgate_prompt_tokens_total", "Prompt tokens of generation requests run.")
         self.generated_tokens = Counter("tailgate_generated_tokens_total", "Tokens the engine generated.")
-        self.batch_size = Histogram("tailgate_batch_size", "Requests per engine.generate call.",
+        self.batch_size = Histogram("tailgate_batch_size", "Requests per engine batch: a generate call, or the running rows of one decode step.",
                                     (1, 2, 4, 8, 16, 32, 64))
         self.queue_depth = Gauge("tailgate_queue_depth", "Requests waiting for the engine.")
         self.in_flight = Gauge("tailgate_in_flight_requests", "Requests in the running engine batch.")

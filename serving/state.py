@@ -67,6 +67,8 @@ class ServingState:
 def build_state(engine: TokenizingEngine, manifest: Manifest, parity: ParityReport, *, max_batch: int,
                 max_queue: int, api_key: str | None, request_timeout_s: float) -> ServingState:
     metrics = ServingMetrics()
-    batcher = Batcher(engine, metrics, max_batch=max_batch, max_queue=max_queue)
+    from serving.continuous import supports
+
+    batcher = Batcher(engine, metrics, max_batch=max_batch, max_queue=max_queue, continuous=supports(engine))
     return ServingState(engine=engine, manifest=manifest, parity=parity, batcher=batcher, metrics=metrics,
                         api_key=api_key or None, request_timeout_s=request_timeout_s)

@@ -19,8 +19,9 @@ MESSAGES = [{"role": "user", "content": "Summarize: stable, discharged home."}]
 
 @pytest.fixture(scope="module")
 def guarded(start_server):
-    """One request may wait; an API key is required."""
-    return start_server(max_queue=1, api_key=KEY)
+    """One request runs, one may wait; an API key is required. (With a larger batch a second
+    request joins the running batch at once instead of waiting.)"""
+    return start_server(max_batch=1, max_queue=1, api_key=KEY)
 
 
 def gauge(client: httpx.Client, name: str) -> float:

@@ -34,16 +34,13 @@ def _wait_ready(url: str) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_engine_runs_on_the_main_thread_and_sigterm_drains(served, monkeypatch):
+def test_engine_runs_on_the_main_thread_and_sigterm_drains(served, request):
     assert threading.current_thread() is threading.main_thread()  # pytest runs tests on it
     on_main: list[bool] = []
-    generate = served.engine.generate
-
-    def recording_generate(requests, on_token=None):
-        on_main.append(threading.current_thread() is threading.main_thread())
-        return generate(requests, on_token)
-
-    monkeypatch.setattr(served.engine, "generate", recording_generate)
+    # Every forward pass of the model, whichever batching path calls it.
+    hook = served.engine.model.register_forward_pre_hook(
+        lambda module, args: on_main.append(threading.current_thread() is threading.main_thread()))
+    request.addfinalizer(hook.remove)
     state = build_state(served.engine, served.bundle.manifest, served.parity, max_batch=8, max_queue=64,
                         api_key=None, request_timeout_s=60)
     sock = _listening_socket()
@@ -56,9 +53,9 @@ def test_engine_runs_on_the_main_thread_and_sigterm_drains(served, monkeypatch):
             _wait_ready(url)
             model = state.model_id
             # Long enough to still be running when the signal has been handled.
-            request = {"model": model, "messages": MESSAGES, "max_tokens": 400, "stream": True}
+            body = {"model": model, "messages": MESSAGES, "max_tokens": 400, "stream": True}
             with httpx.Client(base_url=url, timeout=60) as c, \
-                    c.stream("POST", "/v1/chat/completions", json=request) as s:
+                    c.stream("POST", "/v1/chat/completions", json=body) as s:
                 lines = s.iter_lines()
                 for line in lines:
                     if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
@@ -82,7 +79,7 @@ def test_engine_runs_on_the_main_thread_and_sigterm_drains(served, monkeypatch):
         signal.signal(signal.SIGTERM, previous)
     assert "error" not in seen, seen.get("error")
     assert code == 0
-    assert on_main and all(on_main), "engine.generate ran off the main thread"
+    assert on_main and all(on_main), "a forward pass ran off the main thread"
     rest = seen["rest"]
     assert len(rest) > 3, "the stream had ended before the signal; the drain was not exercised"
     assert rest[-1] == "data: [DONE]"

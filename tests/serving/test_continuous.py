@@ -1,0 +1,84 @@
+"""Continuous batching: rows that join a running batch mid-generation (longer and shorter
+prompts than the rows already there) and leave it at different steps produce what each
+request produces alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.engines.base import GenerationRequest, SamplingParams
+from serving.continuous import RunningBatch, supports
+from serving.probe import LOGPROB_TOLERANCE_NATS
+
+
+def _request(engine, text: str, max_new: int, **sampling) -> GenerationRequest:
+    ids = engine.tokenizer(text)["input_ids"]
+    return GenerationRequest(ids, SamplingParams(max_new_tokens=max_new, **sampling))
+
+
+def _drive(engine, schedule):
+    """schedule: {step: [requests joining before that step]}; returns completions by request."""
+    batch = RunningBatch(engine)
+    streamed: dict[int, list[int]] = {}
+    done = {}
+    step = 0
+    while step in schedule or len(batch) or any(s > step for s in schedule):
+        for req in schedule.get(step, []):
+            streamed[id(req)] = []
+            row = batch.admit(req, lambda t, lp, k=id(req): streamed[k].append(t) or True, key=req)
+            if row.done:
+                done[id(req)] = row.completion
+        for row in batch.step():
+            done[id(row.key)] = row.completion
+        step += 1
+    for key, completion in done.items():
+        assert streamed[key] == completion.token_ids  # every token was streamed, in order
+    return done
+
+
+def test_rows_joining_and_leaving_match_generating_alone(served):
+    engine = served.engine
+    assert supports(engine)
+    short = _request(engine, "Stable.", 12)
+    long = _request(engine, "Patient admitted with chest pain, troponin negative, discharged on aspirin "
+                            "and atorvastatin with cardiology follow-up in two weeks.", 20)
+    mid = _request(engine, "Summarize: pneumonia treated with antibiotics.", 5)
+    sampled = _request(engine, "Summarize: fall at home, no fracture.", 9, temperature=0.8, top_p=0.9, seed=7)
+    one = _request(engine, "Hi", 1)
+    # short runs alone first; long joins with a longer prompt (the running row is left-padded),
+    # mid and a one-token request join later, sampled joins after short has left.
+    done = _drive(engine, {0: [short], 2: [long, one], 4: [mid], 14: [sampled]})
+    for req in (short, long, mid, sampled, one):
+        [alone] = engine.generate([req])
+        got = done[id(req)]
+        assert got.token_ids == alone.token_ids and got.finish_reason == alone.finish_reason
+        # batched bf16 kernels round differently; the parity probe's tolerance for an exact engine
+        assert got.logprobs == pytest.approx(alone.logprobs, abs=LOGPROB_TOLERANCE_NATS)
+
+
+def test_the_batch_shrinks_to_what_running_rows_need(served):
+    engine = served.engine
+    batch = RunningBatch(engine)
+    long = _request(engine, "A much longer prompt than the other one, with many more tokens in it.", 3)
+    short = _request(engine, "Short.", 30)
+    batch.admit(long, lambda t, lp: True, key="long")
+    batch.admit(short, lambda t, lp: True, key="short")
+    width = batch.cache.layers[0].keys.shape[-2]
+    assert width == batch.width == len(long.prompt_ids)
+    while all(r.key != "long" or not r.done for r in batch.rows) and len(batch) == 2:
+        batch.step()
+    assert [r.key for r in batch.rows] == ["short"]
+    # only the short row's columns are left
+    assert batch.cache.layers[0].keys.shape == (1, *batch.cache.layers[0].keys.shape[1:2],
+                                                 batch.rows[0].length, batch.cache.layers[0].keys.shape[-1])
+
+
+def test_a_cancelled_row_leaves_at_once(served):
+    engine = served.engine
+    batch = RunningBatch(engine)
+    seen = []
+    row = batch.admit(_request(engine, "Stable.", 50), lambda t, lp: len(seen) < 3 and not seen.append(t), key=1)
+    while not row.done:
+        batch.step()
+    assert row.completion.finish_reason == "cancelled" and len(row.completion.token_ids) == 4
+    assert len(batch) == 0 and batch.cache is None
