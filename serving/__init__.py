@@ -3,6 +3,6 @@
 `python -m serving --bundle artifacts/bundle` verifies the bundle, builds the engine, replays
 the golden outputs (the parity probe) and only then serves. Modules: `protocol` (request and
 response bodies), `app` (routes, middleware, lifespan), `handlers` and `generation` (serving
-logic), `batcher` (micro-batching worker), `probe` (parity), `text` (incremental decoding),
+logic), `batcher` (the engine loop), `continuous` (continuous batching), `probe` (parity), `text` (incremental decoding),
 `metrics`, `logs`, `state`, `server` (uvicorn with draining), `errors`.
 """
