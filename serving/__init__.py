@@ -3,6 +3,7 @@
 `python -m serving --bundle artifacts/bundle` verifies the bundle, builds the engine, replays
 the golden outputs (the parity probe) and only then serves. Modules: `protocol` (request and
 response bodies), `app` (routes, middleware, lifespan), `handlers` and `generation` (serving
-logic), `batcher` (the engine loop), `continuous` (continuous batching), `probe` (parity), `text` (incremental decoding),
-`metrics`, `logs`, `state`, `server` (uvicorn with draining), `errors`.
+logic), `batcher` (the engine loop), `continuous` (continuous batching), `probe` (parity),
+`text` (incremental decoding), `metrics`, `logs`, `state`, `server` (HTTP thread, draining),
+`errors`.
 """
