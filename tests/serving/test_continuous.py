@@ -8,7 +8,8 @@ import pytest
 
 from pipeline.engines.base import GenerationRequest, SamplingParams
 from serving.continuous import RunningBatch, supports
-from serving.probe import LOGPROB_TOLERANCE_NATS
+
+BATCHED_LOGPROB_TOLERANCE_NATS = 5e-3
 
 
 def _request(engine, text: str, max_new: int, **sampling) -> GenerationRequest:
@@ -52,8 +53,10 @@ def test_rows_joining_and_leaving_match_generating_alone(served):
         [alone] = engine.generate([req])
         got = done[id(req)]
         assert got.token_ids == alone.token_ids and got.finish_reason == alone.finish_reason
-        # batched bf16 kernels round differently; the parity probe's tolerance for an exact engine
-        assert got.logprobs == pytest.approx(alone.logprobs, abs=LOGPROB_TOLERANCE_NATS)
+        # Batched bf16 kernels round differently from a batch of one: up to 1.0e-3 nats was seen
+        # here, so the bound is a few times that; a scheduling bug (wrong mask, position or
+        # cache column) moves log-probs by whole nats and changes the tokens.
+        assert got.logprobs == pytest.approx(alone.logprobs, abs=BATCHED_LOGPROB_TOLERANCE_NATS)
 
 
 def test_the_batch_shrinks_to_what_running_rows_need(served):
