@@ -1,7 +1,8 @@
-"""DVC stage `curate`: validate, deduplicate and decontaminate raw chat JSONL into train/val.
+"""DVC stage `curate`: validate, scrub, filter, deduplicate and decontaminate raw records into train/val.
 
-Reads params `curate`, --raw, --suites, --tokenizer; writes --out (train/val/quarantine/meta)
-and --report. The report is written even when the quarantine share fails the stage.
+Reads params `curate`, --raw (JSONL, Parquet, CSV), --suites, --tokenizer; writes --out
+(train/val/quarantine/meta), --report and --metrics. The report is written even when the
+quarantine share fails the stage (exit 1, the reasons in the message).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
             raise
         atomic_write_json(args.report, report)
         atomic_write_json(args.metrics, {k: report[k] for k in ("input_lines", "kept", "rejected",
-                                                                "quarantine_fraction", "reasons")})
+                                                                "quarantine_fraction", "reasons", "repairs")})
         cli.log.info("curate: %d lines -> %d kept (train %d, val %d), %d quarantined", report["input_lines"],
                      report["kept"], report["splits"]["train"]["total"], report["splits"]["val"]["total"],
                      report["rejected"])

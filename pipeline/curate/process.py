@@ -1,0 +1,175 @@
+"""The checks, in order, each with its reason code; the stateless part on worker processes.
+
+validate -> PII scrub -> quality heuristics -> length under the chat template -> exact dup ->
+decontamination -> near dup. The order gives each bad record its most specific reason: a
+copy of an eval item with one word changed is eval_contamination, not near_duplicate; a
+record that differs from another only in a scrubbed phone number is an exact duplicate.
+
+Everything a record's verdict needs from itself alone runs in pipeline/curate/checks.py, in
+batches, on `workers` processes (tokenization and the Python heuristics together are about
+1 ms per 2 KB record, too much for one core at the benchmark's 100,000 records). This
+process then takes the results in input order and applies what depends on the records
+before: exact and near duplicates. The outcome is the same for any number of workers
+(tests/stages/test_curate.py compares 1 and 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from array import array
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Iterable, Iterator, NamedTuple
+
+from pipeline.curate import validate as v
+from pipeline.curate.checks import Checked, RecordChecker, check_in_worker, init_worker, make_scrubber
+from pipeline.curate.decontam import EvalIndex
+from pipeline.curate.dedup import ExactDedup, NearDedup
+from pipeline.curate.readers import Item
+from pipeline.params import CurateParams
+
+log = logging.getLogger(__name__)
+
+# A batch closes at this many records or raw bytes, whichever comes first: enough records for one
+# tokenizer call and one round trip to a worker to pay off, few enough bytes that memory stays
+# bounded with huge records (at most 2 batches per worker are in flight).
+BATCH_RECORDS = 256
+BATCH_BYTES = 8 << 20
+
+
+class Outcome(NamedTuple):
+    item: Item
+    record: v.Record | None        # the (scrubbed) record when kept
+    rejected: v.Rejected | None
+    split: str | None              # "train" or "val" for a kept record
+
+
+def batches(items: Iterable[Item]) -> Iterator[list[Item]]:
+    batch: list[Item] = []
+    size = 0
+    for item in items:
+        batch.append(item)
+        size += len(item.raw) if item.raw is not None else 0
+        if len(batch) >= BATCH_RECORDS or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def worker_count(requested: int) -> int:
+    if requested:
+        return requested
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use, not the machine's
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class Curator:
+    """Applies the checks in order and keeps what the report needs (counts, examples, lengths,
+    clusters, leaks)."""
+
+    def __init__(self, params: CurateParams, tokenizer, eval_index: EvalIndex):
+        self.p = params
+        self.tokenizer = tokenizer
+        self.eval_index = eval_index
+        self.workers = worker_count(params.workers)
+        self.exact = ExactDedup()
+        self.near = NearDedup(params.near_dup) if params.near_dup.enabled else None
+        self.scrubber = make_scrubber(params)  # here too so that a bad pattern fails before any work
+        self.reasons: Counter[str] = Counter()
+        self.examples: dict[str, dict] = {}
+        self.pii_counts: Counter[str] = Counter()
+        self.pii_records = 0
+        self.leaked: Counter[str] = Counter()
+        self.kept_refs: list[str] = []                 # "file:line" of each kept record, by kept index
+        self.lengths_before = array("I")               # tokens of every record that reached tokenization
+        self.lengths_after = array("I")                # tokens of every kept record
+
+    def run(self, items: Iterable[Item]) -> Iterator[Outcome]:
+        """Outcomes of all items, in input order."""
+        for batch, checked in self._checked(batches(items)):
+            for item, c in zip(batch, checked):
+                yield self._decide(item, c)
+
+    def _checked(self, batch_iter: Iterator[list[Item]]) -> Iterator[tuple[list[Item], list[Checked]]]:
+        if self.workers == 1:
+            checker = RecordChecker(self.p, self.tokenizer, self.eval_index)
+            for batch in batch_iter:
+                yield batch, checker.check_batch(batch)
+            return
+        # fork shares the loaded tokenizer and eval index with the workers instead of pickling them
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=init_worker,
+                                 initargs=(self.p, self.tokenizer, self.eval_index)) as pool:
+            pending: deque[tuple[list[Item], Future]] = deque()
+            for batch in batch_iter:
+                pending.append((batch, pool.submit(check_in_worker, batch)))
+                if len(pending) >= 2 * self.workers:
+                    done, job = pending.popleft()
+                    yield done, job.result()
+            while pending:
+                done, job = pending.popleft()
+                yield done, job.result()
+
+    def _decide(self, item: Item, c: Checked) -> Outcome:
+        try:
+            split = self._verdict(item, c)
+        except v.Rejected as rej:
+            self.reasons[rej.reason] += 1
+            self.examples.setdefault(rej.reason, {"source": item.source, "line": item.line, "detail": rej.detail})
+            return Outcome(item, None, rej, None)
+        return Outcome(item, c.record, None, split)
+
+    def _verdict(self, item: Item, c: Checked) -> str:
+        """The split of a kept record; raises Rejected with the first check it fails."""
+        p = self.p
+        if c.rejected:
+            raise v.Rejected(*c.rejected)
+        if c.pii:
+            self.pii_counts.update(c.pii)
+            self.pii_records += 1
+        if c.n_tokens is not None:
+            self.lengths_before.append(c.n_tokens)
+        if c.quality:
+            raise v.Rejected(*c.quality)
+        if c.template:
+            raise v.Rejected(*c.template)
+        n = c.n_tokens
+        if n < p.min_seq_len_tokens:
+            raise v.Rejected(v.TOO_SHORT, f"{n} tokens < min_seq_len_tokens {p.min_seq_len_tokens}")
+        if n > p.max_seq_len_tokens:
+            raise v.Rejected(v.TOO_LONG, f"{n} tokens > max_seq_len_tokens {p.max_seq_len_tokens}")
+        if (first := self.exact.seen(c.digest)) is not None:
+            raise v.Rejected(v.EXACT_DUPLICATE, f"same content as {self.kept_refs[first]}")
+        if c.leaks:
+            self.leaked.update(ref for ref, _ in c.leaks)
+            named = ", ".join(f"{ref} ({share:.0%} of its {p.decontam.ngram}-grams)" for ref, share in c.leaks[:3])
+            more = f" and {len(c.leaks) - 3} more" if len(c.leaks) > 3 else ""
+            raise v.Rejected(v.EVAL_CONTAMINATION, f"contains eval item(s) {named}{more}")
+        sketch = None
+        if self.near is not None:
+            sketch = self.near.sketch(c.minhash)
+            if (match := self.near.match(sketch)) is not None:
+                rep, jaccard = match
+                self.near.record_duplicate(rep, f"{item.source}:{item.line}", jaccard)
+                raise v.Rejected(v.NEAR_DUPLICATE, f"estimated Jaccard {jaccard:.3f} (word {p.near_dup.ngram}-grams) "
+                                 f"with kept record {self.kept_refs[rep]}")
+        index = len(self.kept_refs)
+        self.kept_refs.append(f"{item.source}:{item.line}")
+        self.exact.add(c.digest, index)
+        if sketch is not None:
+            self.near.add(index, sketch)
+        self.lengths_after.append(n)
+        return c.split
+
+    def near_dup_summary(self) -> dict:
+        return self.near.summary(self.kept_refs) if self.near is not None else {"enabled": False}
+
+    def pii_summary(self) -> dict:
+        kinds = self.scrubber.kinds if self.scrubber is not None else ()
+        return {"enabled": self.scrubber is not None, "records_changed": self.pii_records,
+                "replacements": {k: self.pii_counts.get(k, 0) for k in kinds}}
