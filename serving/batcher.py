@@ -164,13 +164,17 @@ class Batcher:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            batch: list[Job] = []
-            while self._pending and len(batch) < self.max_batch:
-                job = self._pending.popleft()
-                if not job.cancelled:  # its caller already gave up (disconnect, timeout)
-                    batch.append(job)
-            self.metrics.queue_depth.set(len(self._pending))
-            return batch
+            return self._pop_live(self.max_batch)
+
+    def _pop_live(self, n: int) -> list[Job]:
+        """Up to n waiting jobs whose callers are still there (caller holds the lock)."""
+        jobs: list[Job] = []
+        while self._pending and len(jobs) < n:
+            job = self._pending.popleft()
+            if not job.cancelled:  # its caller already gave up (disconnect, timeout)
+                jobs.append(job)
+        self.metrics.queue_depth.set(len(self._pending))
+        return jobs
 
     def run(self) -> None:
         """The engine loop, on the calling thread, until draining has emptied the queue."""
@@ -195,13 +199,7 @@ class Batcher:
                 if self._draining:
                     return None
                 self._cond.wait()
-            jobs: list[Job] = []
-            while self._pending and len(jobs) < n:
-                job = self._pending.popleft()
-                if not job.cancelled:
-                    jobs.append(job)
-            self.metrics.queue_depth.set(len(self._pending))
-            return jobs
+            return self._pop_live(n)
 
     def _run_continuous(self) -> None:
         from serving.continuous import RunningBatch
