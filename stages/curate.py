@@ -1,17 +1,19 @@
 """DVC stage `curate`: validate, scrub, filter, deduplicate and decontaminate raw records into train/val.
 
 Reads params `curate`, --raw (JSONL, Parquet, CSV), --suites, --tokenizer; writes --out
-(train/val/quarantine/meta), --report and --metrics. The report is written even when the
-quarantine share fails the stage (exit 1, the reasons in the message).
+(train/val/quarantine/meta), --report (JSON, and a markdown page beside it), --metrics and the
+length histograms under --plots. The reports are written even when the quarantine share fails
+the stage (exit 1, the reasons in the message), so the page shows why.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from pipeline import cli
 from pipeline.curate import QuarantineTooLarge, curate
-from pipeline.files import atomic_write_json
+from pipeline.curate.render import write_reports
 from pipeline.params import load_section
 
 
@@ -23,17 +25,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="data/curated")
     p.add_argument("--report", default="reports/curate.json")
     p.add_argument("--metrics", default="reports/metrics/curate.json")
+    p.add_argument("--plots", help="length histograms (CSV, PNG); default: plots/ beside --report")
 
     def body(args):
         params = load_section("curate", args.params)
+        plots = args.plots or str(Path(args.report).parent / "plots")
         try:
             report = curate(params, args.raw, args.suites, args.tokenizer, args.out)
         except QuarantineTooLarge as exc:
-            atomic_write_json(args.report, exc.report)
+            write_reports(exc.report, args.report, None, plots)
             raise
-        atomic_write_json(args.report, report)
-        atomic_write_json(args.metrics, {k: report[k] for k in ("input_lines", "kept", "rejected",
-                                                                "quarantine_fraction", "reasons", "repairs")})
+        write_reports(report, args.report, args.metrics, plots)
         cli.log.info("curate: %d lines -> %d kept (train %d, val %d), %d quarantined", report["input_lines"],
                      report["kept"], report["splits"]["train"]["total"], report["splits"]["val"]["total"],
                      report["rejected"])

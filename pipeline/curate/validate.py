@@ -69,7 +69,7 @@ def parse_line(raw: bytes) -> Any:
         # exports and harmless; json.loads would otherwise reject the whole record.
         return json.loads(text, strict=False)
     except json.JSONDecodeError as exc:
-        raise Rejected(BAD_JSON, f"{exc.msg} at column {exc.colno}") from None
+        raise Rejected(BAD_JSON, f"{exc.msg} (column {exc.colno})") from None
     except RecursionError:
         raise Rejected(BAD_JSON, "nested deeper than the JSON parser's recursion limit") from None
     except ValueError as exc:  # e.g. an integer literal past Python's int-string conversion limit

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, build_tiny_model_dir, small_raw, tiny_params
+from tests.hostile import expected, expected_outcomes, make_hostile_dir
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +44,7 @@ def test_repro_runs_every_stage_and_the_gate_passes(project):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for stage in ("base", "quantize", "curate", "train", "bundle", "evaluate", "gate"):
         assert f"Running stage '{stage}'" in run.stdout
+    assert "## Checks, in order" in (root / "reports/curate.md").read_text()
     gate = json.loads((root / "reports/gate.json").read_text())
     manifest = json.loads((root / "artifacts/bundle/manifest.json").read_text())
     assert gate["passed"] and gate["bundle_digest"] == manifest["bundle_digest"]
@@ -63,8 +65,8 @@ def test_repro_runs_every_stage_and_the_gate_passes(project):
     assert plots.returncode == 0, plots.stderr[-2000:]
     rendered = json.loads(plots.stdout)
     assert not rendered.get("errors"), rendered["errors"]
-    for name in ("nll_quantiles", "length_buckets", "reports/plots/eval_slices.csv",
-                 "reports/plots/train_loss.csv", "reports/plots/nll_cdf.png"):
+    for name in ("curate_lengths", "reports/plots/curate_lengths.png", "nll_quantiles", "length_buckets",
+                 "reports/plots/eval_slices.csv", "reports/plots/train_loss.csv", "reports/plots/nll_cdf.png"):
         assert rendered["data"].get(name), (name, sorted(rendered["data"]))
 
 
@@ -78,3 +80,33 @@ def test_a_failing_rule_fails_the_pipeline(project):
     assert "Running stage 'gate'" in run.stdout and "Running stage 'train'" not in run.stdout
     gate = json.loads((root / "reports/gate.json").read_text())
     assert not gate["passed"] and gate["failed"] == ["format_validity"]
+
+
+def _project_copy(root: Path) -> None:
+    for name in ("stages", "pipeline", "eval_suites"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    build_tiny_model_dir(root / "tiny_hf")
+
+
+def test_dvc_repro_curate_over_hostile_inputs_accounts_for_every_line(tmp_path):
+    """tests/data/hostile as a project's raw data, through `dvc repro curate` as a user runs it."""
+    _project_copy(tmp_path)
+    make_hostile_dir(tmp_path / "data/raw")
+    spec = expected()["params"]
+    tiny_params(tmp_path, curate={**spec, "raw_glob": [*spec["raw_glob"], "*.jsonl.gz"]})
+    assert _dvc(tmp_path, "init", "--no-scm", "-q").returncode == 0
+    run = _dvc(tmp_path, "repro", "curate")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Running stage 'curate'" in run.stdout and "Running stage 'train'" not in run.stdout
+    got = {}
+    for split in ("train", "val"):
+        for line in (tmp_path / f"data/curated/{split}.jsonl").read_text().splitlines():
+            source, n = json.loads(line)["id"].rsplit(":", 1)
+            got[(source, int(n))] = "kept"
+    for line in (tmp_path / "data/curated/quarantine.jsonl").read_text().splitlines():
+        q = json.loads(line)
+        got[(q["source"], q["line"])] = q["reason"]
+    assert got == expected_outcomes()
+    report = json.loads((tmp_path / "reports/curate.json").read_text())
+    assert report["input_lines"] == len(got) and report["kept"] + report["rejected"] == len(got)
