@@ -176,6 +176,12 @@ class TrainParams(_Strict):
         "auto", description="auto = paged AdamW (bitsandbytes) on CUDA, torch AdamW on CPU."
     )
     val_every_steps: int = Field(25, gt=0, description="Validation loss interval in optimizer steps.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many validations without a new best val loss; None = never.")
+    checkpoint_every_steps: int = Field(
+        10, ge=0, description="Write an atomic, resumable checkpoint every N optimizer steps (0 = never). A killed "
+        "run resumes from the last complete one; the final adapter is the same as an uninterrupted run's.")
+    keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept while the run is going.")
     base_precision: Literal["quantized", "reference"] = Field(
         "quantized", description="quantized: QLoRA, the adapter learns on the exact base that ships. reference: train "
         "on the 16-bit base and ship the adapter on the quantized one (post-training quantization of a LoRA); "

@@ -2,7 +2,8 @@
 
 Reads params `train`, --base-q, --base (the 16-bit base: tokenizer, and weights when
 train.base_precision=reference), --data; writes --out (the adapter), --report and
---plot (loss curve for `dvc plots show`).
+--plot (loss curve for `dvc plots show`). Checkpoints go to --checkpoints while it runs: kill
+it and run it again (or `dvc repro`) and it resumes from the last complete one.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ def main(argv=None) -> int:
     p.add_argument("--report", default="reports/train.json")
     p.add_argument("--plot", default="reports/plots/train_loss.csv")
     p.add_argument("--metrics", default="reports/metrics/train.json")
+    p.add_argument("--checkpoints", default=".checkpoints/train",
+                   help="resumable checkpoints (outside DVC's outputs, which DVC deletes before a run)")
 
     def body(args):
         params = load_section("train", args.params)
-        report = train(params, args.base_q, args.base, args.data, args.out)
+        report = train(params, args.base_q, args.base, args.data, args.out, args.checkpoints)
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["step", "loss", "val_loss"])

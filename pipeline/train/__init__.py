@@ -18,6 +18,7 @@ import platform
 import random
 import resource
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,10 +32,44 @@ from pipeline.files import (
 )
 from pipeline.params import TrainParams
 from pipeline.artifacts import QUANTIZE_REPORT as QUANT_REPORT
+from pipeline.train.checkpoint import Checkpoints, run_key
 from pipeline.train.data import batches, collate, encode_records, read_jsonl
 
 log = logging.getLogger(__name__)
 
+
+@dataclass
+class _RunState:
+    """Everything about the run so far that a checkpoint must carry besides tensors."""
+
+    step: int = 0
+    micro_batches: int = 0
+    real_tokens: int = 0
+    elapsed_s: float = 0.0
+    steps: list = field(default_factory=list)
+    val: list = field(default_factory=list)
+    best_val: float | None = None
+    best_step: int = 0
+    bad_validations: int = 0
+    stopped_early: bool = False
+    resumed_from: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.step and self.resumed_from is None:
+            self.resumed_from = self.step  # built from a checkpoint
+
+    def should_stop(self, val_loss: float | None, patience: int | None) -> bool:
+        if val_loss is None:
+            return False
+        if self.best_val is None or val_loss < self.best_val:
+            self.best_val, self.best_step, self.bad_validations = val_loss, self.step, 0
+            return False
+        self.bad_validations += 1
+        self.stopped_early = patience is not None and self.bad_validations >= patience
+        return self.stopped_early
+
+    def state(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("step", "resumed_from")}
 
 
 def device() -> str:
@@ -181,9 +216,11 @@ def _training_base(params: TrainParams, base_q: Path, base_dir: Path, quant: dic
 
 
 def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_dir: str | Path,
-          out_dir: str | Path) -> dict:
+          out_dir: str | Path, checkpoint_dir: str | Path | None = None) -> dict:
     """base_dir is the 16-bit base: the tokenizer comes from it, and the weights too under
-    base_precision=reference."""
+    base_precision=reference. With checkpoint_dir, checkpoints are written there every
+    params.checkpoint_every_steps and a run of the same configuration resumes from the last
+    complete one (pipeline/train/checkpoint.py)."""
     from transformers import AutoTokenizer
 
     base_q, base_dir, data_dir = Path(base_q), Path(base_dir), Path(data_dir)
@@ -214,10 +251,22 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
     log.info("training %d LoRA parameters on %d examples (%d val), %d steps, optimizer %s, on the %s base",
              n_trainable, len(train_ex), len(val_ex), params.max_steps, optimizer_name, params.base_precision)
 
+    versions, where = library_versions(), hardware()
+    ckpts = None
+    if checkpoint_dir is not None and params.checkpoint_every_steps:
+        key = run_key(params.model_dump(mode="json"), base_digest, meta["digest"], versions, where)
+        ckpts = Checkpoints(checkpoint_dir, key, params.keep_checkpoints)
+    run = _RunState()
+    if ckpts is not None and (latest := ckpts.latest()) is not None:
+        run = _RunState(**Checkpoints.load(latest, model, optimizer))
+        log.info("resuming from %s (step %d of %d)", latest, run.step, params.max_steps)
+
     stream = batches(train_ex, params.batch_size, params.seed)
-    steps, val_curve = [], []
-    real_tokens, t0 = 0, time.perf_counter()
-    bar = tqdm(range(params.max_steps), desc="train", unit="step", dynamic_ncols=True)
+    for _ in range(run.micro_batches):  # the batches the checkpointed steps consumed (no compute)
+        next(stream)
+    t0 = time.perf_counter() - run.elapsed_s
+    bar = tqdm(range(run.step, params.max_steps), desc="train", unit="step", dynamic_ncols=True,
+               initial=run.step, total=params.max_steps)
     for step in bar:
         lr = lr_at(step, params)
         for group in optimizer.param_groups:
@@ -225,6 +274,7 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
         step_loss, step_tokens = 0.0, 0
         for _ in range(params.grad_accum_steps):
             batch = collate(next(stream), pad_id)
+            run.micro_batches += 1
             loss, _n = _loss(model, batch)
             (loss / params.grad_accum_steps).backward()
             step_loss += loss.item() / params.grad_accum_steps
@@ -232,15 +282,25 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        real_tokens += step_tokens
+        run.real_tokens += step_tokens
+        run.step = step + 1
         elapsed = time.perf_counter() - t0
-        steps.append({"step": step + 1, "loss": round(step_loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
-                      "tokens": step_tokens, "elapsed_s": round(elapsed, 3)})
-        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{real_tokens / elapsed:.0f}")
+        run.elapsed_s = elapsed
+        run.steps.append({"step": step + 1, "loss": round(step_loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
+                          "tokens": step_tokens, "elapsed_s": round(elapsed, 3)})
+        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{run.real_tokens / elapsed:.0f}")
         if (step + 1) % params.val_every_steps == 0 or step + 1 == params.max_steps:
             v = validation_loss(model, val_ex, params.batch_size, pad_id)
-            val_curve.append({"step": step + 1, "val_loss": v})
+            run.val.append({"step": step + 1, "val_loss": v})
             log.info("step %d: train loss %.4f, val loss %s", step + 1, step_loss, f"{v:.4f}" if v else "n/a")
+            if run.should_stop(v, params.early_stopping_patience):
+                log.info("early stop at step %d: no better val loss in %d validations (best %.4f at step %d)",
+                         step + 1, params.early_stopping_patience, run.best_val, run.best_step)
+                break
+        if ckpts is not None and (step + 1) % params.checkpoint_every_steps == 0 and step + 1 < params.max_steps:
+            ckpts.save(step + 1, model, optimizer, run.state())
+    bar.close()
+    steps, val_curve, real_tokens = run.steps, run.val, run.real_tokens
     train_s = time.perf_counter() - t0
 
     training_meta = {
@@ -251,8 +311,8 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
         "params": params.model_dump(mode="json"),
         "seed": params.seed,
         "max_seq_len_tokens": max_len,
-        "versions": library_versions(),
-        "hardware": hardware(),
+        "versions": versions,
+        "hardware": where,
         "optimizer": optimizer_name,
     }
     with atomic_dir(out_dir) as tmp:
@@ -260,6 +320,8 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
         _canonical_adapter_config(Path(tmp) / "adapter_config.json")
         atomic_write_json(Path(tmp) / TRAINING_META, training_meta)
 
+    if ckpts is not None:  # the adapter is written: nothing left to resume
+        ckpts.clear()
     # The base must come out of training exactly as it went in.
     check_lock(base_dir)
     verify_files(base_q, quant["files"])
@@ -272,6 +334,8 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
         "loss_last10_mean": last,
         "final_val_loss": val_curve[-1]["val_loss"] if val_curve else None,
         "train_time_s": round(train_s, 2),
+        "resumed_from_step": run.resumed_from,
+        "stopped_early": run.stopped_early,
         "real_tokens": real_tokens,
         "real_tokens_per_s": round(real_tokens / train_s, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
