@@ -53,6 +53,7 @@ test-vllm: $(VLLM_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.curate
 
 clean-venv:
 	rm -rf $(VENV)

@@ -21,6 +21,7 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import Iterable
 
 from tqdm import tqdm
 
@@ -52,13 +53,23 @@ def curate(params: CurateParams, raw_dir: str | Path, suites_dir: str | Path, to
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
     curator = Curator(params, tokenizer, EvalIndex.from_suites(params.decontam, Path(suites_dir)))
     reader = Reader(params.max_line_bytes)
+    return write_curated(params, curator, curator.run(reader.read(paths)), [p.name for p in paths], reader,
+                         tokenizer, out_dir)
+
+
+def write_curated(params: CurateParams, curator: Curator, outcomes: Iterable[Outcome], input_files: list[str],
+                  reader, tokenizer, out_dir: str | Path) -> dict:
+    """Write the outcomes (every record read, in input order) as train/val/quarantine/meta under
+    out_dir, atomically, and return the report. `reader` is read for its `blank_lines` and
+    `bom_stripped` counts once the outcomes are exhausted (pipeline/curate/cluster.py passes the
+    sums over its shards)."""
     slices: dict[str, Counter[str]] = {"train": Counter(), "val": Counter()}
     n_records = 0
     with atomic_dir(out_dir) as tmp:
         files = {name: open(tmp / f"{name}.jsonl", "w", encoding="utf-8") for name in ("train", "val", "quarantine")}
         try:
             progress = tqdm(total=None, unit="rec", desc="curate", disable=None)
-            for out in curator.run(reader.read(paths)):
+            for out in outcomes:
                 n_records += 1
                 _write(out, files, slices)
                 progress.update()
@@ -76,7 +87,7 @@ def curate(params: CurateParams, raw_dir: str | Path, suites_dir: str | Path, to
     rejected = sum(curator.reasons.values())
     assert kept + rejected == n_records, "every input record must be accounted for"
     report = {
-        "input_files": [p.name for p in paths],
+        "input_files": input_files,
         "input_lines": n_records,
         "blank_lines": reader.blank_lines,
         "kept": kept,

@@ -68,6 +68,30 @@ def worker_count(requested: int) -> int:
         return os.cpu_count() or 1
 
 
+def content_rejection(c: Checked, p: CurateParams) -> v.Rejected | None:
+    """The first of quality, template and length (under the chat template) that a validated
+    record fails, or None."""
+    if c.quality:
+        return v.Rejected(*c.quality)
+    if c.template:
+        return v.Rejected(*c.template)
+    n = c.n_tokens
+    if n < p.min_seq_len_tokens:
+        return v.Rejected(v.TOO_SHORT, f"{n} tokens < min_seq_len_tokens {p.min_seq_len_tokens}")
+    if n > p.max_seq_len_tokens:
+        return v.Rejected(v.TOO_LONG, f"{n} tokens > max_seq_len_tokens {p.max_seq_len_tokens}")
+    return None
+
+
+def contamination_rejection(c: Checked, p: CurateParams) -> v.Rejected | None:
+    """eval_contamination when the record contains eval items, else None."""
+    if not c.leaks:
+        return None
+    named = ", ".join(f"{ref} ({share:.0%} of its {p.decontam.ngram}-grams)" for ref, share in c.leaks[:3])
+    more = f" and {len(c.leaks) - 3} more" if len(c.leaks) > 3 else ""
+    return v.Rejected(v.EVAL_CONTAMINATION, f"contains eval item(s) {named}{more}")
+
+
 class Curator:
     """Applies the checks in order and keeps what the report needs (counts, examples, lengths,
     clusters, leaks)."""
@@ -134,22 +158,14 @@ class Curator:
             self.pii_records += 1
         if c.n_tokens is not None:
             self.lengths_before.append(c.n_tokens)
-        if c.quality:
-            raise v.Rejected(*c.quality)
-        if c.template:
-            raise v.Rejected(*c.template)
+        if (rej := content_rejection(c, p)) is not None:
+            raise rej
         n = c.n_tokens
-        if n < p.min_seq_len_tokens:
-            raise v.Rejected(v.TOO_SHORT, f"{n} tokens < min_seq_len_tokens {p.min_seq_len_tokens}")
-        if n > p.max_seq_len_tokens:
-            raise v.Rejected(v.TOO_LONG, f"{n} tokens > max_seq_len_tokens {p.max_seq_len_tokens}")
         if (first := self.exact.seen(c.digest)) is not None:
             raise v.Rejected(v.EXACT_DUPLICATE, f"same content as {self.kept_refs[first]}")
-        if c.leaks:
+        if (rej := contamination_rejection(c, p)) is not None:
             self.leaked.update(ref for ref, _ in c.leaks)
-            named = ", ".join(f"{ref} ({share:.0%} of its {p.decontam.ngram}-grams)" for ref, share in c.leaks[:3])
-            more = f" and {len(c.leaks) - 3} more" if len(c.leaks) > 3 else ""
-            raise v.Rejected(v.EVAL_CONTAMINATION, f"contains eval item(s) {named}{more}")
+            raise rej
         sketch = None
         if self.near is not None:
             sketch = self.near.sketch(c.minhash)
@@ -165,6 +181,12 @@ class Curator:
             self.near.add(index, sketch)
         self.lengths_after.append(n)
         return c.split
+
+    def replay(self, checked: Iterable[tuple[Item, Checked]]) -> Iterator[Outcome]:
+        """Outcomes of items whose stateless checks ran elsewhere (the cluster tasks of
+        pipeline/curate/cluster.py), given in input order: the same decisions as `run`."""
+        for item, c in checked:
+            yield self._decide(item, c)
 
     def near_dup_summary(self) -> dict:
         return self.near.summary(self.kept_refs) if self.near is not None else {"enabled": False}

@@ -3,34 +3,34 @@
 Three independent RNG streams are derived from one seed (`{seed}/train`, `{seed}/eval`,
 `{seed}/defects`), so e.g. changing the defect plan never changes a clean record. The raw file
 mixes the clean pool with realistic planted defects that curation must catch; every defect is
-listed (1-based line, kind, detail) in defects.json so curation can be scored against it.
+listed (1-based line, kind, detail) in defects.json so curation can be scored against it. The
+defect builders live in pipeline/synth/defects.py.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
-from .discharge import INSTRUCTION, SLICES, Case, generate, make_case, note_key
+from .defects import (
+    MALFORMED_KINDS, STUBS, copied_prompt_messages, dumps, malformed_line, near_duplicate_note, pii_counts,
+    pii_note, repetitive_messages, stub_messages, symbol_soup_note, with_note,
+)
+from .discharge import SLICES, Case, generate, make_case, note_key
 
 DEFAULT_SEED = 20261123
 TRAIN_COUNTS: dict[str, int] = {"common": 550, "interaction": 120, "allergy": 200, "long": 130}
 EVAL_PER_SLICE = 40
+# Planted in this order from the `{seed}/defects` stream; a new kind goes at the end, so the
+# defects planted before it keep their content (only the shuffle moves them).
 DEFECT_COUNTS: dict[str, int] = {
     "exact_duplicate": 30, "near_duplicate": 30, "malformed": 15, "over_long": 10, "eval_copy": 10,
+    "pii": 20, "repetitive": 5, "symbol_soup": 5, "copied_prompt": 5, "too_short": 5,
 }
 OVER_LONG_NOTE_CHARS = 12_000  # over-long defects get at least this much note text (up to 1.4x)
-MALFORMED_KINDS: dict[str, str] = {
-    "broken_json": "JSON text cut off mid-object",
-    "non_object": "a bare JSON array of messages, not an object",
-    "missing_assistant": "messages end after the user turn",
-    "empty_assistant": "assistant content is an empty string",
-    "unknown_role": "the user turn has role 'doctor'",
-    "messages_not_list": "messages is an object keyed by role, not a list",
-}
+LOOPING_REPLIES = 2  # of the repetitive defects, this many loop in the reply; the rest in the note
 
 RAW_FILE, DEFECTS_FILE, SUITE_FILE = "discharge_notes.jsonl", "defects.json", "test.jsonl"
 
@@ -51,76 +51,13 @@ def eval_id(i: int) -> str:
     return f"ev-{i + 1:04d}"
 
 
-def _dumps(obj: object) -> str:
-    return json.dumps(obj, ensure_ascii=False)
-
-
-# ---------------------------------------------------------------- near-duplicate edits
-
-_WORD_SWAPS = (("with", "w/"), ("patient", "pt"), ("Pt", "Patient"), ("and", "&"),
-               ("discontinued", "stopped"), ("history", "hx"), ("the", "a"))
-
-
-def _one_of(rng: random.Random, text: str, pattern: str) -> re.Match | None:
-    matches = list(re.finditer(pattern, text))
-    return rng.choice(matches) if matches else None
-
-
-def near_duplicate_note(rng: random.Random, note: str) -> tuple[str, str]:
-    """A copy of `note` with one whitespace, punctuation or word edit that keeps its meaning."""
-    edit = rng.choice(("whitespace", "punctuation", "word"))
-    if edit == "word":
-        swaps = [s for s in _WORD_SWAPS if re.search(rf"\b{re.escape(s[0])}\b", note)]
-        if swaps:
-            old, new = rng.choice(swaps)
-            m = _one_of(rng, note, rf"\b{re.escape(old)}\b")
-            return note[:m.start()] + new + note[m.end():], f"word edit '{old}' -> '{new}'"
-        edit = "whitespace"
-    if edit == "punctuation":
-        m = _one_of(rng, note, r"(?<=[A-Za-z)])\.(?=\s|$)")  # a sentence end, never a decimal point
-        if m:
-            return note[:m.start()] + note[m.end():], "removed a sentence-final period"
-    m = _one_of(rng, note, r" |\n")
-    doubled = note[:m.start()] + m.group() * 2 + note[m.end():]
-    return doubled, "doubled a space" if m.group() == " " else "doubled a line break"
-
-
-def _with_note(messages: list[dict], note: str) -> list[dict]:
-    out = [dict(m) for m in messages]
-    out[1]["content"] = f"{INSTRUCTION}\n\n{note}"
-    return out
-
-
-# ---------------------------------------------------------------- malformed lines
-
-def malformed_line(kind: str, record: dict, rng: random.Random) -> str:
-    """A raw line that is not a usable chat record, built from a real one."""
-    msgs = record["messages"]
-    if kind == "broken_json":  # cut mid-object, as a crashed export leaves it
-        text = _dumps(record)
-        return text[: rng.randint(len(text) // 4, 3 * len(text) // 4)]
-    if kind == "non_object":
-        return _dumps(msgs)  # a bare list of messages, no id/slice wrapper
-    bad = {"id": record["id"], "slice": record["slice"]}
-    if kind == "missing_assistant":
-        bad["messages"] = msgs[:2]
-    elif kind == "empty_assistant":
-        bad["messages"] = msgs[:2] + [{"role": "assistant", "content": ""}]
-    elif kind == "unknown_role":
-        bad["messages"] = [msgs[0], {"role": "doctor", "content": msgs[1]["content"]}, msgs[2]]
-    elif kind == "messages_not_list":
-        bad["messages"] = {m["role"]: m["content"] for m in msgs}
-    else:
-        raise ValueError(kind)
-    return _dumps(bad)
-
-
 # ---------------------------------------------------------------- assembly
 
 @dataclass
 class _Entry:
     kind: str | None                      # None for a clean record
     build: Callable[[str, "_Ids"], tuple[str, str]]  # (own id, ids) -> (line, detail)
+    extra: dict = field(default_factory=dict)  # more keys for the defect's defects.json entry
 
 
 class _Ids:
@@ -145,18 +82,18 @@ def build(seed: int = DEFAULT_SEED) -> Dataset:
     entries: list[_Entry] = []
 
     def clean(case: Case) -> _Entry:
-        return _Entry(None, lambda rid, ids: (_dumps(case.record(rid)), ""))
+        return _Entry(None, lambda rid, ids: (dumps(case.record(rid)), ""))
 
     entries += [clean(c) for c in train]
     n_train = len(train)
     sources = rng.sample(range(n_train), DEFECT_COUNTS["exact_duplicate"] + DEFECT_COUNTS["near_duplicate"])
     for src in sources[: DEFECT_COUNTS["exact_duplicate"]]:
         entries.append(_Entry("exact_duplicate", lambda rid, ids, src=src: (
-            _dumps(train[src].record(rid)), f"same messages as {ids.ref(src)}")))
+            dumps(train[src].record(rid)), f"same messages as {ids.ref(src)}")))
     for src in sources[DEFECT_COUNTS["exact_duplicate"]:]:
         note, how = near_duplicate_note(rng, train[src].note)
         entries.append(_Entry("near_duplicate", lambda rid, ids, src=src, note=note, how=how: (
-            _dumps({"id": rid, "slice": train[src].slice, "messages": _with_note(train[src].messages(), note)}),
+            dumps({"id": rid, "slice": train[src].slice, "messages": with_note(train[src].messages(), note)}),
             f"{how} in the note of {ids.ref(src)}")))
     for i in range(DEFECT_COUNTS["malformed"]):
         kind = list(MALFORMED_KINDS)[i % len(MALFORMED_KINDS)]
@@ -166,11 +103,12 @@ def build(seed: int = DEFAULT_SEED) -> Dataset:
     for _ in range(DEFECT_COUNTS["over_long"]):
         case = _fresh(rng, "long", seen, int(OVER_LONG_NOTE_CHARS * rng.uniform(1.02, 1.4)))
         entries.append(_Entry("over_long", lambda rid, ids, case=case: (
-            _dumps(case.record(rid)), f"note of {len(case.note)} characters")))
+            dumps(case.record(rid)), f"note of {len(case.note)} characters")))
     for ev in sorted(rng.sample(range(len(eval_cases)), DEFECT_COUNTS["eval_copy"])):
         entries.append(_Entry("eval_copy", lambda rid, ids, ev=ev: (
-            _dumps({"id": rid, "slice": eval_cases[ev].slice, "messages": eval_cases[ev].messages()}),
+            dumps({"id": rid, "slice": eval_cases[ev].slice, "messages": eval_cases[ev].messages()}),
             f"verbatim messages of eval item {eval_id(ev)}")))
+    entries += _quality_defects(rng, seen)
 
     order = list(range(len(entries)))
     rng.shuffle(order)
@@ -180,7 +118,8 @@ def build(seed: int = DEFAULT_SEED) -> Dataset:
         line, detail = entries[entry].build(ids.id(entry), ids)
         lines.append(line)
         if entries[entry].kind is not None:
-            defects.append({"line": ids.line[entry], "kind": entries[entry].kind, "detail": detail})
+            defects.append({"line": ids.line[entry], "kind": entries[entry].kind, "detail": detail,
+                            **entries[entry].extra})
     report = {
         "seed": seed,
         "total_lines": len(lines),
@@ -189,6 +128,41 @@ def build(seed: int = DEFAULT_SEED) -> Dataset:
         "defects": defects,
     }
     return Dataset(seed, train, eval_cases, lines, report)
+
+
+def _record_entry(kind: str, slice_name: str, messages: list[dict], detail: str, **extra) -> _Entry:
+    return _Entry(kind, lambda rid, ids: (dumps({"id": rid, "slice": slice_name, "messages": messages}), detail),
+                  extra)
+
+
+def _quality_defects(rng: random.Random, seen: set[str]) -> list[_Entry]:
+    """Records a schema accepts but curate must scrub (pii) or reject: repetitive, symbol
+    soup, copied prompt, too short. Fresh cases, so none doubles as a duplicate."""
+    out = []
+    for i in range(DEFECT_COUNTS["pii"]):
+        case = _fresh(rng, "common", seen)
+        note, planted = pii_note(rng, case, i)
+        counts = pii_counts(planted)
+        out.append(_record_entry("pii", case.slice, with_note(case.messages(), note),
+                                 "identifiers in the note: " + ", ".join(f"{k} {n}" for k, n in counts.items()),
+                                 pii=counts, planted=[{"type": k, "text": t} for k, t in planted]))
+    for i in range(DEFECT_COUNTS["repetitive"]):
+        case = _fresh(rng, "common", seen)
+        messages, detail = repetitive_messages(rng, case, looping_reply=i < LOOPING_REPLIES)
+        out.append(_record_entry("repetitive", case.slice, messages, detail))
+    for _ in range(DEFECT_COUNTS["symbol_soup"]):
+        case = _fresh(rng, "common", seen)
+        note, share = symbol_soup_note(rng, case.note)
+        out.append(_record_entry("symbol_soup", case.slice, with_note(case.messages(), note),
+                                 f"OCR failure: letters are {share:.0%} of the user turn's visible characters"))
+    for _ in range(DEFECT_COUNTS["copied_prompt"]):
+        case = _fresh(rng, "common", seen)
+        messages, detail = copied_prompt_messages(rng, case)
+        out.append(_record_entry("copied_prompt", case.slice, messages, detail))
+    for stub in rng.sample(STUBS, DEFECT_COUNTS["too_short"]):
+        out.append(_record_entry("too_short", "common", stub_messages(stub),
+                                 f"stub row: note {stub[0]!r}, reply {stub[1]!r}, no system prompt or instruction"))
+    return out
 
 
 def rng_line(seed: int, rid: str) -> random.Random:
@@ -210,5 +184,5 @@ def outputs(ds: Dataset) -> dict[str, str]:
     return {
         RAW_FILE: "".join(line + "\n" for line in ds.raw_lines),
         DEFECTS_FILE: json.dumps(ds.defects, ensure_ascii=False, indent=1) + "\n",
-        SUITE_FILE: "".join(_dumps(r) + "\n" for r in ds.eval_records()),
+        SUITE_FILE: "".join(dumps(r) + "\n" for r in ds.eval_records()),
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import re
@@ -17,6 +16,7 @@ from pipeline.curate import QuarantineTooLarge, curate
 from pipeline.curate.readers import Reader
 from pipeline.params import CurateParams
 from tests.conftest import REPO, build_tiny_model_dir, small_raw
+from tests.hostile import make_hostile_dir
 
 HOSTILE = REPO / "tests/data/hostile"
 RAW = REPO / "data/raw/discharge_notes.jsonl"
@@ -58,17 +58,7 @@ def curated_default(tokenizer_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def hostile_dir(tmp_path_factory) -> Path:
     """tests/data/hostile plus the files EXPECTED.json says the test generates."""
-    raw = tmp_path_factory.mktemp("hostile")
-    for f in HOSTILE.iterdir():
-        shutil.copy(f, raw / f.name)
-    clean = [json.dumps({"messages": json.loads(line)["messages"]}).encode()
-             for line in RAW.read_bytes().splitlines()[:50]]
-    huge = b'{"messages": [{"role": "user", "content": "' + b"x" * (10 << 20) + b'"}]}'
-    (raw / "huge_line.jsonl").write_bytes(clean[40] + b"\n" + huge + b"\r\n" + clean[41] + b"\n")
-    noise = hashlib.sha256(b"seed").hexdigest().encode() * 8000  # incompressible enough to truncate mid-line
-    packed = gzip.compress(clean[42] + b"\n" + b'{"messages": "' + noise + b'"}\n', mtime=0)
-    (raw / "truncated.jsonl.gz").write_bytes(packed[: len(packed) // 2])
-    return raw
+    return make_hostile_dir(tmp_path_factory.mktemp("hostile"))
 
 
 def test_every_line_is_accounted_for(curated_default):
@@ -86,7 +76,9 @@ def test_planted_defects_are_caught_by_the_right_reason(curated_default):
     by_line = {q["line"]: q for q in _lines(out / "quarantine.jsonl")}
     expected = {"eval_copy": {"eval_contamination"}, "over_long": {"too_long"},
                 "malformed": {"bad_json", "not_object", "bad_messages", "bad_message", "unknown_role",
-                              "missing_assistant", "empty_content"}}
+                              "missing_assistant", "empty_content"},
+                "repetitive": {"repetitive"}, "symbol_soup": {"symbol_ratio"}, "copied_prompt": {"copied_prompt"},
+                "too_short": {"too_short"}}
     partners = set()
     for d in defects.values():
         if d["kind"] in ("exact_duplicate", "near_duplicate"):
@@ -98,6 +90,8 @@ def test_planted_defects_are_caught_by_the_right_reason(curated_default):
             assert len(dropped) == 1 and by_line[dropped[0]]["reason"] == d["kind"], d
             assert f"discharge_notes.jsonl:{(pair - set(dropped)).pop()}" in by_line[dropped[0]]["detail"]
             partners |= pair
+        elif d["kind"] == "pii":
+            assert d["line"] not in by_line, d  # kept, scrubbed (tests/stages/test_curate_default.py)
         else:
             assert by_line[d["line"]]["reason"] in expected[d["kind"]], d
     # no clean record is touched, except the first-read copy of a planted duplicate
@@ -120,9 +114,13 @@ def test_report_counts_add_up_and_name_what_was_found(curated_default):
     assert set(report["examples"]) == {r for r, n in report["reasons"].items() if n}
     hist = report["length_histogram"]
     assert sum(hist["after"]) == report["kept"] and len(hist["edges"]) == len(hist["before"]) + 1
-    tokenized = ("too_long", "exact_duplicate", "near_duplicate", "eval_contamination")  # the reasons seen here
+    tokenized = ("repetitive", "symbol_ratio", "copied_prompt", "too_short", "too_long", "exact_duplicate",
+                 "near_duplicate", "eval_contamination")  # the reasons seen here
     assert sum(hist["before"]) == report["kept"] + sum(report["reasons"][r] for r in tokenized)
-    assert report["repairs"] == {"bom_stripped": 0} and not any(report["pii"]["replacements"].values())
+    planted_pii = Counter()
+    for d in defects:
+        planted_pii.update(d.get("pii", {}))
+    assert report["repairs"] == {"bom_stripped": 0} and report["pii"]["replacements"] == planted_pii
 
 
 def test_no_eval_item_reaches_training(curated_default):

@@ -20,6 +20,7 @@ from pipeline.synth import (
 from pipeline.synth import vocab as V
 from pipeline.synth.__main__ import main as synth_main
 from pipeline.synth.dataset import DEFECT_COUNTS, EVAL_PER_SLICE, OVER_LONG_NOTE_CHARS, TRAIN_COUNTS
+from pipeline.synth.defects import PII_TYPES, STUBS, alpha_share
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = {
@@ -320,6 +321,10 @@ def test_defects_match_raw_file(files, ds):
         if kind == "malformed":
             assert rec is None
             continue
+        if kind == "too_short":  # a legacy stub row: user and assistant turns only
+            rec = json.loads(line)
+            assert [m["role"] for m in rec["messages"]] == ["user", "assistant"]
+            assert tuple(m["content"] for m in rec["messages"]) in STUBS
         assert rec is not None and rec["id"] == f"dn-{n:06d}"
         msgs = json.dumps(rec["messages"])
         if kind is None:
@@ -334,6 +339,8 @@ def test_defects_match_raw_file(files, ds):
             assert len(_note(rec)) >= OVER_LONG_NOTE_CHARS and parse(rec["messages"][2]["content"])
         elif kind == "eval_copy":
             assert msgs in eval_msgs
+        elif kind in ("pii", "repetitive", "symbol_soup", "copied_prompt"):
+            assert _note(rec) not in clean_notes and msgs not in clean_msgs
         if kind != "eval_copy":
             assert msgs not in eval_msgs
     assert clean_lines == report["clean_records"] == sum(TRAIN_COUNTS.values())
@@ -341,6 +348,60 @@ def test_defects_match_raw_file(files, ds):
     unmarked = [json.dumps(json.loads(lines[n - 1])["messages"]) for n in range(1, len(lines) + 1)
                 if n not in by_line]
     assert len(set(unmarked)) == len(unmarked) == len(clean_msgs)
+
+
+def _defects_of(files, kind: str) -> list[tuple[dict, dict]]:
+    lines = files["discharge_notes.jsonl"].split("\n")
+    return [(d, json.loads(lines[d["line"] - 1])) for d in json.loads(files["defects.json"])["defects"]
+            if d["kind"] == kind]
+
+
+def test_pii_defects_plant_exactly_what_defects_json_lists(files):
+    """Each planted identifier is in its note and matched by its type's default pattern; the
+    default patterns find nothing else on any line, so curate's per-type counts on the raw file
+    must equal the planted ones."""
+    from pipeline.curate.pii import DEFAULT_PATTERNS, Scrubber
+
+    scrub = Scrubber.from_patterns(DEFAULT_PATTERNS)
+    planted = {d["line"]: d for d in json.loads(files["defects.json"])["defects"] if d["kind"] == "pii"}
+    total: Counter[str] = Counter()
+    for n, line in enumerate(files["discharge_notes.jsonl"].split("\n")[:-1], 1):
+        try:
+            messages = json.loads(line)["messages"]
+            contents = [m["content"] for m in messages] if isinstance(messages, list) else list(messages.values())
+        except (ValueError, TypeError, KeyError):
+            continue  # broken JSON or a bare list: never reaches scrubbing
+        found: Counter[str] = Counter()
+        scrubbed = [scrub.scrub(c, found) for c in contents]
+        if n not in planted:
+            assert not found, (n, found)
+            continue
+        d = planted[n]
+        assert d["pii"] == dict(found) == Counter(p["type"] for p in d["planted"]), n
+        note = _note(json.loads(line))
+        for p in d["planted"]:
+            assert p["type"] in PII_TYPES and note.count(p["text"]) == 1, (n, p)
+            assert p["text"] not in " ".join(scrubbed), (n, p)  # scrubbing removes every one
+        total.update(found)
+    assert len(planted) == DEFECT_COUNTS["pii"]
+    assert set(total) == set(PII_TYPES) and min(total.values()) >= 5, total  # every type, several times
+
+
+def test_quality_defects_have_what_their_check_looks_for(files):
+    for d, rec in _defects_of(files, "repetitive"):
+        # one note paragraph or one reply line occurs 6+ times, in enough words for the check to apply
+        turn = rec["messages"][2 if "reply" in d["detail"] else 1]["content"]
+        unit = Counter(re.split(r"\n+", turn)).most_common(1)[0]
+        assert unit[1] >= 6 and unit[1] * len(unit[0].split()) >= 20, d
+    for d, rec in _defects_of(files, "symbol_soup"):
+        assert alpha_share(rec["messages"][1]["content"]) < 0.45, d  # curate rejects under 0.5
+        assert parse(rec["messages"][2]["content"]) is not None  # the reply itself is fine
+    for d, rec in _defects_of(files, "copied_prompt"):
+        reply, user = rec["messages"][2]["content"], rec["messages"][1]["content"]
+        assert reply in user and len(reply.split()) >= 20, d
+    for d, rec in _defects_of(files, "too_short"):
+        assert sum(len(m["content"].split()) for m in rec["messages"]) >= 5  # enough words to tell stubs apart
+        assert sum(len(m["content"]) for m in rec["messages"]) < 80, d
 
 
 def test_suite_file(files, ds):
