@@ -56,6 +56,10 @@ class QuantizeParams(_Strict):
     compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
         "bfloat16", description="dtype the 4-bit weights are dequantized to for each matmul."
     )
+    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = Field(
+        "uint8", description="dtype the packed 4-bit codes are stored in. Same bytes either way; FSDP shards a "
+        "module only when all its parameters share one dtype, so FSDP-QLoRA needs it equal to the compute dtype "
+        "(pipeline/train/launch.py checks).")
 
 
 class CuratePiiParams(_Strict):
@@ -187,6 +191,9 @@ class TrainParams(_Strict):
         "on the 16-bit base and ship the adapter on the quantized one (post-training quantization of a LoRA); "
         "the manifest pins the 16-bit base as the adapter's, and evaluation's damage pass measures the cost.")
     num_threads: int | None = Field(None, description="torch CPU threads; None = torch's default.")
+    memory_budget_gb: float | None = Field(
+        None, gt=0.0, description="Fail before loading the model when the memory plan (pipeline/memory.py) for the "
+        "longest batch exceeds this many GiB; None = log the plan only.")
 
 
 class BundleParams(_Strict):

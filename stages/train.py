@@ -16,6 +16,7 @@ from pipeline import cli
 from pipeline.files import atomic_write_json, atomic_write_text
 from pipeline.params import load_section
 from pipeline.train import train
+from pipeline.train.distributed import is_main_process
 
 
 def main(argv=None) -> int:
@@ -33,6 +34,8 @@ def main(argv=None) -> int:
     def body(args):
         params = load_section("train", args.params)
         report = train(params, args.base_q, args.base, args.data, args.out, args.checkpoints)
+        if not is_main_process():  # under a launcher only rank 0 writes (the adapter too)
+            return
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["step", "loss", "val_loss"])

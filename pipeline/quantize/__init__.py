@@ -40,6 +40,7 @@ def bnb_config(params: QuantizeParams):
         bnb_4bit_quant_type=params.method,
         bnb_4bit_use_double_quant=params.double_quant,
         bnb_4bit_compute_dtype=getattr(torch, params.compute_dtype),
+        bnb_4bit_quant_storage=getattr(torch, params.quant_storage),
     )
 
 

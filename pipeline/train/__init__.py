@@ -30,10 +30,12 @@ from pipeline.chat import IGNORE_INDEX, stop_token_ids
 from pipeline.files import (
     atomic_dir, atomic_write_json, digest_json, files_digest, read_json, sha256_file, verify_files,
 )
+from pipeline.memory import check_budget, format_plan, plan_training
 from pipeline.params import TrainParams
 from pipeline.artifacts import QUANTIZE_REPORT as QUANT_REPORT
 from pipeline.train.checkpoint import Checkpoints, run_key
 from pipeline.train.data import batches, collate, encode_records, read_jsonl
+from pipeline.train.distributed import setup as setup_ranks
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +143,11 @@ def _canonical_adapter_config(path: Path) -> None:
     atomic_write_json(path, cfg)
 
 
-def load_trainable(base_dir: Path, params: TrainParams, dtype: torch.dtype | None = None):
+def load_trainable(base_dir: Path, params: TrainParams, dtype: torch.dtype | None = None,
+                   device_map: dict | str | None = "device"):
     """The frozen base as saved (no re-quantization) with fresh LoRA adapters.
+
+    device_map "device" puts it all on device(); None leaves it on the CPU (FSDP moves the shards).
 
     peft's prepare_model_for_kbit_training is deliberately not used: it casts norms and
     embeddings to fp32, so training would compute in a precision serving never runs. The base
@@ -152,7 +157,9 @@ def load_trainable(base_dir: Path, params: TrainParams, dtype: torch.dtype | Non
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(base_dir, trust_remote_code=False, device_map={"": device()}, **kwargs)
+    if device_map is not None:
+        kwargs["device_map"] = {"": device()} if device_map == "device" else device_map
+    model = AutoModelForCausalLM.from_pretrained(base_dir, trust_remote_code=False, **kwargs)
     for p in model.parameters():
         p.requires_grad_(False)
     if params.gradient_checkpointing:
@@ -186,13 +193,15 @@ def _loss(model, batch) -> tuple[torch.Tensor, int]:
 
 
 @torch.no_grad()
-def validation_loss(model, examples, batch_size: int, pad_id: int) -> float | None:
+def validation_loss(model, examples, batch_size: int, pad_id: int, forward=None) -> float | None:
+    """forward(batch) -> (loss, n): the distributed wrapper's where there is one (FSDP must gather)."""
     if not examples:
         return None
+    forward = forward or (lambda batch: _loss(model, batch))
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        loss, n = _loss(model, collate(examples[start:start + batch_size], pad_id))
+        loss, n = forward(collate(examples[start:start + batch_size], pad_id))
         total += loss.item() * n
         count += n
     model.train()
@@ -215,6 +224,20 @@ def _training_base(params: TrainParams, base_q: Path, base_dir: Path, quant: dic
     return base_dir, getattr(torch, quant["params"]["compute_dtype"]), lock_sha
 
 
+def _memory_plan(params: TrainParams, model_dir: Path, quant: dict, examples) -> dict:
+    """Log the plan of the largest step; fail here, before the model loads, over budget."""
+    setup, p = plan_training(read_json(model_dir / "config.json"), params, quant["params"],
+                             [(len(e.input_ids), sum(x != IGNORE_INDEX for x in e.labels)) for e in examples],
+                             device())
+    log.info("memory plan for the largest batch (%d x %d tokens, %.0f%% labelled), budget %s:\n%s",
+             setup.batch_size, setup.seq_len, 100 * setup.labelled_fraction,
+             f"{params.memory_budget_gb:g} GiB" if params.memory_budget_gb else "none", format_plan(p))
+    check_budget(p, setup, params.memory_budget_gb)
+    return {"seq_len": setup.seq_len, "batch_size": setup.batch_size, "labelled_fraction": round(setup.labelled_fraction, 4),
+            "planned_gib": round(p.total / 2 ** 30, 3), "budget_gib": params.memory_budget_gb,
+            "terms_mib": {k: round(v / 2 ** 20, 1) for k, v in p.terms.items()}}
+
+
 def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_dir: str | Path,
           out_dir: str | Path, checkpoint_dir: str | Path | None = None) -> dict:
     """base_dir is the 16-bit base: the tokenizer comes from it, and the weights too under
@@ -231,6 +254,7 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
     base_lock = check_lock(base_dir)
     quant = read_json(base_q / QUANT_REPORT)
     verify_files(base_q, quant["files"])
+    ranks = setup_ranks(quant["params"])  # Ranks() unless a launcher started several processes
     model_dir, model_dtype, base_digest = _training_base(params, base_q, base_dir, quant)
     meta = read_json(data_dir / "meta.json")
     max_len = int(meta["max_seq_len_tokens"])
@@ -242,8 +266,12 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
     if not train_ex:
         raise ValueError(f"{data_dir}/train.jsonl is empty: nothing to train on")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    memory = _memory_plan(params, model_dir, quant, train_ex)
 
-    model = load_trainable(model_dir, params, model_dtype)
+    if ranks.fsdp:  # loaded in the storage dtype (= compute dtype, checked) so every flat tensor has one dtype
+        model_dtype = getattr(torch, quant["params"]["compute_dtype"])
+    model = load_trainable(model_dir, params, model_dtype, **({"device_map": ranks.device_map(device())}
+                                                             if ranks.active else {}))
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, optimizer_name = make_optimizer(params, trainable)
@@ -253,20 +281,23 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
 
     versions, where = library_versions(), hardware()
     ckpts = None
-    if checkpoint_dir is not None and params.checkpoint_every_steps:
-        key = run_key(params.model_dump(mode="json"), base_digest, meta["digest"], versions, where)
+    if checkpoint_dir is not None and params.checkpoint_every_steps and not ranks.fsdp:
+        key = run_key({**params.model_dump(mode="json"), **ranks.key_extra()}, base_digest, meta["digest"], versions,
+                      where)
         ckpts = Checkpoints(checkpoint_dir, key, params.keep_checkpoints)
     run = _RunState()
-    if ckpts is not None and (latest := ckpts.latest()) is not None:
+    # Rank 0 looks first: latest() removes leftovers of killed writes, which must not race.
+    if ckpts is not None and (latest := ranks.main_first(ckpts.latest)) is not None:
         run = _RunState(**Checkpoints.load(latest, model, optimizer))
         log.info("resuming from %s (step %d of %d)", latest, run.step, params.max_steps)
+    forward, optimizer = ranks.prepare(model, optimizer, _loss)
 
-    stream = batches(train_ex, params.batch_size, params.seed)
+    stream = ranks.shard(batches(train_ex, params.batch_size, params.seed))
     for _ in range(run.micro_batches):  # the batches the checkpointed steps consumed (no compute)
         next(stream)
     t0 = time.perf_counter() - run.elapsed_s
     bar = tqdm(range(run.step, params.max_steps), desc="train", unit="step", dynamic_ncols=True,
-               initial=run.step, total=params.max_steps)
+               initial=run.step, total=params.max_steps, disable=not ranks.is_main)
     for step in bar:
         lr = lr_at(step, params)
         for group in optimizer.param_groups:
@@ -275,11 +306,12 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
         for _ in range(params.grad_accum_steps):
             batch = collate(next(stream), pad_id)
             run.micro_batches += 1
-            loss, _n = _loss(model, batch)
-            (loss / params.grad_accum_steps).backward()
+            loss, _n = forward(batch)
+            ranks.backward(loss / params.grad_accum_steps)
             step_loss += loss.item() / params.grad_accum_steps
             step_tokens += int(batch["attention_mask"].sum())
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm))
+        step_loss, step_tokens = ranks.mean(step_loss), int(ranks.sum(step_tokens))  # over ranks; as is alone
+        grad_norm = ranks.clip_grad_norm(trainable, params.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         run.real_tokens += step_tokens
@@ -290,14 +322,15 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
                           "tokens": step_tokens, "elapsed_s": round(elapsed, 3)})
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{run.real_tokens / elapsed:.0f}")
         if (step + 1) % params.val_every_steps == 0 or step + 1 == params.max_steps:
-            v = validation_loss(model, val_ex, params.batch_size, pad_id)
+            v = validation_loss(model, val_ex, params.batch_size, pad_id, forward)
             run.val.append({"step": step + 1, "val_loss": v})
             log.info("step %d: train loss %.4f, val loss %s", step + 1, step_loss, f"{v:.4f}" if v else "n/a")
             if run.should_stop(v, params.early_stopping_patience):
                 log.info("early stop at step %d: no better val loss in %d validations (best %.4f at step %d)",
                          step + 1, params.early_stopping_patience, run.best_val, run.best_step)
                 break
-        if ckpts is not None and (step + 1) % params.checkpoint_every_steps == 0 and step + 1 < params.max_steps:
+        if (ckpts is not None and ranks.is_main and (step + 1) % params.checkpoint_every_steps == 0
+                and step + 1 < params.max_steps):
             ckpts.save(step + 1, model, optimizer, run.state())
     bar.close()
     steps, val_curve, real_tokens = run.steps, run.val, run.real_tokens
@@ -314,17 +347,21 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
         "versions": versions,
         "hardware": where,
         "optimizer": optimizer_name,
+        **ranks.key_extra(),
     }
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        _canonical_adapter_config(Path(tmp) / "adapter_config.json")
-        atomic_write_json(Path(tmp) / TRAINING_META, training_meta)
-
-    if ckpts is not None:  # the adapter is written: nothing left to resume
-        ckpts.clear()
-    # The base must come out of training exactly as it went in.
-    check_lock(base_dir)
-    verify_files(base_q, quant["files"])
+    state = ranks.adapter_state()  # FSDP: gathers the shards (every rank takes part), whole on rank 0
+    if ranks.is_main:
+        with atomic_dir(out_dir) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state} if state else {}))
+            _canonical_adapter_config(Path(tmp) / "adapter_config.json")
+            atomic_write_json(Path(tmp) / TRAINING_META, training_meta)
+        if ckpts is not None:  # the adapter is written: nothing left to resume
+            ckpts.clear()
+        # The base must come out of training exactly as it went in.
+        check_lock(base_dir)
+        verify_files(base_q, quant["files"])
+    ranks.barrier()
+    ranks.close()
     first = sum(s["loss"] for s in steps[:10]) / min(10, len(steps))
     last = sum(s["loss"] for s in steps[-10:]) / min(10, len(steps))
     return {
@@ -339,10 +376,12 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
         "real_tokens": real_tokens,
         "real_tokens_per_s": round(real_tokens / train_s, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "memory_plan": memory,
         "trainable_params": n_trainable,
         "optimizer": optimizer_name,
         "gradient_checkpointing": params.gradient_checkpointing,
         "hardware": training_meta["hardware"],
         "base_lock_files": len(base_lock["files"]),
         "base_precision": params.base_precision,
+        **ranks.key_extra(),
     }
