@@ -52,8 +52,11 @@ test-vllm: $(VLLM_STAMP)
 	PATH="$(abspath $(VLLM_VENV)/bin):$$PATH" $(VLLM_VENV)/bin/python -m pytest -q tests/vllm tests/unit/test_vllm_config.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]"
 	$(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.curate
+	$(BIN)/python -m benchmarks.memory_plan
+	$(BIN)/python -m benchmarks.train_vs_trl
 
 clean-venv:
 	rm -rf $(VENV)
