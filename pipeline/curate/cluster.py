@@ -51,6 +51,7 @@ from datatrove.pipeline.readers.base import BaseReader
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 
 from pipeline.curate import QuarantineTooLarge, write_curated
+from pipeline.curate.render import write_reports
 from pipeline.curate import validate as v
 from pipeline.curate.checks import Checked, RecordChecker
 from pipeline.curate.process import BATCH_RECORDS, Curator, contamination_rejection, content_rejection
@@ -300,12 +301,14 @@ class CurateReduce(PipelineStep):
         if world_size != 1:
             raise ValueError("the reduce is one task (tasks=1)")
         p = CurateParams.model_validate(self.params)
+        # The stage's pages and plots too: curate.md beside the report, plots/ beside it.
+        plots = Path(self.report_path).parent / "plots"
         try:
             report = reduce_shards(p, self.map_dir, self.suites_dir, self.tokenizer_dir, self.out_dir)
         except QuarantineTooLarge as exc:
-            atomic_write_json(self.report_path, exc.report)
+            write_reports(exc.report, self.report_path, None, plots)
             raise
-        atomic_write_json(self.report_path, report)
+        write_reports(report, self.report_path, None, plots)
         self.stat_update("kept", value=report["kept"], unit="run")
         self.stat_update("rejected", value=report["rejected"], unit="run")
         yield from ()

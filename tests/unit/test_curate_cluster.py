@@ -123,6 +123,9 @@ def test_reduce_writes_the_stages_bytes_and_report(both):
     for name in OUTPUTS:
         assert (tmp / "out" / name).read_bytes() == (tmp / "ref" / name).read_bytes(), name
     assert both["report"] == both["ref_report"]
+    # and the page and plots people read, as the stage writes them
+    assert "## Checks, in order" in (tmp / "report.md").read_text()
+    assert (tmp / "plots/curate_lengths.png").stat().st_size > 0
     manifests = sorted((tmp / "work/map" / SHARDS).glob("*.json"))
     assert [json.loads(m.read_text())["rank"] for m in manifests] == [0, 1, 2]
 
