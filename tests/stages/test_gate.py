@@ -179,18 +179,23 @@ def test_stage_refuses_a_swapped_chat_template(bundle_copy, tmp_path):
     assert gate["failed"] == ["bundle_digest_matches", "chat_template_matches"]
 
 
+# The default NF4 run the experiments were compared with, on the same raw set (1,095 lines):
+# the default data has changed since, so the current reports/eval.json is not their peer.
+NF4_OF_THE_EXPERIMENTS = "reports/experiments/nf4_default/eval.json"
+
+
 def test_real_fp4_configuration_is_refused_and_its_damage_is_measured():
     """A real worse configuration on the default model: FP4 without double quantization
     (`dvc exp run -S quantize.method=fp4 -S quantize.double_quant=false`, its reports filed in
     reports/experiments/fp4_nodq/). The committed gate refuses it, on the allergy slice floor,
-    while the shipped NF4 report passes every rule. Its quantization damage against the 16-bit
+    while the NF4 default of the same data passes every rule. Its quantization damage against the 16-bit
     base is measured and barely above NF4's: a QLoRA adapter is trained on the quantized
     weights and absorbs most of their error, so the damage ceilings do not fire here."""
     from pipeline.params import load_section
 
     params = load_section("gate", REPO / "params.yaml")
     fp4 = json.loads((REPO / "reports/experiments/fp4_nodq/eval.json").read_text())
-    nf4 = json.loads((REPO / "reports/eval.json").read_text())
+    nf4 = json.loads((REPO / NF4_OF_THE_EXPERIMENTS).read_text())
     assert fp4["bundle"]["quantization"] == "fp4" and nf4["bundle"]["quantization"] == "nf4"
     refused = decide(params, fp4, fp4["bundle_digest"], chat_template_sha256=fp4["bundle"]["chat_template_sha256"])
     assert refused["failed"] == ["slice[allergy].field_accuracy"]
@@ -221,7 +226,7 @@ def test_real_post_training_quantized_adapter_is_refused_on_its_damage():
     values = {r["name"]: r["value"] for r in d["rules"]}
     assert values["damage.delta_nll_p99"] > params.max_delta_nll_p99
     assert values["damage.flip_rate"] > params.max_flip_rate > ptq["damage"]["unflip_rate"]
-    nf4 = json.loads((REPO / "reports/eval.json").read_text())
+    nf4 = json.loads((REPO / NF4_OF_THE_EXPERIMENTS).read_text())
     qlora = decide(params, nf4, nf4["bundle_digest"], chat_template_sha256=nf4["bundle"]["chat_template_sha256"])
     assert not [r for r in qlora["failed"] if r.startswith("damage.")]
 
@@ -234,7 +239,7 @@ def test_real_regression_nf4_against_the_16bit_release():
     params = load_section("gate", REPO / "params.yaml").model_copy(
         update={"baseline": "reports/experiments/lora16/eval.json", "regression_budget": 0.05})
     baseline = json.loads((REPO / "reports/experiments/lora16/eval.json").read_text())
-    nf4 = json.loads((REPO / "reports/eval.json").read_text())
+    nf4 = json.loads((REPO / NF4_OF_THE_EXPERIMENTS).read_text())
     d = decide(params, nf4, nf4["bundle_digest"], chat_template_sha256=nf4["bundle"]["chat_template_sha256"],
                baseline=baseline)
     regressed = {r["name"]: r["value"] for r in d["rules"] if r["name"].startswith("regression.") and not r["passed"]}
