@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.curate
 	$(BIN)/python -m benchmarks.memory_plan
 	$(BIN)/python -m benchmarks.train_vs_trl
+	$(BIN)/python -m benchmarks.verify
 
 clean-venv:
 	rm -rf $(VENV)
