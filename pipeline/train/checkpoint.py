@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 MARKER = "COMPLETE.json"
 WEIGHTS, TRAINER, STATE = "adapter_weights.pt", "trainer.pt", "state.json"
 _PREFIX, _TMP = "step-", ".tmp-"
-# Params that change when and whether checkpoints are written, not what training computes.
-NOT_IN_KEY = ("checkpoint_every_steps", "keep_checkpoints")
+# Params that change when and whether checkpoints are written, or whether the run may start,
+# not what training computes: raising the memory budget must not throw away a killed run.
+NOT_IN_KEY = ("checkpoint_every_steps", "keep_checkpoints", "memory_budget_gb")
 
 
 def run_key(params: dict, base_digest: str, data_digest: str, versions: dict, hardware: str) -> str:

@@ -117,11 +117,12 @@ def test_another_configuration_never_resumes_these_checkpoints(tiny_pipeline, tm
 
 
 def test_checkpoint_settings_are_not_part_of_the_key(tiny_pipeline, tmp_path):
-    """Writing checkpoints more or less often does not change what training computes."""
+    """Writing checkpoints more or less often, or another memory budget, does not change what
+    training computes."""
     params = _params(tmp_path, tiny_pipeline["params"])
     args = _interrupted(tiny_pipeline, tmp_path, params, kill_at=6)
     p = yaml.safe_load(params.read_text())
-    p["train"].update(checkpoint_every_steps=3, keep_checkpoints=5)
+    p["train"].update(checkpoint_every_steps=3, keep_checkpoints=5, memory_budget_gb=64)
     params.write_text(yaml.safe_dump(p, sort_keys=False))
     again = _run(args)
     assert again.returncode == 0 and "step 4 of 10" in again.stderr, again.stderr[-2000:]
