@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import subprocess
@@ -38,6 +37,8 @@ import threading
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from benchmarks import machine, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_WALL_S = 120.0
@@ -299,14 +300,12 @@ def main(argv=None) -> int:
                     "reasons": {k: v for k, v in report["reasons"].items() if v},
                     "near_dup_clusters": report["near_dup"].get("clusters")},
         "params_curate": section,
-        "machine": {"cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-                    "platform": platform.platform(), "python": platform.python_version(),
+        "machine": {**machine(), "usable_cpus": len(os.sched_getaffinity(0)),
                     "load_avg_before": [round(x, 2) for x in load_before],
                     "load_avg_after": [round(x, 2) for x in load_after], "versions": _versions()},
     }
     out = REPO / args.out if not Path(args.out).is_absolute() else Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     ok = result["targets"]["wall_ok"] and result["targets"]["peak_ok"]
     m = result["memory"]
     print(f"curate: {result['records']:,} records ({input_mb:.0f} MB) in {wall:.1f} s = {result['records_per_s']:,.0f} "

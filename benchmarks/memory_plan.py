@@ -23,12 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from benchmarks import machine, write_result
 
 # Large blocks become their own mappings, unmapped when freed: peak RSS = peak live bytes.
 LIVE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
@@ -123,11 +124,10 @@ def main(argv=None) -> int:
                          "terms_mib": {k: round(v / 2 ** 20, 1) for k, v in planned["terms_bytes"].items()}})
             print(json.dumps(rows[-1]), flush=True)
     worst = max(abs(r["planned_over_measured"] - 1) for r in rows)
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+    result = {"machine": machine(),
               "labelled_fraction": LABELLED, "lora_r": args.lora_r, "cases": rows,
               "worst_relative_error": round(worst, 3), "target": 0.25, "passed": worst <= 0.25}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.out, result)
     print(f"worst |planned/live peak - 1| = {worst:.1%} (target 25%); default-allocator RSS / live peak: "
           f"{min(r['rss_over_live'] for r in rows):.2f}-{max(r['rss_over_live'] for r in rows):.2f}")
     return 0 if result["passed"] else 1

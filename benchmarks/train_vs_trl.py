@@ -43,13 +43,14 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
+
+from benchmarks import machine, write_result
 
 GOAL_RATIO = 1.5  # the goal: ours >= 1.5x TRL
 WARMUP_STEPS = 2
@@ -260,16 +261,6 @@ def data_parity(examples, trl_ids: list[list[int]], trl_labels: list[list[int]])
             "labels_differing_per_record": sorted(label_diff)}
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "python": platform.python_version()}
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per run (after 2 warm-up steps)")
@@ -368,8 +359,7 @@ def main(argv=None) -> int:
         "runs": runs,
         "total_wall_s": round(time.perf_counter() - t_all, 1),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    write_result(args.out, summary)
     med = summary["median_tokens_per_s"]
     print(f"train_vs_trl: ours {med['ours']:.1f} real tok/s, TRL {med['trl']:.1f} -> {ratios['ours_vs_trl']:.2f}x "
           f"(goal >= {GOAL_RATIO}x: {'met' if summary['meets_goal'] else 'NOT met'})"

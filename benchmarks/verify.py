@@ -16,9 +16,6 @@ Both read the same files from a warm page cache (one untimed pass of each first)
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -26,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import machine, write_result
 from pipeline.bundle.manifest import MANIFEST_NAME, Manifest
 from pipeline.bundle.verify import verify_bundle
 from pipeline.files import read_json
@@ -68,8 +66,7 @@ def main(argv=None) -> int:
     med_ours, med_theirs = statistics.median(ours), statistics.median(theirs)
     result = {
         "benchmark": "verify",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "python": platform.python_version()},
+        "machine": machine(),
         "bundle": str(args.bundle),
         "files": len(files),
         "largest_file_mb": round(max(f.stat().st_size for f in files) / 1e6, 1),
@@ -85,8 +82,7 @@ def main(argv=None) -> int:
         "goal": "verification at least as fast as sha256sum on the same files (ratio >= 1)",
     }
     result["meets_goal"] = result["throughput_ratio"] >= 1.0
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.out, result)
     print(f"verify_bundle {result['verify_mb_per_s']} MB/s vs sha256sum {result['sha256sum_mb_per_s']} MB/s "
           f"on {len(files)} files, {result['total_mb']} MB: {result['throughput_ratio']}x")
     return 0 if result["meets_goal"] else 1
