@@ -270,8 +270,7 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
 
     if ranks.fsdp:  # loaded in the storage dtype (= compute dtype, checked) so every flat tensor has one dtype
         model_dtype = getattr(torch, quant["params"]["compute_dtype"])
-    model = load_trainable(model_dir, params, model_dtype, **({"device_map": ranks.device_map(device())}
-                                                             if ranks.active else {}))
+    model = load_trainable(model_dir, params, model_dtype, device_map=ranks.device_map(device()))
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, optimizer_name = make_optimizer(params, trainable)
