@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -122,3 +123,12 @@ def files_digest(files: dict) -> str:
     with a .sha256): the adapter's `base_digest` is this over the base_q files."""
     flat = {k: (v["sha256"] if isinstance(v, dict) else v.sha256) for k, v in files.items()}
     return digest_json(flat)
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository the pipeline runs in (None outside git): provenance, not identity."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

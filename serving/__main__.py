@@ -1,9 +1,15 @@
-"""python -m serving --bundle artifacts/bundle: verify, reassemble, prove parity, then serve.
+"""python -m serving: verify a release, reassemble it, prove parity, then serve.
 
-The order is the point. The bundle is verified before any weights are built (exit 2 naming the
-file that failed); the golden file is checked against the bundle digest before the engine is
-built, and replayed after (exit 3 naming the prompt and the first differing token); only then
-does the OpenAI-compatible API listen, on 127.0.0.1 unless told otherwise.
+What it serves: `--release DIGEST` (pulled from the release registry by bundle digest), or
+`--bundle DIR` (a release directory, artifacts/release by default). A bare bundle that never
+went through the release stage is refused (exit 4) unless --allow-unreleased is given.
+
+The order is the point. The release's signature is checked first when a public key is known
+(--require-signature makes it mandatory; exit 4 naming the file on a mismatch); then its
+record, evidence and gate verdict; then the bundle, file by file, before any weights are built
+(exit 2 naming the file); the golden file is checked against the bundle digest before the
+engine is built, and replayed after (exit 3 naming the prompt and the first differing token);
+only then does the OpenAI-compatible API listen, on 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-from pipeline.bundle.verify import BundleError, verify_bundle
+from pipeline.bundle.verify import BundleError, VerifiedBundle, verify_bundle
+from pipeline.params import ReleaseSigningParams
+from pipeline.release import Registry, ReleaseError, is_release_dir, open_release
+from pipeline.release.record import check_digest
 from serving.app import create_app
 from serving.logs import log_event, setup_logging
 from serving.probe import ParityError, ParityReport, load_golden, replay
@@ -26,6 +35,8 @@ log = logging.getLogger("serving")
 
 EXIT_BUNDLE_REFUSED = 2
 EXIT_PARITY_REFUSED = 3
+EXIT_RELEASE_REFUSED = 4
+DEFAULT_RELEASES_DIR = "~/.cache/tailgate/releases"
 
 
 def _positive(cast: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -39,9 +50,30 @@ def _positive(cast: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", default="artifacts/bundle", help="bundle directory (default: artifacts/bundle)")
-    p.add_argument("--golden", default="reports/golden.json",
-                   help="golden outputs the parity probe replays (default: reports/golden.json)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--release", metavar="DIGEST",
+                     help="serve the release of this bundle digest, pulled from --remote into --releases-dir")
+    src.add_argument("--bundle", default="artifacts/release",
+                     help="a release directory (default: artifacts/release, the release stage's output), or a bare "
+                          "bundle directory with --allow-unreleased")
+    p.add_argument("--remote", default=os.environ.get("TAILGATE_RELEASE_REMOTE", "releases"),
+                   help="release registry: a DVC remote name from this repository's DVC config, or a URL/path "
+                        "(default: $TAILGATE_RELEASE_REMOTE, else the remote named 'releases')")
+    p.add_argument("--releases-dir", default=os.environ.get("TAILGATE_RELEASES_DIR", DEFAULT_RELEASES_DIR),
+                   help=f"where pulled releases are kept (default: $TAILGATE_RELEASES_DIR, else {DEFAULT_RELEASES_DIR})")
+    p.add_argument("--public-key", default=os.environ.get("TAILGATE_RELEASE_PUBLIC_KEY"),
+                   help="PEM public key the release signature is checked with (default: "
+                        "$TAILGATE_RELEASE_PUBLIC_KEY, else the release stage's key if this is its repository)")
+    p.add_argument("--signer-identity", help="Sigstore-signed releases: the identity expected to have signed")
+    p.add_argument("--signer-issuer", help="Sigstore-signed releases: the OIDC issuer of that identity")
+    p.add_argument("--require-signature", action="store_true",
+                   help="refuse a release that is unsigned or whose signature cannot be checked or does not match")
+    p.add_argument("--allow-unreleased", action="store_true",
+                   help="serve a bare bundle that never went through the release stage (development only; "
+                        "/v1/models then reports release: null)")
+    p.add_argument("--golden", default=None,
+                   help="golden outputs the parity probe replays (default: the release's golden.json; for a bare "
+                        "bundle, reports/golden.json)")
     p.add_argument("--skip-parity-probe", action="store_true",
                    help="serve without replaying the golden outputs; /v1/models and /ready then say so")
     p.add_argument("--allow-parity-mismatch", action="store_true",
@@ -88,17 +120,54 @@ def _build_engine(name: str, bundle, max_batch: int):
     return HFEngine.from_bundle(bundle)
 
 
+def _public_key(args: argparse.Namespace) -> str | None:
+    if args.public_key:
+        return args.public_key
+    # In the pipeline repository, the key the release stage signs with is the natural default.
+    default = ReleaseSigningParams().public_key
+    return default if os.path.isfile(default) else None
+
+
+def _open(args: argparse.Namespace) -> tuple[VerifiedBundle, str, dict | None]:
+    """The bundle to serve, the golden file to replay and the release it came from. Raises
+    ReleaseError (exit 4) or BundleError (exit 2)."""
+    if args.release:
+        digest = check_digest(args.release)
+        root = os.path.join(os.path.expanduser(args.releases_dir), digest)
+        if not os.path.isdir(root):
+            Registry.from_name_or_url(args.remote).pull(digest, root)
+    elif is_release_dir(args.bundle):
+        root = args.bundle
+    else:
+        if args.require_signature:
+            raise ReleaseError(f"{args.bundle} is a bare bundle, not a signed release; --require-signature refuses it")
+        if not args.allow_unreleased:
+            raise ReleaseError(f"{args.bundle} is not a release: serve a release (--release DIGEST, or the release "
+                               "stage's artifacts/release) or pass --allow-unreleased for a bare bundle")
+        bundle = verify_bundle(args.bundle)
+        log_event(log, "unreleased_bundle", logging.WARNING, bundle=str(bundle.root))
+        return bundle, args.golden or "reports/golden.json", None
+    opened = open_release(root, public_key=_public_key(args), require_signature=args.require_signature,
+                          sigstore_identity=args.signer_identity, sigstore_issuer=args.signer_issuer)
+    if args.release and opened.record.bundle_digest != args.release.strip().lower():
+        raise ReleaseError(f"release {root} holds bundle {opened.record.bundle_digest}, not {args.release}")
+    log_event(log, "release_verified", **opened.describe())
+    return opened.bundle, args.golden or str(opened.golden_path), opened.describe()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
     try:
-        bundle = verify_bundle(args.bundle)
+        bundle, golden_path, release = _open(args)
+    except ReleaseError as exc:
+        return _refuse(EXIT_RELEASE_REFUSED, str(exc))
     except BundleError as exc:
         return _refuse(EXIT_BUNDLE_REFUSED, str(exc))
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         # verify_bundle lets a few malformed-manifest cases escape as plain exceptions (a
         # manifest that is not JSON, or not a JSON object); unverifiable is refused all the same.
-        return _refuse(EXIT_BUNDLE_REFUSED, f"bundle {args.bundle} could not be verified: "
+        return _refuse(EXIT_BUNDLE_REFUSED, f"bundle {args.release or args.bundle} could not be verified: "
                                             f"{type(exc).__name__}: {exc}")
     manifest = bundle.manifest
     log_event(log, "bundle_verified", bundle=str(bundle.root), bundle_digest=manifest.bundle_digest)
@@ -106,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     golden = None
     if not args.skip_parity_probe:
         try:
-            golden = load_golden(args.golden, manifest)
+            golden = load_golden(golden_path, manifest)
         except ParityError as exc:
             return _refuse(EXIT_PARITY_REFUSED, str(exc))
 
@@ -130,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_event(log, "no_api_key", logging.WARNING, host=args.host,
                   hint=f"binding beyond this machine without an API key; set {args.api_key_env}")
     state = build_state(engine, manifest, parity, max_batch=args.max_batch, max_queue=args.max_queue,
-                        api_key=api_key, request_timeout_s=args.request_timeout_s)
+                        api_key=api_key, request_timeout_s=args.request_timeout_s, release=release)
     return serve(create_app(state), state, args.host, args.port)
 
 

@@ -230,6 +230,8 @@ class ModelCard(BaseModel):
     engine: dict[str, Any]
     max_context_tokens: int
     parity: dict[str, Any]
+    release: dict[str, Any] | None = Field(None, description="The release being served (digest, time, commit, "
+                                           "signature status); null for a bundle served with --allow-unreleased.")
 
 
 class ModelList(BaseModel):

@@ -31,6 +31,7 @@ class ServingState:
     metrics: ServingMetrics
     api_key: str | None
     request_timeout_s: float
+    release: dict[str, Any] | None = None
 
     @property
     def model_id(self) -> str:
@@ -61,14 +62,16 @@ class ServingState:
             engine={"name": self.engine.name, "exact": self.engine.exact},
             max_context_tokens=self.engine.max_context_tokens,
             parity=self.parity.as_dict(),
+            release=self.release,
         )
 
 
 def build_state(engine: TokenizingEngine, manifest: Manifest, parity: ParityReport, *, max_batch: int,
-                max_queue: int, api_key: str | None, request_timeout_s: float) -> ServingState:
+                max_queue: int, api_key: str | None, request_timeout_s: float,
+                release: dict[str, Any] | None = None) -> ServingState:
     metrics = ServingMetrics()
     from serving.continuous import supports
 
     batcher = Batcher(engine, metrics, max_batch=max_batch, max_queue=max_queue, continuous=supports(engine))
     return ServingState(engine=engine, manifest=manifest, parity=parity, batcher=batcher, metrics=metrics,
-                        api_key=api_key or None, request_timeout_s=request_timeout_s)
+                        api_key=api_key or None, request_timeout_s=request_timeout_s, release=release)

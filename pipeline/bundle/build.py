@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,7 +27,9 @@ from pipeline.bundle.manifest import (
 )
 from pipeline.bundle.verify import BundleError, verify_bundle
 from pipeline.chat import stop_token_ids
-from pipeline.files import atomic_dir, atomic_write_text, hash_files, read_json, sha256_bytes, sha256_file
+from pipeline.files import (
+    atomic_dir, atomic_write_text, git_commit, hash_files, read_json, sha256_bytes, sha256_file,
+)
 from pipeline.params import BundleParams
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
@@ -45,14 +46,6 @@ def _place(src: Path, dst: Path, mode: str) -> None:
         except OSError:
             pass  # another filesystem, or links not allowed: fall back to a copy
     shutil.copyfile(src, dst)
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _entries(root: Path, prefix: str) -> dict[str, FileEntry]:
@@ -117,7 +110,7 @@ def build_bundle(params: BundleParams, base_dir: str | Path, base_q_dir: str | P
         manifest = Manifest(
             bundle_digest=compute_bundle_digest(as_json), **data,
             built=BuiltSection(time_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                               host=socket.gethostname(), git_commit=_git_commit(),
+                               host=socket.gethostname(), git_commit=git_commit(),
                                source_paths={"base": str(base_dir), "base_q": str(base_q_dir),
                                              "adapter": str(adapter_dir)}))
         atomic_write_text(tmp / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")

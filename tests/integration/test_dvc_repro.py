@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.release import Registry, open_release
 from tests.conftest import REPO, build_tiny_model_dir, small_raw, tiny_params
 from tests.hostile import expected, expected_outcomes, make_hostile_dir
 
@@ -35,6 +36,7 @@ def project(tmp_path_factory):
     params_path = tiny_params(root, curate={"max_seq_len_tokens": 4096})
     assert _dvc(root, "init", "--no-scm", "-q").returncode == 0
     _dvc(root, "config", "core.analytics", "false")
+    assert _dvc(root, "remote", "add", "releases", str(tmp_path_factory.mktemp("registry"))).returncode == 0
     return root, params_path
 
 
@@ -42,13 +44,22 @@ def test_repro_runs_every_stage_and_the_gate_passes(project):
     root, _ = project
     run = _dvc(root, "repro")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    for stage in ("base", "quantize", "curate", "train", "bundle", "evaluate", "gate"):
+    for stage in ("base", "quantize", "curate", "train", "bundle", "evaluate", "gate", "release"):
         assert f"Running stage '{stage}'" in run.stdout
     assert "## Checks, in order" in (root / "reports/curate.md").read_text()
     gate = json.loads((root / "reports/gate.json").read_text())
     manifest = json.loads((root / "artifacts/bundle/manifest.json").read_text())
     assert gate["passed"] and gate["bundle_digest"] == manifest["bundle_digest"]
     assert json.loads((root / "reports/eval.json").read_text())["bundle_digest"] == manifest["bundle_digest"]
+
+    # the run ends with a signed release in the registry, which opens from a fresh pull
+    released = json.loads((root / "reports/release.json").read_text())
+    assert released["record"]["bundle_digest"] == manifest["bundle_digest"]
+    registry = Registry.from_name_or_url("releases", root)
+    assert [p.bundle_digest for p in registry.list()] == [manifest["bundle_digest"]]
+    fresh = registry.pull(manifest["bundle_digest"], root.parent / "fresh" / manifest["bundle_digest"])
+    opened = open_release(fresh, public_key=root / ".tailgate/signing/release.pub", require_signature=True)
+    assert opened.signature == "verified"
 
     again = _dvc(root, "repro")
     assert again.returncode == 0 and "Running stage" not in again.stdout  # nothing stale
@@ -78,6 +89,8 @@ def test_a_failing_rule_fails_the_pipeline(project):
     run = _dvc(root, "repro")
     assert run.returncode != 0
     assert "Running stage 'gate'" in run.stdout and "Running stage 'train'" not in run.stdout
+    assert "Running stage 'release'" not in run.stdout  # a failed gate releases nothing
+    assert len(Registry.from_name_or_url("releases", root).list()) == 1
     gate = json.loads((root / "reports/gate.json").read_text())
     assert not gate["passed"] and gate["failed"] == ["format_validity"]
 

@@ -22,7 +22,7 @@ from tests.tamper import flip_byte
 @pytest.mark.parametrize("victim", ["adapter/adapter_model.safetensors", "base_q/model.safetensors"])
 def test_tampered_bundle_exits_2_naming_the_file(bundle_copy, served, victim):
     flip_byte(bundle_copy / victim)
-    proc = subprocess.run([sys.executable, "-m", "serving", "--bundle", str(bundle_copy),
+    proc = subprocess.run([sys.executable, "-m", "serving", "--allow-unreleased", "--bundle", str(bundle_copy),
                            "--golden", str(served.golden_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == EXIT_BUNDLE_REFUSED, proc.stderr
@@ -31,20 +31,20 @@ def test_tampered_bundle_exits_2_naming_the_file(bundle_copy, served, victim):
 
 def test_missing_bundle_file_is_refused_before_weights(bundle_copy, served, no_weights, capsys):
     (bundle_copy / "tokenizer/tokenizer.json").unlink()
-    assert main(["--bundle", str(bundle_copy), "--golden", str(served.golden_path)]) == EXIT_BUNDLE_REFUSED
+    assert main(["--allow-unreleased", "--bundle", str(bundle_copy), "--golden", str(served.golden_path)]) == EXIT_BUNDLE_REFUSED
     assert "'tokenizer/tokenizer.json': missing" in capsys.readouterr().err
 
 
 def test_missing_or_foreign_golden_exits_3_before_weights(served, tmp_path, no_weights, capsys):
     bundle = str(served.bundle.root)
-    assert main(["--bundle", bundle, "--golden", str(tmp_path / "absent.json")]) == EXIT_PARITY_REFUSED
+    assert main(["--allow-unreleased", "--bundle", bundle, "--golden", str(tmp_path / "absent.json")]) == EXIT_PARITY_REFUSED
     assert "absent.json not found" in capsys.readouterr().err
 
     record = json.loads(served.golden_path.read_text())
     record["bundle_digest"] = "0" * 64
     foreign = tmp_path / "foreign.json"
     foreign.write_text(json.dumps(record))
-    assert main(["--bundle", bundle, "--golden", str(foreign)]) == EXIT_PARITY_REFUSED
+    assert main(["--allow-unreleased", "--bundle", bundle, "--golden", str(foreign)]) == EXIT_PARITY_REFUSED
     assert "is for bundle 0000000000000000" in capsys.readouterr().err
 
 
@@ -54,7 +54,7 @@ def test_golden_token_mismatch_exits_3_naming_prompt_and_position(served, tmp_pa
     prompt["token_ids"][2] = (prompt["token_ids"][2] + 1) % len(served.engine.tokenizer)
     edited = tmp_path / "golden.json"
     edited.write_text(json.dumps(record))
-    assert main(["--bundle", str(served.bundle.root), "--golden", str(edited)]) == EXIT_PARITY_REFUSED
+    assert main(["--allow-unreleased", "--bundle", str(served.bundle.root), "--golden", str(edited)]) == EXIT_PARITY_REFUSED
     err = capsys.readouterr().err
     assert f"golden prompt {prompt['id']!r} (2/2): generated token ids differ at position 2" in err
 
@@ -64,7 +64,7 @@ def test_golden_logprob_drift_exits_3(served, tmp_path, capsys):
     record["prompts"][0]["logprobs"][1] += 0.01  # ten times the tolerance
     edited = tmp_path / "golden.json"
     edited.write_text(json.dumps(record))
-    assert main(["--bundle", str(served.bundle.root), "--golden", str(edited)]) == EXIT_PARITY_REFUSED
+    assert main(["--allow-unreleased", "--bundle", str(served.bundle.root), "--golden", str(edited)]) == EXIT_PARITY_REFUSED
     assert "(1/2): log-prob of token 1 differs by" in capsys.readouterr().err
 
 
@@ -77,7 +77,7 @@ def _free_port() -> int:
 def test_skip_parity_probe_serves_and_says_so(served, tmp_path):
     port = _free_port()
     env = {**os.environ, "TAILGATE_API_KEY": ""}  # an empty key means no key
-    proc = subprocess.Popen([sys.executable, "-m", "serving", "--bundle", str(served.bundle.root),
+    proc = subprocess.Popen([sys.executable, "-m", "serving", "--allow-unreleased", "--bundle", str(served.bundle.root),
                              "--golden", str(tmp_path / "absent.json"), "--skip-parity-probe",
                              "--port", str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -127,7 +127,7 @@ def test_allow_parity_mismatch_serves_and_reports_the_mismatch(served, tmp_path,
         return 0
 
     monkeypatch.setattr(entry, "serve", no_server)
-    assert main(["--bundle", str(served.bundle.root), "--golden", str(edited), "--allow-parity-mismatch"]) == 0
+    assert main(["--allow-unreleased", "--bundle", str(served.bundle.root), "--golden", str(edited), "--allow-parity-mismatch"]) == 0
     parity = started["state"].model_card().parity
     assert parity["status"] == "mismatch_allowed" and "log-prob of token 1 differs" in parity["detail"]
 

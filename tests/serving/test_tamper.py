@@ -12,7 +12,7 @@ from tests.tamper import TAMPERS
 @pytest.mark.parametrize("case", sorted(TAMPERS))
 def test_tampered_bundle_is_refused_before_weights(case, bundle_copy, served, no_weights, capsys):
     named, phrase = TAMPERS[case](bundle_copy)
-    code = main(["--bundle", str(bundle_copy), "--golden", str(served.golden_path), "--port", "1"])
+    code = main(["--allow-unreleased", "--bundle", str(bundle_copy), "--golden", str(served.golden_path), "--port", "1"])
     err = capsys.readouterr().err
     assert code == EXIT_BUNDLE_REFUSED, err
     assert f"bundle file {named!r}" in err and phrase in err, err
@@ -21,4 +21,4 @@ def test_tampered_bundle_is_refused_before_weights(case, bundle_copy, served, no
 def test_pristine_copy_gets_past_verification(bundle_copy, served, no_weights):
     """The tripwire itself: an untampered copy reaches engine construction (and trips it)."""
     with pytest.raises(AssertionError, match="engine was built"):
-        main(["--bundle", str(bundle_copy), "--golden", str(served.golden_path), "--port", "1"])
+        main(["--allow-unreleased", "--bundle", str(bundle_copy), "--golden", str(served.golden_path), "--port", "1"])

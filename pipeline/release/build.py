@@ -1,0 +1,100 @@
+"""The release stage's work: turn a bundle that passed the gate into a signed release in the
+registry. Fails closed: anything short of a passing gate for this exact bundle is refused.
+
+Reads the bundle, its eval report, gate decision and golden outputs; writes the release
+directory (see record.py for its layout), pushes it to the DVC remote, and returns the record
+and the registry pointer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipeline.bundle.manifest import FileEntry
+from pipeline.bundle.verify import verify_bundle
+from pipeline.files import atomic_dir, atomic_write_json, atomic_write_text, git_commit, read_json, sha256_file
+from pipeline.params import ReleaseParams
+from pipeline.release.card import render_card
+from pipeline.release.open import open_release
+from pipeline.release.record import (
+    BUNDLE_DIR, EVIDENCE_FILES, RECORD_NAME, ReleaseError, ReleasePointer, ReleaseRecord, SigningInfo,
+)
+from pipeline.release.registry import Registry
+from pipeline.release.sign import generate_key, key_fingerprint, sign_release
+
+log = logging.getLogger(__name__)
+
+
+def check_releasable(digest: str, eval_report: dict, gate: dict, golden: dict) -> None:
+    """Only a passing gate for this exact bundle releases; a missing verdict is a refusal."""
+    if gate.get("passed") is not True or gate.get("failed"):
+        failed = ", ".join(gate.get("failed") or []) or "no verdict"
+        raise ReleaseError(f"the gate did not pass for bundle {digest[:12]} ({failed}); nothing is released",
+                           EVIDENCE_FILES["gate"])
+    for kind, report in (("gate", gate), ("eval", eval_report), ("golden", golden)):
+        got = report.get("bundle_digest")
+        if got != digest:
+            raise ReleaseError(f"the {kind} report is for bundle {str(got)[:12]}, the bundle is {digest[:12]}",
+                               EVIDENCE_FILES[kind])
+
+
+def _password(params: ReleaseParams) -> str | None:
+    env = params.signing.password_env
+    if env and env not in os.environ:
+        raise ReleaseError(f"the signing key's password is read from ${env}, which is not set")
+    return os.environ.get(env) if env else None
+
+
+def _ensure_key(params: ReleaseParams) -> None:
+    s = params.signing
+    if s.method != "key" or Path(s.private_key).is_file():
+        return
+    if not s.create_key_if_missing:
+        raise ReleaseError(f"signing key {s.private_key} not found; create one with "
+                           f"`python -m pipeline.release keygen` or point release.signing.private_key at yours")
+    generate_key(s.private_key, s.public_key)
+
+
+def release(params: ReleaseParams, bundle_dir: str | Path, eval_path: str | Path, gate_path: str | Path,
+            golden_path: str | Path, out_dir: str | Path, repo_root: str | Path = ".",
+            now: datetime | None = None) -> tuple[ReleaseRecord, ReleasePointer]:
+    verified = verify_bundle(bundle_dir)
+    manifest = verified.manifest
+    digest = manifest.bundle_digest
+    eval_report, gate, golden = read_json(eval_path), read_json(gate_path), read_json(golden_path)
+    check_releasable(digest, eval_report, gate, golden)
+    registry = Registry.from_name_or_url(params.remote, repo_root)  # fail on a bad remote before any work
+    _ensure_key(params)
+
+    released_at = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    s = params.signing
+    signing = SigningInfo(method=s.method, key_fingerprint=key_fingerprint(s.public_key) if s.method == "key" else None)
+    commit = git_commit()
+    with atomic_dir(out_dir) as tmp:
+        shutil.copytree(verified.root, tmp / BUNDLE_DIR)
+        for kind, src in (("eval", eval_path), ("gate", gate_path), ("golden", golden_path)):
+            shutil.copyfile(src, tmp / EVIDENCE_FILES[kind])
+        card = render_card(manifest, eval_report, gate, base_model=params.card.base_model,
+                           license=params.card.license, language=list(params.card.language) or None,
+                           model_name=params.card.model_name,
+                           release={"released_at": released_at, "git_commit": commit, "remote": registry.url,
+                                    "public_key": s.public_key if s.method == "key" else None,
+                                    **signing.model_dump()})
+        atomic_write_text(tmp / EVIDENCE_FILES["card"], card)
+        evidence = {name: FileEntry(sha256=sha256_file(tmp / name), size=(tmp / name).stat().st_size)
+                    for name in sorted(EVIDENCE_FILES.values())}
+        record = ReleaseRecord(bundle_digest=digest, evidence=evidence, gate_passed=True, released_at=released_at,
+                               git_commit=commit, signing=signing)
+        atomic_write_json(tmp / RECORD_NAME, record.model_dump(mode="json"))
+        sign_release(tmp, s.method, private_key=s.private_key, public_key=s.public_key, password=_password(params),
+                     sigstore_staging=s.sigstore_staging)
+        # Test the thing we ship: open it exactly as serving will, signature included.
+        open_release(tmp, public_key=s.public_key if s.method == "key" else None,
+                     require_signature=s.method == "key")
+    pointer = registry.push(out_dir, record)
+    log.info("released bundle %s to %s (signature: %s)", digest[:12], registry.url, s.method)
+    return record, pointer

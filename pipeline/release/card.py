@@ -1,0 +1,328 @@
+"""The model card (a Hugging Face style README.md) that every release carries.
+
+`render_card` is pure: the card is built only from the verified bundle's manifest, the eval and
+gate reports of that same bundle, and the release facts passed in. It refuses to render when a
+report describes another bundle or the gate report has no verdict, because a card that claims
+numbers or a verdict for the wrong bundle is worse than no card. Optional report sections that
+are missing (older reports, fixtures) become "not measured" instead of errors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from pipeline.bundle.verify import adapter_trained_on, shipped_base_digest
+from pipeline.files import files_digest
+
+if TYPE_CHECKING:
+    from pipeline.bundle.manifest import Manifest
+
+# Columns shown next to the headline metric in the slice table, when the report has them.
+_SIDE_METRICS = ("format_valid", "hallucination", "list_f1", "exact_match", "nll_per_token")
+_QUANTILES = ("p50", "p90", "p99", "max", "worst5pct_mean")
+_MISSING = "not measured"
+
+
+def _get(d: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def _isnum(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _f(v: Any, signed: bool = False) -> str:
+    if not _isnum(v):
+        return "-"
+    return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def _ci(m: dict | None) -> str:
+    """`mean [low, high]`, the form the tests and readers look for."""
+    if not isinstance(m, dict) or not _isnum(m.get("mean")):
+        return "-"
+    ci = m.get("ci95")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_isnum(x) for x in ci):
+        return f"{m['mean']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return f"{m['mean']:.3f}"
+
+
+def _val(v: Any) -> str:
+    if v is None:
+        return "missing"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return _f(v)
+    s = str(v).replace("|", "/")
+    # Digests in rule values are shortened; the full ones are under Provenance.
+    return s[:12] + "..." if len(s) == 64 and all(c in "0123456789abcdef" for c in s) else s
+
+
+def _rule_vals(r: dict) -> tuple[str, str]:
+    """Value and threshold at 3 decimals, unless that rounding would make a failing rule look
+    like it sits exactly on its threshold."""
+    v, t = r.get("value"), r.get("threshold")
+    if _isnum(v) and _isnum(t) and _f(v) == _f(t) and v != t:
+        return f"{v:.6g}", f"{t:.6g}"
+    return _val(v), _val(t)
+
+
+def _check(manifest: Manifest, eval_report: dict, gate_report: dict) -> bool:
+    want = getattr(manifest, "bundle_digest", None)
+    if not want:
+        raise ValueError("manifest has no bundle_digest")
+    for name, rep in (("eval", eval_report), ("gate", gate_report)):
+        got = rep.get("bundle_digest") if isinstance(rep, dict) else None
+        if not got:
+            raise ValueError(f"{name} report has no bundle_digest; the card binds to manifest {want}")
+        if got != want:
+            raise ValueError(f"{name} report is for bundle {got}, but the manifest is bundle {want}")
+    passed = gate_report.get("passed")
+    if not isinstance(passed, bool):
+        raise ValueError(f"gate report has no verdict (passed={passed!r}); refusing to claim one")
+    failing = [r.get("name") for r in gate_report.get("rules") or [] if not r.get("passed")]
+    if passed and (failing or gate_report.get("failed")):
+        raise ValueError(f"gate report says passed but lists failing rules: {failing or gate_report['failed']}")
+    return passed
+
+
+def _front_matter(m: Manifest, ev: dict, gate: dict, passed: bool, base_model: str | None, license: str,
+                  datasets_digest: str, language: list[str] | None, name: str) -> str:
+    method = m.quantization.method
+    tags = ["lora"] if method == "none" else ["qlora", method, "4-bit", "bitsandbytes"]
+    head: dict[str, Any] = {}
+    if base_model:
+        head["base_model"] = base_model
+        head["base_model_relation"] = "adapter"
+    head.update({"library_name": "peft", "license": license, "pipeline_tag": "text-generation",
+                 "tags": tags + ["tailgate"]})
+    if language:
+        head["language"] = list(language)
+    parts = [yaml.safe_dump(head, sort_keys=False),
+             "# datasets: a local curated-data digest (tailgate curate stage), not a Hugging Face Hub dataset id\n",
+             yaml.safe_dump({"datasets": [datasets_digest if datasets_digest.startswith("sha256:")
+                                         else f"sha256:{datasets_digest}"]}, sort_keys=False)]
+    if index := _model_index(ev, name):
+        parts.append(yaml.safe_dump({"model-index": index}, sort_keys=False))
+    parts.append(yaml.safe_dump({"tailgate": {
+        "bundle_digest": m.bundle_digest, "gate_verdict": "PASS" if passed else "FAIL",
+        "gate_rules": len(gate.get("rules") or []),
+        "gate_failed": [r.get("name") for r in gate.get("rules") or [] if not r.get("passed")]
+        or list(gate.get("failed") or []),
+        "eval_bundle_digest": ev["bundle_digest"], "gate_bundle_digest": gate["bundle_digest"],
+        "suite": _get(ev, "suite", "name"), "suite_version": _get(ev, "suite", "version"),
+        "engine": _get(ev, "engine", "name"), "engine_exact": _get(ev, "engine", "exact")}}, sort_keys=False))
+    return "---\n" + "".join(parts) + "---\n"
+
+
+def _model_index(ev: dict, name: str) -> list[dict] | None:
+    """One result for the whole suite and one per slice (dataset.config = slice), headline metric."""
+    metric, suite = ev.get("headline_metric"), _get(ev, "suite", "name")
+    if not metric or not suite:
+        return None
+    dataset = {"type": suite, "name": f"{suite} v{_get(ev, 'suite', 'version')}"}
+    entries = [(None, _get(ev, "overall", metric, "mean"))]
+    entries += [(s, _get(ev, "slices", s, metric, "mean")) for s in sorted(ev.get("slices") or {})]
+    results = [{"task": {"type": "text-generation", "name": suite},
+                "dataset": dataset if s is None else {**dataset, "config": s},
+                "metrics": [{"type": metric, "value": round(v, 4), "name": f"{metric} ({s or 'overall'})",
+                             "verified": False}]}
+               for s, v in entries if _isnum(v)]
+    return [{"name": name, "results": results}] if results else None
+
+
+def _summary(m: Manifest, ev: dict, base_model: str | None) -> list[str]:
+    lora = m.adapter.lora_config
+    targets = lora.get("target_modules")
+    targets = ", ".join(targets) if isinstance(targets, (list, tuple)) else targets
+    src = ", ".join(f"{k} `{v}`" for k, v in sorted(m.base.source.items()))
+    base = f"`{base_model}`" if base_model else "the base model"
+    q = m.quantization
+    quant = ("kept at 16 bits (plain LoRA, no quantization)" if q.method == "none" else
+             f"quantized to 4-bit {q.method.upper()}"
+             f"{' with double quantization' if _get(q.bnb_config, 'bnb_4bit_use_double_quant') else ''}"
+             f" (bitsandbytes {q.bitsandbytes_version})")
+    trained = {"shipped": "the shipped base" + (" (QLoRA)" if q.method != "none" else ""),
+               "reference": "the 16-bit base (quantized after training)"}.get(
+        adapter_trained_on(m), f"another base (digest {m.adapter.base_digest})")
+    suite = ev.get("suite") or {}
+    items = f" ({suite['items']} items)" if "items" in suite else ""
+    engine = f"`{_get(ev, 'engine', 'name')}` engine (exact: {_get(ev, 'engine', 'exact')})"
+    tuned = (f" It was evaluated on the `{suite['name']}` suite v{suite.get('version')}{items} through the "
+             f"{engine}.") if suite.get("name") else ""
+    return [f"A LoRA adapter (r={lora.get('r')}, alpha={lora.get('lora_alpha')}, dropout {lora.get('lora_dropout')}, "
+            f"targets: {targets}) for {base} ({m.base.architecture}, {m.base.num_parameters:,} parameters; "
+            f"base from {src}), shipped on that base {quant}, compute dtype {q.compute_dtype}. "
+            f"The adapter was trained on {trained}.{tuned} Bundle `{m.bundle_digest}`.", ""]
+
+
+def _gate(gate: dict, passed: bool) -> list[str]:
+    rules = gate.get("rules") or []
+    failed = [r for r in rules if not r.get("passed")]
+    out = [f"## Gate verdict: {'PASS' if passed else 'FAIL'}", "",
+           f"{len(rules)} rules checked, {len(rules) - len(failed)} passed, {len(failed)} failed.", ""]
+    if failed:
+        out += ["Failed rules:", ""]
+        for r in failed:
+            v, t = _rule_vals(r)
+            out.append(f"- **{r.get('name')}**: {v} (needs {r.get('op')} {t})"
+                       f"{'; ' + r['note'] if r.get('note') else ''}")
+        out.append("")
+    elif not passed:
+        out += ["Failed rules: " + ", ".join(f"**{n}**" for n in gate.get("failed") or ["(not listed)"]), ""]
+    if rules:
+        out += ["| rule | value | op | threshold | pass |", "|---|---|---|---|---|"]
+        for r in rules:
+            v, t = _rule_vals(r)
+            out.append(f"| {r.get('name')} | {v} | {r.get('op')} | {t} | {'yes' if r.get('passed') else '**no**'} |")
+        out.append("")
+    return out
+
+
+def _quantization(m: Manifest) -> list[str]:
+    q = m.quantization
+    out = ["## Quantization", ""]
+    if q.method == "none" or not q.bnb_config:
+        return out + [f"None: the base ships in 16 bits ({q.compute_dtype}); bitsandbytes "
+                      f"{q.bitsandbytes_version} recorded.", ""]
+    c = q.bnb_config
+    facts = [("method", q.method), ("quant type", c.get("bnb_4bit_quant_type")),
+             ("double quantization", c.get("bnb_4bit_use_double_quant")),
+             ("compute dtype", c.get("bnb_4bit_compute_dtype", q.compute_dtype)),
+             ("blocksize", c.get("bnb_4bit_blocksize", c.get("blocksize"))),
+             ("storage dtype", c.get("bnb_4bit_quant_storage")), ("bitsandbytes", q.bitsandbytes_version),
+             ("measured bits per quantized parameter", _f(q.bits_per_param) if q.bits_per_param else None)]
+    out += [f"- {k}: {v if isinstance(v, str) else _val(v)}" for k, v in facts if v is not None]
+    return out + ["", "Full `BitsAndBytesConfig`:", "", "```json", json.dumps(c, indent=2, sort_keys=True), "```", ""]
+
+
+def _results(ev: dict) -> list[str]:
+    metric, slices = ev.get("headline_metric"), ev.get("slices") or {}
+    out = ["## Results by slice (95% bootstrap CIs)", ""]
+    if not metric or not slices:
+        return out + [f"Per-slice results: {_MISSING}.", ""]
+    side = [k for k in _SIDE_METRICS if k != metric and any(k in s for s in slices.values())]
+    worst = _get(ev, "worst_slice", "slice") or min(
+        slices, key=lambda k: _get(slices, k, metric, "mean") if _isnum(_get(slices, k, metric, "mean")) else math.inf)
+    out += [f"| slice | n | {metric} mean [CI low, CI high] | " + " | ".join(side) + " |",
+            "|---|---|---|" + "---|" * len(side)]
+    for name in sorted(slices):
+        s = slices[name]
+        flag = (" **(worst)**" if name == worst else "") + (" (too small)" if s.get("too_small") else "")
+        out.append(f"| {name}{flag} | {s.get('n', '-')} | {_ci(s.get(metric))} | "
+                   + " | ".join(_f(_get(s, k, "mean")) for k in side) + " |")
+    overall = ev.get("overall") or {}
+    if metric in overall:
+        out.append(f"| overall | {overall[metric].get('n', '-')} | {_ci(overall[metric])} | "
+                   + " | ".join(_f(_get(overall, k, "mean")) for k in side) + " |")
+    return out + ["", f"Worst slice: **{worst}** ({metric} {_f(_get(slices, worst, metric, 'mean'))}).", ""]
+
+
+def _quantile_line(q: dict | None, signed: bool = False) -> str:
+    if not q:
+        return _MISSING
+    return ", ".join(f"{k} {_f(q[k], signed)}" for k in _QUANTILES if k in q)
+
+
+def _tails(ev: dict) -> list[str]:
+    out = ["## Tails", "", f"Per-example NLL (nats/token): {_quantile_line(ev.get('nll_per_token'))}.", ""]
+    by_slice = ev.get("nll_by_slice") or {}
+    if by_slice:
+        out += ["| slice | " + " | ".join(_QUANTILES) + " |", "|---|" + "---|" * len(_QUANTILES)]
+        out += [f"| {s} | " + " | ".join(_f(q.get(k)) for k in _QUANTILES) + " |" for s, q in sorted(by_slice.items())]
+        out.append("")
+    buckets = ev.get("length_buckets")
+    if not buckets:
+        return out + [f"Quality by prompt length: {_MISSING}.", ""]
+    ref = _get(ev, "reference", "length_buckets") or []
+    ref = ref if len(ref) == len(buckets) else []
+    out += [f"Quality by prompt length ({ev.get('headline_metric') or 'headline metric'}):", "",
+            "| prompt tokens | n | shipped |" + (" reference |" if ref else ""),
+            "|---|---|---|" + ("---|" if ref else "")]
+    for i, b in enumerate(buckets):
+        hi = b.get("max_tokens") if b.get("max_tokens") is not None else "+"
+        out.append(f"| {b.get('min_tokens')}-{hi} | {b.get('n')} | {_f(b.get('mean'))} |"
+                   + (f" {_f(ref[i].get('mean'))} |" if ref else ""))
+    return out + [""]
+
+
+def _damage(ev: dict) -> list[str]:
+    d = ev.get("damage")
+    out = ["## Quantization damage", ""]
+    if not d:
+        return out + [f"Shipped vs reference precision: {_MISSING}.", ""]
+    out += [f"Reference: {d.get('reference', 'unnamed')}; same prompts, same decoding.", "",
+            f"- delta NLL per example (shipped - reference, nats/token): "
+            f"{_quantile_line(d.get('delta_nll_per_token'), signed=True)}",
+            f"- flip rate (right under reference, wrong as shipped): {_f(d.get('flip_rate'))}"
+            f"{' of ' + str(d['field_pairs']) + ' item-fields' if 'field_pairs' in d else ''}"
+            f"; reverse flips: {_f(d.get('unflip_rate'))}",
+            f"- identical outputs (fraction of items): {_f(d.get('identical_outputs'))}; largest slice drop: "
+            f"{_f(d.get('worst_slice_drop'), signed=True)}", ""]
+    slices = d.get("slices") or {}
+    if slices:
+        out += ["| slice | n | shipped | reference | drop | mean delta NLL |", "|---|---|---|---|---|---|"]
+        out += [f"| {s} | {v.get('n', '-')} | {_f(v.get('field_accuracy_shipped'))} "
+                f"| {_f(v.get('field_accuracy_reference'))} | {_f(v.get('field_accuracy_drop'), True)} "
+                f"| {_f(v.get('delta_nll_mean'), True)} |" for s, v in sorted(slices.items())]
+        out.append("")
+    return out
+
+
+def _serve(m: Manifest, release: dict | None) -> list[str]:
+    # The operator supplies the registry URL and the public key unless the release names them.
+    remote = _get(release, "remote") or "<registry-url>"
+    key = _get(release, "public_key") or "<release-public-key.pem>"
+    i = m.inference
+    return ["## How to serve", "", "```bash",
+            f"python -m serving --release {m.bundle_digest} --remote {remote} --public-key {key} --require-signature",
+            "```", "", "The server verifies every file against the manifest and replays the golden prompts before "
+            "it answers.", f"Inference defaults: context {i.max_context_tokens} tokens, max new tokens "
+            f"{i.max_new_tokens}, temperature {i.temperature}, top_p {i.top_p}, stop token ids "
+            f"{list(m.tokenizer.stop_token_ids)}.", ""]
+
+
+def _provenance(m: Manifest, datasets_digest: str) -> list[str]:
+    p = m.provenance
+    rows = [("bundle", m.bundle_digest), ("base lock (16-bit files)", m.base.source_sha256),
+            *((f"base source {k}", v) for k, v in sorted(m.base.source.items())),
+            ("shipped base files", shipped_base_digest(m)), ("adapter files", files_digest(m.adapter.files)),
+            ("adapter trained on base", m.adapter.base_digest), ("tokenizer files", files_digest(m.tokenizer.files)),
+            ("chat template", m.tokenizer.chat_template_sha256), ("curated data", p.curated_data_digest),
+            *((("datasets (card metadata)", datasets_digest),) if datasets_digest != p.curated_data_digest else ()),
+            ("train params", p.params_digest), ("seed", p.seed), ("optimizer", p.optimizer),
+            ("hardware", p.hardware), *((f"{k} version", v) for k, v in sorted(p.versions.items())),
+            ("built from git commit", m.built.git_commit or "unknown")]
+    return ["## Provenance", "", "| what | value |", "|---|---|",
+            *(f"| {k} | `{v}` |" for k, v in rows), ""]
+
+
+def _release(release: dict | None) -> list[str]:
+    if not release:
+        return []
+    return ["## Release", "", *(f"- {k.replace('_', ' ').capitalize()}: `{v}`" for k, v in sorted(release.items())
+                                if v is not None and not isinstance(v, (dict, list))), ""]
+
+
+def render_card(manifest: Manifest, eval_report: dict, gate_report: dict, *, base_model: str | None,
+                license: str, datasets_digest: str | None = None, language: list[str] | None = None,
+                model_name: str | None = None, release: dict | None = None) -> str:
+    """The release's README.md: YAML front matter (HF model-card metadata) and a markdown body."""
+    passed = _check(manifest, eval_report, gate_report)
+    datasets_digest = datasets_digest or manifest.provenance.curated_data_digest
+    name = model_name or f"tailgate-{manifest.bundle_digest[:12]}"
+    body = [f"# {name}", "", *_summary(manifest, eval_report, base_model), *_gate(gate_report, passed),
+            *_quantization(manifest), *_results(eval_report), *_tails(eval_report), *_damage(eval_report),
+            *_serve(manifest, release), *_provenance(manifest, datasets_digest), *_release(release)]
+    front = _front_matter(manifest, eval_report, gate_report, passed, base_model, license, datasets_digest,
+                          language, name)
+    return front + "\n" + "\n".join(body).rstrip("\n") + "\n"

@@ -1,0 +1,118 @@
+"""Serving from the release registry: a fresh directory serves a release by digest (pulled,
+signature checked, parity probed) over real HTTP; unreleased, unsigned, tampered and unknown
+releases are refused with exit 4 before any weights are built."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from pipeline.release import Registry
+from pipeline.release.build import release
+from pipeline.release.record import SIGNATURE_NAME
+from serving.__main__ import EXIT_RELEASE_REFUSED, main
+from tests.releases import make_evidence, release_params
+from tests.tamper import flip_byte
+
+
+@pytest.fixture(scope="module")
+def registry_release(tiny_pipeline, served, tmp_path_factory):
+    """The tiny bundle released (signed, pushed) with the golden outputs the served engine gave."""
+    tmp = tmp_path_factory.mktemp("served-release")
+    params = release_params(tmp)
+    evidence = make_evidence(tiny_pipeline["bundle"], tmp / "reports", golden=served.golden_path)
+    record, _ = release(params, tiny_pipeline["bundle"], evidence["eval"], evidence["gate"], evidence["golden"],
+                        tmp / "artifacts/release")
+    return params, record.bundle_digest, tmp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_fresh_directory_serves_a_signed_release_by_digest(registry_release, tmp_path):
+    params, digest, _ = registry_release
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    port = _free_port()
+    env = {**os.environ, "TAILGATE_API_KEY": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "serving", "--release", digest, "--remote", params.remote,
+                             "--releases-dir", str(fresh / "releases"), "--public-key", params.signing.public_key,
+                             "--require-signature", "--port", str(port)],
+                            cwd=fresh, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                ready = httpx.get(f"{url}/ready", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.2)
+        assert ready.status_code == 200 and ready.json()["parity"]["status"] == "passed"
+        [card] = httpx.get(f"{url}/v1/models").json()["data"]
+        assert card["bundle_digest"] == digest
+        assert card["release"]["signature"] == "verified" and card["release"]["bundle_digest"] == digest
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=60,
+                       json={"model": card["id"], "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    assert (fresh / "releases" / digest / SIGNATURE_NAME).is_file()  # pulled where it was told
+
+
+def test_tampered_pulled_release_is_refused_naming_the_file(registry_release, tmp_path, no_weights, capsys):
+    params, digest, _ = registry_release
+    root = Registry.from_name_or_url(params.remote).pull(digest, tmp_path / "releases" / digest)
+    victim = next((root / "bundle/adapter").glob("*.safetensors"))
+    victim.chmod(0o644)
+    flip_byte(victim)
+    code = main(["--release", digest, "--remote", params.remote, "--releases-dir", str(tmp_path / "releases"),
+                 "--public-key", params.signing.public_key, "--require-signature", "--port", "1"])
+    err = capsys.readouterr().err
+    assert code == EXIT_RELEASE_REFUSED, err
+    assert "changed since signing: bundle/adapter/" in err
+
+
+def test_unsigned_release_is_refused_when_a_signature_is_required(registry_release, tmp_path, no_weights, capsys):
+    params, digest, _ = registry_release
+    root = Registry.from_name_or_url(params.remote).pull(digest, tmp_path / "releases" / digest)
+    (root / SIGNATURE_NAME).unlink()
+    code = main(["--bundle", str(root), "--public-key", params.signing.public_key, "--require-signature",
+                 "--port", "1"])
+    assert code == EXIT_RELEASE_REFUSED and "is not signed" in capsys.readouterr().err
+
+
+def test_unreleased_and_unknown_bundles_are_refused(registry_release, served, tmp_path, no_weights, capsys):
+    params, _, _ = registry_release
+    bare = str(served.bundle.root)
+    assert main(["--bundle", bare, "--port", "1"]) == EXIT_RELEASE_REFUSED
+    assert "is not a release" in capsys.readouterr().err
+    assert main(["--bundle", bare, "--allow-unreleased", "--require-signature", "--port", "1"]) == \
+        EXIT_RELEASE_REFUSED
+    assert "bare bundle, not a signed release" in capsys.readouterr().err
+    code = main(["--release", "cd" * 32, "--remote", params.remote, "--releases-dir", str(tmp_path), "--port", "1"])
+    assert code == EXIT_RELEASE_REFUSED and "has no release" in capsys.readouterr().err
+
+
+def test_allow_unreleased_reaches_the_engine(served, no_weights):
+    """The tripwire: with --allow-unreleased a bare bundle gets past every release check."""
+    with pytest.raises(AssertionError, match="engine was built"):
+        main(["--bundle", str(served.bundle.root), "--golden", str(served.golden_path), "--allow-unreleased",
+              "--port", "1"])
