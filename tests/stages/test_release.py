@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -183,3 +185,16 @@ def test_release_stage_entry_point_writes_record_and_card(tiny_pipeline, tmp_pat
     written = json.loads((tmp_path / "release.json").read_text())
     assert written["record"]["bundle_digest"] == written["registry"]["bundle_digest"]
     assert (tmp_path / "card.md").read_text() == (tmp_path / "rel" / CARD_NAME).read_text()
+
+
+def test_model_signing_cli_checks_a_release_without_tailgate_code(pulled, released):
+    """The claim in the README: the public key and model-signing's own CLI are enough."""
+    def verify():
+        return subprocess.run([sys.executable, "-m", "model_signing", "verify", "key", str(pulled), "--signature",
+                               str(pulled / SIGNATURE_NAME), "--public_key", released[0].signing.public_key],
+                              capture_output=True, text=True, timeout=120)
+
+    ok = verify()
+    assert ok.returncode == 0 and "Verification succeeded" in ok.stdout + ok.stderr, ok.stdout + ok.stderr
+    _edit_json(pulled / "eval.json", headline_metric="exact_match")
+    assert verify().returncode != 0
