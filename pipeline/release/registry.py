@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import json
 import logging
 import os
 import shutil
@@ -175,6 +174,3 @@ class Registry:
         log.info("pulled release %s from %s into %s", digest[:12], self.url, dest)
         return dest
 
-
-def describe(pointer: ReleasePointer) -> dict[str, Any]:
-    return json.loads(pointer.model_dump_json())
