@@ -51,13 +51,13 @@ $(VLLM_STAMP): pyproject.toml Makefile
 test-vllm: $(VLLM_STAMP)
 	PATH="$(abspath $(VLLM_VENV)/bin):$$PATH" $(VLLM_VENV)/bin/python -m pytest -q tests/vllm tests/unit/test_vllm_config.py $(PYTEST_ARGS)
 
+# Every benchmark, one after another, then benchmarks/RESULTS.md (BENCH_ARGS="--only verify,curate"
+# for a subset, "--render-only" for the page alone). The serving benchmark runs in $(VLLM_VENV)
+# when it has been built (make $(VLLM_STAMP)), so vLLM is measured in the same run.
+BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]"
-	$(BIN)/python -m benchmarks.serving
-	$(BIN)/python -m benchmarks.curate
-	$(BIN)/python -m benchmarks.memory_plan
-	$(BIN)/python -m benchmarks.train_vs_trl
-	$(BIN)/python -m benchmarks.verify
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -41,18 +41,13 @@ CASES = [  # (model, batch, seq_len, gradient checkpointing)
 ]
 
 
-def measure(base_q: str, batch: int, seq_len: int, checkpointing: bool, lora_r: int) -> dict:
+def synthetic_batch(vocab: int, batch: int, seq_len: int) -> dict:
+    """Random token ids with the last LABELLED share of each row labelled, as a chat record's
+    reply is; call after seeding torch (the caller's seed decides the ids)."""
     import torch
 
     from pipeline.chat import IGNORE_INDEX
-    from pipeline.params import TrainParams
-    from pipeline.train import _loss, load_trainable
 
-    params = TrainParams(lora_r=lora_r, gradient_checkpointing=checkpointing)
-    torch.manual_seed(0)
-    model = load_trainable(Path(base_q), params)
-    model.train()
-    vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (batch, seq_len))
     labels = torch.full_like(ids, IGNORE_INDEX)
     start = seq_len - int(seq_len * LABELLED)
@@ -60,7 +55,20 @@ def measure(base_q: str, batch: int, seq_len: int, checkpointing: bool, lora_r: 
     mask = torch.ones_like(ids)
     mask[0, -8:] = 0  # one padded row, as every length-grouped batch has: the kernel gets a mask
     labels[0, -8:] = IGNORE_INDEX
-    step_batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def measure(base_q: str, batch: int, seq_len: int, checkpointing: bool, lora_r: int) -> dict:
+    import torch
+
+    from pipeline.params import TrainParams
+    from pipeline.train import _loss, load_trainable
+
+    params = TrainParams(lora_r=lora_r, gradient_checkpointing=checkpointing)
+    torch.manual_seed(0)
+    model = load_trainable(Path(base_q), params)
+    model.train()
+    step_batch = synthetic_batch(model.config.vocab_size, batch, seq_len)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     for _ in range(3):
         loss, _ = _loss(model, step_batch)

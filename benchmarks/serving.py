@@ -80,6 +80,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _server_flags() -> list[str]:
+    """--allow-unreleased where the server has it: the benchmark serves the pipeline's bundle
+    whether or not it has been released, since serving speed does not depend on the release."""
+    out = subprocess.run([sys.executable, "-m", "serving", "--help"], capture_output=True, text=True)
+    return ["--allow-unreleased"] if "--allow-unreleased" in out.stdout else []
+
+
 @contextmanager
 def running_server(bundle_dir: str, engine: str, max_batch: int) -> Iterator[tuple[str, str]]:
     """`python -m serving` itself, in its own process, exactly as users start it (the parity
@@ -87,7 +94,7 @@ def running_server(bundle_dir: str, engine: str, max_batch: int) -> Iterator[tup
     port = _free_port()
     cmd = [sys.executable, "-m", "serving", "--bundle", bundle_dir, "--engine", engine, "--skip-parity-probe",
            "--port", str(port), "--max-batch", str(max_batch), "--max-queue", "256", "--request-timeout-s", "3600",
-           "--log-level", "WARNING"]
+           "--log-level", "WARNING", *_server_flags()]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -191,6 +198,9 @@ def main(argv=None) -> int:
     del engine  # the server loads its own copy; this process only sends requests from here on
     gc.collect()
     engines = ["hf"] + (["vllm"] if _has_vllm() and not args.no_vllm else [])
+    if "vllm" not in engines:  # said in the result, so a page built from it can say why
+        result["vllm_not_measured"] = ("--no-vllm was given" if args.no_vllm else
+                                       f"vllm is not importable in {sys.executable} (build .venv-vllm: make test-vllm)")
     for name in engines:
         with running_server(args.bundle, name, max(CONCURRENCY)) as (url, model):
             # first requests warm the HTTP path (and, for vLLM, compile kernels): not timed

@@ -1,0 +1,109 @@
+"""Every benchmark of the project: how to run it, what it needs, where its result goes.
+
+The runner (`python -m benchmarks`) and the page (benchmarks/page.py) both read this list, so
+a benchmark added here is run by `make bench` and appears on RESULTS.md, or is listed there as
+not run, with the reason.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str                     # --only NAME, results/NAME.json
+    title: str
+    module: str                   # run as `python -m MODULE ... --out FILE`
+    requires: tuple[tuple[str, str], ...] = ()   # (path, the command that makes it)
+    imports: tuple[tuple[str, str], ...] = ()    # (module, how to install it)
+    programs: tuple[str, ...] = ()               # executables it calls
+    quick_args: tuple[str, ...] = ()             # --quick: smoke sizes, not for comparison
+    full_args: tuple[str, ...] = ()              # the published run's sizes (defaults unless set)
+    notes: str = ""
+
+    @property
+    def result_file(self) -> str:
+        return f"{self.name}.json"
+
+
+QUANTIZED = (("artifacts/base_q/quantize.json", "dvc repro quantize"),)
+BASE = (("artifacts/base/config.json", "dvc repro base"),)
+BUNDLE = (("artifacts/bundle/manifest.json", "dvc repro bundle"),)
+CURATED = (("data/curated/train.jsonl", "dvc repro curate"),)
+
+# In the order they run: quick and I/O-bound first, the long CPU-bound ones after.
+BENCHMARKS: tuple[Bench, ...] = (
+    Bench("verify", "Bundle verification vs sha256sum", "benchmarks.verify", BUNDLE,
+          programs=("sha256sum",), quick_args=("--reps", "2")),
+    Bench("noop_repro", "No-op dvc repro", "benchmarks.noop_repro", (("dvc.lock", "dvc repro"),),
+          imports=(("dvc", "pip install -e '.[dev]'"),), quick_args=("--reps", "2")),
+    Bench("curate", "Curate throughput (100k records)", "benchmarks.curate", BASE,
+          quick_args=("--records", "2000")),
+    Bench("nf4_memory", "NF4 vs 16-bit memory", "benchmarks.nf4_memory", BASE + QUANTIZED,
+          quick_args=("--seq-len", "128", "--steps", "1")),
+    Bench("memory_plan", "Memory planner vs measured peaks", "benchmarks.memory_plan", QUANTIZED,
+          quick_args=("--models", "tiny")),
+    Bench("train_checkpointing", "Gradient checkpointing on vs off", "benchmarks.train_checkpointing",
+          BASE + QUANTIZED + CURATED, quick_args=("--steps", "1")),
+    Bench("train_vs_trl", "Training vs TRL SFTTrainer", "benchmarks.train_vs_trl", BASE + QUANTIZED + CURATED,
+          imports=(("trl", "pip install -c constraints.txt -e '.[bench]'"),),
+          quick_args=("--steps", "1", "--reps", "1", "--no-padding-free")),
+    Bench("serving", "Serving vs naive generate (and vLLM CPU)", "benchmarks.serving", BUNDLE,
+          quick_args=("--requests", "2", "--max-tokens", "8")),
+)
+NAMES = tuple(b.name for b in BENCHMARKS)
+
+
+def by_name(name: str) -> Bench:
+    for b in BENCHMARKS:
+        if b.name == name:
+            return b
+    raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(NAMES)}")
+
+
+def _can_import(python: str | Path, module: str) -> bool:
+    code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    return subprocess.run([str(python), "-c", code], capture_output=True).returncode == 0
+
+
+@dataclass
+class Plan:
+    """How one benchmark will run here, or why it will not."""
+
+    python: str
+    skip_reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def plan(bench: Bench, repo: Path = REPO) -> Plan:
+    python = sys.executable
+    notes = []
+    if bench.name == "serving":
+        # vLLM lives in its own environment (Makefile: .venv-vllm); the serving benchmark run
+        # there measures the hf server, the naive loop and vLLM in one run.
+        if VLLM_PYTHON.exists() and _can_import(VLLM_PYTHON, "vllm"):
+            python = str(VLLM_PYTHON)
+        elif VLLM_PYTHON.exists():
+            notes.append("vLLM not measured: .venv-vllm exists but cannot import vllm "
+                         "(rebuild it: rm -rf .venv-vllm && make .venv-vllm/.installed)")
+        else:
+            notes.append("vLLM not measured: .venv-vllm is not built here (make .venv-vllm/.installed, "
+                         "then rerun: python -m benchmarks --only serving)")
+    missing = [f"{path} (make it with `{how}`)" for path, how in bench.requires if not (repo / path).exists()]
+    if missing:
+        return Plan(python, "missing " + "; ".join(missing), notes)
+    for prog in bench.programs:
+        if shutil.which(prog) is None:
+            return Plan(python, f"`{prog}` is not on PATH", notes)
+    for module, how in bench.imports:
+        if not _can_import(python, module):
+            return Plan(python, f"`{module}` is not installed in {python} (install: {how})", notes)
+    return Plan(python, None, notes)

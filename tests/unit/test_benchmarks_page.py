@@ -1,0 +1,156 @@
+"""benchmarks/RESULTS.md is rendered from the result files alone: every benchmark appears, skipped
+ones say why, and each ratio follows the raw numbers it is computed from (synthetic results, no
+benchmark is run)."""
+
+import json
+
+import pytest
+
+from benchmarks.__main__ import main
+from benchmarks.page import RUN_RECORD, render
+from benchmarks.suite import BENCHMARKS, NAMES
+
+MIB = 2 ** 20
+
+
+def _arm(disk, runtime, load_peak, train_live, train_default, planned):
+    def status(rss):
+        return {"VmRSS": rss, "VmHWM": rss, "RssAnon": rss - rss // 4, "RssFile": rss // 4}
+
+    load = {"runtime": status(runtime), "after_load": status(runtime + MIB), "after_forward": status(load_peak),
+            "runtime_rss_bytes": runtime, "peak_rss_bytes": load_peak, "tensor_bytes": disk, "load_s": 1.0}
+    return {"dir": "artifacts/x", "disk_bytes": disk, "load_live": load, "load_default": load,
+            "train_live": {"peak_rss_bytes": train_live, "step_s": [9.0, 1.0, 3.0]},
+            "train_default": {"peak_rss_bytes": train_default, "step_s": [9.0, 1.0, 3.0]},
+            "planned": {"train_total_bytes": planned, "weights_bytes": disk}}
+
+
+def synthetic() -> dict:
+    """One small result per benchmark, in the shape each benchmark writes."""
+    return {
+        "verify": {"median_verify_bundle_s": 0.1, "median_sha256sum_s": 0.3, "total_mb": 135.0, "files": 11,
+                   "largest_file_mb": 112.0, "reps": 7},
+        "noop_repro": {"median_s": {"repro": 4.0, "status": 2.0, "version": 1.0},
+                       "seconds": {"repro": [4.0], "status": [2.0], "version": [1.0]},
+                       "dvc_version": "3.0.0", "stages": 7, "dvc_lock_unchanged": True},
+        "curate": {"records": 100_000, "input_mb": 169.4, "wall_s": 50.0,
+                   "memory": {"main_peak_rss_mib": 800.0, "worker_processes": 2, "worker_peak_rss_mib": [300.0, 300.0],
+                              "sum_of_peak_rss_mib": 1400.0, "peak_sampled_sum_pss_mib": 1000.0},
+                   "targets": {"wall_s_max": 120.0, "peak_bytes_max": 2_000_000_000},
+                   "outcome": {"kept": 90_000, "rejected": 10_000}},
+        "nf4_memory": {"config": {"batch": 4, "seq_len": 512, "steps": 3, "prompt_tokens": 256},
+                       "arms": {"nf4": _arm(100 * MIB, 400 * MIB, 600 * MIB, 3000 * MIB, 4000 * MIB, 2800 * MIB),
+                                "bf16": _arm(250 * MIB, 400 * MIB, 800 * MIB, 3300 * MIB, 4400 * MIB, 2900 * MIB)}},
+        "memory_plan": {"target": 0.25, "cases": [
+            {"model": "tiny", "batch": 4, "seq_len": 512, "gradient_checkpointing": False, "planned_mib": 90,
+             "measured_live_mib": 100, "measured_rss_mib": 110}]},
+        "train_checkpointing": {"results": {"off": {"steps": 5, "s_per_step": 10.0, "peak_rss_mb": 4000.0},
+                                            "on": {"steps": 5, "s_per_step": 12.0, "peak_rss_mb": 2000.0}}},
+        "train_vs_trl": {"goal_ratio": 1.5,
+                         "median_tokens_per_s": {"ours": 400.0, "trl": 200.0, "trl_padding_free": 250.0},
+                         "config": {"batch_size": 4, "reps": 3, "timed_steps": 10}, "versions": {"trl": "1.16.0"},
+                         "contended_runs": [], "machine": {}},
+        "serving": {"bundle_digest": "ab" * 32, "requests": 16, "max_tokens": 160, "torch_threads": 2, "rows": [
+            {"mode": "naive sequential generate", "concurrency": 1, "tokens_per_s": 20.0, "latency_p50_s": 5.0,
+             "latency_p99_s": 9.0, "answers_equal_to_naive": "-"},
+            {"mode": "tailgate server (hf engine)", "concurrency": 8, "tokens_per_s": 50.0, "latency_p50_s": 9.0,
+             "latency_p99_s": 20.0, "answers_equal_to_naive": "12/16"}],
+            "vllm_not_measured": "vllm is not importable here"},
+    }
+
+
+def write(tmp_path, results: dict, entries: dict | None = None):
+    for name, r in results.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    run = {"run_id": "2026-01-01T00:00:00+00:00", "command": "python -m benchmarks", "profile": "full",
+           "commit": "0123456789abcdef", "dirty_paths": 0, "total_wall_s": 600.0, "load_avg_before": [0.1, 0.1, 0.1],
+           "load_avg_after": [1.0, 1.0, 1.0], "machine": {"cpu": "Test CPU", "cpu_count": 2, "memory_gib": 8.0}}
+    entries = entries if entries is not None else {n: {"status": "ok", "run_id": run["run_id"], "wall_s": 1.0,
+                                                         "command": f"python -m benchmarks.{n}"} for n in results}
+    (tmp_path / RUN_RECORD).write_text(json.dumps({"runs": {run["run_id"]: run}, "benchmarks": entries}))
+    return render(tmp_path)
+
+
+def headline(page: str, title: str) -> list[str]:
+    return [line for line in page.splitlines() if line.startswith(f"| {title} |")]
+
+
+def test_every_benchmark_appears_with_a_headline_and_a_section(tmp_path):
+    page = write(tmp_path, synthetic())
+    for b in BENCHMARKS:
+        assert headline(page, b.title), b.name
+        assert f"## {b.title} (`{b.name}`)" in page
+    assert "Test CPU, 2 cores, 8.0 GiB" in page and "0123456789ab" in page and "10.0 min" in page
+    assert "not run:" not in page and "skipped:" not in page
+    assert "python -m benchmarks --only verify" in page and "--render-only" in page
+
+
+@pytest.mark.parametrize("name, change, before, after", [
+    ("verify", lambda r: r.update(median_sha256sum_s=0.5), "3.00x", "5.00x"),
+    ("train_vs_trl", lambda r: r["median_tokens_per_s"].update(trl=100.0), "2.00x (400.0 vs 200.0)",
+     "4.00x (400.0 vs 100.0)"),
+    ("nf4_memory", lambda r: r["arms"]["bf16"].update(disk_bytes=400 * MIB), "| 2.50x |", "| 4.00x |"),
+    ("serving", lambda r: r["rows"][1].update(tokens_per_s=30.0), "| 2.50x | >= 2x | met |",
+     "| 1.50x | >= 2x | **missed** |"),
+    ("noop_repro", lambda r: r["median_s"].update(status=1.0), "4.00 s (2.00x)", "4.00 s (4.00x)"),
+    ("train_checkpointing", lambda r: r["results"]["on"].update(s_per_step=15.0), "1.20x, 0.50x", "1.50x, 0.50x"),
+    ("memory_plan", lambda r: r["cases"][0].update(planned_mib=60), "10.0% over 1 shapes | <= 25% | met",
+     "40.0% over 1 shapes | <= 25% | **missed**"),
+])
+def test_ratios_follow_the_numbers_they_are_computed_from(tmp_path, name, change, before, after):
+    results = synthetic()
+    title = next(b.title for b in BENCHMARKS if b.name == name)
+    assert before in "\n".join(headline(write(tmp_path, results), title))
+    change(results[name])
+    rows = "\n".join(headline(write(tmp_path, results), title))
+    assert after in rows and before not in rows
+
+
+def test_curate_targets_are_checked_only_at_the_size_they_are_stated_for(tmp_path):
+    results = synthetic()
+    results["curate"]["wall_s"] = 200.0
+    assert "| <= 120 s | **missed** |" in write(tmp_path, results)
+    results["curate"]["records"] = 2000
+    page = write(tmp_path, results)
+    assert "**missed**" not in "\n".join(headline(page, "Curate throughput (100k records)"))
+    assert "the targets are for 100,000" in page
+
+
+def test_skipped_failed_and_missing_benchmarks_say_why(tmp_path):
+    results = synthetic()
+    del results["train_vs_trl"], results["nf4_memory"], results["memory_plan"]
+    results["noop_repro"] = {"skipped": True, "reason": "dvc status reports stale stages: train"}
+    entries = {n: {"status": "ok", "run_id": "2026-01-01T00:00:00+00:00"} for n in results}
+    entries["train_vs_trl"] = {"status": "skipped", "reason": "`trl` is not installed", "run_id": "r"}
+    entries["nf4_memory"] = {"status": "failed", "reason": "exited with 1 and wrote no result",
+                             "tail": ["Traceback", "MemoryError: boom"], "run_id": "r"}
+    page = write(tmp_path, results, entries)
+    assert "skipped: `trl` is not installed" in "\n".join(headline(page, "Training vs TRL SFTTrainer"))
+    assert "skipped: dvc status reports stale stages: train" in "\n".join(headline(page, "No-op dvc repro"))
+    assert "failed: exited with 1" in "\n".join(headline(page, "NF4 vs 16-bit memory")) and "MemoryError: boom" in page
+    assert "not run: no results/memory_plan.json" in page
+    serving = "\n".join(headline(page, "Serving vs naive generate (and vLLM CPU)"))
+    assert "not measured: vllm is not importable here" in serving
+    for name in ("train_vs_trl", "nf4_memory", "memory_plan", "noop_repro"):
+        assert f"python -m benchmarks --only {name}" in page
+
+
+def test_a_result_this_page_cannot_read_is_named_not_rendered_as_numbers(tmp_path):
+    results = synthetic()
+    del results["verify"]["median_sha256sum_s"]
+    page = write(tmp_path, results)
+    rows = "\n".join(headline(page, "Bundle verification vs sha256sum"))
+    assert "result file unreadable by this page (KeyError" in rows and "3.00x" not in rows
+
+
+def test_render_only_writes_the_page_beside_the_results_and_runs_nothing(tmp_path):
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    (results_dir / "verify.json").write_text(json.dumps(synthetic()["verify"]))
+    assert main(["--render-only", "--results-dir", str(results_dir)]) == 0
+    page = (tmp_path / "RESULTS.md").read_text()
+    assert "3.00x" in page and "No run record" in page
+    assert sorted(p.name for p in results_dir.iterdir()) == ["verify.json"]
+    with pytest.raises(KeyError):
+        main(["--render-only", "--only", "nonsense", "--results-dir", str(results_dir)])
+    assert set(NAMES) == {b.name for b in BENCHMARKS}
