@@ -281,10 +281,13 @@ def _damage(ev: dict) -> list[str]:
 def _serve(m: Manifest, release: dict | None) -> list[str]:
     # The operator supplies the registry URL and the public key unless the release names them.
     remote = _get(release, "remote") or "<registry-url>"
-    key = _get(release, "public_key") or "<release-public-key.pem>"
+    method = _get(release, "method") or "key"
+    check = {"key": f" --public-key {_get(release, 'public_key') or '<release-public-key.pem>'} --require-signature",
+             "sigstore": " --signer-identity <identity> --signer-issuer <oidc-issuer> --require-signature",
+             "none": ""}.get(method, "")
     i = m.inference
     return ["## How to serve", "", "```bash",
-            f"python -m serving --release {m.bundle_digest} --remote {remote} --public-key {key} --require-signature",
+            f"python -m serving --release {m.bundle_digest} --remote {remote}{check}",
             "```", "", "The server verifies every file against the manifest and replays the golden prompts before "
             "it answers.", f"Inference defaults: context {i.max_context_tokens} tokens, max new tokens "
             f"{i.max_new_tokens}, temperature {i.temperature}, top_p {i.top_p}, stop token ids "

@@ -47,6 +47,19 @@ def remote_config(name: str, repo_root: str | Path = ".") -> dict[str, Any]:
     return dict(remotes[name])
 
 
+@contextlib.contextmanager
+def _quiet_init() -> Iterator[None]:
+    """`Repo.init` prints and logs a banner meant for a person at a terminal."""
+    logger = logging.getLogger("dvc")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _link_or_copy(src: str, dst: str) -> None:
     try:
         os.link(src, dst)
@@ -86,8 +99,7 @@ class Registry:
 
         tmp = tempfile.mkdtemp(prefix="tailgate-registry-")
         try:
-            with contextlib.redirect_stdout(io.StringIO()), Repo.init(tmp, no_scm=True) as repo, \
-                    repo.config.edit() as conf:  # init prints a banner meant for a terminal
+            with _quiet_init(), Repo.init(tmp, no_scm=True) as repo, repo.config.edit() as conf:
                 conf["core"]["analytics"] = False
                 conf["remote"][_REMOTE] = self.remote
                 # Links, not copies, where the filesystem allows: a release is gigabytes.
