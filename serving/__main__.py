@@ -131,8 +131,8 @@ def _public_key(args: argparse.Namespace) -> str | None:
 def _open(args: argparse.Namespace) -> tuple[VerifiedBundle, str, dict | None]:
     """The bundle to serve, the golden file to replay and the release it came from. Raises
     ReleaseError (exit 4) or BundleError (exit 2)."""
-    if args.release:
-        digest = check_digest(args.release)
+    digest = check_digest(args.release) if args.release else None
+    if digest:
         root = os.path.join(os.path.expanduser(args.releases_dir), digest)
         if not os.path.isdir(root):
             Registry.from_name_or_url(args.remote).pull(digest, root)
@@ -149,8 +149,8 @@ def _open(args: argparse.Namespace) -> tuple[VerifiedBundle, str, dict | None]:
         return bundle, args.golden or "reports/golden.json", None
     opened = open_release(root, public_key=_public_key(args), require_signature=args.require_signature,
                           sigstore_identity=args.signer_identity, sigstore_issuer=args.signer_issuer)
-    if args.release and opened.record.bundle_digest != args.release.strip().lower():
-        raise ReleaseError(f"release {root} holds bundle {opened.record.bundle_digest}, not {args.release}")
+    if digest and opened.record.bundle_digest != digest:
+        raise ReleaseError(f"release {root} holds bundle {opened.record.bundle_digest}, not {digest}")
     log_event(log, "release_verified", **opened.describe())
     return opened.bundle, args.golden or str(opened.golden_path), opened.describe()
 

@@ -116,3 +116,13 @@ def test_allow_unreleased_reaches_the_engine(served, no_weights):
     with pytest.raises(AssertionError, match="engine was built"):
         main(["--bundle", str(served.bundle.root), "--golden", str(served.golden_path), "--allow-unreleased",
               "--port", "1"])
+
+
+def test_a_release_filed_under_another_digest_is_refused(registry_release, tmp_path, no_weights, capsys):
+    """The cache directory name is not trusted: the signed record must hold the digest asked for."""
+    params, digest, _ = registry_release
+    other = "ef" * 32
+    Registry.from_name_or_url(params.remote).pull(digest, tmp_path / "releases" / other)
+    code = main(["--release", other, "--remote", params.remote, "--releases-dir", str(tmp_path / "releases"),
+                 "--public-key", params.signing.public_key, "--require-signature", "--port", "1"])
+    assert code == EXIT_RELEASE_REFUSED and f"holds bundle {digest}, not {other}" in capsys.readouterr().err
