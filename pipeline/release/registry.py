@@ -163,8 +163,8 @@ class Registry:
         digest, dest = check_digest(digest), Path(dest)
         pointer = self.pointer(digest)
         if pointer is None:
-            raise ReleaseError(f"bundle {digest} has no release in {self.url}: it never passed the gate and "
-                               "the release stage, so it is not served (unreleased bundles need --allow-unreleased)")
+            raise ReleaseError(f"bundle {digest} has no release in {self.url}: it was never released there (only "
+                               "a bundle that passed the gate is), so it is not served from it")
         if dest.exists():
             raise ReleaseError(f"{dest} already exists; open it instead of pulling again", str(dest))
         out = {"md5": pointer.dvc.md5, "size": pointer.dvc.size, "nfiles": pointer.dvc.nfiles,
