@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import machine, write_result
+from benchmarks import machine, train_step, write_result
 
 # Large blocks become their own mappings, unmapped when freed: peak RSS = peak live bytes.
 LIVE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
@@ -62,7 +62,7 @@ def measure(base_q: str, batch: int, seq_len: int, checkpointing: bool, lora_r: 
     import torch
 
     from pipeline.params import TrainParams
-    from pipeline.train import _loss, load_trainable
+    from pipeline.train import load_trainable
 
     params = TrainParams(lora_r=lora_r, gradient_checkpointing=checkpointing)
     torch.manual_seed(0)
@@ -71,10 +71,7 @@ def measure(base_q: str, batch: int, seq_len: int, checkpointing: bool, lora_r: 
     step_batch = synthetic_batch(model.config.vocab_size, batch, seq_len)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     for _ in range(3):
-        loss, _ = _loss(model, step_batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(model, opt, step_batch)
     return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 

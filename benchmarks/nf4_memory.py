@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import machine, write_result
+from benchmarks import machine, train_step, write_result
 from benchmarks.memory_plan import LABELLED, synthetic_batch
 
 BASE, BASE_Q = Path("artifacts/base"), Path("artifacts/base_q")
@@ -101,7 +101,7 @@ def measure_train(arm: str, batch: int, seq_len: int, steps: int) -> dict:
     import torch
 
     from pipeline.params import load_section
-    from pipeline.train import _loss, load_trainable, make_optimizer
+    from pipeline.train import load_trainable, make_optimizer
 
     params = load_section("train")
     base_dir, dtype = _arm(arm)
@@ -113,12 +113,7 @@ def measure_train(arm: str, batch: int, seq_len: int, steps: int) -> dict:
     opt, opt_name = make_optimizer(params, [p for p in model.parameters() if p.requires_grad])
     times = []
     for _ in range(steps):
-        t0 = time.perf_counter()
-        loss, _ = _loss(model, step_batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
+        times.append(train_step(model, opt, step_batch))
     # step_s[0] includes first-call warm-up (kernel selection, allocator growth)
     return {"peak_rss_bytes": _status()["VmHWM"], "optimizer": opt_name, "step_s": [round(t, 3) for t in times],
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}

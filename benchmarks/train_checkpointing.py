@@ -13,8 +13,9 @@ import json
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from benchmarks import train_step
 
 
 def one_config(checkpointing: bool, steps: int) -> dict:
@@ -22,7 +23,7 @@ def one_config(checkpointing: bool, steps: int) -> dict:
 
     from pipeline.chat import stop_token_ids
     from pipeline.params import load_section
-    from pipeline.train import _loss, load_trainable
+    from pipeline.train import load_trainable
     from pipeline.train.data import batches, collate, encode_records, read_jsonl
     from transformers import AutoTokenizer
 
@@ -38,12 +39,7 @@ def one_config(checkpointing: bool, steps: int) -> dict:
     times, tokens = [], 0
     for _ in range(steps + 1):  # the first step warms up kernels and allocators: not timed
         batch = collate(next(stream), tok.pad_token_id)
-        t0 = time.perf_counter()
-        loss, _ = _loss(model, batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
+        times.append(train_step(model, opt, batch))
         tokens += int(batch["attention_mask"].sum())
     return {"gradient_checkpointing": checkpointing, "steps": steps, "s_per_step": sum(times[1:]) / steps,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
