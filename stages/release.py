@@ -8,11 +8,11 @@ registry location) and --card (the model card, for reading in the repository).
 
 from __future__ import annotations
 
-import shutil
 import sys
+from pathlib import Path
 
 from pipeline import cli
-from pipeline.files import atomic_write_json
+from pipeline.files import atomic_write_json, atomic_write_text
 from pipeline.params import load_section
 from pipeline.release.build import release
 from pipeline.release.record import CARD_NAME
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
         record, pointer = release(params, args.bundle, args.eval, args.gate, args.golden, args.out)
         atomic_write_json(args.record, {"record": record.model_dump(mode="json"),
                                         "registry": {"remote": params.remote, **pointer.model_dump(mode="json")}})
-        shutil.copyfile(f"{args.out}/{CARD_NAME}", args.card)
+        atomic_write_text(args.card, (Path(args.out) / CARD_NAME).read_text(encoding="utf-8"))
         cli.log.info("released %s; serve it with: python -m serving --release %s", record.bundle_digest[:12],
                      record.bundle_digest)
 

@@ -92,9 +92,8 @@ class Registry:
         return str(self.remote["url"])
 
     @contextlib.contextmanager
-    def _repo(self, prepare: Any = None) -> Iterator[Any]:
-        """A throwaway no-SCM DVC repository wired to the remote; `prepare(root)` runs before it
-        is opened (DVC indexes the .dvc files it finds when it opens)."""
+    def _repo(self) -> Iterator[Any]:
+        """A throwaway no-SCM DVC repository wired to the remote."""
         from dvc.repo import Repo
 
         tmp = tempfile.mkdtemp(prefix="tailgate-registry-")
@@ -104,8 +103,6 @@ class Registry:
                 conf["remote"][_REMOTE] = self.remote
                 # Links, not copies, where the filesystem allows: a release is gigabytes.
                 conf["cache"]["type"] = "hardlink,copy"
-            if prepare is not None:
-                prepare(Path(tmp))
             with Repo(tmp) as repo:
                 yield repo
         finally:
@@ -137,16 +134,19 @@ class Registry:
         log.info("pushed release %s to %s (%d files, %.1f MB)", digest[:12], self.url, obj.nfiles, obj.size / 1e6)
         return pointer
 
+    def _read_pointer(self, repo: Any, digest: str) -> ReleasePointer | None:
+        fs, path = self._index_path(repo, digest)
+        if not fs.exists(path):
+            return None
+        try:
+            return ReleasePointer.model_validate_json(fs.cat_file(path))
+        except ValueError as exc:
+            raise ReleaseError(f"registry index entry {path} is unreadable: {exc}", path) from None
+
     def pointer(self, digest: str) -> ReleasePointer | None:
         digest = check_digest(digest)
         with self._repo() as repo:
-            fs, path = self._index_path(repo, digest)
-            if not fs.exists(path):
-                return None
-            try:
-                return ReleasePointer.model_validate_json(fs.cat_file(path))
-            except ValueError as exc:
-                raise ReleaseError(f"registry index entry {path} is unreadable: {exc}", path) from None
+            return self._read_pointer(repo, digest)
 
     def list(self) -> list[ReleasePointer]:
         with self._repo() as repo:
@@ -160,28 +160,29 @@ class Registry:
     def pull(self, digest: str, dest: str | Path) -> Path:
         """Fetch the release of `digest` into `dest` (which must not exist yet). Pulling checks
         nothing but DVC's own hashes; the caller opens the result with `open_release`."""
+        from dvc.repo import Repo
+
         digest, dest = check_digest(digest), Path(dest)
-        pointer = self.pointer(digest)
-        if pointer is None:
-            raise ReleaseError(f"bundle {digest} has no release in {self.url}: it was never released there (only "
-                               "a bundle that passed the gate is), so it is not served from it")
         if dest.exists():
             raise ReleaseError(f"{dest} already exists; open it instead of pulling again", str(dest))
-        out = {"md5": pointer.dvc.md5, "size": pointer.dvc.size, "nfiles": pointer.dvc.nfiles,
-               "hash": "md5", "path": digest}
-
-        def write_dvc_file(root: Path) -> None:
+        with self._repo() as repo:
+            pointer = self._read_pointer(repo, digest)
+            if pointer is None:
+                raise ReleaseError(f"bundle {digest} has no release in {self.url}: it was never released there (only "
+                                   "a bundle that passed the gate is), so it is not served from it")
+            root = Path(repo.root_dir)
+            out = {"md5": pointer.dvc.md5, "size": pointer.dvc.size, "nfiles": pointer.dvc.nfiles,
+                   "hash": "md5", "path": digest}
             (root / f"{digest}.dvc").write_text(yaml.safe_dump({"outs": [out]}, sort_keys=False))
-
-        with self._repo(write_dvc_file) as repo:
             try:
-                repo.pull(remote=_REMOTE)
+                with Repo(root) as fresh:  # reopened: DVC indexes the .dvc files it finds when it opens
+                    fresh.pull(remote=_REMOTE)
             except Exception as exc:  # DVC raises its own error types per remote kind
                 raise ReleaseError(f"could not pull release {digest[:12]} from {self.url}: {exc}") from None
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
             tmp.rmdir()
-            shutil.move(str(Path(repo.root_dir) / digest), tmp)
+            shutil.move(str(root / digest), tmp)
             os.replace(tmp, dest)
         log.info("pulled release %s from %s into %s", digest[:12], self.url, dest)
         return dest

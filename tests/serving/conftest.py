@@ -76,6 +76,26 @@ class RunningServer:
         self.thread.join(timeout_s)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(proc, url: str, timeout_s: float = 120.0):
+    """Poll `python -m serving` in `proc` until /ready answers; fail with its stderr if it exits."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, proc.stderr.read()
+        try:
+            return httpx.get(f"{url}/ready", timeout=2)
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+
+
 def _listening_socket() -> socket.socket:
     # Bound here and handed to uvicorn, so no other process can take the port in between.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 from serving.__main__ import EXIT_BUNDLE_REFUSED, EXIT_PARITY_REFUSED, main
 from tests.conftest import REPO
+from tests.serving.conftest import free_port, wait_ready
 from tests.tamper import flip_byte
 
 
@@ -68,14 +67,8 @@ def test_golden_logprob_drift_exits_3(served, tmp_path, capsys):
     assert "(1/2): log-prob of token 1 differs by" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_skip_parity_probe_serves_and_says_so(served, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TAILGATE_API_KEY": ""}  # an empty key means no key
     proc = subprocess.Popen([sys.executable, "-m", "serving", "--allow-unreleased", "--bundle", str(served.bundle.root),
                              "--golden", str(tmp_path / "absent.json"), "--skip-parity-probe",
@@ -83,15 +76,7 @@ def test_skip_parity_probe_serves_and_says_so(served, tmp_path):
                             stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read()
-            try:
-                ready = httpx.get(f"{url}/ready", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not come up"
-                time.sleep(0.2)
+        ready = wait_ready(proc, url, 120)
         assert ready.status_code == 200 and ready.json()["parity"] == {"status": "skipped"}
         [card] = httpx.get(f"{url}/v1/models").json()["data"]
         assert card["parity"] == {"status": "skipped"}

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -19,6 +17,7 @@ from pipeline.release.build import release
 from pipeline.release.record import SIGNATURE_NAME
 from serving.__main__ import EXIT_RELEASE_REFUSED, main
 from tests.releases import make_evidence, release_params
+from tests.serving.conftest import free_port, wait_ready
 from tests.tamper import flip_byte
 
 
@@ -33,17 +32,11 @@ def registry_release(tiny_pipeline, served, tmp_path_factory):
     return params, record.bundle_digest, tmp
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_fresh_directory_serves_a_signed_release_by_digest(registry_release, tmp_path):
     params, digest, _ = registry_release
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TAILGATE_API_KEY": ""}
     proc = subprocess.Popen([sys.executable, "-m", "serving", "--release", digest, "--remote", params.remote,
                              "--releases-dir", str(fresh / "releases"), "--public-key", params.signing.public_key,
@@ -51,15 +44,7 @@ def test_a_fresh_directory_serves_a_signed_release_by_digest(registry_release, t
                             cwd=fresh, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.stderr.read()
-            try:
-                ready = httpx.get(f"{url}/ready", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not come up"
-                time.sleep(0.2)
+        ready = wait_ready(proc, url, 180)
         assert ready.status_code == 200 and ready.json()["parity"]["status"] == "passed"
         [card] = httpx.get(f"{url}/v1/models").json()["data"]
         assert card["bundle_digest"] == digest
