@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 # one decode step (tens of ms and up), large enough for a burst of requests to land together.
 BATCH_WINDOW_S = 0.005
 
+# The longest an idle engine loop sleeps before looking up again. The loop runs on the main
+# thread, the only one where Python runs signal handlers, but the kernel may deliver SIGTERM to
+# any thread (HTTP, a torch worker): the main thread then learns of it only when it wakes, and
+# a wait without a timeout would keep a killed server up until the next request.
+IDLE_WAKE_S = 0.25
+
 
 class QueueFull(Exception):
     """The bounded queue has no room (HTTP 429)."""
@@ -157,7 +163,7 @@ class Batcher:
             while not self._pending:
                 if self._draining:
                     return None
-                self._cond.wait()
+                self._cond.wait(IDLE_WAKE_S)
             deadline = time.monotonic() + BATCH_WINDOW_S
             while len(self._pending) < self.max_batch and not self._draining:
                 left = deadline - time.monotonic()
@@ -198,7 +204,7 @@ class Batcher:
             while block and not self._pending:
                 if self._draining:
                     return None
-                self._cond.wait()
+                self._cond.wait(IDLE_WAKE_S)
             return self._pop_live(n)
 
     def _run_continuous(self) -> None:

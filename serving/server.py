@@ -8,7 +8,10 @@ one that can live on a worker thread.
 
 Uvicorn, on SIGTERM or SIGINT, closes its listening sockets, waits for open requests to finish
 and only then runs the app's shutdown. Signal handlers can only be installed on the main
-thread, so `serve` installs them there and forwards them to the server on its thread.
+thread, so `serve` installs them there and forwards them to the server on its thread. The
+kernel may still deliver the signal to another thread, which only flags it for the main one;
+every wait on the main thread is therefore timed (`IDLE_WAKE_S`), or `kill` could leave an idle
+server up until its next request.
 `DrainingServer` also flips the batcher to draining at the signal itself, so during that wait
 /ready already answers 503 (a load balancer stops sending) and a request on a kept-alive
 connection is refused with 503 rather than started.
@@ -76,7 +79,8 @@ def serve(app: FastAPI, state: ServingState, host: str, port: int,
     http.start()
     try:
         state.batcher.run()
-        http.join()
+        while http.is_alive():  # timed, like the engine loop's waits, so a second signal still runs
+            http.join(0.25)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -97,3 +97,41 @@ def test_a_port_in_use_exits_1_instead_of_hanging(served):
         taken.listen()
         host, port = taken.getsockname()
         assert serve(create_app(state), state, host, port) == 1
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_landing_on_another_thread_still_stops_an_idle_server(served):
+    # The kernel may hand a process-wide SIGTERM to any thread that does not block it (the HTTP
+    # thread, a torch worker). Python runs the handler on the main thread only, so an engine loop
+    # blocked without a timeout would never see it: `kill` would leave the server up. Send the
+    # signal to a helper thread on purpose, with nothing queued.
+    state = build_state(served.engine, served.bundle.manifest, served.parity, max_batch=8, max_queue=64,
+                        api_key=None, request_timeout_s=60)
+    sock = _listening_socket()
+    host, port = sock.getsockname()
+    timings: dict[str, float] = {}
+
+    def client() -> None:
+        _wait_ready(f"http://{host}:{port}")
+        time.sleep(0.2)  # let the engine loop go back to waiting for work
+        timings["signalled"] = time.monotonic()
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # this thread, not the main one
+
+    def watchdog() -> None:
+        if not finished.wait(20):
+            timings["rescued"] = time.monotonic()
+            state.batcher.drain()  # wakes the loop so the test ends either way
+
+    finished = threading.Event()
+    stray: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: stray.append(sig))
+    try:
+        threading.Thread(target=client, daemon=True).start()
+        threading.Thread(target=watchdog, daemon=True).start()
+        code = serve(create_app(state), state, host, port, sockets=[sock])
+        finished.set()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "rescued" not in timings, "the engine loop never woke to run the SIGTERM handler"
+    assert code == 0 and not stray
+    assert time.monotonic() - timings["signalled"] < 5
