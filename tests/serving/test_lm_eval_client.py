@@ -38,7 +38,7 @@ def _evaluate(model, model_args=None) -> tuple[dict, dict]:
     from pipeline.suites import load_suite
 
     out = simple_evaluate(model=model, model_args=model_args, tasks=[_task()],
-                          task_manager=TaskManager(include_path=str(SUITE / "tasks")), apply_chat_template=True,
+                          task_manager=TaskManager(include_path=str(SUITE / "tasks"), include_defaults=False), apply_chat_template=True,
                           system_instruction=load_suite(SUITE).spec.system_prompt, log_samples=True, limit=LIMIT,
                           bootstrap_iters=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0)
     samples = {s["doc"]["id"]: s["filtered_resps"][0] for s in out["samples"]["discharge_summary"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -58,16 +59,28 @@ def _run(args: list[str], kill_at: int | None = None) -> subprocess.CompletedPro
     return subprocess.run([sys.executable, *code, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
-def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_pipeline, tmp_path):
-    params = _params(tmp_path, tiny_pipeline["params"])
-    whole = _run(_stage_args(tiny_pipeline, tmp_path, params, "whole"))
-    assert whole.returncode == 0, whole.stderr[-2000:]
-    assert not (tmp_path / "ckpt").exists()  # a finished run leaves no checkpoints behind
-
-    args = _stage_args(tiny_pipeline, tmp_path, params, "resumed")
-    killed = _run(args, kill_at=6)
+@pytest.fixture(scope="module")
+def interrupted(tiny_pipeline, tmp_path_factory) -> Path:
+    """One run of the stage SIGKILLed while publishing step 6's checkpoint (a fresh child costs
+    seconds of imports, so the tests below share it and each resumes a copy of what it left)."""
+    tmp = tmp_path_factory.mktemp("interrupted")
+    params = _params(tmp, tiny_pipeline["params"])
+    killed = _run(_stage_args(tiny_pipeline, tmp, params, "out"), kill_at=6)
     assert killed.returncode == -9, killed.stderr[-2000:]
-    assert not (tmp_path / "resumed").exists()  # no adapter from a dead run
+    assert not (tmp / "out").exists()  # no adapter from a dead run
+    return tmp
+
+
+def _resumable(tiny, interrupted: Path, tmp: Path) -> tuple[Path, list[str]]:
+    """This test's own copy of the interrupted run's params and checkpoints, and the stage
+    arguments that rerun it."""
+    shutil.copy(interrupted / "params.yaml", tmp / "params.yaml")
+    shutil.copytree(interrupted / "ckpt", tmp / "ckpt")
+    return tmp / "params.yaml", _stage_args(tiny, tmp, tmp / "params.yaml", "out")
+
+
+def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_pipeline, interrupted, tmp_path):
+    params, args = _resumable(tiny_pipeline, interrupted, tmp_path)
     [run_dir] = (tmp_path / "ckpt").iterdir()
     names = sorted(p.name for p in run_dir.iterdir())
     assert names[1:] == ["step-0000002", "step-0000004"] and names[0].startswith(".tmp-step-0000006"), names
@@ -76,23 +89,22 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_pipeli
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming from" in again.stderr and "step 4 of 10" in again.stderr
     assert "removing incomplete checkpoint" in again.stderr  # the half-published step 6
-    report = json.loads((tmp_path / "resumed.json").read_text())
+    assert not (tmp_path / "ckpt").exists()  # a finished run leaves no checkpoints behind
+
+    (tmp_path / "whole").mkdir()
+    whole_params = _params(tmp_path / "whole", tiny_pipeline["params"])
+    whole = _run(_stage_args(tiny_pipeline, tmp_path / "whole", whole_params, "out"))
+    assert whole.returncode == 0 and "resuming" not in whole.stderr, whole.stderr[-2000:]
+    report = json.loads((tmp_path / "out.json").read_text())
     assert report["resumed_from_step"] == 4 and [s["step"] for s in report["steps"]] == list(range(1, 11))
-    whole_report = json.loads((tmp_path / "whole.json").read_text())
+    whole_report = json.loads((tmp_path / "whole/out.json").read_text())
+    assert whole_report["resumed_from_step"] is None
     assert [s["loss"] for s in report["steps"]] == [s["loss"] for s in whole_report["steps"]]
-    assert hash_files(tmp_path / "resumed", ADAPTER_FILES) == hash_files(tmp_path / "whole", ADAPTER_FILES)
-    assert not (tmp_path / "ckpt").exists()
+    assert hash_files(tmp_path / "out", ADAPTER_FILES) == hash_files(tmp_path / "whole/out", ADAPTER_FILES)
 
 
-def _interrupted(tiny, tmp: Path, params: Path, kill_at: int) -> list[str]:
-    args = _stage_args(tiny, tmp, params, "out")
-    assert _run(args, kill_at=kill_at).returncode == -9
-    return args
-
-
-def test_a_corrupt_checkpoint_is_skipped_for_the_previous_one(tiny_pipeline, tmp_path):
-    params = _params(tmp_path, tiny_pipeline["params"])
-    args = _interrupted(tiny_pipeline, tmp_path, params, kill_at=6)
+def test_a_corrupt_checkpoint_is_skipped_for_the_previous_one(tiny_pipeline, interrupted, tmp_path):
+    _, args = _resumable(tiny_pipeline, interrupted, tmp_path)
     [run_dir] = (tmp_path / "ckpt").iterdir()
     weights = run_dir / "step-0000004" / WEIGHTS
     data = bytearray(weights.read_bytes())
@@ -104,9 +116,8 @@ def test_a_corrupt_checkpoint_is_skipped_for_the_previous_one(tiny_pipeline, tmp
     assert json.loads((tmp_path / "out.json").read_text())["resumed_from_step"] == 2
 
 
-def test_another_configuration_never_resumes_these_checkpoints(tiny_pipeline, tmp_path):
-    params = _params(tmp_path, tiny_pipeline["params"])
-    _interrupted(tiny_pipeline, tmp_path, params, kill_at=6)
+def test_another_configuration_never_resumes_these_checkpoints(tiny_pipeline, interrupted, tmp_path):
+    _resumable(tiny_pipeline, interrupted, tmp_path)
     (tmp_path / "other").mkdir()
     other = _params(tmp_path / "other", tiny_pipeline["params"], learning_rate=3e-3)
     report = train(load_section("train", other), tiny_pipeline["base_q"], tiny_pipeline["base"], tiny_pipeline["data"],
@@ -116,11 +127,10 @@ def test_another_configuration_never_resumes_these_checkpoints(tiny_pipeline, tm
     assert any((d / "step-0000004" / MARKER).is_file() for d in (tmp_path / "ckpt").iterdir())
 
 
-def test_checkpoint_settings_are_not_part_of_the_key(tiny_pipeline, tmp_path):
+def test_checkpoint_settings_are_not_part_of_the_key(tiny_pipeline, interrupted, tmp_path):
     """Writing checkpoints more or less often, or another memory budget, does not change what
     training computes."""
-    params = _params(tmp_path, tiny_pipeline["params"])
-    args = _interrupted(tiny_pipeline, tmp_path, params, kill_at=6)
+    params, args = _resumable(tiny_pipeline, interrupted, tmp_path)
     p = yaml.safe_load(params.read_text())
     p["train"].update(checkpoint_every_steps=3, keep_checkpoints=5, memory_budget_gb=64)
     params.write_text(yaml.safe_dump(p, sort_keys=False))
