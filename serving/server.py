@@ -28,6 +28,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from serving.batcher import IDLE_WAKE_S
 from serving.logs import log_event
 from serving.state import ServingState
 
@@ -80,7 +81,7 @@ def serve(app: FastAPI, state: ServingState, host: str, port: int,
     try:
         state.batcher.run()
         while http.is_alive():  # timed, like the engine loop's waits, so a second signal still runs
-            http.join(0.25)
+            http.join(IDLE_WAKE_S)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
