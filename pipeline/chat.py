@@ -2,7 +2,9 @@
 
 There is exactly one way a conversation becomes token ids, so the lengths curation filters on,
 the tokens training learns, the prompts evaluation scores and the prompts serving answers are
-the same sequences.
+the same sequences. Likewise one way a conversation that brings no system turn gets the
+bundle's pinned system prompt (`with_system`): otherwise a chat template such as SmolLM2's
+injects its own default system turn, and the model answers a prompt it was never trained on.
 """
 
 from __future__ import annotations
@@ -26,11 +28,30 @@ def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def encode_prompt(tokenizer, messages: Sequence[dict]) -> list[int]:
-    """Token ids of a conversation ending in a user turn, with the assistant header appended."""
+def with_system(messages: Sequence[dict], system_prompt: str | None) -> list[dict]:
+    """The messages with the pinned system turn in front when they bring none.
+
+    A conversation whose first message is a system turn is returned as sent (its own system
+    prompt wins); with system_prompt None nothing is added, and the chat template's own default,
+    if it has one, applies, as it did in training.
+    """
+    messages = list(messages)
+    if system_prompt is None or (messages and messages[0].get("role") == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def render_prompt(tokenizer, messages: Sequence[dict]) -> str:
+    """The chat-template text of a conversation ending in a user turn, with the assistant header
+    appended: exactly the text `encode_prompt` tokenizes."""
     if not messages or messages[-1].get("role") != "user":
         raise ChatFormatError("a prompt must end with a user message")
-    return _ids(tokenizer, _render(tokenizer, messages, add_generation_prompt=True))
+    return _render(tokenizer, messages, add_generation_prompt=True)
+
+
+def encode_prompt(tokenizer, messages: Sequence[dict]) -> list[int]:
+    """Token ids of a conversation ending in a user turn, with the assistant header appended."""
+    return _ids(tokenizer, render_prompt(tokenizer, messages))
 
 
 def encode_example(tokenizer, messages: Sequence[dict], stop_token_ids: Sequence[int]) -> tuple[list[int], list[int], int]:

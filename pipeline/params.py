@@ -147,6 +147,13 @@ class CurateParams(_Strict):
     max_quarantine_fraction: float = Field(
         0.25, gt=0.0, le=1.0, description="Fail the stage when more than this share of input records is rejected."
     )
+    max_slice_loss_fraction: float = Field(
+        0.5, gt=0.0, le=1.0, description="A slice (the records' `slice` field) that loses more than this share of its "
+        "records to the quarantine fails the stage (or warns, see on_slice_loss), naming the slice and the reason "
+        "that took most of it: the feared tails are what filters strip first.")
+    on_slice_loss: Literal["fail", "warn"] = Field(
+        "fail", description="What a slice over max_slice_loss_fraction does: fail the stage, or log a warning and "
+        "flag it in the report.")
 
     @model_validator(mode="after")
     def _lengths_ordered(self) -> "CurateParams":
@@ -212,8 +219,10 @@ class EvaluateParams(_Strict):
 
     suite: str = Field("eval_suites/discharge", description="Suite directory (holds suite.yaml).")
     batch_size: int = Field(16, gt=0, description="Prompts per generation batch.")
-    max_new_tokens: int = Field(128, gt=0, description="Generation budget per item.")
-    limit: int | None = Field(None, description="Evaluate only the first N items per task (smoke runs).")
+    max_new_tokens: int | None = Field(
+        None, gt=0, description="Generation budget per item; null = the suite's `generation.max_new_tokens`.")
+    limit: int | None = Field(
+        None, gt=0, description="Evaluate only the first N items of every slice (smoke runs); null = all items.")
     bootstrap_samples: int = Field(1000, gt=0, description="Bootstrap resamples for the per-slice 95% CI.")
     seed: int = Field(0, description="Seed of the bootstrap.")
     golden_prompts: int = Field(8, ge=1, description="Items whose greedy outputs are recorded for the serving parity probe.")
@@ -222,33 +231,52 @@ class EvaluateParams(_Strict):
         "damage (delta NLL, flips, per-slice deltas). Doubles evaluation time; a 16-bit bundle is its own reference.")
 
 
+class GateRule(_Strict):
+    """One release rule over a number in the eval report, named by its path."""
+
+    metric: str = Field(
+        description="Dotted path into reports/eval.json: `overall.<metric>`, `slices.<slice>.<metric>`, "
+        "`slices.*.<metric>` (every slice), `worst_slice.mean`, `nll_per_token.p99`, `damage.flip_rate`, "
+        "`damage.slices.*.<headline>_drop`, ... A path that ends at a summary (mean and CI) reads `bound` from it. "
+        "A path, slice or metric the report lacks fails the rule (fail closed); a wildcard matching nothing too.")
+    min: float | None = Field(None, description="Floor: the value must be >= min.")
+    max: float | None = Field(None, description="Ceiling: the value must be <= max.")
+    bound: Literal["mean", "ci_low", "ci_high"] = Field(
+        "mean", description="Which number of a summary is compared: the mean, or the lower/upper end of its 95% "
+        "bootstrap CI (a floor on ci_low is the statistically honest floor on a 40-item slice).")
+    note: str = Field("", description="Why the rule exists; shown beside its verdict.")
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> "GateRule":
+        if (self.min is None) == (self.max is None):
+            raise ValueError(f"gate rule {self.metric!r}: give exactly one of min or max")
+        return self
+
+
+class GateRegressionRule(_Strict):
+    """A metric that may move against the baseline release by at most a budget."""
+
+    metric: str = Field(description="Dotted path, as in GateRule (wildcards expand over the baseline's slices).")
+    max_drop: float | None = Field(None, ge=0.0, description="Allowed fall (baseline - now) of a higher-is-better metric.")
+    max_rise: float | None = Field(None, ge=0.0, description="Allowed rise (now - baseline) of a lower-is-better metric.")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "GateRegressionRule":
+        if (self.max_drop is None) == (self.max_rise is None):
+            raise ValueError(f"regression rule {self.metric!r}: give exactly one of max_drop or max_rise")
+        return self
+
+
 class GateParams(_Strict):
     """Release rules. Every rule fails closed: a missing value is a failure."""
 
-    min_field_accuracy: float = Field(0.0, ge=0.0, le=1.0, description="Floor on overall field-level exact match.")
-    min_slice_field_accuracy: dict[str, float] = Field(
-        default_factory=dict, description="Per-slice floors on field-level exact match (slice -> floor)."
-    )
-    min_worst_slice_field_accuracy: float = Field(0.0, ge=0.0, le=1.0, description="Floor on the worst slice.")
-    min_format_validity: float = Field(0.0, ge=0.0, le=1.0, description="Floor on the share of parseable outputs.")
-    max_nll_p99: float | None = Field(None, gt=0.0, description="Ceiling on the p99 of per-example mean NLL (nats/token).")
-    max_hallucination_rate: float | None = Field(
-        None, ge=0.0, le=1.0, description="Ceiling on the share of outputs naming a drug or allergen the note never mentions.")
     allow_inexact_engine: bool = Field(False, description="Accept a report produced by an engine not known to be exact.")
-    max_delta_nll_p99: float | None = Field(
-        None, description="Quantization damage ceiling: p99 of per-example NLL increase, shipped minus reference "
-        "precision (nats/token).")
-    max_flip_rate: float | None = Field(
-        None, ge=0.0, le=1.0, description="Ceiling on the share of item-fields right under reference precision and "
-        "wrong as shipped.")
-    max_slice_accuracy_drop: float | None = Field(
-        None, description="Ceiling on any slice's field-accuracy drop from reference precision to shipped.")
+    rules: list[GateRule] = Field(default_factory=list, description="Floors and ceilings over report metrics.")
     baseline: str | None = Field(
-        None, description="eval.json of the last release; each slice (and overall) may regress by at most its budget. "
-        "Its sha256 is recorded in gate.json.")
-    regression_budget: float = Field(0.05, ge=0.0, description="Allowed field-accuracy drop against the baseline.")
-    slice_regression_budgets: dict[str, float] = Field(
-        default_factory=dict, description="Per-slice overrides of regression_budget (slice -> budget).")
+        None, description="eval.json of the last release, for the regression rules (null: first release, no "
+        "regression rules run). Its sha256 is recorded in gate.json.")
+    regression: list[GateRegressionRule] = Field(
+        default_factory=list, description="Budgets against the baseline, per named metric.")
 
 
 class ReleaseSigningParams(_Strict):

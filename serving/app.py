@@ -141,8 +141,9 @@ def create_app(state: ServingState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         log_event(log, "serving", model=state.model_id, bundle_digest=state.manifest.bundle_digest,
-                  engine=state.engine.name, parity=state.parity.as_dict(), max_batch=state.batcher.max_batch,
-                  max_queue=state.batcher.max_queue, api_key_required=state.api_key is not None)
+                  engine=state.engine.name, parity=state.parity.as_dict(), system_prompt=state.system_prompt,
+                  max_batch=state.batcher.max_batch, max_queue=state.batcher.max_queue,
+                  api_key_required=state.api_key is not None)
         yield
         # Uvicorn has already waited for open requests; this finishes any admitted leftovers.
         await asyncio.to_thread(state.batcher.stop, state.request_timeout_s)

@@ -16,7 +16,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from jinja2 import TemplateError
 
-from pipeline.chat import ChatFormatError, encode_prompt
+from pipeline.chat import ChatFormatError, encode_prompt, with_system
 from pipeline.engines.base import GenerationRequest, SamplingParams
 from serving.batcher import DoneEvent, Draining, Event, Job, QueueFull, TokenEvent
 from serving.errors import APIError, internal_error
@@ -58,7 +58,9 @@ def check_model(state: ServingState, name: str) -> None:
 
 
 def chat_prompt_ids(state: ServingState, req: ChatCompletionRequest) -> list[int]:
-    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    """The request's prompt ids, with the bundle's pinned system prompt in front when the request
+    brings no system message (one that does is served as sent)."""
+    messages = with_system([{"role": m.role, "content": m.text()} for m in req.messages], state.system_prompt)
     try:
         return encode_prompt(state.engine.tokenizer, messages)
     except (ChatFormatError, TemplateError) as exc:

@@ -2,10 +2,12 @@
 difference, so what answers requests is what was evaluated, not merely what was bundled.
 
 For every golden prompt it checks three things: the golden messages encode (through the same
-`encode_prompt` serving uses for requests) to the golden prompt ids, so the tokenizer and chat
-template behave as they did; greedy replay, one prompt per `generate` call as the golden file
-was recorded, with the same budget and the manifest's stop ids, gives the same token ids and
-finish reason; and every token's log-prob is within LOGPROB_TOLERANCE_NATS.
+`with_system` and `encode_prompt` serving uses for requests, so the bundle's pinned system
+prompt goes in front of messages that bring none) to the golden prompt ids, so the tokenizer,
+chat template and system prompt behave as they did; greedy replay, one prompt per `generate`
+call as the golden file was recorded, with the same budget and the manifest's stop ids, gives
+the same token ids and finish reason; and every token's log-prob is within
+LOGPROB_TOLERANCE_NATS.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Sequence
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.bundle.manifest import Manifest
-from pipeline.chat import ChatFormatError, encode_prompt
+from pipeline.chat import ChatFormatError, encode_prompt, with_system
 from pipeline.engines.base import GenerationRequest, SamplingParams
 
 # The replay is the same computation as the recording (same bytes, same kernels, batch of one),
@@ -122,14 +124,16 @@ def replay(engine: Any, record: GoldenRecord, manifest: Manifest) -> ParityRepor
     for n, g in enumerate(record.prompts, start=1):
         where = f"golden prompt {g.id!r} ({n}/{len(record.prompts)})"
         try:
-            encoded = encode_prompt(engine.tokenizer, g.messages)
+            # Served as a request would be: a golden record that carries its system turn is
+            # encoded as recorded, one without gets the pinned prompt.
+            encoded = encode_prompt(engine.tokenizer, with_system(g.messages, manifest.tokenizer.system_prompt))
         except ChatFormatError as exc:
             raise ParityError(f"{where}: its messages do not encode: {exc}") from None
         pos = _first_difference(g.prompt_ids, encoded)
         if pos is not None:
             raise ParityError(f"{where}: the chat encoding differs from evaluation's at prompt token {pos} "
                               f"(golden {_describe(g.prompt_ids, pos)}, now {_describe(encoded, pos)}): "
-                              "tokenizer or chat template changed")
+                              "tokenizer, chat template or system prompt changed")
         got = engine.generate([GenerationRequest(g.prompt_ids, SamplingParams(
             max_new_tokens=g.max_new_tokens, stop_token_ids=stops))])[0]
         pos = _first_difference(g.token_ids, got.token_ids)

@@ -227,6 +227,8 @@ class ModelCard(BaseModel):
     bundle_digest: str
     components: dict[str, Any] = Field(description="Digest of each piece: base files, adapter files, tokenizer "
                                        "files, chat template.")
+    system_prompt: dict[str, Any] = Field(description="The bundle's pinned system prompt (text, null if none) "
+                                          "and which requests it is applied to.")
     engine: dict[str, Any]
     max_context_tokens: int
     parity: dict[str, Any]

@@ -16,6 +16,11 @@ from serving.probe import ParityReport
 from serving.protocol import ModelCard
 
 
+SYSTEM_PROMPT_APPLIED_TO = "chat requests without a system message"
+SYSTEM_PROMPT_NONE = ("nothing: training pinned no system prompt, so chat requests are rendered as sent "
+                      "(the chat template's own default, if any, applies)")
+
+
 class TokenizingEngine(Engine, Protocol):
     """An engine that also exposes the bundle's tokenizer (serving encodes and decodes text)."""
 
@@ -41,6 +46,10 @@ class ServingState:
     def stop_token_ids(self) -> tuple[int, ...]:
         return tuple(self.manifest.tokenizer.stop_token_ids)
 
+    @property
+    def system_prompt(self) -> str | None:
+        return self.manifest.tokenizer.system_prompt
+
     def model_card(self) -> ModelCard:
         m = self.manifest
 
@@ -59,6 +68,8 @@ class ServingState:
                 "tokenizer": component(m.tokenizer.files),
                 "chat_template_sha256": m.tokenizer.chat_template_sha256,
             },
+            system_prompt={"text": m.tokenizer.system_prompt, "applied_to": SYSTEM_PROMPT_APPLIED_TO
+                           if m.tokenizer.system_prompt is not None else SYSTEM_PROMPT_NONE},
             engine={"name": self.engine.name, "exact": self.engine.exact},
             max_context_tokens=self.engine.max_context_tokens,
             parity=self.parity.as_dict(),

@@ -2,8 +2,8 @@
 
 Reads params `curate`, --raw (JSONL, Parquet, CSV), --suites, --tokenizer; writes --out
 (train/val/quarantine/meta), --report (JSON, and a markdown page beside it), --metrics and the
-length histograms under --plots. The reports are written even when the quarantine share fails
-the stage (exit 1, the reasons in the message), so the page shows why.
+length histograms under --plots. The reports are written even when the quarantine share or a
+slice's loss fails the stage (exit 1, the reasons in the message), so the page shows why.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from pipeline import cli
-from pipeline.curate import QuarantineTooLarge, curate
+from pipeline.curate import CurationFailed, curate
 from pipeline.curate.render import write_reports
 from pipeline.params import load_section
 
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
         plots = args.plots or str(Path(args.report).parent / "plots")
         try:
             report = curate(params, args.raw, args.suites, args.tokenizer, args.out)
-        except QuarantineTooLarge as exc:
+        except CurationFailed as exc:
             write_reports(exc.report, args.report, None, plots)
             raise
         write_reports(report, args.report, args.metrics, plots)

@@ -4,6 +4,11 @@ Reads params `evaluate`, --bundle, the suite and --reference-base (the 16-bit ba
 quantization damage); writes --report (bound to the bundle digest),
 --samples (one row per item, shipped beside reference), --golden (outputs the serving parity probe replays) and
 --plot (per-slice accuracy for `dvc plots show`).
+
+It also reads the `gate` section, only to refuse before generating when a gate rule names a
+metric or slice the suite cannot produce. dvc.yaml does not declare it: it never changes what
+this stage writes, and declaring it would rerun the whole evaluation for a new threshold.
+If scoring fails, the generated outputs are saved to --samples with `.unscored.jsonl` appended.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ def main(argv=None) -> int:
 
     def body(args):
         params = load_section("evaluate", args.params)
-        report, rows, golden = evaluate(params, args.bundle, args.reference_base)
+        gate = load_section("gate", args.params)
+        report, rows, golden = evaluate(params, args.bundle, args.reference_base, gate=gate,
+                                        unscored_path=args.samples + ".unscored.jsonl")
         write_reports(report, rows, golden, args.report, args.samples, args.golden, args.plots, args.metrics)
         cli.log.info("evaluate: %s", json.dumps({k: round(v["mean"], 4) for k, v in report["overall"].items()}))
         cli.log.info("worst slice: %s", report["worst_slice"])

@@ -96,6 +96,15 @@ def remote_code(b: Path) -> tuple[str, str]:
     return rel, "auto_map"
 
 
+def edited_system_prompt(b: Path) -> tuple[str, str]:
+    """The pinned system prompt changes what every request without one is answered with: it is
+    digested, so an edit that keeps the old digest is refused."""
+    raw = json.loads((b / MANIFEST_NAME).read_text())
+    raw["tokenizer"]["system_prompt"] = "You are a helpful AI assistant."
+    (b / MANIFEST_NAME).write_text(json.dumps(raw))
+    return MANIFEST_NAME, "bundle_digest does not match"
+
+
 TAMPERS: dict[str, Callable[[Path], tuple[str, str]]] = {
     "flipped byte in the base": _flip("base_q/model.safetensors"),
     "flipped byte in the adapter": _flip("adapter/adapter_model.safetensors"),
@@ -108,4 +117,5 @@ TAMPERS: dict[str, Callable[[Path], tuple[str, str]]] = {
     "path escaping the bundle": path_escape,
     "pickle file": pickle_file,
     "remote code in a config": remote_code,
+    "edited system prompt": edited_system_prompt,
 }

@@ -1,7 +1,8 @@
 """bundle stage: assemble the self-contained, verifiable bundle and its manifest.
 
 Reads: params `bundle`; `artifacts/base/` (16-bit base lock and tokenizer), `artifacts/base_q/`
-(pre-quantized base and quantize.json), `artifacts/adapter/` (adapter + training.json).
+(pre-quantized base and quantize.json), `artifacts/adapter/` (adapter + training.json, whose
+system prompt the manifest pins).
 Writes: `artifacts/bundle/` = manifest.json + base_q/ + adapter/ + tokenizer/.
 
 Files are hard-linked where the filesystem allows (no duplicated bytes), copied otherwise.
@@ -23,7 +24,8 @@ from pipeline.artifacts import TRAINING_META
 from pipeline.base import check_lock
 from pipeline.bundle.manifest import (
     ALLOWED_SUFFIXES, MANIFEST_NAME, AdapterSection, BaseSection, BuiltSection, FileEntry, InferenceSection,
-    Manifest, ProvenanceSection, QuantizationSection, TokenizerSection, compute_bundle_digest, files_digest,
+    SCHEMA_VERSION, Manifest, ProvenanceSection, QuantizationSection, TokenizerSection, compute_bundle_digest,
+    files_digest,
 )
 from pipeline.bundle.verify import BundleError, verify_bundle
 from pipeline.chat import stop_token_ids
@@ -95,7 +97,9 @@ def build_bundle(params: BundleParams, base_dir: str | Path, base_q_dir: str | P
                 files=_entries(tmp, "tokenizer"),
                 chat_template_sha256=sha256_bytes((tokenizer.chat_template or "").encode("utf-8")),
                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id, stop_token_ids=stops),
+                pad_token_id=tokenizer.pad_token_id, stop_token_ids=stops,
+                # An adapter trained before training.json recorded it: none pinned, as it was served.
+                system_prompt=training.get("system_prompt")),
             "adapter": AdapterSection(files=_entries(tmp, "adapter"), lora_config=adapter_cfg,
                                       base_digest=training["base_digest"]),
             "inference": InferenceSection(max_context_tokens=training["max_seq_len_tokens"],
@@ -106,7 +110,7 @@ def build_bundle(params: BundleParams, base_dir: str | Path, base_q_dir: str | P
                 seed=training["seed"], versions=training["versions"], hardware=training["hardware"],
                 optimizer=training["optimizer"]),
         }
-        as_json = {"schema_version": 1, **{k: v.model_dump(mode="json") for k, v in data.items()}}
+        as_json = {"schema_version": SCHEMA_VERSION, **{k: v.model_dump(mode="json") for k, v in data.items()}}
         manifest = Manifest(
             bundle_digest=compute_bundle_digest(as_json), **data,
             built=BuiltSection(time_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.artifacts import MANIFEST as MANIFEST_NAME
 from pipeline.files import digest_json, files_digest  # noqa: F401  (re-exported)
 
-SCHEMA_VERSION = 1
+# 2: tokenizer.system_prompt (the system prompt trained with is pinned and applied by serving).
+SCHEMA_VERSION = 2
 # Only weights in safetensors and plain data/text may ship: no pickles, no code.
 ALLOWED_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".md")
 
@@ -55,6 +56,10 @@ class TokenizerSection(_M):
     eos_token_id: int
     pad_token_id: int | None
     stop_token_ids: tuple[int, ...]
+    system_prompt: str | None = Field(description="The system prompt the adapter was trained with (every training "
+                                      "record opened with it), applied by serving and evaluation to requests and "
+                                      "items that bring no system turn; None when training had none or a mix, and "
+                                      "then the chat template's own default, if any, applies.")
 
 
 class AdapterSection(_M):

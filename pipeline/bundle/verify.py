@@ -84,7 +84,9 @@ def verify_bundle(root: str | Path) -> VerifiedBundle:
     if not isinstance(raw, dict):
         raise BundleError(MANIFEST_NAME, "is not a JSON object")
     if raw.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(MANIFEST_NAME, "unsupported schema_version", str(SCHEMA_VERSION), str(raw.get("schema_version")))
+        # Older manifests do not pin everything this version serves by (v1: the system prompt); rebuild.
+        raise BundleError(MANIFEST_NAME, "unsupported schema_version (rebuild the bundle with this version)",
+                          str(SCHEMA_VERSION), str(raw.get("schema_version")))
     try:
         manifest = Manifest.model_validate(raw)
     except Exception as exc:  # pydantic's message lists every bad field

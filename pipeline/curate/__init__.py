@@ -10,8 +10,9 @@ its prefix, size and sha256), `meta.json` (context length, digests) and the repo
 items, length histograms, one example per reason).
 
 Nothing is dropped silently: every record read ends up in exactly one of train, val or
-quarantine, and the report's counts add up to the number of records read. The checks and
-their order live in pipeline/curate/process.py.
+quarantine, and the report's counts add up to the number of records read, overall and per
+slice. The checks and their order live in pipeline/curate/process.py; what the run and each
+slice may lose, in pipeline/curate/limits.py.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from tqdm import tqdm
 
 from pipeline.curate import validate as v
 from pipeline.curate.decontam import EvalIndex
+from pipeline.curate.limits import (
+    NO_SLICE, CurationFailed, QuarantineTooLarge, SliceLossTooLarge, SliceTally, enforce, slice_loss,
+)
 from pipeline.curate.process import Curator, Outcome
 from pipeline.curate.readers import Reader, match_files
 from pipeline.curate.report import length_histogram, length_stats, stage_counts
@@ -64,6 +68,7 @@ def write_curated(params: CurateParams, curator: Curator, outcomes: Iterable[Out
     `bom_stripped` counts once the outcomes are exhausted (pipeline/curate/cluster.py passes the
     sums over its shards)."""
     slices: dict[str, Counter[str]] = {"train": Counter(), "val": Counter()}
+    tally = SliceTally()
     n_records = 0
     with atomic_dir(out_dir) as tmp:
         files = {name: open(tmp / f"{name}.jsonl", "w", encoding="utf-8") for name in ("train", "val", "quarantine")}
@@ -72,6 +77,7 @@ def write_curated(params: CurateParams, curator: Curator, outcomes: Iterable[Out
             for out in outcomes:
                 n_records += 1
                 _write(out, files, slices)
+                tally.add(out.slice, out.split, out.rejected.reason if out.rejected is not None else None)
                 progress.update()
             progress.close()
         finally:
@@ -86,6 +92,8 @@ def write_curated(params: CurateParams, curator: Curator, outcomes: Iterable[Out
     kept = sum(sum(c.values()) for c in slices.values())
     rejected = sum(curator.reasons.values())
     assert kept + rejected == n_records, "every input record must be accounted for"
+    per_slice = tally.table()
+    assert sum(s["input"] for s in per_slice.values()) == n_records, "every record counts in one slice"
     report = {
         "input_files": input_files,
         "input_lines": n_records,
@@ -93,6 +101,7 @@ def write_curated(params: CurateParams, curator: Curator, outcomes: Iterable[Out
         "kept": kept,
         "rejected": rejected,
         "quarantine_fraction": rejected / n_records if n_records else 0.0,
+        "max_quarantine_fraction": params.max_quarantine_fraction,
         "reasons": {r: curator.reasons.get(r, 0) for r in v.REASONS},
         "stages": stage_counts(n_records, curator.reasons),
         "repairs": {"bom_stripped": reader.bom_stripped},
@@ -101,6 +110,8 @@ def write_curated(params: CurateParams, curator: Curator, outcomes: Iterable[Out
         "decontam": curator.eval_index.stats,
         "leaked_eval_items": dict(sorted(curator.leaked.items())),
         "splits": {s: {"total": sum(c.values()), "slices": dict(sorted(c.items()))} for s, c in slices.items()},
+        "slices": per_slice,
+        "slice_loss": slice_loss(per_slice, params),
         "length_tokens": length_stats(curator.lengths_after),
         "length_histogram": length_histogram(curator.lengths_before, curator.lengths_after, params.max_seq_len_tokens),
         "min_seq_len_tokens": params.min_seq_len_tokens,
@@ -108,8 +119,7 @@ def write_curated(params: CurateParams, curator: Curator, outcomes: Iterable[Out
         "examples": {r: curator.examples[r] for r in v.REASONS if r in curator.examples},
         "data_digest": meta["digest"],
     }
-    if report["quarantine_fraction"] > params.max_quarantine_fraction:
-        raise QuarantineTooLarge(report)
+    enforce(report, params)  # raises CurationFailed, with the complete report for the stage to write
     return report
 
 
@@ -127,9 +137,4 @@ def _write(out: Outcome, files: dict, slices: dict[str, Counter[str]]) -> None:
     slices[split][rec.slice] += 1
 
 
-class QuarantineTooLarge(ValueError):
-    def __init__(self, report: dict):
-        self.report = report
-        super().__init__(f"{report['rejected']} of {report['input_lines']} records quarantined "
-                         f"({report['quarantine_fraction']:.1%}) exceeds max_quarantine_fraction; "
-                         f"reasons: { {k: n for k, n in report['reasons'].items() if n} }")
+__all__ = ["NO_SLICE", "CurationFailed", "QuarantineTooLarge", "SliceLossTooLarge", "curate", "write_curated"]

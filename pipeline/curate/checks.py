@@ -34,6 +34,9 @@ class Checked:
     """What the stateless checks found for one item; `rejected` ends its way at once."""
 
     rejected: tuple[str, str] | None = None        # (reason, detail) from reading or validation
+    # the slice of a record that validation rejected after reading it (say, no assistant turn), so
+    # that the loss counts against its slice; None when the record never got that far
+    slice: str | None = None
     record: v.Record | None = None                 # validated and scrubbed
     pii: Counter | None = None                     # replacements per type in this record
     quality: tuple[str, str] | None = None         # first failing heuristic
@@ -92,13 +95,14 @@ class RecordChecker:
         return [c for c, _ in out]
 
     def _prepare(self, item: Item) -> tuple[Checked, Grams | None]:
+        obj = None
         try:
             if item.reject is not None:
                 raise v.Rejected(*item.reject)
             obj = v.parse_line(item.raw) if item.raw is not None else item.row
             record = v.to_record(obj, self.p.format, self.p.system, tabular=item.raw is None)
         except v.Rejected as rej:
-            return Checked(rejected=(rej.reason, rej.detail)), None
+            return Checked(rejected=(rej.reason, rej.detail), slice=v.slice_hint(obj)), None
         counts = None
         if self.scrubber is not None:
             counts = Counter()

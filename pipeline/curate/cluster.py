@@ -50,7 +50,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.readers.base import BaseReader
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 
-from pipeline.curate import QuarantineTooLarge, write_curated
+from pipeline.curate import CurationFailed, write_curated
 from pipeline.curate.render import write_reports
 from pipeline.curate import validate as v
 from pipeline.curate.checks import Checked, RecordChecker
@@ -110,7 +110,7 @@ def decode(obj: dict) -> tuple[Item, Checked]:
         c.record = v.Record(rec["id"], rec["slice"], rec["messages"])
     if (pii := obj.get("pii")) is not None:
         c.pii = Counter(pii)
-    c.n_tokens, c.split = obj.get("n_tokens"), obj.get("split")
+    c.n_tokens, c.split, c.slice = obj.get("n_tokens"), obj.get("split"), obj.get("slice")
     if (digest := obj.get("digest")) is not None:
         c.digest = bytes.fromhex(digest)
     c.leaks = [(ref, share) for ref, share in obj.get("leaks", ())]
@@ -286,7 +286,7 @@ def reduce_shards(params: CurateParams, map_dir, suites_dir, tokenizer_dir, out_
 
 class CurateReduce(PipelineStep):
     """reduce_shards as a one-task datatrove step; writes the report even when the quarantine
-    share fails the run, as the stage does."""
+    share or a slice's loss fails the run, as the stage does."""
 
     name = "tailgate curate reduce"
     type = "tailgate"
@@ -305,7 +305,7 @@ class CurateReduce(PipelineStep):
         plots = Path(self.report_path).parent / "plots"
         try:
             report = reduce_shards(p, self.map_dir, self.suites_dir, self.tokenizer_dir, self.out_dir)
-        except QuarantineTooLarge as exc:
+        except CurationFailed as exc:
             write_reports(exc.report, self.report_path, None, plots)
             raise
         write_reports(report, self.report_path, None, plots)

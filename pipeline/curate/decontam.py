@@ -8,8 +8,14 @@ was written from the same template" (measured on the default data, where plain a
 overlap flags 1,000 of 1,000 clean records, and ignoring only the shared instruction still
 flags 941):
 
-1. Boilerplate is ignored: an n-gram found in more than `max_eval_item_share` of the eval
-   items (the instruction line, section headers, template phrases) identifies no item.
+1. Boilerplate is ignored: an n-gram found in more than `max_eval_item_share` of a suite's
+   items, and in more than one (the instruction line, section headers, template phrases,
+   filler) identifies no item of that suite. The share is taken per suite, not over all
+   suites pooled, where a big suite dilutes a small one's template: filler shared by the 10
+   long-input items of a new 40-item suite is in 25% of that suite's items but in only 5% of
+   the 200 pooled with the default suite's 160, so pooled it looked item-specific and every
+   training record padded with the same filler "contained" those items. An n-gram that is
+   boilerplate in one suite still identifies the items of another suite, where it is rare.
 2. A record leaks item X when it contains at least `min_overlap_fraction` of X's remaining
    n-grams. Verbatim copies contain all of them (1.0); the clean default records at most 0.20.
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -34,21 +41,31 @@ log = logging.getLogger(__name__)
 
 _SCREEN_SLOTS = 1 << 24          # 16 MB of bools; with 30k eval n-grams 0.2% of lookups pass by chance
 _SCREEN_MASK = np.uint64(_SCREEN_SLOTS - 1)
+ONE_SUITE = "(all)"             # the suite name when the caller gives none
 
 
 class EvalIndex:
-    def __init__(self, p: CurateDecontamParams, items: list[tuple[str, list[str]]]):
-        """items: (reference "suite/id", [prompt and target texts]) of every eval item."""
+    def __init__(self, p: CurateDecontamParams, items: list[tuple[str, list[str]]],
+                 suites: Sequence[str] | None = None):
+        """items: (reference "suite/id", [prompt and target texts]) of every eval item; suites: the
+        suite of each item, which boilerplate is judged within (None: all one suite)."""
         self.p = p
         self.refs = [ref for ref, _ in items]
         grams = [_distinct_per_message([word_hashes(t) for t in texts], p.ngram) for _, texts in items]
-        all_grams = np.concatenate(grams) if grams else np.zeros(0, dtype=np.uint64)
-        uniq, df = np.unique(all_grams, return_counts=True)  # each item's grams are distinct: df = items
-        limit = p.max_eval_item_share * len(items)
-        boiler = uniq[df > limit]
+        suite_of = list(suites) if suites is not None else [ONE_SUITE] * len(items)
+        assert len(suite_of) == len(items), "one suite per item"
+        members: dict[str, list[int]] = {}
+        for i, name in enumerate(suite_of):
+            members.setdefault(name, []).append(i)
+        # Each item's grams are distinct, so an n-gram's count within a suite is its item count there.
+        # At least two items: what one item alone holds identifies it, however small its suite (a
+        # suite under 1 / max_eval_item_share items, 20 by default, would have nothing left to match).
+        boiler = {name: _frequent([grams[i] for i in idx], max(p.max_eval_item_share * len(idx), 1.0))
+                  for name, idx in members.items()}
+        uniq = np.unique(_concat(grams))
         self.stats = {"ngram": p.ngram, "eval_items": len(items), "eval_ngrams": int(len(uniq)),
-                      "boilerplate_ngrams": int(len(boiler)), "max_eval_item_share": p.max_eval_item_share,
-                      "min_overlap_fraction": p.min_overlap_fraction}
+                      "boilerplate_ngrams": int(len(np.unique(_concat(list(boiler.values()))))),
+                      "max_eval_item_share": p.max_eval_item_share, "min_overlap_fraction": p.min_overlap_fraction}
         # n-gram hash -> the item holding it (a tuple when several do), and a presence table over
         # the hashes' low bits that screens a record's n-grams in one vectorised lookup, so only
         # the few that may be eval n-grams become Python ints for the exact dict lookup (turning
@@ -56,9 +73,10 @@ class EvalIndex:
         self.owner: dict[int, int | tuple[int, ...]] = {}
         self.screen = np.zeros(_SCREEN_SLOTS, dtype=bool)
         sizes = np.zeros(len(items), dtype=np.int64)
-        boiler_set = set(boiler.tolist())
+        boiler_sets = {name: set(b.tolist()) for name, b in boiler.items()}
         for i, g in enumerate(grams):
-            kept = [h for h in g.tolist() if h not in boiler_set]
+            ignored = boiler_sets[suite_of[i]]
+            kept = [h for h in g.tolist() if h not in ignored]
             sizes[i] = len(kept)
             self.screen[np.asarray(kept, dtype=np.uint64) & _SCREEN_MASK] = True
             for h in kept:
@@ -66,10 +84,15 @@ class EvalIndex:
                 self.owner[h] = i if prev is None else (*((prev,) if isinstance(prev, int) else prev), i)
         self.sizes = sizes
         self.stats["undetectable_items"] = int((sizes == 0).sum())  # nothing item-specific left to match
-        if self.stats["undetectable_items"]:
-            log.warning("decontam: %d of %d eval items have no item-specific %d-gram (shorter than %d words, or "
-                        "all boilerplate); a leak of those cannot be detected", self.stats["undetectable_items"],
-                        len(items), p.ngram, p.ngram)
+        self.stats["per_suite"] = {
+            name: {"items": len(idx), "boilerplate_ngrams": int(len(boiler[name])),
+                   "undetectable_items": int((sizes[idx] == 0).sum())}
+            for name, idx in sorted(members.items())}
+        for name, s in self.stats["per_suite"].items():
+            if s["undetectable_items"]:
+                log.warning("decontam: %d of %d eval items of suite %s have no item-specific %d-gram (shorter than "
+                            "%d words, or all boilerplate); a leak of those cannot be detected",
+                            s["undetectable_items"], s["items"], name, p.ngram, p.ngram)
 
     @classmethod
     def from_suites(cls, p: CurateDecontamParams, suites_dir: Path) -> "EvalIndex":
@@ -77,12 +100,15 @@ class EvalIndex:
 
         if not Path(suites_dir).is_dir():  # a mistyped path must not quietly switch decontamination off
             raise FileNotFoundError(f"eval suites directory {suites_dir} not found; decontamination reads every suite")
-        items = []
+        items, suites = [], []
         for suite in load_all_suites(suites_dir):
             for item in suite.items():
-                texts = [m["content"] for m in item["messages"] if m["role"] in ("user", "assistant")]
-                items.append((f"{suite.name}/{item['id']}", texts))
-        return cls(p, items)
+                # the prompt's own turns (a multi-turn prompt's earlier replies too; the system turn
+                # is shared instruction, not the item) and the reference answer
+                texts = [m["content"] for m in item.messages if m["role"] in ("user", "assistant")]
+                items.append((f"{suite.name}/{item.id}", [*texts, item.reference]))
+                suites.append(suite.name)
+        return cls(p, items, suites)
 
     def leaks(self, record_grams: np.ndarray) -> list[tuple[str, float]]:
         """Eval items the record contains, as (reference, share of the item's n-grams found), best
@@ -104,3 +130,13 @@ def _distinct_per_message(word_hs: list[np.ndarray], n: int) -> np.ndarray:
     """An eval item's distinct n-grams, none crossing from its prompt into its target."""
     parts = [g for g in Grams(word_hs).per_message(n) if len(g)]
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
+
+
+def _concat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.uint64)
+
+
+def _frequent(grams: list[np.ndarray], limit: float) -> np.ndarray:
+    """The n-grams held by more than `limit` of the given items (each item's grams distinct)."""
+    uniq, df = np.unique(_concat(grams), return_counts=True)
+    return uniq[df > limit]

@@ -27,6 +27,7 @@ from pipeline.curate import validate as v
 from pipeline.curate.checks import Checked, RecordChecker, check_in_worker, init_worker, make_scrubber
 from pipeline.curate.decontam import EvalIndex
 from pipeline.curate.dedup import ExactDedup, NearDedup
+from pipeline.curate.limits import NO_SLICE
 from pipeline.curate.readers import Item
 from pipeline.params import CurateParams
 
@@ -44,6 +45,7 @@ class Outcome(NamedTuple):
     record: v.Record | None        # the (scrubbed) record when kept
     rejected: v.Rejected | None
     split: str | None              # "train" or "val" for a kept record
+    slice: str                     # the record's slice, NO_SLICE when rejected before it could be read
 
 
 def batches(items: Iterable[Item]) -> Iterator[list[Item]]:
@@ -140,13 +142,14 @@ class Curator:
                 yield done, job.result()
 
     def _decide(self, item: Item, c: Checked) -> Outcome:
+        slice_name = c.record.slice if c.record is not None else (c.slice or NO_SLICE)
         try:
             split = self._verdict(item, c)
         except v.Rejected as rej:
             self.reasons[rej.reason] += 1
             self.examples.setdefault(rej.reason, {"source": item.source, "line": item.line, "detail": rej.detail})
-            return Outcome(item, None, rej, None)
-        return Outcome(item, c.record, None, split)
+            return Outcome(item, None, rej, None, slice_name)
+        return Outcome(item, c.record, None, split, slice_name)
 
     def _verdict(self, item: Item, c: Checked) -> str:
         """The split of a kept record; raises Rejected with the first check it fails."""

@@ -127,8 +127,35 @@ def render_markdown(report: dict, lengths_png: str | None = None) -> str:
                          f"| {detail} |")
     if not rejected:
         lines.append("| - | 0 | nothing rejected | | |")
-    lines += _repairs_and_pii(report) + _dups_and_leaks(report) + _lengths(report, lengths_png)
+    lines += _slices(report) + _repairs_and_pii(report) + _dups_and_leaks(report) + _lengths(report, lengths_png)
     return "\n".join(lines) + "\n"
+
+
+def _slices(report: dict) -> list[str]:
+    """Per slice: what came in, what was kept, what was lost and why; the loss limit and the
+    slices over it (a global share hides a tail slice stripped bare)."""
+    if "slices" not in report:  # a report from before per-slice counts
+        return []
+    lines = ["", "## Per slice", "", "| slice | in | train | val | quarantined | loss | reasons |",
+             "|---|---|---|---|---|---|---|"]
+    for name, s in report["slices"].items():
+        why = ", ".join(f"{r} {n}" for r, n in s["reasons"].items()) or "-"
+        lines.append(f"| {name} | {s['input']:,} | {s['train']:,} | {s['val']:,} | {s['quarantined']:,} "
+                     f"| {s['loss_fraction']:.1%} | {why} |")
+    sl = report["slice_loss"]
+    lines += ["", f"Slice loss limit {sl['max_slice_loss_fraction']:.0%} (curate.max_slice_loss_fraction), "
+              f"on_slice_loss: {sl['on_slice_loss']}; `{sl['not_judged']}` holds records rejected before their "
+              "slice could be read and is left to max_quarantine_fraction."]
+    if not sl["flagged"]:
+        worst = f" (worst: {sl['worst_slice']}, {sl['worst_loss_fraction']:.1%})" if sl["worst_slice"] else ""
+        return lines + [f"No slice over the limit{worst}."]
+    verdict = "**FAILED**" if sl["on_slice_loss"] == "fail" else "**WARNING**"
+    lines.append("")
+    for f in sl["flagged"]:
+        lines.append(f"- {verdict}: slice `{f['slice']}` lost {f['quarantined']} of {f['input']} "
+                     f"({f['loss_fraction']:.1%}), most by `{f['reason']}` ({f['reason_count']}); "
+                     f"controlled by {f['controlled_by']}.")
+    return lines
 
 
 def _repairs_and_pii(report: dict) -> list[str]:
@@ -157,6 +184,11 @@ def _dups_and_leaks(report: dict) -> list[str]:
     lines.append(f"- Decontamination (word {dc['ngram']}-grams against {dc['eval_items']} eval items): "
                  f"{report['reasons'][v.EVAL_CONTAMINATION]} records removed, {len(leaked)} eval items leaked"
                  + (":" if leaked else "."))
+    per_suite = dc.get("per_suite", {})
+    if len(per_suite) > 1:  # boilerplate is judged per suite; show each suite's share of it
+        lines.append("  - boilerplate n-grams per suite: " + ", ".join(
+            f"{name} {s['boilerplate_ngrams']} ({s['items']} items, {s['undetectable_items']} undetectable)"
+            for name, s in per_suite.items()))
     for item, n in list(leaked.items())[:20]:
         lines.append(f"  - `{item}`: {n} training record{'s' if n > 1 else ''} (see quarantine.jsonl)")
     if len(leaked) > 20:

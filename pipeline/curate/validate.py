@@ -116,19 +116,32 @@ def _messages_of(obj: dict, fmt: str, system: str | None, tabular: bool) -> Any:
     raise Rejected(BAD_MESSAGES, "record has neither `messages` nor `prompt`/`completion`")
 
 
+def _slice_of(obj: dict) -> str | None:
+    """The record's slice ("default" when it names none), or None when the field is unusable."""
+    slc = obj.get("slice")
+    if slc is None:
+        return "default"
+    return slc if isinstance(slc, str) and _encodable(slc) else None
+
+
+def slice_hint(obj: Any) -> str | None:
+    """The slice of a decoded record that may fail validation: the per-slice counts charge a
+    malformed record to its slice when its `slice` field is readable. None otherwise."""
+    return _slice_of(obj) if isinstance(obj, dict) else None
+
+
 def to_record(obj: Any, fmt: str = "auto", system: str | None = None, tabular: bool = False) -> Record:
     """Schema-check one decoded record and return it as a chat, or raise Rejected."""
     if not isinstance(obj, dict):
         raise Rejected(NOT_OBJECT, f"top-level JSON value is {type(obj).__name__}, not an object")
-    rid, slc = obj.get("id"), obj.get("slice", "default")
+    rid = obj.get("id")
     if isinstance(rid, int) and not isinstance(rid, bool):
         rid = str(rid)
     if rid is not None and not (isinstance(rid, str) and _encodable(rid)):
         raise Rejected(BAD_FIELD, f"`id` must be a string or an integer, not {type(rid).__name__}")
+    slc = _slice_of(obj)
     if slc is None:
-        slc = "default"
-    if not (isinstance(slc, str) and _encodable(slc)):
-        raise Rejected(BAD_FIELD, f"`slice` must be a string, not {type(slc).__name__}")
+        raise Rejected(BAD_FIELD, f"`slice` must be a string, not {type(obj['slice']).__name__}")
     messages = _messages_of(obj, fmt, system, tabular)
     if not isinstance(messages, list) or not messages:
         raise Rejected(BAD_MESSAGES, "`messages` must be a non-empty list")

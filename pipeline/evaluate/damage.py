@@ -7,9 +7,11 @@ the two runs is therefore what quantization did, item by item:
 
 - delta NLL per item (shipped minus reference, nats/token; positive = the shipped model finds
   the reference answer less likely), summarised by its quantiles: damage pools in the tail.
-- flips: a summary field right under the reference precision and wrong as shipped, over all
-  (item, field) pairs; the reverse (wrong -> right) is reported beside it so noise is visible.
-- per-slice deltas of the headline metric and of the mean NLL.
+- flips: a correctness value (the 0/1 per-item outputs the suite's scorers declare, e.g. one
+  per summary field) right under the reference precision and wrong as shipped, over all
+  (item, correctness metric) pairs; the reverse (wrong -> right) is reported beside it so
+  noise is visible.
+- per-slice deltas of the suite's headline metric and of the mean NLL.
 
 A merged (adapter folded into the weights) variant is a different set of numbers: it would be
 evaluated as its own bundle, never assumed equal to this one.
@@ -24,14 +26,6 @@ import numpy as np
 
 from pipeline.evaluate import stats
 from pipeline.files import hash_files
-
-HEADLINE = "field_accuracy"
-
-
-def field_keys(row: dict) -> list[str]:
-    """Per-field correctness columns written by the field_exact_match scorer."""
-    return sorted(k for k in row if k.startswith("field_") and k != HEADLINE)
-
 
 def check_reference_base(manifest, base_dir: str | Path) -> str:
     """The reference base must be the one the shipped base was quantized from: its lock file
@@ -49,59 +43,65 @@ def check_reference_base(manifest, base_dir: str | Path) -> str:
     return actual
 
 
-def compare(shipped: list[dict], reference: list[dict], slice_names: list[str], description: str) -> dict:
+def compare(shipped: list[dict], reference: list[dict], slice_names: list[str], description: str,
+            headline: str, correctness: list[str]) -> dict:
     """Damage statistics of shipped rows against reference rows (matched by item id)."""
     ref = {r["id"]: r for r in reference}
     missing = [r["id"] for r in shipped if r["id"] not in ref]
     if missing:
         raise RuntimeError(f"reference run lacks items {missing[:5]}")
-    fields = field_keys(shipped[0])
-    deltas, flips, unflips, identical = [], 0, 0, 0
+    metrics = sorted(correctness)
+    deltas, flips, unflips, identical, pairs = [], 0, 0, 0, 0
     flipped_items = []
     for r in shipped:
         q = ref[r["id"]]
         if "nll_per_token" in r and "nll_per_token" in q and math.isfinite(r["nll_per_token"]):
             deltas.append(r["nll_per_token"] - q["nll_per_token"])
-        lost = [f for f in fields if q[f] == 1.0 and r[f] == 0.0]
+        both = [m for m in metrics if m in r and m in q]
+        pairs += len(both)
+        lost = [m for m in both if q[m] == 1.0 and r[m] == 0.0]
         flips += len(lost)
-        unflips += sum(1 for f in fields if q[f] == 0.0 and r[f] == 1.0)
+        unflips += sum(1 for m in both if q[m] == 0.0 and r[m] == 1.0)
         identical += r["output"] == q["output"]
         if lost:
-            flipped_items.append({"id": r["id"], "slice": r["slice"], "fields": [f[len("field_"):] for f in lost]})
-    pairs = len(shipped) * len(fields)
+            flipped_items.append({"id": r["id"], "slice": r["slice"], "metrics": lost})
     slices = {}
     for name in slice_names:
-        s_rows = [r for r in shipped if r["slice"] == name]
+        s_rows = [r for r in shipped if r["slice"] == name and headline in r]
         if not s_rows:
             continue
-        s_mean = float(np.mean([r[HEADLINE] for r in s_rows]))
-        r_mean = float(np.mean([ref[r["id"]][HEADLINE] for r in s_rows]))
+        s_mean = float(np.mean([r[headline] for r in s_rows]))
+        r_mean = float(np.mean([ref[r["id"]][headline] for r in s_rows]))
         d_nll = [r["nll_per_token"] - ref[r["id"]]["nll_per_token"] for r in s_rows
                  if "nll_per_token" in r and "nll_per_token" in ref[r["id"]]]
-        slices[name] = {"n": len(s_rows), f"{HEADLINE}_shipped": s_mean, f"{HEADLINE}_reference": r_mean,
-                        # positive = quantization lost accuracy on this slice
-                        f"{HEADLINE}_drop": r_mean - s_mean,
+        slices[name] = {"n": len(s_rows), f"{headline}_shipped": s_mean, f"{headline}_reference": r_mean,
+                        # positive = quantization lost quality on this slice (for a higher-is-better headline)
+                        f"{headline}_drop": r_mean - s_mean,
                         "delta_nll_mean": float(np.mean(d_nll)) if d_nll else None}
-    return {
+    out = {
         "reference": description,
         "items": len(shipped),
-        "delta_nll_per_token": stats.quantiles(deltas),
+        "correctness_metrics": metrics,
         "flip_rate": flips / pairs if pairs else None,
         "unflip_rate": unflips / pairs if pairs else None,
-        "field_pairs": pairs,
+        "correctness_pairs": pairs,
         "flipped_items": flipped_items,
         "identical_outputs": identical / len(shipped),
         "slices": slices,
-        "worst_slice_drop": max((s[f"{HEADLINE}_drop"] for s in slices.values()), default=None),
+        "worst_slice_drop": max((s[f"{headline}_drop"] for s in slices.values()), default=None),
     }
+    if deltas:
+        out["delta_nll_per_token"] = stats.quantiles(deltas)
+    return out
 
 
-def attach_reference(rows: list[dict], reference: list[dict]) -> None:
+def attach_reference(rows: list[dict], reference: list[dict], headline: str) -> None:
     """Put each item's reference output and numbers beside the shipped ones (eval_samples)."""
     ref = {r["id"]: r for r in reference}
     for r in rows:
         q = ref[r["id"]]
         r["reference_output"] = q["output"]
-        r[f"reference_{HEADLINE}"] = q[HEADLINE]
+        if headline in q:
+            r[f"reference_{headline}"] = q[headline]
         if "nll_per_token" in q:
             r["reference_nll_per_token"] = q["nll_per_token"]

@@ -27,13 +27,15 @@ def _nll(rows: list[dict], key: str) -> np.ndarray:
 
 
 def write_csvs(report: dict, rows: list[dict], plots_dir: Path) -> None:
+    head = report["headline_metric"]
     ref_slices = report.get("reference", {}).get("slices", {})
     slice_rows = []
     for name, s in sorted(report["slices"].items()):
-        fa = s["field_accuracy"]
-        ref = ref_slices.get(name, {}).get("field_accuracy", {})
+        fa = s[head]
+        ref = ref_slices.get(name, {}).get(head, {})
         slice_rows.append([name, fa["mean"], fa["ci95"][0], fa["ci95"][1], s["n"], ref.get("mean")])
-    _csv(plots_dir / "eval_slices.csv", ["slice", "field_accuracy", "ci_low", "ci_high", "n", "reference_field_accuracy"],
+    # generic column names, so dvc.yaml's plot definition fits any suite's headline metric
+    _csv(plots_dir / "eval_slices.csv", ["slice", "headline", "ci_low", "ci_high", "n", "reference_headline"],
          slice_rows)
     shipped, reference = _nll(rows, "nll_per_token"), _nll(rows, "reference_nll_per_token")
     q_rows = [[p, float(np.percentile(shipped, p)), float(np.percentile(reference, p)) if len(reference) else None]
@@ -71,20 +73,23 @@ def write_pngs(report: dict, rows: list[dict], plots_dir: Path) -> list[str]:
     ref_slices = report.get("reference", {}).get("slices", {})
     names = sorted(report["slices"])
     x = np.arange(len(names))
+    head = report["headline_metric"]
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    means = [report["slices"][n]["field_accuracy"]["mean"] for n in names]
-    lo = [m - report["slices"][n]["field_accuracy"]["ci95"][0] for m, n in zip(means, names)]
-    hi = [report["slices"][n]["field_accuracy"]["ci95"][1] - m for m, n in zip(means, names)]
+    means = [report["slices"][n][head]["mean"] for n in names]
+    lo = [m - report["slices"][n][head]["ci95"][0] for m, n in zip(means, names)]
+    hi = [report["slices"][n][head]["ci95"][1] - m for m, n in zip(means, names)]
     width = 0.38 if ref_slices else 0.6
     ax.bar(x - (width / 2 if ref_slices else 0), means, width, yerr=[lo, hi], capsize=4, label="shipped (95% CI)")
     if ref_slices:
-        ref = [ref_slices.get(n, {}).get("field_accuracy", {}).get("mean", np.nan) for n in names]
+        ref = [ref_slices.get(n, {}).get(head, {}).get("mean", np.nan) for n in names]
         ax.bar(x + width / 2, ref, width, label="reference precision", alpha=0.6)
     ax.set_xticks(x, [f"{n}\n(n={report['slices'][n]['n']})" for n in names])
-    _finish(plt, fig, ax, plots_dir / "eval_slices.png", "Per-slice field accuracy", None, "field accuracy",
-            accuracy=True)
+    _finish(plt, fig, ax, plots_dir / "eval_slices.png", f"Per-slice {head}", None, head, accuracy=True)
 
+    # always drawn (DVC declares every PNG); says so when the suite scores no reference NLL
     fig, ax = plt.subplots(figsize=(7, 3.6))
+    if not any("nll_per_token" in r for r in rows):
+        ax.text(0.5, 0.5, "no loglikelihood_task in this suite", ha="center", va="center", transform=ax.transAxes)
     for key, label in (("nll_per_token", "shipped"), ("reference_nll_per_token", "reference precision")):
         v = _nll(rows, key)
         if len(v):
@@ -103,6 +108,6 @@ def write_pngs(report: dict, rows: list[dict], plots_dir: Path) -> list[str]:
                 label="reference precision")
     for label, b in zip(labels, buckets):
         ax.annotate(f"n={b['n']}", (label, b["mean"]), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
-    _finish(plt, fig, ax, plots_dir / "length_buckets.png", "Accuracy by prompt length (up to the shipped context)",
-            "prompt tokens", "field accuracy", accuracy=True)
+    _finish(plt, fig, ax, plots_dir / "length_buckets.png", f"{head} by prompt length (up to the shipped context)",
+            "prompt tokens", head, accuracy=True)
     return ["eval_slices.png", "nll_cdf.png", "length_buckets.png"]

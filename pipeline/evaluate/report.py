@@ -10,29 +10,50 @@ from pipeline.evaluate.plots import write_csvs, write_pngs
 from pipeline.files import atomic_write_json, atomic_write_text
 
 
+# Columns of the slice table beside the headline metric, at most this many, in scorer order.
+EXTRA_COLUMNS = 5
+
+
+def _mean(s: dict, m: str) -> str:
+    v = s.get(m, {}).get("mean")
+    return "-" if v is None else f"{v:.3f}"
+
+
 def render_markdown(report: dict, plots: list[str] = (), plots_rel: str = "plots") -> str:
+    head = report["headline_metric"]
+    suite = report["suite"]
+    others = [m for m in report["overall"] if m not in (head, "nll_per_token")]
+    # correctness and lower-is-better metrics first: they are what a gate usually names
+    marked = set(suite.get("correctness_metrics", [])) | set(suite.get("lower_is_better", []))
+    shown = ([m for m in others if m in marked] + [m for m in others if m not in marked])[:EXTRA_COLUMNS]
+    has_nll = "nll_per_token" in report
     lines = [f"# Evaluation of bundle `{report['bundle_digest'][:16]}`", "",
-             f"Suite `{report['suite']['name']}` v{report['suite']['version']}, {report['suite']['items']} items, "
-             f"engine `{report['engine']['name']}` (exact: {report['engine']['exact']}).", "",
-             *_bundle_lines(report.get("bundle")),
-             "| slice | n | field accuracy (95% CI) | list F1 (P / R) | exact match | format valid | NLL p50 / p99 |",
-             "|---|---|---|---|---|---|---|"]
+             f"Suite `{suite['name']}` v{suite['version']}, {suite['items']} items, "
+             f"engine `{report['engine']['name']}` (exact: {report['engine']['exact']}). "
+             f"Headline metric: `{head}`.", "",
+             *_bundle_lines(report.get("bundle")), *_system_lines(suite.get("system_prompt")),
+             f"| slice | n | {head} (95% CI) | " + " | ".join(shown) + (" | NLL p50 / p99 |" if has_nll else " |"),
+             "|---|---|---|" + "---|" * len(shown) + ("---|" if has_nll else "")]
     for name, s in sorted(report["slices"].items()):
-        fa, em, fv = s["field_accuracy"], s.get("exact_match", {}), s.get("format_valid", {})
-        nll = report["nll_by_slice"].get(name, {})
+        h = s.get(head, {"mean": float("nan"), "ci95": [float("nan")] * 2})
         flag = " (too small)" if s["too_small"] else ""
-        f1 = "-" if "list_f1" not in s else (f"{s['list_f1']['mean']:.3f} ({s['list_precision']['mean']:.3f} / "
-                                             f"{s['list_recall']['mean']:.3f})")
-        lines.append(f"| {name}{flag} | {s['n']} | {fa['mean']:.3f} ({fa['ci95'][0]:.3f}-{fa['ci95'][1]:.3f}) | {f1} "
-                     f"| {em.get('mean', float('nan')):.3f} | {fv.get('mean', float('nan')):.3f} "
-                     f"| {nll.get('p50', float('nan')):.3f} / {nll.get('p99', float('nan')):.3f} |")
+        cells = [f"{name}{flag}", str(s["n"]), f"{h['mean']:.3f} ({h['ci95'][0]:.3f}-{h['ci95'][1]:.3f})",
+                 *(_mean(s, m) for m in shown)]
+        if has_nll:
+            nll = report["nll_by_slice"].get(name, {})
+            cells.append(f"{nll.get('p50', float('nan')):.3f} / {nll.get('p99', float('nan')):.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
     w = report["worst_slice"]
-    q = report["nll_per_token"]
-    lines += ["", f"Worst slice: **{w['slice']}** ({w['mean']:.3f}, n={w['n']}).", "",
-              f"Per-example NLL (nats/token): p50 {q['p50']:.3f}, p90 {q['p90']:.3f}, p99 {q['p99']:.3f}, "
-              f"max {q['max']:.3f}, worst-5% mean {q['worst5pct_mean']:.3f}."]
-    lines += _damage_lines(report.get("damage"))
-    lines += ["", "## By prompt length", "", "| prompt tokens | n | field accuracy |", "|---|---|---|"]
+    lines += ["", f"Worst slice by {head}: **{w['slice']}** ({w['mean']:.3f}, n={w['n']})."]
+    hidden = [m for m in others if m not in shown]
+    if hidden:
+        lines += ["", "Also in eval.json, per slice: " + ", ".join(f"`{m}`" for m in hidden) + "."]
+    if has_nll:
+        q = report["nll_per_token"]
+        lines += ["", f"Per-example NLL of the reference answer (nats/token): p50 {q['p50']:.3f}, p90 {q['p90']:.3f}, "
+                  f"p99 {q['p99']:.3f}, max {q['max']:.3f}, worst-5% mean {q['worst5pct_mean']:.3f}."]
+    lines += _damage_lines(report.get("damage"), head)
+    lines += ["", "## By prompt length", "", f"| prompt tokens | n | {head} |", "|---|---|---|"]
     for b in report["length_buckets"]:
         hi = b["max_tokens"] if b["max_tokens"] is not None else "+"
         mean = f"{b['mean']:.3f}" if b["mean"] is not None else "-"
@@ -40,6 +61,15 @@ def render_markdown(report: dict, plots: list[str] = (), plots_rel: str = "plots
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({plots_rel}/{name})" for name in plots]
     return "\n".join(lines) + "\n"
+
+
+def _system_lines(sp: dict | None) -> list[str]:
+    if not sp:
+        return []
+    source = {"bundle": "the bundle's pinned system prompt, as serving applies it",
+              "suite": "the suite's system prompt", "none": "none (the chat template's default applies)"}
+    text = f": \"{sp['text']}\"" if sp.get("text") else ""
+    return [f"System prompt for items without one: {source.get(sp.get('source'), sp.get('source'))}{text}.", ""]
 
 
 def _bundle_lines(b: dict | None) -> list[str]:
@@ -51,47 +81,52 @@ def _bundle_lines(b: dict | None) -> list[str]:
             f"{trained.get(b.get('adapter_trained_on'), 'the shipped base')}.", ""]
 
 
-def _damage_lines(d: dict | None) -> list[str]:
+def _damage_lines(d: dict | None, head: str) -> list[str]:
     if not d:
         return ["", "Quantization damage: not measured (evaluate.damage is off)."]
-    q = d["delta_nll_per_token"]
-    lines = ["", "## Quantization damage", "",
-             f"Reference: {d['reference']}. Same prompts, same decoding.", "",
-             f"- delta NLL per example (shipped - reference, nats/token): p50 {q['p50']:+.4f}, p99 {q['p99']:+.4f}, "
-             f"max {q['max']:+.4f}",
-             f"- flip rate (field right under reference, wrong as shipped): {d['flip_rate']:.4f} "
-             f"of {d['field_pairs']} item-fields; the reverse: {d['unflip_rate']:.4f}",
-             f"- identical outputs: {d['identical_outputs']:.3f} of {d['items']} items", "",
-             "| slice | n | shipped | reference | drop | mean delta NLL |", "|---|---|---|---|---|---|"]
+    lines = ["", "## Quantization damage", "", f"Reference: {d['reference']}. Same prompts, same decoding.", ""]
+    q = d.get("delta_nll_per_token")
+    if q:
+        lines.append(f"- delta NLL per example (shipped - reference, nats/token): p50 {q['p50']:+.4f}, "
+                     f"p99 {q['p99']:+.4f}, max {q['max']:+.4f}")
+    if d["flip_rate"] is not None:
+        lines.append(f"- flip rate (right under reference, wrong as shipped, over "
+                     f"{', '.join(d['correctness_metrics'])}): {d['flip_rate']:.4f} of {d['correctness_pairs']} "
+                     f"item-metric pairs; the reverse: {d['unflip_rate']:.4f}")
+    else:
+        lines.append("- flip rate: none (the suite declares no correctness metric)")
+    lines += [f"- identical outputs: {d['identical_outputs']:.3f} of {d['items']} items", "",
+              f"| slice | n | {head} shipped | reference | drop | mean delta NLL |", "|---|---|---|---|---|---|"]
     for name, s in sorted(d["slices"].items()):
         dn = s["delta_nll_mean"]
-        lines.append(f"| {name} | {s['n']} | {s['field_accuracy_shipped']:.3f} | {s['field_accuracy_reference']:.3f} "
-                     f"| {s['field_accuracy_drop']:+.3f} | {'-' if dn is None else f'{dn:+.4f}'} |")
+        lines.append(f"| {name} | {s['n']} | {s[f'{head}_shipped']:.3f} | {s[f'{head}_reference']:.3f} "
+                     f"| {s[f'{head}_drop']:+.3f} | {'-' if dn is None else f'{dn:+.4f}'} |")
     if d["flipped_items"]:
-        shown = ", ".join(f"{f['id']} ({'/'.join(f['fields'])})" for f in d["flipped_items"][:5])
+        shown = ", ".join(f"{f['id']} ({'/'.join(f['metrics'])})" for f in d["flipped_items"][:5])
         lines += ["", f"Flipped items (first 5 of {len(d['flipped_items'])}): {shown}."]
     return lines
 
 
 def headline_metrics(report: dict) -> dict:
     """The few numbers `dvc metrics show` and `dvc exp show` put side by side."""
-    return {
+    head = report["headline_metric"]
+    out = {
         "bundle_digest": report["bundle_digest"][:12],
+        "headline_metric": head,
         "overall": {m: round(v["mean"], 4) for m, v in report["overall"].items()},
-        "slices": {name: {"field_accuracy": round(s["field_accuracy"]["mean"], 4),
-                          "ci95_low": round(s["field_accuracy"]["ci95"][0], 4), "n": s["n"],
-                          **({"list_f1": round(s["list_f1"]["mean"], 4)} if "list_f1" in s else {})}
-                   for name, s in sorted(report["slices"].items())},
-        "worst_slice": {"slice": report["worst_slice"]["slice"], "field_accuracy": round(report["worst_slice"]["mean"], 4)},
-        "nll_per_token": {k: round(v, 4) for k, v in report["nll_per_token"].items()},
-        **({"damage": _damage_headline(report["damage"])} if "damage" in report else {}),
+        "slices": {name: {head: round(s[head]["mean"], 4), "ci95_low": round(s[head]["ci95"][0], 4), "n": s["n"]}
+                   for name, s in sorted(report["slices"].items()) if head in s},
+        "worst_slice": {"slice": report["worst_slice"]["slice"], head: round(report["worst_slice"]["mean"], 4)},
     }
-
-
-def _damage_headline(d: dict) -> dict:
-    q = d["delta_nll_per_token"]
-    return {"delta_nll_p50": round(q["p50"], 5), "delta_nll_p99": round(q["p99"], 5), "delta_nll_max": round(q["max"], 5),
-            "flip_rate": round(d["flip_rate"], 5), "worst_slice_drop": round(d["worst_slice_drop"], 4)}
+    if "nll_per_token" in report:
+        out["nll_per_token"] = {k: round(v, 4) for k, v in report["nll_per_token"].items()}
+    if "damage" in report:
+        d = report["damage"]
+        q = d.get("delta_nll_per_token") or {}
+        out["damage"] = {**{f"delta_nll_{k}": round(q[k], 5) for k in ("p50", "p99", "max") if k in q},
+                         "flip_rate": None if d["flip_rate"] is None else round(d["flip_rate"], 5),
+                         "worst_slice_drop": None if d["worst_slice_drop"] is None else round(d["worst_slice_drop"], 4)}
+    return out
 
 
 def write_reports(report: dict, rows: list[dict], golden: dict, report_path: str, samples_path: str,

@@ -1,65 +1,50 @@
-"""evaluate stage: the exact bundle, through the shipped engine, scored per slice with tails.
+"""evaluate stage: score the exact bundle on the suite, per slice, with the tails.
 
-Reads: params `evaluate`; the bundle (through the one verifying loader); the suite.
-Writes (returned as dicts, written by the stage): the eval report bound to the bundle digest,
-per-example rows, and the golden outputs (prompt ids, greedy token ids and log-probs) that the
-serving parity probe replays.
+Reads: params `evaluate`; the bundle (verified before anything loads); the suite (items,
+lm-eval tasks, scorers); the 16-bit reference base (quantization damage); optionally the gate
+rules, to fail before generating when one names a metric the suite cannot produce.
+Writes (via the stage): the report (bound to the bundle digest), one row per item, and the
+golden outputs the serving parity probe replays.
 
-Generation and log-likelihood both run through lm-eval with the bundle's Engine wrapped as an
-lm-eval model, so a suite is an ordinary lm-eval task and the numbers come from the same code
-path serving uses.
+Order matters for a user's own suite: the suite is checked first (items load, every scorer runs
+and scores the reference answers perfectly on its correctness metrics, the headline and the
+gate's metrics will exist), because generation is the expensive part; and the model's outputs
+are saved before they are scored, so a scorer that fails on one of them loses nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import tempfile
 from pathlib import Path
-
-import yaml
 
 from pipeline.bundle.verify import adapter_trained_on, verify_bundle
 from pipeline.chat import encode_prompt
 from pipeline.engines.base import GenerationRequest, SamplingParams
+from pipeline.evaluate import damage, stats, tasks
+from pipeline.evaluate.scoring import (
+    Output, Scorer, build_scorers, correctness_metrics, lower_is_better, score_item,
+)
 from pipeline.files import files_digest
-from pipeline.evaluate import damage, stats
-from pipeline.evaluate.scorers import SCORERS
-from pipeline.suites import Suite, load_suite
-from pipeline.params import EvaluateParams
+from pipeline.params import EvaluateParams, GateParams
+from pipeline.suites import EvalItem, Suite, SuiteError, load_suite
 
 log = logging.getLogger(__name__)
 
-HEADLINE = "field_accuracy"
+
+class ScoringError(RuntimeError):
+    """A scorer failed on a model output; the unscored outputs were saved first."""
 
 
-def run_lm_eval(lm, suite: Suite, limit: int | None) -> dict[str, list[dict]]:
-    """Run the suite's two lm-eval tasks; return lm-eval's per-doc samples by task name."""
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
-    # A suite is self-contained: its two tasks are handed over as configs below. Indexing
-    # lm-eval's thousands of built-in task YAMLs as well cost 8.9 s per evaluation here
-    # (0.06 s without) and added nothing the suite uses.
-    tm = TaskManager(include_path=str(suite.task_dir), include_defaults=False)
-    data_files = {"test": str(suite.data_path.resolve())}
-    # The task YAMLs name their data relative to the repository; point them at this suite's
-    # file so a suite evaluates the same items from any working directory.
-    tasks = []
-    for name in (suite.spec.generate_task, suite.spec.loglikelihood_task):
-        config = yaml.safe_load((suite.task_dir / f"{name}.yaml").read_text())
-        tasks.append({**config, "dataset_kwargs": {**config.get("dataset_kwargs", {}), "data_files": data_files}})
-    out = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, apply_chat_template=True,
-                          system_instruction=suite.spec.system_prompt, log_samples=True, limit=limit,
-                          bootstrap_iters=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0)
-    return out["samples"]
-
-
-def golden_outputs(engine, suite: Suite, items: list[dict], n: int, max_new_tokens: int) -> list[dict]:
+def golden_outputs(engine, items: list[EvalItem], default_system: str | None, n: int,
+                   max_new_tokens: int) -> list[dict]:
     """Greedy outputs of n items spread over the slices, one prompt per call (as serving's
     probe replays them), with token ids and log-probs."""
-    by_slice: dict[str, list[dict]] = {}
+    by_slice: dict[str, list[EvalItem]] = {}
     for it in items:
-        by_slice.setdefault(suite.slice_of(it), []).append(it)
+        by_slice.setdefault(it.slice, []).append(it)
     chosen, k = [], 0
     while len(chosen) < min(n, len(items)):
         for name in sorted(by_slice):
@@ -68,78 +53,121 @@ def golden_outputs(engine, suite: Suite, items: list[dict], n: int, max_new_toke
         k += 1
     golden = []
     for it in chosen:
-        prompt = encode_prompt(engine.tokenizer, it["messages"][:-1])
+        messages = it.prompt_messages(default_system)
+        prompt = encode_prompt(engine.tokenizer, messages)
         budget = min(max_new_tokens, engine.max_context_tokens - len(prompt))
         c = engine.generate([GenerationRequest(prompt, SamplingParams(max_new_tokens=budget))])[0]
-        golden.append({"id": it["id"], "slice": suite.slice_of(it), "messages": it["messages"][:-1],
-                       "prompt_ids": prompt, "max_new_tokens": budget, "token_ids": c.token_ids,
-                       "logprobs": c.logprobs, "finish_reason": c.finish_reason,
+        golden.append({"id": it.id, "slice": it.slice, "messages": messages, "prompt_ids": prompt,
+                       "max_new_tokens": budget, "token_ids": c.token_ids, "logprobs": c.logprobs,
+                       "finish_reason": c.finish_reason,
                        "text": engine.tokenizer.decode(c.token_ids, skip_special_tokens=True)})
     return golden
 
 
-def score_rows(lm, suite: Suite, samples: dict[str, list[dict]]) -> list[dict]:
-    """Join generation and log-likelihood samples per item and apply the suite's scorers."""
-    items = {it["id"]: it for it in suite.items()}
-    gen = {s["doc"]["id"]: s for s in samples[suite.spec.generate_task]}
-    ll = {s["doc"]["id"]: s for s in samples[suite.spec.loglikelihood_task]}
+def collect(lm, items: list[EvalItem], default_system: str | None, samples: dict[str, list]) -> list[dict]:
+    """Unscored rows: each item's output, option log-likelihoods and reference-answer NLL."""
+    gen = tasks.by_id(samples["generate_task"])
+    ll = tasks.by_id(samples.get("loglikelihood_task", []))
+    choice = tasks.by_id(samples.get("choice_task", []))
     rows = []
-    for item_id in sorted(gen):
-        item, g = items[item_id], gen[item_id]
-        context = g["arguments"][0][0]
-        prompt_ids = encode_prompt(lm.tokenizer, item["messages"][:-1])
-        if lm.encode(context) != prompt_ids:
-            raise RuntimeError(f"lm-eval rendered item {item_id} differently from the serving chat encoding")
-        text = g["filtered_resps"][0]
-        row = {"id": item_id, "slice": suite.slice_of(item), "prompt_tokens": len(prompt_ids), "output": text}
-        for name in suite.spec.scorers:
-            row.update(SCORERS[name](text, item))
-        if item_id in ll:
-            s = ll[item_id]
-            args = s["arguments"][0]
-            logprob = s["resps"][0][0][0]
+    for it in sorted(items, key=lambda i: i.id):
+        g = gen[it.id]
+        prompt_ids = encode_prompt(lm.tokenizer, it.prompt_messages(default_system))
+        if lm.encode(g["arguments"][0][0]) != prompt_ids:
+            raise RuntimeError(f"lm-eval rendered item {it.id} differently from the serving chat encoding")
+        row = {"id": it.id, "slice": it.slice, "prompt_tokens": len(prompt_ids), "output": g["filtered_resps"][0]}
+        if it.id in choice:
+            row["option_logprobs"] = list(tasks.option_logprobs(choice[it.id]))
+        if it.id in ll:
+            args = ll[it.id]["arguments"][0]
             n_tok = len(lm.split_pair(args[0], args[1])[1])
-            row["nll_per_token"] = -logprob / max(n_tok, 1)
+            row["nll_per_token"] = -ll[it.id]["resps"][0][0][0] / max(n_tok, 1)
             row["reply_tokens"] = n_tok
         rows.append(row)
     return rows
 
 
-def aggregate(rows: list[dict], suite: Suite, params: EvaluateParams) -> dict:
-    metrics = [k for k in rows[0] if k not in ("id", "slice", "prompt_tokens", "output", "reply_tokens")
-               and isinstance(rows[0][k], float)]
-    overall = {m: stats.summarize([r[m] for r in rows], params.bootstrap_samples, params.seed) for m in metrics}
-    slices: dict[str, dict] = {}
+def score_rows(rows: list[dict], items: list[EvalItem], scorers: list[Scorer], unscored_path: Path | None) -> None:
+    """Add every scorer's outputs to the rows; on a scorer failure save the rows first."""
+    by_id = {it.id: it for it in items}
+    try:
+        for r in rows:
+            lp = r.get("option_logprobs")
+            r.update(score_item(scorers, Output(r["output"], tuple(lp) if lp is not None else None), by_id[r["id"]]))
+    except Exception as exc:
+        where = "nowhere (no path given)"
+        if unscored_path is not None:
+            unscored_path.parent.mkdir(parents=True, exist_ok=True)
+            unscored_path.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
+            where = str(unscored_path)
+        raise ScoringError(f"scoring failed ({exc}); the {len(rows)} generated outputs are saved in {where}") from exc
+
+
+def aggregate(rows: list[dict], suite: Suite, params: EvaluateParams, scorers: list[Scorer]) -> dict:
+    # every per-item number, the reference answer's NLL included (its per-slice mean and CI)
+    metrics = list(dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, float)))
+    overall, slices = {}, {}
     for m in metrics:
-        for name, s in stats.per_slice(rows, m, params.bootstrap_samples, params.seed, suite.spec.min_slice_n).items():
+        have = [r for r in rows if m in r]
+        overall[m] = stats.summarize([r[m] for r in have], params.bootstrap_samples, params.seed)
+        for name, s in stats.per_slice(have, m, params.bootstrap_samples, params.seed, suite.spec.min_slice_n).items():
             slices.setdefault(name, {"n": s["n"], "too_small": s["too_small"]})[m] = {"mean": s["mean"], "ci95": s["ci95"]}
-    headline = {name: {"n": s["n"], "mean": s[HEADLINE]["mean"], "too_small": s["too_small"]}
-                for name, s in slices.items()}
+    head = suite.spec.headline_metric
+    headline = {name: {"n": s["n"], "mean": s[head]["mean"], "too_small": s["too_small"]}
+                for name, s in slices.items() if head in s}
     nll = [r["nll_per_token"] for r in rows if "nll_per_token" in r and math.isfinite(r["nll_per_token"])]
-    return {
+    out = {
         "overall": overall,
         "slices": slices,
-        "worst_slice": stats.worst_slice(headline),
-        "nll_per_token": stats.quantiles(nll),
-        "nll_by_slice": {name: stats.quantiles([r["nll_per_token"] for r in rows if r["slice"] == name])
-                         for name in sorted(slices)},
-        "length_buckets": stats.length_buckets(rows, HEADLINE, suite.spec.length_buckets_tokens),
+        "worst_slice": stats.worst_slice(headline, lower_is_better=head in lower_is_better(scorers)),
+        "length_buckets": stats.length_buckets(rows, head, suite.spec.length_buckets_tokens),
     }
+    if nll:
+        out["nll_per_token"] = stats.quantiles(nll)
+        out["nll_by_slice"] = {name: stats.quantiles([r["nll_per_token"] for r in rows if r["slice"] == name])
+                               for name in sorted(slices)}
+    return out
 
 
-def _pass(engine, suite: Suite, params: EvaluateParams) -> tuple[list[dict], "TailgateLM"]:
+def default_system_prompt(suite: Suite, manifest) -> tuple[str | None, str]:
+    """The system prompt for items that bring none, and where it came from."""
+    pinned = manifest.tokenizer.system_prompt
+    if suite.spec.system_prompt is None:
+        return pinned, "bundle" if pinned is not None else "none"
+    if suite.spec.system_prompt != pinned:
+        log.warning("suite %s sets a system prompt that differs from the bundle's pinned one (%r): the report "
+                    "describes requests that send the suite's; serving applies the pinned one to requests that "
+                    "bring none", suite.name, pinned)
+    return suite.spec.system_prompt, "suite"
+
+
+def _pass(engine, suite: Suite, items: list[EvalItem], default_system: str | None, params: EvaluateParams,
+          budget: int, scorers: list[Scorer], unscored_path: Path | None) -> list[dict]:
     """One run of the suite's lm-eval tasks through engine, scored into per-item rows."""
     from pipeline.evaluate.lm_model import TailgateLM
 
-    lm = TailgateLM(engine=engine, batch_size=params.batch_size, max_gen_toks=params.max_new_tokens)
-    rows = score_rows(lm, suite, run_lm_eval(lm, suite, params.limit))
+    lm = TailgateLM(engine=engine, batch_size=params.batch_size, max_gen_toks=budget)
+    with tempfile.TemporaryDirectory(prefix="tailgate-eval-") as tmp:
+        data = Path(tmp) / "items.jsonl"
+        tasks.write_rendered(engine.tokenizer, items, default_system, data)
+        rows = collect(lm, items, default_system, tasks.run_lm_eval(lm, suite, data, budget))
     if not rows:
         raise RuntimeError("evaluation produced no rows")
-    return rows, lm
+    score_rows(rows, items, scorers, unscored_path)
+    return rows
 
 
-def evaluate(params: EvaluateParams, bundle_dir: str | Path,
-             reference_base_dir: str | Path | None = None) -> tuple[dict, list[dict], dict]:
+def prepare(params: EvaluateParams, gate: GateParams | None = None) -> tuple[Suite, list[Scorer]]:
+    """Load and check the suite before anything expensive runs; raise SuiteError naming every problem."""
+    from pipeline.suites.check import check_suite
+
+    suite = load_suite(params.suite)
+    check_suite(suite, gate=gate, damage=params.damage).raise_for_problems()
+    return suite, build_scorers(suite)
+
+
+def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir: str | Path | None = None, *,
+             gate: GateParams | None = None, unscored_path: str | Path | None = None) -> tuple[dict, list[dict], dict]:
     """Return (report, per-example rows, golden record).
 
     With params.damage, the suite runs a second time with the 16-bit base (reference_base_dir,
@@ -148,50 +176,57 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path,
     """
     from pipeline.engines.hf import HFEngine
 
+    suite, scorers = prepare(params, gate)
     bundle = verify_bundle(bundle_dir)
     manifest = bundle.manifest
-    suite = load_suite(params.suite)
-    unknown = [s for s in suite.spec.scorers if s not in SCORERS]
-    if unknown:
-        raise ValueError(f"suite {suite.name}: unknown scorers {unknown}; known: {sorted(SCORERS)}")
     quantized = manifest.quantization.method != "none"
     if params.damage and quantized:
         if reference_base_dir is None:
             raise ValueError("evaluate.damage needs the 16-bit reference base (--reference-base)")
         damage.check_reference_base(manifest, reference_base_dir)
+    items = suite.limited(params.limit)
+    system, system_source = default_system_prompt(suite, manifest)
+    budget = params.max_new_tokens or suite.spec.generation.max_new_tokens
+    unscored = Path(unscored_path) if unscored_path is not None else None
     engine = HFEngine.from_bundle(bundle)
-    log.info("evaluate: shipped precision (%s)", manifest.quantization.method)
-    rows, _lm = _pass(engine, suite, params)
-    items = [it for it in suite.items() if it["id"] in {r["id"] for r in rows}]
-    golden = golden_outputs(engine, suite, items, params.golden_prompts, params.max_new_tokens)
+    log.info("evaluate: shipped precision (%s), %d items", manifest.quantization.method, len(items))
+    rows = _pass(engine, suite, items, system, params, budget, scorers, unscored)
+    golden = golden_outputs(engine, items, system, params.golden_prompts, budget)
     engine_info = {"name": engine.name, "exact": engine.exact, "description": engine.description}
-    del engine, _lm
-    digest = manifest.bundle_digest
+    del engine
+    correct, lower = correctness_metrics(scorers), lower_is_better(scorers)
+    head = suite.spec.headline_metric
     report = {
-        "bundle_digest": digest,
+        "bundle_digest": manifest.bundle_digest,
         "bundle": {"quantization": manifest.quantization.method,
                    "base_sha256": manifest.base.source_sha256,
                    "adapter_trained_on": adapter_trained_on(manifest),
                    "adapter_digest": files_digest(manifest.adapter.files),
                    "tokenizer_digest": files_digest(manifest.tokenizer.files),
                    "chat_template_sha256": manifest.tokenizer.chat_template_sha256},
-        "suite": {"name": suite.name, "version": suite.spec.version, "items": len(rows)},
+        "suite": {"name": suite.name, "version": suite.spec.version, "items": len(rows),
+                  "correctness_metrics": correct, "lower_is_better": lower,
+                  "system_prompt": {"text": system, "source": system_source},
+                  "max_new_tokens": budget, "stop": list(suite.spec.generation.stop)},
         "engine": engine_info,
-        "headline_metric": HEADLINE,
-        **aggregate(rows, suite, params),
+        "headline_metric": head,
+        **aggregate(rows, suite, params, scorers),
     }
     if params.damage:
         if quantized:
             log.info("evaluate: reference precision (16-bit base %s, same adapter)", reference_base_dir)
             ref_engine = HFEngine.from_bundle(bundle, precision="reference", reference_base_dir=reference_base_dir)
-            ref_rows, _ = _pass(ref_engine, suite, params)
+            ref_rows = _pass(ref_engine, suite, items, system, params, budget, scorers, unscored)
             del ref_engine
             description = f"{manifest.quantization.compute_dtype} base (lock {manifest.base.source_sha256[:12]}) + the same adapter"
         else:
             ref_rows, description = rows, "the shipped model itself (its base is not quantized)"
-        report["damage"] = damage.compare(rows, ref_rows, sorted(report["slices"]), description)
-        report["reference"] = {k: v for k, v in aggregate(ref_rows, suite, params).items()
+        report["damage"] = damage.compare(rows, ref_rows, sorted(report["slices"]), description, head, correct)
+        report["reference"] = {k: v for k, v in aggregate(ref_rows, suite, params, scorers).items()
                                if k in ("overall", "slices", "nll_per_token", "length_buckets")}
-        damage.attach_reference(rows, ref_rows)
-    golden_record = {"bundle_digest": digest, "engine": engine_info["name"], "prompts": golden}
+        damage.attach_reference(rows, ref_rows, head)
+    golden_record = {"bundle_digest": manifest.bundle_digest, "engine": engine_info["name"], "prompts": golden}
     return report, rows, golden_record
+
+
+__all__ = ["ScoringError", "SuiteError", "evaluate", "golden_outputs", "prepare"]

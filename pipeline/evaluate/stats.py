@@ -47,11 +47,13 @@ def per_slice(rows: Sequence[dict], metric: str, samples: int, seed: int, min_n:
     return out
 
 
-def worst_slice(slices: dict[str, dict]) -> dict | None:
-    """Lowest mean among slices; small slices are included (and flagged), never hidden."""
+def worst_slice(slices: dict[str, dict], lower_is_better: bool = False) -> dict | None:
+    """Lowest mean among slices (highest for a lower-is-better headline); small slices are
+    included (and flagged), never hidden."""
     if not slices:
         return None
-    name = min(slices, key=lambda k: slices[k]["mean"])
+    pick = max if lower_is_better else min
+    name = pick(slices, key=lambda k: slices[k]["mean"])
     return {"slice": name, **slices[name]}
 
 

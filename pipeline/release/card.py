@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -291,7 +292,20 @@ def _serve(m: Manifest, release: dict | None) -> list[str]:
             "```", "", "The server verifies every file against the manifest and replays the golden prompts before "
             "it answers.", f"Inference defaults: context {i.max_context_tokens} tokens, max new tokens "
             f"{i.max_new_tokens}, temperature {i.temperature}, top_p {i.top_p}, stop token ids "
-            f"{list(m.tokenizer.stop_token_ids)}.", ""]
+            f"{list(m.tokenizer.stop_token_ids)}.", "", *_system_prompt(m)]
+
+
+def _system_prompt(m: Manifest) -> list[str]:
+    text = m.tokenizer.system_prompt
+    if text is None:
+        return ["System prompt: none pinned. The training records carried no single system prompt, so chat "
+                "requests are rendered as sent, and one without a system message gets the chat template's own "
+                "default system prompt, if the template has one.", ""]
+    # Fenced, so a prompt with markdown or backticks is shown verbatim.
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", text)), default=0))
+    return ["System prompt (pinned in the bundle; every training record opened with it): the server puts it in "
+            "front of every chat request that brings no system message. A request with its own system message "
+            "is served as sent, with a prompt the adapter was not trained on.", "", f"{fence}text", text, fence, ""]
 
 
 def _provenance(m: Manifest, datasets_digest: str) -> list[str]:

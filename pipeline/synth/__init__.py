@@ -7,10 +7,10 @@ generator's structured truth, never from parsing the notes. See data/raw/README.
 
 from .dataset import DEFAULT_SEED, Dataset, build, outputs
 from .discharge import INSTRUCTION, LONG_NOTE_TARGET_CHARS, SLICES, SYSTEM_PROMPT, Case, make_case
-from .summary import FIELDS, Summary, compare, normalize, parse, render
+from .summary import FIELDS, Summary, render
 
 __all__ = [
     "DEFAULT_SEED", "Dataset", "build", "outputs",
     "INSTRUCTION", "LONG_NOTE_TARGET_CHARS", "SLICES", "SYSTEM_PROMPT", "Case", "make_case",
-    "FIELDS", "Summary", "compare", "normalize", "parse", "render",
+    "FIELDS", "Summary", "render",
 ]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.files import atomic_write_text
 
-from .dataset import DEFAULT_SEED, DEFECTS_FILE, RAW_FILE, SUITE_FILE, build, outputs
+from .dataset import DEFAULT_SEED, DEFECTS_FILE, RAW_FILE, SPELLINGS_FILE, SUITE_FILE, build, outputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     texts = outputs(build(args.seed))
-    targets = {RAW_FILE: args.raw_dir, DEFECTS_FILE: args.raw_dir, SUITE_FILE: args.suite_dir}
+    targets = {RAW_FILE: args.raw_dir, DEFECTS_FILE: args.raw_dir, SUITE_FILE: args.suite_dir, SPELLINGS_FILE: args.suite_dir}
     stale = []
     for name, text in texts.items():
         path = targets[name] / name

@@ -33,6 +33,21 @@ OVER_LONG_NOTE_CHARS = 12_000  # over-long defects get at least this much note t
 LOOPING_REPLIES = 2  # of the repetitive defects, this many loop in the reply; the rest in the note
 
 RAW_FILE, DEFECTS_FILE, SUITE_FILE = "discharge_notes.jsonl", "defects.json", "test.jsonl"
+# Every note spelling of each drug/allergen, for the suite's hallucinated-entity scorer (the
+# suite reads this file instead of importing the generator).
+SPELLINGS_FILE = "spellings.json"
+
+
+def spellings() -> dict[str, list[str]]:
+    """Canonical drug/allergen name -> every spelling a note may use for it, case-folded (the
+    summary task normalises "HCTZ" to "hydrochlorothiazide", so a canonical name absent from
+    the note is not invented when one of its spellings is there)."""
+    from .vocab import ALLERGENS, DRUGS
+
+    table = {name: (name, *drug.aliases) for name, drug in DRUGS.items()}
+    for name, names in ALLERGENS.items():
+        table[name] = tuple(dict.fromkeys((name, *table.get(name, ()), *names)))
+    return {k: [v.casefold() for v in vs] for k, vs in sorted(table.items())}
 
 
 @dataclass
@@ -185,4 +200,5 @@ def outputs(ds: Dataset) -> dict[str, str]:
         RAW_FILE: "".join(line + "\n" for line in ds.raw_lines),
         DEFECTS_FILE: json.dumps(ds.defects, ensure_ascii=False, indent=1) + "\n",
         SUITE_FILE: "".join(dumps(r) + "\n" for r in ds.eval_records()),
+        SPELLINGS_FILE: json.dumps(spellings(), ensure_ascii=False, indent=1, sort_keys=True) + "\n",
     }

@@ -5,7 +5,8 @@ re-quantized); `artifacts/base/` (the 16-bit base: its tokenizer, and its weight
 `base_precision: reference`); `data/curated/{train,val}.jsonl` and
 `meta.json` (which carries the shipped context length).
 Writes: `artifacts/adapter/` (PEFT adapter in safetensors + training.json with the base digest
-it was trained on) and the report dict (loss per step, real tokens/s, peak RSS, optimizer).
+it was trained on and the system prompt the training records share, null if they share none)
+and the report dict (loss per step, real tokens/s, peak RSS, optimizer).
 
 The base is read-only: its hashes are checked before and after training.
 """
@@ -34,7 +35,7 @@ from pipeline.memory import check_budget, format_plan, plan_training
 from pipeline.params import TrainParams
 from pipeline.artifacts import QUANTIZE_REPORT as QUANT_REPORT
 from pipeline.train.checkpoint import Checkpoints, run_key
-from pipeline.train.data import batches, collate, encode_records, read_jsonl
+from pipeline.train.data import batches, collate, encode_records, read_jsonl, system_prompt_of
 from pipeline.train.distributed import setup as setup_ranks
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,9 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
     stops = stop_token_ids(tokenizer)
-    train_ex = encode_records(tokenizer, read_jsonl(data_dir / "train.jsonl"), stops, max_len)
+    train_records = read_jsonl(data_dir / "train.jsonl")
+    system = system_prompt_of(train_records)  # pinned in the bundle; serving applies it to requests
+    train_ex = encode_records(tokenizer, train_records, stops, max_len)
     val_ex = encode_records(tokenizer, read_jsonl(data_dir / "val.jsonl"), stops, max_len)
     if not train_ex:
         raise ValueError(f"{data_dir}/train.jsonl is empty: nothing to train on")
@@ -343,6 +346,7 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
         "params": params.model_dump(mode="json"),
         "seed": params.seed,
         "max_seq_len_tokens": max_len,
+        **system.meta(),
         "versions": versions,
         "hardware": where,
         "optimizer": optimizer_name,

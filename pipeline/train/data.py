@@ -1,8 +1,10 @@
-"""Training data: curated JSONL -> encoded examples -> padded batches."""
+"""Training data: curated JSONL -> encoded examples -> padded batches, and the system prompt
+the records teach."""
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +13,8 @@ from typing import Iterator, Sequence
 import torch
 
 from pipeline.chat import IGNORE_INDEX, encode_example
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,40 @@ def encode_records(tokenizer, records: Sequence[dict], stop_ids: Sequence[int], 
             raise ValueError(f"record {r.get('id')} is {len(ids)} tokens > max_seq_len_tokens {max_len}")
         out.append(Example(ids, labels))
     return out
+
+
+@dataclass(frozen=True)
+class SystemPrompt:
+    """The system prompt a training set teaches: `text` when every record opens with the same
+    system turn, None otherwise (then the template's default, if any, is what was learned for
+    requests without one, or there is no single prompt to pin)."""
+
+    text: str | None
+    distinct: int  # distinct system-turn contents among the records
+    records_without: int  # records whose first message is not a system turn
+
+    def meta(self) -> dict:
+        return {"system_prompt": self.text, "system_prompts_distinct": self.distinct,
+                "records_without_system_prompt": self.records_without}
+
+
+def system_prompt_of(records: Sequence[dict]) -> SystemPrompt:
+    """Which system prompt the records share: one text, none at all, or (warned) a mix."""
+    contents, without = set(), 0
+    for r in records:
+        messages = r["messages"]
+        if messages and messages[0].get("role") == "system":
+            contents.add(messages[0].get("content"))
+        else:
+            without += 1
+    if len(contents) == 1 and without == 0:
+        return SystemPrompt(next(iter(contents)), 1, 0)
+    if contents:
+        # Serving can pin only one prompt; with a mix, requests that bring none get the
+        # template's default, which only some of the records taught.
+        log.warning("training records do not share one system prompt (%d distinct, %d of %d records without "
+                    "one): no system prompt is pinned", len(contents), without, len(records))
+    return SystemPrompt(None, len(contents), without)
 
 
 def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:

@@ -142,6 +142,9 @@ def test_hostile_inputs_each_end_with_exactly_the_expected_reason(tokenizer_dir,
     assert got == expected
     assert report["input_lines"] == len(expected) and report["repairs"] == {"bom_stripped": 2}
     assert report["blank_lines"] == 2
+    # every record counts in one slice; the unreadable ones in the bucket no slice limit judges
+    assert sum(s["input"] for s in report["slices"].values()) == report["input_lines"]
+    assert report["slices"]["(none)"]["kept"] == 0 and report["slice_loss"]["not_judged"] == "(none)"
     assert report["pii"]["replacements"] == {"email": 2, "phone": 2, "mrn": 2, "dob": 2, "national_id": 2}
     huge = next(q for q in _lines(tmp_path / "out/quarantine.jsonl") if q["reason"] == "line_too_long")
     content = (hostile_dir / "huge_line.jsonl").read_bytes().splitlines()[1].rstrip(b"\r")
@@ -191,7 +194,7 @@ def test_output_is_deterministic_and_independent_of_workers(tokenizer_dir, hosti
     shutil.copytree(hostile_dir, raw)
     small_raw(raw, n=120)
     params = {"raw_glob": ["*.jsonl", "*.csv", "*.jsonl.gz"], "max_seq_len_tokens": 4096,
-              "max_quarantine_fraction": 1.0}
+              "max_quarantine_fraction": 1.0, "on_slice_loss": "warn"}
     reports = {}
     for run, workers in (("a", 2), ("b", 2), ("c", 1)):
         reports[run] = curate(CurateParams(**params, workers=workers), raw, REPO / "eval_suites", tokenizer_dir,

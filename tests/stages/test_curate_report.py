@@ -45,6 +45,10 @@ def test_every_rejection_reason_has_a_row_with_its_count_and_an_example(curated)
     assert f"**quarantined {report['rejected']:,}**" in md and f"**Kept {report['kept']:,}**" in md
     for s in report["stages"]:  # the checks table matches the counts
         assert f"| {s['stage']} | {s['in']:,} | {s['out']:,} |" in md
+    for name, s in report["slices"].items():  # and the per-slice table
+        assert f"| {name} | {s['input']:,} | {s['train']:,} | {s['val']:,} | {s['quarantined']:,} |" in md
+    for f in report["slice_loss"]["flagged"]:  # EXPECTED.json's params warn: flagged, not failed
+        assert f"**WARNING**: slice `{f['slice']}` lost {f['quarantined']} of {f['input']}" in md
 
 
 def test_histograms_account_for_every_tokenized_and_every_kept_record(curated):

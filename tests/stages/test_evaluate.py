@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -29,8 +30,9 @@ def test_report_is_bound_to_the_bundle_digest(tiny_pipeline, evaluated):
 
 def test_per_slice_tails_and_golden(evaluated):
     (report, rows, golden), params = evaluated
-    # lm-eval's limit applies per task: the first `limit` items of the suite
-    assert len(rows) == params.limit == report["suite"]["items"]
+    # evaluate.limit takes the first `limit` items of every slice
+    assert len(rows) == params.limit * 4 == report["suite"]["items"]
+    assert {r["slice"] for r in rows} == {"allergy", "common", "interaction", "long"}
     assert sum(s["n"] for s in report["slices"].values()) == len(rows)
     for s in report["slices"].values():
         lo, hi = s["field_accuracy"]["ci95"]
@@ -102,7 +104,7 @@ def test_quantization_damage_is_measured_against_the_16bit_base(evaluated):
     assert any(abs(x) > 1e-6 for x in deltas)  # NF4 weights are not the bf16 weights
     assert d["delta_nll_per_token"]["max"] == pytest.approx(deltas[-1])
     assert d["delta_nll_per_token"]["p50"] <= d["delta_nll_per_token"]["p99"] <= d["delta_nll_per_token"]["max"]
-    assert 0.0 <= d["flip_rate"] <= 1.0 and d["field_pairs"] == 5 * len(rows)
+    assert 0.0 <= d["flip_rate"] <= 1.0 and d["correctness_pairs"] == 5 * len(rows)  # the five field_* values
     for name, s in d["slices"].items():
         shipped = [r["field_accuracy"] for r in rows if r["slice"] == name]
         ref = [r["reference_field_accuracy"] for r in rows if r["slice"] == name]
@@ -127,3 +129,70 @@ def test_reference_base_must_be_the_pinned_one(tiny_pipeline, tmp_path):
         evaluate(params, tiny_pipeline["bundle"], other)
     with pytest.raises(ValueError, match="--reference-base"):
         evaluate(params, tiny_pipeline["bundle"], None)
+
+
+def _suite_variant(tmp_path, **changes) -> Path:
+    """A copy of the default suite with suite.yaml keys changed (None deletes a key)."""
+    import shutil
+
+    import yaml
+
+    dst = tmp_path / "suite"
+    shutil.copytree(REPO / "eval_suites/discharge", dst)
+    spec = yaml.safe_load((dst / "suite.yaml").read_text())
+    for k, v in changes.items():
+        spec.pop(k, None) if v is None else spec.__setitem__(k, v)
+    (dst / "suite.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return dst
+
+
+def _no_engine(monkeypatch):
+    from pipeline.engines.hf import HFEngine
+
+    def refuse(*a, **kw):
+        raise AssertionError("the model was loaded before the suite was checked")
+    monkeypatch.setattr(HFEngine, "from_bundle", refuse)
+
+
+def test_a_broken_suite_fails_before_the_model_loads(tiny_pipeline, tmp_path, monkeypatch):
+    from pipeline.evaluate import evaluate
+    from pipeline.params import GateParams
+    from pipeline.suites import SuiteError
+
+    suite = _suite_variant(tmp_path, scorers=["scorers:field_exact_match", "scorers:too_strict"])
+    (suite / "scorers.py").write_text((suite / "scorers.py").read_text() + """
+
+@scorer(correctness=["strict"], metrics=["strict"])
+def too_strict(text, item):
+    return {"strict": float(text.startswith("Summary:"))}  # the references never do
+""")
+    _no_engine(monkeypatch)
+    params = load_section("evaluate", tiny_pipeline["params"]).model_copy(update={"suite": str(suite)})
+    with pytest.raises(SuiteError, match="strict") as err:
+        evaluate(params, tiny_pipeline["bundle"], tiny_pipeline["base"])
+    assert "ev-0001" in str(err.value)  # names items whose reference it marks wrong
+    params = params.model_copy(update={"suite": str(REPO / "eval_suites/discharge")})
+    gate = GateParams(rules=[{"metric": "slices.negation.field_accuracy", "min": 0.5}])
+    with pytest.raises(SuiteError, match="negation"):
+        evaluate(params, tiny_pipeline["bundle"], tiny_pipeline["base"], gate=gate)
+
+
+def test_outputs_survive_a_scorer_that_fails_on_them(tiny_pipeline, tmp_path):
+    from pipeline.evaluate import evaluate
+    from pipeline.evaluate.run import ScoringError
+
+    suite = _suite_variant(tmp_path, scorers=["scorers:field_exact_match", "scorers:picky"])
+    (suite / "scorers.py").write_text((suite / "scorers.py").read_text() + """
+
+@scorer(metrics=["picky"])
+def picky(text, item):
+    if text != item.reference:
+        raise KeyError("a bug that only model outputs reach")
+    return {"picky": 1.0}
+""")
+    params = load_section("evaluate", tiny_pipeline["params"]).model_copy(update={"suite": str(suite), "damage": False})
+    unscored = tmp_path / "out/samples.jsonl.unscored.jsonl"
+    with pytest.raises(ScoringError, match=str(unscored)):
+        evaluate(params, tiny_pipeline["bundle"], tiny_pipeline["base"], unscored_path=unscored)
+    saved = [json.loads(line) for line in unscored.read_text().splitlines()]
+    assert len(saved) == 4 and all("output" in r and "nll_per_token" in r for r in saved)

@@ -26,9 +26,18 @@ GOOD = {
     "damage": {"delta_nll_per_token": {"p50": 0.001, "p99": 0.02}, "flip_rate": 0.01, "worst_slice_drop": 0.01,
                "slices": {"common": {"field_accuracy_drop": 0.0}, "long": {"field_accuracy_drop": 0.01}}},
 }
-PARAMS = GateParams(min_field_accuracy=0.7, min_slice_field_accuracy={"long": 0.6}, min_worst_slice_field_accuracy=0.6,
-                    min_format_validity=0.95, max_nll_p99=1.5, max_hallucination_rate=0.05,
-                    max_delta_nll_p99=0.05, max_flip_rate=0.03, max_slice_accuracy_drop=0.05)
+PARAMS = GateParams(rules=[
+    {"metric": "overall.field_accuracy", "min": 0.7},
+    {"metric": "slices.long.field_accuracy", "min": 0.6},
+    {"metric": "slices.*.field_accuracy", "min": 0.6},
+    {"metric": "overall.format_valid", "min": 0.95},
+    {"metric": "nll_per_token.p99", "max": 1.5},
+    {"metric": "overall.hallucination", "max": 0.05},
+    {"metric": "damage.delta_nll_per_token.p99", "max": 0.05},
+    {"metric": "damage.flip_rate", "max": 0.03},
+    {"metric": "damage.worst_slice_drop", "max": 0.05},
+])
+V1 = REPO / "tests/data/gate_v1"
 
 
 def _decide(report, params=PARAMS, **kw):
@@ -44,22 +53,25 @@ def test_good_report_passes():
 
 @pytest.mark.parametrize("mutate, rule", [
     (lambda r: r.update(bundle_digest="b" * 64), "bundle_digest_matches"),
-    (lambda r: r["overall"].pop("field_accuracy"), "field_accuracy"),
-    (lambda r: r.pop("worst_slice"), "worst_slice_field_accuracy"),
+    (lambda r: r["overall"].pop("field_accuracy"), "overall.field_accuracy"),
     (lambda r: r["engine"].update(exact=False), "engine_exact"),
     (lambda r: r.pop("engine"), "engine_exact"),
-    (lambda r: r["slices"]["long"]["field_accuracy"].update(mean=0.5), "slice[long].field_accuracy"),
-    (lambda r: r["slices"].pop("long"), "slice[long].field_accuracy"),
-    (lambda r: r["nll_per_token"].update(p99=3.0), "nll_per_token_p99"),
-    (lambda r: r["overall"]["format_valid"].update(mean=0.5), "format_validity"),
-    (lambda r: r["overall"]["hallucination"].update(mean=0.2), "hallucination_rate"),
-    (lambda r: r["overall"].pop("hallucination"), "hallucination_rate"),
+    (lambda r: r["slices"]["long"]["field_accuracy"].update(mean=0.5), "slices.long.field_accuracy"),
+    (lambda r: r["slices"]["common"]["field_accuracy"].update(mean=0.5), "slices.common.field_accuracy"),
+    (lambda r: r["slices"].pop("long"), "slices.long.field_accuracy"),
+    (lambda r: r.pop("slices"), "slices.*.field_accuracy"),  # a wildcard matching nothing fails
+    (lambda r: r["nll_per_token"].update(p99=3.0), "nll_per_token.p99"),
+    (lambda r: r["nll_per_token"].update(p99=float("nan")), "nll_per_token.p99"),
+    (lambda r: r["overall"]["format_valid"].update(mean=0.5), "overall.format_valid"),
+    (lambda r: r["overall"]["hallucination"].update(mean=0.2), "overall.hallucination"),
+    (lambda r: r["overall"].pop("hallucination"), "overall.hallucination"),
     (lambda r: r["bundle"].update(chat_template_sha256="u" * 64), "chat_template_matches"),
     (lambda r: r.pop("bundle"), "chat_template_matches"),
-    (lambda r: r["damage"]["delta_nll_per_token"].update(p99=0.2), "damage.delta_nll_p99"),
+    (lambda r: r["damage"]["delta_nll_per_token"].update(p99=0.2), "damage.delta_nll_per_token.p99"),
     (lambda r: r["damage"].update(flip_rate=0.1), "damage.flip_rate"),
+    (lambda r: r["damage"].update(flip_rate=None), "damage.flip_rate"),
     (lambda r: r["damage"].update(worst_slice_drop=0.2), "damage.worst_slice_drop"),
-    (lambda r: r.pop("damage"), "damage.delta_nll_p99"),
+    (lambda r: r.pop("damage"), "damage.delta_nll_per_token.p99"),
     (lambda r: r.pop("damage"), "damage.flip_rate"),
 ])
 def test_each_failure_fails_closed(mutate, rule):
@@ -74,6 +86,79 @@ def test_empty_report_fails_every_rule():
     d = _decide({})
     # everything but the bundle's own verification (the bundle is fine; the report is empty)
     assert not d["passed"] and d["failed"] == [r["name"] for r in d["rules"] if r["name"] != "bundle_verified"]
+
+
+def test_a_missing_metric_says_what_the_report_has():
+    report = copy.deepcopy(GOOD)
+    d = _decide(report, GateParams(rules=[{"metric": "slices.long.recall_dose", "min": 0.5},
+                                          {"metric": "slices.negation.field_accuracy", "min": 0.5}]))
+    notes = {r["name"]: r["note"] for r in d["rules"]}
+    assert "slices.long has no 'recall_dose'" in notes["slices.long.recall_dose"]
+    assert "field_accuracy" in notes["slices.long.recall_dose"]  # what it has instead
+    assert "slices has no 'negation'" in notes["slices.negation.field_accuracy"]
+    assert "common" in notes["slices.negation.field_accuracy"] and not d["passed"]
+
+
+def test_a_gate_without_rules_refuses():
+    assert _decide(GOOD, GateParams())["failed"] == ["rules_configured"]
+
+
+def test_floor_on_the_lower_end_of_the_ci():
+    report = copy.deepcopy(GOOD)
+    report["slices"]["long"]["field_accuracy"] = {"mean": 0.7, "ci95": [0.55, 0.84]}
+    on_mean = GateParams(rules=[{"metric": "slices.long.field_accuracy", "min": 0.6}])
+    on_ci = GateParams(rules=[{"metric": "slices.long.field_accuracy", "min": 0.6, "bound": "ci_low"}])
+    assert _decide(report, on_mean)["passed"]
+    d = _decide(report, on_ci)
+    assert d["failed"] == ["slices.long.field_accuracy [ci_low]"] and d["rules"][-1]["value"] == 0.55
+    report["slices"]["long"]["field_accuracy"].pop("ci95")  # a summary without its CI fails closed
+    assert not _decide(report, on_ci)["passed"]
+
+
+def test_rules_need_exactly_one_threshold():
+    with pytest.raises(ValueError):
+        GateParams(rules=[{"metric": "overall.x", "min": 0.1, "max": 0.9}])
+    with pytest.raises(ValueError):
+        GateParams(rules=[{"metric": "overall.x"}])
+    with pytest.raises(ValueError):
+        GateParams(rules=[{"metric": "overall.x", "min": 0.1, "threshold": 2}])
+
+
+def test_todays_discharge_rules_in_path_form_give_the_v1_verdict():
+    """The gate as it stood before rules became paths (tests/data/gate_v1: its params, its
+    decision on the default release's report) and params.yaml's rules in path form: the same
+    verdict and the same value for every rule it had, on the same report."""
+    import yaml
+
+    from pipeline.params import load_section
+
+    report = json.loads((V1 / "eval.json").read_text())
+    old = json.loads((V1 / "gate.json").read_text())
+    old_params = yaml.safe_load((V1 / "params_gate_v1.yaml").read_text())["gate"]
+    new = decide(load_section("gate", REPO / "params.yaml"), report, report["bundle_digest"],
+                 chat_template_sha256=report["bundle"]["chat_template_sha256"])
+    assert new["passed"] == old["passed"] is True
+    values = {r["name"]: r["value"] for r in new["rules"]}
+    renamed = {"field_accuracy": "overall.field_accuracy", "format_validity": "overall.format_valid",
+               "nll_per_token_p99": "nll_per_token.p99", "hallucination_rate": "overall.hallucination",
+               "damage.delta_nll_p99": "damage.delta_nll_per_token.p99"}
+    for rule in old["rules"]:
+        name = rule["name"]
+        if name == "worst_slice_field_accuracy":  # now `slices.*`: every slice, so the worst one
+            floor = min(values[f"slices.{s}.field_accuracy"] for s in report["slices"])
+            assert floor == rule["value"]
+            continue
+        if name.startswith("slice["):
+            name = "slices." + name[len("slice["):].replace("]", "")
+        assert values[renamed.get(name, name)] == rule["value"], name
+    # and a floor the v1 gate would have refused on is refused now too
+    strict = load_section("gate", REPO / "params.yaml").model_copy(update={"rules": [
+        r.model_copy(update={"min": 0.6}) if r.metric == "slices.interaction.field_accuracy" else r
+        for r in load_section("gate", REPO / "params.yaml").rules]})
+    assert old_params["min_slice_field_accuracy"]["interaction"] < 0.6
+    assert decide(strict, report, report["bundle_digest"],
+                  chat_template_sha256=report["bundle"]["chat_template_sha256"])["failed"] == [
+        "slices.interaction.field_accuracy"]
 
 
 def test_inexact_engine_only_when_allowed():
@@ -94,20 +179,32 @@ BASELINE = {"suite": {"name": "discharge", "version": 1}, "overall": {"field_acc
 
 
 def test_regression_budgets_against_the_last_release():
-    params = PARAMS.model_copy(update={"baseline": "release/eval.json", "regression_budget": 0.05})
+    budgets = [{"metric": "overall.field_accuracy", "max_drop": 0.05},
+               {"metric": "slices.*.field_accuracy", "max_drop": 0.05}]
+    params = GateParams.model_validate({**PARAMS.model_dump(), "baseline": "release/eval.json",
+                                        "regression": budgets})
     assert _decide(GOOD, params, baseline=BASELINE)["passed"]  # drops 0.02 / 0.01 / 0.04 fit 0.05
-    tight = params.model_copy(update={"slice_regression_budgets": {"long": 0.02}})
+    tight = GateParams.model_validate({**params.model_dump(), "regression": budgets + [
+        {"metric": "slices.long.field_accuracy", "max_drop": 0.02}]})
     d = _decide(GOOD, tight, baseline=BASELINE)
-    assert d["failed"] == ["regression.slice[long]"]
-    rule = next(r for r in d["rules"] if r["name"] == "regression.slice[long]")
+    assert d["failed"] == ["regression.slices.long.field_accuracy"]
+    rule = [r for r in d["rules"] if r["name"] == "regression.slices.long.field_accuracy"][-1]
     assert rule["value"] == pytest.approx(0.04) and rule["threshold"] == 0.02
     gone = copy.deepcopy(GOOD)
     gone["slices"].pop("common")  # a slice of the baseline that vanished fails closed
-    assert "regression.slice[common]" in _decide(gone, params, baseline=BASELINE)["failed"]
+    assert "regression.slices.common.field_accuracy" in _decide(gone, params, baseline=BASELINE)["failed"]
+    rising = GateParams.model_validate({**params.model_dump(), "regression": [
+        {"metric": "overall.hallucination", "max_rise": 0.005}]})
+    base_h = copy.deepcopy(BASELINE)
+    base_h["overall"]["hallucination"] = {"mean": 0.01}
+    assert _decide(GOOD, rising, baseline=base_h)["failed"] == ["regression.overall.hallucination"]
     other = copy.deepcopy(BASELINE)
     other["suite"]["version"] = 2
     assert "baseline_suite_matches" in _decide(GOOD, params, baseline=other)["failed"]
     assert _decide(GOOD, params, baseline=None)["failed"] == ["baseline_present"]
+
+
+ONE_RULE = "gate:\n  rules: [{metric: overall.field_accuracy, min: 0.5}]\n"
 
 
 def _stage_args(tmp_path, bundle, report, params):
@@ -132,14 +229,15 @@ def test_stage_exits_nonzero_on_failure(bundle_copy, tmp_path):
     report = tmp_path / "eval.json"
     report.write_text(json.dumps(_report_for(bundle_copy)))
     params = tmp_path / "params.yaml"
-    params.write_text("gate:\n  min_field_accuracy: 0.7\n")
+    rule = "gate:\n  rules: [{metric: overall.field_accuracy, min: %s}]\n"
+    params.write_text(rule % 0.7)
     args = _stage_args(tmp_path, bundle_copy, report, params)
     assert main(args) == 0
-    params.write_text("gate:\n  min_field_accuracy: 0.9\n")
+    params.write_text(rule % 0.9)
     assert main(args) == 1
-    assert json.loads((tmp_path / "gate.json").read_text())["failed"] == ["field_accuracy"]
+    assert json.loads((tmp_path / "gate.json").read_text())["failed"] == ["overall.field_accuracy"]
     assert json.loads((tmp_path / "metrics.json").read_text())["passed"] is False
-    params.write_text("gate:\n  min_field_accuracy: 0.7\n  baseline: " + str(tmp_path / "missing.json") + "\n")
+    params.write_text(rule % 0.7 + "  baseline: " + str(tmp_path / "missing.json") + "\n")
     assert main(args) == 1
     assert json.loads((tmp_path / "gate.json").read_text())["failed"] == ["baseline_present"]
 
@@ -150,7 +248,7 @@ def test_stage_refuses_a_report_for_another_bundle(bundle_copy, tmp_path):
     report = _report_for(bundle_copy)
     report["bundle_digest"] = "c" * 64
     (tmp_path / "eval.json").write_text(json.dumps(report))
-    (tmp_path / "params.yaml").write_text("gate: {}\n")
+    (tmp_path / "params.yaml").write_text(ONE_RULE)
     assert main(_stage_args(tmp_path, bundle_copy, tmp_path / "eval.json", tmp_path / "params.yaml")) == 1
     assert json.loads((tmp_path / "gate.json").read_text())["failed"] == ["bundle_digest_matches"]
 
@@ -163,7 +261,7 @@ def test_stage_refuses_a_swapped_chat_template(bundle_copy, tmp_path):
     from tests.unit.test_bundle_verify import resign
 
     (tmp_path / "eval.json").write_text(json.dumps(_report_for(bundle_copy)))
-    (tmp_path / "params.yaml").write_text("gate: {}\n")
+    (tmp_path / "params.yaml").write_text(ONE_RULE)
     args = _stage_args(tmp_path, bundle_copy, tmp_path / "eval.json", tmp_path / "params.yaml")
     assert main(args) == 0
     template = bundle_copy / "tokenizer/chat_template.jinja"
@@ -198,7 +296,7 @@ def test_real_fp4_configuration_is_refused_and_its_damage_is_measured():
     nf4 = json.loads((REPO / NF4_OF_THE_EXPERIMENTS).read_text())
     assert fp4["bundle"]["quantization"] == "fp4" and nf4["bundle"]["quantization"] == "nf4"
     refused = decide(params, fp4, fp4["bundle_digest"], chat_template_sha256=fp4["bundle"]["chat_template_sha256"])
-    assert refused["failed"] == ["slice[allergy].field_accuracy"]
+    assert refused["failed"] == ["slices.allergy.field_accuracy"]
     shipped = decide(params, nf4, nf4["bundle_digest"], chat_template_sha256=nf4["bundle"]["chat_template_sha256"])
     assert shipped["passed"]
     worse_tail = fp4["damage"]["delta_nll_per_token"]["p99"] - nf4["damage"]["delta_nll_per_token"]["p99"]
@@ -222,10 +320,10 @@ def test_real_post_training_quantized_adapter_is_refused_on_its_damage():
     # same greedy answers, so the same accuracy to the last item.
     assert ptq["reference"]["overall"]["field_accuracy"] == lora16["overall"]["field_accuracy"]
     d = decide(params, ptq, ptq["bundle_digest"], chat_template_sha256=ptq["bundle"]["chat_template_sha256"])
-    assert d["failed"] == ["damage.delta_nll_p99", "damage.flip_rate", "damage.worst_slice_drop"]
-    values = {r["name"]: r["value"] for r in d["rules"]}
-    assert values["damage.delta_nll_p99"] > params.max_delta_nll_p99
-    assert values["damage.flip_rate"] > params.max_flip_rate > ptq["damage"]["unflip_rate"]
+    assert d["failed"] == ["damage.delta_nll_per_token.p99", "damage.flip_rate", "damage.worst_slice_drop"]
+    rules = {r["name"]: r for r in d["rules"]}
+    assert rules["damage.delta_nll_per_token.p99"]["value"] > rules["damage.delta_nll_per_token.p99"]["threshold"]
+    assert rules["damage.flip_rate"]["value"] > rules["damage.flip_rate"]["threshold"] > ptq["damage"]["unflip_rate"]
     nf4 = json.loads((REPO / NF4_OF_THE_EXPERIMENTS).read_text())
     qlora = decide(params, nf4, nf4["bundle_digest"], chat_template_sha256=nf4["bundle"]["chat_template_sha256"])
     assert not [r for r in qlora["failed"] if r.startswith("damage.")]
@@ -237,13 +335,14 @@ def test_real_regression_nf4_against_the_16bit_release():
     from pipeline.params import load_section
 
     params = load_section("gate", REPO / "params.yaml").model_copy(
-        update={"baseline": "reports/experiments/lora16/eval.json", "regression_budget": 0.05})
+        update={"baseline": "reports/experiments/lora16/eval.json"})
     baseline = json.loads((REPO / "reports/experiments/lora16/eval.json").read_text())
     nf4 = json.loads((REPO / NF4_OF_THE_EXPERIMENTS).read_text())
     d = decide(params, nf4, nf4["bundle_digest"], chat_template_sha256=nf4["bundle"]["chat_template_sha256"],
                baseline=baseline)
     regressed = {r["name"]: r["value"] for r in d["rules"] if r["name"].startswith("regression.") and not r["passed"]}
-    assert set(regressed) == {"regression.overall"} | {f"regression.slice[{n}]" for n in baseline["slices"]}
+    assert set(regressed) == ({"regression.overall.field_accuracy"}
+                              | {f"regression.slices.{n}.field_accuracy" for n in baseline["slices"]})
     assert all(v > 0.05 for v in regressed.values())
     # and the 16-bit release measured against itself regresses nowhere
     same = decide(params, baseline, baseline["bundle_digest"],

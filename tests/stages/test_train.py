@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from pipeline.base import check_lock
 from pipeline.files import hash_files, read_json, verify_files
 from pipeline.params import load_section
 from pipeline.train import lr_at, make_optimizer, train
+from pipeline.train.data import read_jsonl, system_prompt_of
 from tests.conftest import tiny_params
 
 
@@ -29,6 +32,71 @@ def test_adapter_files_and_metadata(tiny_pipeline):
     meta = read_json(adapter / "training.json")
     assert meta["optimizer"] == "adamw_torch"  # what actually ran on CPU
     assert meta["hardware"].startswith("cpu")
+
+
+def test_training_json_and_manifest_pin_the_shared_system_prompt(tiny_pipeline):
+    records = read_jsonl(tiny_pipeline["data"] / "train.jsonl")
+    shared = {r["messages"][0]["content"] for r in records if r["messages"][0]["role"] == "system"}
+    assert shared == {"You write structured hospital discharge summaries."}
+    assert all(r["messages"][0]["role"] == "system" for r in records)
+    meta = read_json(tiny_pipeline["adapter"] / "training.json")
+    assert meta["system_prompt"] == next(iter(shared))
+    assert meta["system_prompts_distinct"] == 1 and meta["records_without_system_prompt"] == 0
+    manifest = read_json(tiny_pipeline["bundle"] / "manifest.json")
+    assert manifest["tokenizer"]["system_prompt"] == meta["system_prompt"]
+
+
+def _turns(system: str | None) -> dict:
+    head = [{"role": "system", "content": system}] if system is not None else []
+    return {"messages": [*head, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}
+
+
+@pytest.mark.parametrize(("systems", "text", "distinct", "without"), [
+    (["S", "S", "S"], "S", 1, 0),
+    ([None, None], None, 0, 2),       # none: the template's default is what was learned
+    (["S", None, "S"], None, 1, 1),   # mixed
+    (["S", "T"], None, 2, 0),         # differing
+], ids=["shared", "none", "mixed", "differing"])
+def test_system_prompt_of_the_records(systems, text, distinct, without, caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.train.data"):
+        got = system_prompt_of([_turns(s) for s in systems])
+    assert (got.text, got.distinct, got.records_without) == (text, distinct, without)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert bool(warned) == (text is None and distinct > 0)
+    if warned:
+        assert "do not share one system prompt" in warned[0] and f"{distinct} distinct" in warned[0]
+
+
+def test_mixed_system_prompts_pin_none_through_train_and_bundle(tiny_pipeline, tmp_path, caplog):
+    """Records without the system turn mixed in: training warns, training.json and the manifest
+    pin null; an adapter whose training.json predates the key bundles with null too."""
+    from pipeline.bundle.build import build_bundle
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_pipeline["data"], data)
+    records = read_jsonl(data / "train.jsonl")
+    for r in records[::2]:
+        r["messages"] = r["messages"][1:]
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    params_path = tiny_params(tmp_path, train={"max_steps": 1, "val_every_steps": 1})
+    with caplog.at_level(logging.WARNING, logger="pipeline.train.data"):
+        train(load_section("train", params_path), tiny_pipeline["base_q"], tiny_pipeline["base"], data,
+              tmp_path / "adapter")
+    assert any("do not share one system prompt" in r.getMessage() for r in caplog.records)
+    meta = read_json(tmp_path / "adapter/training.json")
+    assert meta["system_prompt"] is None and meta["system_prompts_distinct"] == 1
+    assert meta["records_without_system_prompt"] == len(records[::2])
+    manifest = build_bundle(load_section("bundle", params_path), tiny_pipeline["base"], tiny_pipeline["base_q"],
+                            tmp_path / "adapter", tmp_path / "bundle")
+    assert manifest.tokenizer.system_prompt is None
+
+    legacy = tmp_path / "legacy_adapter"
+    shutil.copytree(tiny_pipeline["adapter"], legacy)
+    old = {k: v for k, v in read_json(legacy / "training.json").items() if "system_prompt" not in k}
+    (legacy / "training.json").write_text(json.dumps(old))
+    manifest = build_bundle(load_section("bundle", params_path), tiny_pipeline["base"], tiny_pipeline["base_q"],
+                            legacy, tmp_path / "legacy_bundle")
+    assert manifest.tokenizer.system_prompt is None
 
 
 def test_base_is_unchanged_by_training(tiny_pipeline):

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.bundle.manifest import MANIFEST_NAME, Manifest, compute_bundle_digest
 from pipeline.bundle.verify import BundleError, verify_bundle
-from tests.tamper import flip_byte, resign
+from tests.tamper import TAMPERS, flip_byte, resign
 
 
 def test_pristine_bundle_verifies(bundle_copy):
@@ -70,6 +70,37 @@ def test_edited_manifest_is_refused(bundle_copy):
     (bundle_copy / MANIFEST_NAME).write_text(json.dumps(raw))
     with pytest.raises(BundleError, match="bundle_digest"):
         verify_bundle(bundle_copy)
+
+
+def test_system_prompt_is_pinned_and_digested(bundle_copy):
+    manifest = verify_bundle(bundle_copy).manifest
+    trained = json.loads((bundle_copy / "adapter/training.json").read_text())["system_prompt"]
+    assert manifest.tokenizer.system_prompt == trained is not None
+    named, phrase = TAMPERS["edited system prompt"](bundle_copy)
+    with pytest.raises(BundleError) as err:
+        verify_bundle(bundle_copy)
+    assert err.value.path == named and phrase in str(err.value)
+
+
+@pytest.mark.parametrize("edit", ["prompt", "null"])
+def test_a_resigned_system_prompt_edit_is_another_bundle(bundle_copy, edit):
+    """Pinned means digested: rewriting the prompt (or unpinning it) with a matching digest gives
+    a bundle with another digest, which no evaluation, golden file or release describes."""
+    before = verify_bundle(bundle_copy).manifest.bundle_digest
+    resign(bundle_copy, tokenizer__system_prompt="Be brief." if edit == "prompt" else None)
+    assert verify_bundle(bundle_copy).manifest.bundle_digest != before
+
+
+def test_schema_v1_manifest_is_refused(bundle_copy):
+    """v1 manifests pin no system prompt; serving one would guess: refused, rebuild it."""
+    raw = json.loads((bundle_copy / MANIFEST_NAME).read_text())
+    raw["schema_version"] = 1
+    del raw["tokenizer"]["system_prompt"]
+    raw["bundle_digest"] = compute_bundle_digest(raw)
+    (bundle_copy / MANIFEST_NAME).write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="schema_version.*rebuild") as err:
+        verify_bundle(bundle_copy)
+    assert (err.value.expected, err.value.actual) == ("2", "1")
 
 
 def test_adapter_for_another_base_is_refused_even_with_a_rewritten_manifest(bundle_copy):

@@ -31,9 +31,10 @@ from tests.conftest import REPO, build_tiny_model_dir
 HOSTILE = REPO / "tests/data/hostile"
 GLOBAL_REASONS = {v.EXACT_DUPLICATE, v.NEAR_DUPLICATE}  # the only ones that depend on other records
 OUTPUTS = ("train.jsonl", "val.jsonl", "quarantine.jsonl", "meta.json")
-# As tests/data/hostile/EXPECTED.json: the tiny tokenizer needs the longer context
+# As tests/data/hostile/EXPECTED.json: the tiny tokenizer needs the longer context; the hostile
+# inputs are meant to be mostly rejected, so the quarantine limits only warn or pass
 PARAMS = CurateParams(raw_glob=["*.jsonl", "*.jsonl.gz", "*.csv"], max_seq_len_tokens=4096,
-                      max_quarantine_fraction=1.0)
+                      max_quarantine_fraction=1.0, on_slice_loss="warn")
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -69,7 +70,8 @@ def raw_dir(tmp_path_factory) -> Path:
     near["messages"][1]["content"] = near["messages"][1]["content"].replace(" ", "  ", 1)
     eval_item = load_all_suites(REPO / "eval_suites")[0].items()[0]
     planted = [json.dumps(first).encode(), json.dumps(near).encode(),
-               json.dumps({"messages": eval_item["messages"]}).encode()]
+               json.dumps({"messages": [*eval_item.messages,
+                                        {"role": "assistant", "content": eval_item.reference}]}).encode()]
     (raw / "notes_b.jsonl").write_bytes(b"\n".join(lines[120:] + planted) + b"\n\n")
     huge = b'{"messages": [{"role": "user", "content": "' + b"x" * (2 << 20) + b'"}]}'
     (raw / "huge_line.jsonl").write_bytes(clean[2] + b"\n" + huge + b"\n" + clean[3] + b"\n")

