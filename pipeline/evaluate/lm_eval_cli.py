@@ -1,8 +1,11 @@
 """`tailgate-lm-eval`: lm-eval's own command line, with the bundle engine registered as `tailgate`.
 
     tailgate-lm-eval --model tailgate --model_args bundle=artifacts/bundle \
-        --tasks discharge_summary --include_path eval_suites/discharge/tasks \
-        --apply_chat_template --system_instruction "You write structured hospital discharge summaries."
+        --tasks my_task --include_path my_tasks/ --apply_chat_template
+
+A suite's own task YAMLs read the prompts the evaluate stage renders (`{{prompt}}`); for a run
+by hand, point a task at raw items (e.g. `doc_to_text: "{{messages[1].content}}"`) and let
+lm-eval apply the chat template (tests/serving/test_lm_eval_client.py does).
 
 Every argument is lm-eval's (`run`, `ls`, `validate` and the rest work unchanged). The wrapper
 exists because lm-eval 0.4 finds models only in its own fixed table: it has no plugin or

@@ -4,7 +4,7 @@ suite.yaml `scorers:` list into scorer objects.
 A scorer maps (Output, EvalItem) to named per-item numbers in [0, 1]. It declares which of its
 outputs are per-item *correctness* (0 or 1 per item: what quantization flips and the suite check
 are computed on) and which are lower-is-better (a rate of something feared). Library scorers
-live in pipeline/evaluate/library.py; a suite's own live in its folder's `scorers.py` and are
+live in pipeline/evaluate/library/; a suite's own live in its folder's `scorers.py` and are
 named `scorers:function` (lm-eval's `!function utils.process_results` idea):
 
     # eval_suites/mytask/scorers.py
@@ -52,6 +52,9 @@ class Scorer:
 
     def __call__(self, output: Output, item: EvalItem) -> dict[str, float]:
         values = self.score(output, item)
+        if self.metrics and set(values) != set(self.metrics):
+            raise SuiteError(f"scorer {self.name} wrote {sorted(values)} for item {item.id}, but declares "
+                             f"{sorted(self.metrics)}")
         for k, v in values.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
                 raise SuiteError(f"scorer {self.name}: output {k}={v!r} for item {item.id} is not a number in [0, 1]")
@@ -68,6 +71,8 @@ LIBRARY: dict[str, Callable[..., Scorer]] = {}
 def library_scorer(name: str):
     """Register a library scorer factory: `factory(suite, **options) -> Scorer`."""
     def deco(factory):
+        if name in LIBRARY and LIBRARY[name] is not factory:
+            raise ValueError(f"library scorer {name!r} registered twice")
         LIBRARY[name] = factory
         return factory
     return deco
@@ -101,9 +106,6 @@ class FunctionScorer(Scorer):
         out = self.fn(output.text, item, **kw)
         if not isinstance(out, dict):
             raise SuiteError(f"scorer {self.name} returned {type(out).__name__}, not a dict of metrics")
-        missing = [m for m in self.metrics if m not in out]
-        if missing:
-            raise SuiteError(f"scorer {self.name} did not return its declared metrics {missing} for item {item.id}")
         return out
 
 
@@ -152,14 +154,23 @@ class _Prefixed(Scorer):
         return {self.prefix + k: v for k, v in self.inner(output, item).items()}
 
 
+def _names(value, what: str, suite: Suite) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    value = [value] if isinstance(value, str) else value  # `correctness: x` means [x], not its letters
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SuiteError(f"suite {suite.name}: `{what}` must be a metric name or a list of them")
+    return tuple(value)
+
+
 def build_scorer(suite: Suite, entry: str | dict[str, Any]) -> Scorer:
     options = {"scorer": entry} if isinstance(entry, str) else dict(entry)
     if "scorer" not in options:
         raise SuiteError(f"suite {suite.name}: scorer entry {entry!r} has no `scorer:` key")
     name = options.pop("scorer")
     prefix = options.pop("prefix", "")
-    correctness = options.pop("correctness", None)
-    lower = options.pop("lower_is_better", None)
+    correctness = _names(options.pop("correctness", None), "correctness", suite)
+    lower = _names(options.pop("lower_is_better", None), "lower_is_better", suite)
     if ":" in name:
         module, _, fn_name = name.partition(":")
         fn = getattr(_suite_module(suite, module), fn_name, None)
@@ -172,14 +183,21 @@ def build_scorer(suite: Suite, entry: str | dict[str, Any]) -> Scorer:
         if name not in LIBRARY:
             raise SuiteError(f"suite {suite.name}: unknown scorer {name!r}; library: {sorted(LIBRARY)}, or "
                              "`module:function` from the suite folder")
-        try:
-            built = LIBRARY[name](suite, **options)
+        factory = LIBRARY[name]
+        try:  # an unknown option is the suite's mistake; a TypeError inside the factory is a bug
+            inspect.signature(factory).bind(suite, **options)
         except TypeError as exc:
             raise SuiteError(f"suite {suite.name}: scorer {name}: {exc}") from None
+        built = factory(suite, **options)
         if correctness is not None:
             built.correctness = tuple(correctness)
         if lower is not None:
             built.lower_is_better = tuple(lower)
+    if built.metrics:
+        unknown = sorted(set(built.correctness + built.lower_is_better) - set(built.metrics))
+        if unknown:
+            raise SuiteError(f"suite {suite.name}: scorer {name} declares {unknown} as correctness/lower-is-better, "
+                             f"but writes only {list(built.metrics)}")
     return _Prefixed(built, prefix) if prefix else built
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from pipeline.chat import render_prompt
 from pipeline.suites import EvalItem, Suite, SuiteError
 
@@ -32,6 +30,16 @@ def write_rendered(tokenizer, items: list[EvalItem], default_system: str | None,
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def read_task(path: Path) -> dict:
+    """A task YAML as lm-eval itself reads it: `include:` merged, `!function` resolved."""
+    from lm_eval.tasks._yaml_loader import load_yaml  # lm-eval's loader; no public name in 0.4.13
+
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ValueError("not a YAML mapping")
+    return data
+
+
 def task_configs(suite: Suite, data_file: Path, max_new_tokens: int) -> dict[str, dict]:
     """The suite's task YAMLs pointed at the rendered items, with its generation settings."""
     out = {}
@@ -42,7 +50,7 @@ def task_configs(suite: Suite, data_file: Path, max_new_tokens: int) -> dict[str
         path = suite.task_path(name)
         if not path.is_file():
             raise SuiteError(f"suite {suite.name}: {key} {name!r} has no task file {path}")
-        config = yaml.safe_load(path.read_text())
+        config = read_task(path)
         if config.get("output_type") != kind:
             raise SuiteError(f"{path}: output_type must be {kind} for the suite's {key}")
         config["dataset_kwargs"] = {**config.get("dataset_kwargs", {}), "data_files": {"test": str(data_file)}}

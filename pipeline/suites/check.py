@@ -52,17 +52,9 @@ class SuiteCheck:
             raise SuiteError(f"suite {self.suite} ({self.root}) has {len(self.problems)} problem(s):\n{listed}")
 
 
-def _read_task(path: Path) -> dict:
-    # Parsed exactly as evaluation parses it (pipeline/evaluate/tasks.py: safe_load, no
-    # `include:` resolution), so a file that passes here also loads there.
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError("not a YAML mapping")
-    return data
-
-
 def _check_tasks(suite: Suite, problems: list[str]) -> None:
-    from pipeline.evaluate.tasks import OUTPUT_TYPES  # what evaluation itself requires of each task
+    # what evaluation itself requires of each task, read with the same (lm-eval's) loader
+    from pipeline.evaluate.tasks import OUTPUT_TYPES, read_task
 
     for attr, kind in OUTPUT_TYPES.items():
         name = getattr(suite.spec, attr)
@@ -73,8 +65,8 @@ def _check_tasks(suite: Suite, problems: list[str]) -> None:
             problems.append(f"{attr} {name!r}: task file {path} not found")
             continue
         try:
-            task = _read_task(path)
-        except (OSError, ValueError, yaml.YAMLError) as exc:
+            task = read_task(path)
+        except (OSError, ValueError, ImportError, AttributeError, yaml.YAMLError) as exc:
             problems.append(f"{attr} {name!r}: {path} does not parse as an lm-eval task YAML ({exc})")
             continue
         if task.get("output_type") != kind:

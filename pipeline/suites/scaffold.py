@@ -226,7 +226,7 @@ def _suite_yaml(name: str, source: Path, n: int, fields: dict[str, Any], kind: s
     if not chat:
         lines += [_line("prompt_field", fields["prompt_field"], "the prompt sent as the user turn"),
                   _line("completion_field", fields["completion_field"], "the reference answer")]
-    lines.append(_line("id_field", fields["id_field"] or "id",
+    lines.append(_line("id_field", fields["id_field"],
                        "" if fields["id_field"] else "no id field found: items are named file:line"))
     lines.append(_line("slice_field", fields["slice_field"],
                        "per-slice CIs, the worst slice and slice floors; null = one slice"))

@@ -8,7 +8,7 @@ A suite is data plus declarations, nothing under `pipeline/` knows its task:
   none (then evaluation applies the bundle's pinned system prompt, exactly as serving does for
   a request that brings none);
 - generation settings (max new tokens, stop strings), an optional JSON Schema and label set;
-- scorers from the library (pipeline/evaluate/library.py) or the suite's own `scorers.py`, and
+- scorers from the library (pipeline/evaluate/library/) or the suite's own `scorers.py`, and
   the `headline_metric` the report and its plots lead with.
 
 Variants may `include:` another suite.yaml and override keys.
@@ -49,7 +49,9 @@ class SuiteSpec(_Strict):
     format: Literal["auto", "chat", "prompt_completion"] = Field(
         "auto", description="chat: `messages` ending in the reference assistant turn; prompt_completion: `prompt` "
         "and `completion` fields; auto: per record, whichever it has.")
-    id_field: str = Field("id", description="Record field holding the item id (file:line when a record has none).")
+    id_field: str | None = Field(
+        "id", description="Record field holding the item id; a record without one (or null here) is named file:line, "
+        "which moves when lines move: give items ids when you can.")
     slice_field: str | None = Field(
         "slice", description="Record field naming the item's slice; null = one slice, `all`.")
     prompt_field: str = Field("prompt", description="prompt_completion: the field holding the prompt.")
@@ -156,7 +158,7 @@ def _item(spec: SuiteSpec, rec: Any, where: str) -> EvalItem:
         raise SuiteError(f"{where}: item has no `{spec.slice_field}` (the suite's slice_field)")
     else:
         slice_name = str(rec[spec.slice_field])
-    item_id = rec.get(spec.id_field)
+    item_id = rec.get(spec.id_field) if spec.id_field is not None else None
     return EvalItem(id=str(item_id) if item_id is not None else where.rsplit("/", 1)[-1], slice=slice_name,
                     messages=prompt, reference=reference, options=options, record=rec)
 

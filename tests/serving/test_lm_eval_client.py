@@ -25,7 +25,10 @@ LIMIT = 3
 
 
 def _task() -> dict:
+    """The suite's generation task over its raw items (the evaluate stage hands it rendered
+    prompts instead; here lm-eval applies the chat template on both sides)."""
     config = yaml.safe_load((SUITE / "tasks/discharge_summary.yaml").read_text())
+    config.update(doc_to_text="{{messages[1].content}}", doc_to_target="{{messages[2].content}}")
     config["dataset_kwargs"] = {"data_files": {"test": str(SUITE / "data/test.jsonl")}}
     config["generation_kwargs"] = {**config["generation_kwargs"], "max_gen_toks": MAX_GEN}
     return config
@@ -48,7 +51,7 @@ def _evaluate(model, model_args=None) -> tuple[dict, dict]:
 @pytest.mark.slow
 def test_lm_eval_chat_client_against_the_server_agrees_with_in_process(served, start_server):
     from pipeline.evaluate.lm_model import TailgateLM
-    from pipeline.evaluate.scorers import SCORERS
+    from pipeline.evaluate.scoring import Output, build_scorer
     from pipeline.suites import load_suite
 
     srv = start_server(max_batch=1)
@@ -59,10 +62,10 @@ def test_lm_eval_chat_client_against_the_server_agrees_with_in_process(served, s
     assert len(server_out) == LIMIT and set(server_out) == set(local_out)
     assert server_out == local_out  # tolerance 0 unbatched
     assert through_server["exact_match,none"] == in_process["exact_match,none"]
-    items = {it["id"]: it for it in load_suite(SUITE).items()}
-    score = SCORERS["field_exact_match"]
+    items = {it.id: it for it in load_suite(SUITE).items()}
+    score = build_scorer(load_suite(SUITE), "scorers:field_exact_match")
     for item_id, text in server_out.items():
-        assert score(text, items[item_id]) == score(local_out[item_id], items[item_id])
+        assert score(Output(text), items[item_id]) == score(Output(local_out[item_id]), items[item_id])
     # the server really answered them, one request per item
     metrics = httpx.get(f"{srv.url}/metrics").text
     served_ok = [line for line in metrics.splitlines() if line.startswith("tailgate_requests_total{")
@@ -74,9 +77,12 @@ def test_lm_eval_chat_client_against_the_server_agrees_with_in_process(served, s
 def test_lm_eval_command_line_runs_the_bundle_engine(tiny_pipeline, tmp_path):
     """`tailgate-lm-eval --model tailgate --model_args bundle=...` is lm-eval's CLI with our
     model registered; the samples it logs are the engine's greedy outputs."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "discharge_summary.yaml").write_text(yaml.safe_dump(_task()))
     cmd = [sys.executable, "-m", "pipeline.evaluate.lm_eval_cli", "run", "--model", "tailgate",
            "--model_args", f"bundle={tiny_pipeline['bundle']},max_gen_toks={MAX_GEN}", "--batch_size", "2",
-           "--tasks", "discharge_summary", "--include_path", str(SUITE / "tasks"), "--limit", "2",
+           "--tasks", "discharge_summary", "--include_path", str(tasks), "--limit", "2",
            "--apply_chat_template", "--system_instruction", "You write structured hospital discharge summaries.",
            "--output_path", str(tmp_path / "out"), "--log_samples"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

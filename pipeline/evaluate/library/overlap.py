@@ -9,7 +9,7 @@ from pipeline.suites.spec import EvalItem, Suite
 
 # rouge-score's LCS is a pure-Python table of answer tokens x reference tokens: an answer far
 # longer than any generation budget is scored on its first characters only (see _answer_cap).
-_CELL_BUDGET_CHARS = 50_000_000
+_CELL_BUDGET_CHARS = 20_000_000
 
 
 def _answer_cap(reference: str) -> int:
@@ -45,7 +45,7 @@ def rouge_l(suite: Suite, *, use_stemmer: bool = False) -> Scorer:
     lower-cases and keeps only ASCII letters and digits, so it suits English text.
 
     Output `rouge_l` (in [0, 1]; not correctness: use exact_match or a check for that). An
-    answer longer than max(10,000, 4x the reference, 50M / reference length) characters (far
+    answer longer than max(10,000, 4x the reference, 20M / reference length) characters (far
     beyond any generation budget) is scored on that prefix, keeping the pure-Python LCS fast.
 
     Options:

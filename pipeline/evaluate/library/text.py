@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Callable
 
 from pipeline.evaluate.library._common import check_bool, check_str_list, normalizer
 from pipeline.evaluate.scoring import Output, Scorer, library_scorer
