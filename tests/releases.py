@@ -1,6 +1,6 @@
 """Inputs of the release stage for a tiny bundle, shared by the release and serving tests.
 
-The evaluation report is the repository's committed reports/eval.json re-bound to the tiny
+The evaluation report is a fixed copy of a real default report (tests/data/gate_v1/eval.json) re-bound to the tiny
 bundle (so the model card renders a real report's structure); the gate decision comes from the
 real gate function over it, so a release is only ever made from a decision the gate produced.
 """
@@ -16,12 +16,17 @@ from pipeline.params import GateParams, ReleaseParams
 from tests.conftest import REPO
 
 
-def make_evidence(bundle_dir: Path, out: Path, golden: Path | None = None, **gate_overrides) -> dict[str, Path]:
+# A fixed copy of a real default report (tests/data/gate_v1); `dvc repro` never rewrites it.
+REPORT = REPO / "tests/data/gate_v1/eval.json"
+RULES = [{"metric": "overall.field_accuracy", "min": 0.0}]
+
+
+def make_evidence(bundle_dir: Path, out: Path, golden: Path | None = None, rules: list | None = None) -> dict[str, Path]:
     manifest = verify_bundle(bundle_dir).manifest
-    report = json.loads((REPO / "reports/eval.json").read_text())
+    report = json.loads(REPORT.read_text())
     report["bundle_digest"] = manifest.bundle_digest
     report["bundle"]["chat_template_sha256"] = manifest.tokenizer.chat_template_sha256
-    decision = decide(GateParams(**gate_overrides), report, manifest.bundle_digest,
+    decision = decide(GateParams(rules=RULES if rules is None else rules), report, manifest.bundle_digest,
                       chat_template_sha256=manifest.tokenizer.chat_template_sha256)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"eval": out / "eval.json", "gate": out / "gate.json", "golden": out / "golden.json"}

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -43,6 +44,7 @@ TEST_PER_SLICE = {"common": 32, "outage": 32, "negation": 32, "long": 32}
 QUEUES = ("billing", "shipping", "technical", "account", "outage")
 PRIORITIES = ("low", "normal", "high", "urgent")
 PRODUCTS = ("alarm", "camera", "thermostat", "lock", "detector")
+WORD = re.compile(r"\w+")  # words as the curate stage counts them (case-folded)
 
 FIRST = ("Maria", "James", "Aisha", "Tom", "Priya", "Daniel", "Chloe", "Omar", "Grace", "Luis", "Hannah", "Kenji",
          "Fatima", "Peter", "Sofia", "Marcus", "Elena", "Ravi", "Julia", "Samuel", "Nadia", "Owen", "Mei", "Carlos",
@@ -291,19 +293,25 @@ def _request(t: Ticket, yes_share: float = 0.4) -> str:
 
 
 def _body(t: Ticket, middle: list[str]) -> str:
-    """Greeting, context, the given sentences (shuffled a little), sign-off."""
-    r = t.rng
-    if r.random() < 0.3 and len(middle) > 2:  # some customers lead with what they want
-        middle = [middle[-1], *middle[:-1]]
+    """Greeting, context, the given sentences (issue first, or now and then the tone), sign-off."""
+    if t.rng.random() < 0.25 and len(middle) > 2:  # "I need this sorted today. My card was ..."
+        middle = [middle[-2], *middle[:-2], middle[-1]]
     head = _join([t.pick(GREETINGS), t.pick(CONTEXT)])
     return "\n\n".join(x for x in (head, _join(middle), t.pick(SIGNOFFS)) if x)
+
+
+def issue(t: Ticket) -> str:
+    options = ISSUES[t.queue]
+    if t.queue == "technical" and t.product in NON_SAFETY:
+        options = options + NON_SAFETY_TECHNICAL
+    return t.pick(options)
 
 
 def common(rng: random.Random) -> Ticket:
     queue = rng.choice(("billing", "shipping", "technical", "account"))
     t = Ticket(rng, queue, rng.choice(PRODUCTS))
     tone = _tone(t)
-    t.prompt = _body(t, [t.pick(ISSUES[queue]), t.pick(DETAIL[queue]), tone, _request(t)])
+    t.prompt = _body(t, [issue(t), t.pick(DETAIL[queue]), tone, _request(t)])
     return t
 
 
@@ -316,24 +324,24 @@ def outage(rng: random.Random) -> Ticket:
 
 
 def negation(rng: random.Random) -> Ticket:
-    kind = rng.choice(("queue", "queue", "refund", "priority", "product"))
+    kind = rng.choice(("queue", "queue", "queue", "refund", "priority", "product"))
     if kind == "queue":
         negated, queues, text = rng.choice(QUEUE_NEGATIONS)
         t = Ticket(rng, rng.choice(queues), rng.choice(PRODUCTS))
         t.negated_queue = negated
-        sentences = [t.fill(text), t.pick(ISSUES[t.queue]), _tone(t), _request(t)]
+        sentences = [t.fill(text), issue(t), _tone(t), _request(t)]
     else:
         t = Ticket(rng, rng.choice(("billing", "shipping", "technical", "account")), rng.choice(PRODUCTS))
-        issue = t.pick(ISSUES[t.queue])
+        said = issue(t)
         if kind == "refund":
             t.refund = False
-            sentences = [issue, _tone(t), t.pick(REFUND_NEGATIONS)]
+            sentences = [said, _tone(t), t.pick(REFUND_NEGATIONS)]
         elif kind == "priority":
             t.priority = "low"
-            sentences = [issue, t.pick(PRIORITY_NEGATIONS), _request(t)]
+            sentences = [said, t.pick(PRIORITY_NEGATIONS), _request(t)]
         else:
             t.slots["neg"] = rng.choice(PHRASES[rng.choice([p for p in PRODUCTS if p != t.product])])
-            sentences = [t.pick(PRODUCT_NEGATIONS), issue, _tone(t), _request(t)]
+            sentences = [t.pick(PRODUCT_NEGATIONS), said, _tone(t), _request(t)]
     t.prompt = _body(t, sentences)
     return t
 
@@ -367,15 +375,46 @@ def long_ticket(rng: random.Random) -> Ticket:
 MAKERS = {"common": common, "outage": outage, "negation": negation, "long": long_ticket}
 
 
-def _records(rng: random.Random, counts: dict[str, int], prefix: str, avoid: set[str]) -> list[dict]:
+class HeldOut:
+    """The held-out items' word 13-grams, to keep training tickets from containing one.
+
+    The rule of the curate stage's decontamination (pipeline/curate/decontam.py), a little
+    stricter: 13-grams found in more than 5% of the items are template text and ignored; a
+    ticket that holds 40% of an item's other 13-grams (the stage rejects at 50%) is drawn again.
+    """
+
+    N, SHARE, LIMIT = 13, 0.05, 0.4
+
+    def __init__(self, prompts: list[str]):
+        per_item = [self.grams(p) for p in prompts]
+        count = Counter(g for grams in per_item for g in grams)
+        common = {g for g, c in count.items() if c > max(self.SHARE * len(prompts), 1)}
+        self.sizes = [len(grams - common) for grams in per_item]
+        self.owner: dict[tuple, list[int]] = {}
+        for i, grams in enumerate(per_item):
+            for g in grams - common:
+                self.owner.setdefault(g, []).append(i)
+
+    @classmethod
+    def grams(cls, text: str) -> set[tuple]:
+        words = WORD.findall(text.casefold())
+        return {tuple(words[i:i + cls.N]) for i in range(len(words) - cls.N + 1)}
+
+    def contains_one(self, text: str) -> bool:
+        hits = Counter(i for g in self.grams(text) for i in self.owner.get(g, ()))
+        return any(n >= self.LIMIT * self.sizes[i] for i, n in hits.items())
+
+
+def _records(rng: random.Random, counts: dict[str, int], prefix: str, seen: set[str],
+             held_out: HeldOut | None = None) -> list[dict]:
     out = []
     for slice_name, n in counts.items():
         made = 0
         while made < n:
             t = MAKERS[slice_name](rng)
-            if t.prompt in avoid:
-                continue
-            avoid.add(t.prompt)
+            if t.prompt in seen or (held_out is not None and held_out.contains_one(t.prompt)):
+                continue  # drawn again: every ticket distinct, no training ticket holds a held-out one
+            seen.add(t.prompt)
             made += 1
             rec = {"id": f"{prefix}-{slice_name}-{made:03d}", "slice": slice_name, "prompt": t.prompt,
                    "completion": t.answer()}
@@ -388,7 +427,8 @@ def _records(rng: random.Random, counts: dict[str, int], prefix: str, avoid: set
 def build(seed: int = SEED) -> dict[str, list[dict]]:
     seen: set[str] = set()
     test = _records(random.Random(f"{seed}:test"), TEST_PER_SLICE, "ev", seen)
-    train = _records(random.Random(f"{seed}:train"), TRAIN_PER_SLICE, "tk", seen)
+    train = _records(random.Random(f"{seed}:train"), TRAIN_PER_SLICE, "tk", seen,
+                     HeldOut([r["prompt"] for r in test]))
     random.Random(f"{seed}:order").shuffle(train)  # slices interleaved, as a real export would be
     return {"train": train, "test": test}
 

@@ -39,13 +39,15 @@ def served(tiny_pipeline, tmp_path_factory) -> Served:
     from pipeline.bundle.verify import verify_bundle
     from pipeline.engines.hf import HFEngine
     from pipeline.evaluate import golden_outputs
+    from pipeline.evaluate.run import default_system_prompt
     from pipeline.suites import load_suite
     from serving.probe import load_golden, replay
 
     bundle = verify_bundle(tiny_pipeline["bundle"])
     engine = HFEngine.from_bundle(bundle)
     suite = load_suite(REPO / "eval_suites/discharge")
-    prompts = golden_outputs(engine, suite, suite.items(), GOLDEN_PROMPTS, GOLDEN_MAX_NEW_TOKENS)
+    system, _ = default_system_prompt(suite, bundle.manifest)
+    prompts = golden_outputs(engine, suite.items(), system, GOLDEN_PROMPTS, GOLDEN_MAX_NEW_TOKENS)
     golden_path = tmp_path_factory.mktemp("golden") / "golden.json"
     golden_path.write_text(json.dumps({"bundle_digest": bundle.manifest.bundle_digest, "engine": engine.name,
                                        "prompts": prompts}), encoding="utf-8")

@@ -80,7 +80,8 @@ def test_only_a_passing_gate_for_this_bundle_releases(tiny_pipeline, tmp_path, g
 
 
 def test_a_gate_that_really_fails_is_refused(tiny_pipeline, tmp_path):
-    evidence = make_evidence(tiny_pipeline["bundle"], tmp_path / "reports", min_format_validity=1.0)
+    evidence = make_evidence(tiny_pipeline["bundle"], tmp_path / "reports",
+                             rules=[{"metric": "overall.format_valid", "min": 1.0}])
     assert json.loads(evidence["gate"].read_text())["passed"] is False
     with pytest.raises(ReleaseError, match="format_validity"):
         release(release_params(tmp_path), tiny_pipeline["bundle"], evidence["eval"], evidence["gate"],
