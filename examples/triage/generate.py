@@ -19,9 +19,10 @@ Every ticket is assembled from independently chosen sentences (greeting, context
 detail, priority cue, request, sign-off) with names, order numbers, dates and amounts filled
 in, so no two tickets share most of their word n-grams: the curate stage's near-duplicate and
 decontamination checks keep them. Held-out items are drawn first from their own random stream;
-a training ticket identical to one of them is drawn again.
+a training ticket identical to one of them, or holding much of one (HeldOut), is drawn again.
 
-Seeded and standard library only, so the files are the same bytes on every run:
+Seeded with strings and standard library only, so the files are the same bytes on every run
+(whatever PYTHONHASHSEED is):
 
     python examples/triage/generate.py                 # rewrite data/raw/tickets.jsonl and suite/data/test.jsonl
     python examples/triage/generate.py --check         # exit 1 when the committed files differ
@@ -73,7 +74,6 @@ PHRASES = {
     "lock": ("smart lock", "front door lock", "back door deadbolt", "keypad lock"),
     "detector": ("smoke detector", "CO detector", "carbon monoxide detector", "smoke and CO detector"),
 }
-SAFETY = ("alarm", "detector", "lock", "thermostat", "camera")
 
 GREETINGS = ("Hi,", "Hello,", "Hello Hearthline team,", "Hi there,", "Good morning,", "Good afternoon,",
              "To whom it may concern,", "Hey support,", "Dear Hearthline,", "", "", "")
@@ -87,7 +87,8 @@ SIGNOFFS = ("Thanks,\n{first}", "Regards,\n{first} {last}", "Cheers, {first}", "
 LOW = ("Whenever you get a chance is fine.", "Take your time with this one.", "It can wait until next week.",
        "Low priority on my end.", "Just flagging it for whenever someone is free.", "No hurry at all.")
 HIGH = ("I need this sorted today, please.", "Please treat this as a priority, this is the third time I'm writing.",
-        "This has to be fixed before I travel on {weekday}.", "I've been waiting {n} days and I'm running out of patience.",
+        "This has to be fixed before I travel on {weekday}.",
+        "I've been waiting {n} days and I'm running out of patience.",
         "Please escalate this, it's costing me money every day.", "I need an answer as soon as possible.")
 NEUTRAL = ("Let me know if you need anything else from me.", "Thanks in advance for your help.",
            "I can send photos if that helps.", "My order number is {order} if you need it.", "")
@@ -138,20 +139,32 @@ NON_SAFETY_TECHNICAL = (
 )
 NON_SAFETY = ("camera", "thermostat", "lock")
 OUTAGES = {
-    "alarm": ("My {pp} says 'monitoring offline' and the test signal never reached your monitoring center.",
-              "Since {time} the {pp} has had no link to the monitoring center and the keypad shows a communication fault.",
-              "After the power cut the {pp} went dead and it will not arm at all."),
-    "detector": ("The {pp} in the {room} has shown offline in the app since {time}, so nobody would be alerted to a fire.",
-                 "The {pp} in the {room} lost its connection to the hub and your center is not receiving its signals."),
-    "lock": ("The {pp} is stuck unlocked and ignores the app and the keypad, and I'm away from home.",
-             "Our {pp} will not lock, the house is open and we are away until {weekday}."),
-    "thermostat": ("The {pp} shut the heating off and won't turn it back on; it is {temp} degrees outside and we have a {vulnerable} at home.",
-                   "The {pp} is stuck on cooling and unresponsive, the house is at {temp} degrees with a {vulnerable} here."),
-    "camera": ("Every camera on my account went offline at {time} and the monitoring center says it cannot verify alarms.",
-               "The {pp} that covers our entrance is offline and the monitoring center can't see the alarm zone it watches."),
+    "alarm": (
+        "My {pp} says 'monitoring offline' and the test signal never reached your monitoring center.",
+        "Since {time} the {pp} has had no link to the monitoring center and the keypad shows a communication fault.",
+        "After the power cut the {pp} went dead and it will not arm at all.",
+    ),
+    "detector": (
+        "The {pp} in the {room} has shown offline in the app since {time}, so nobody would be alerted to a fire.",
+        "The {pp} in the {room} lost its connection to the hub and your center is not receiving its signals.",
+    ),
+    "lock": (
+        "The {pp} is stuck unlocked and ignores the app and the keypad, and I'm away from home.",
+        "Our {pp} will not lock, the house is open and we are away until {weekday}.",
+    ),
+    "thermostat": (
+        "The {pp} shut the heating off and won't turn it back on; it is {temp} degrees outside and we have a "
+        "{vulnerable} at home.",
+        "The {pp} is stuck on cooling and unresponsive, the house is at {temp} degrees with a {vulnerable} here.",
+    ),
+    "camera": (
+        "Every camera on my account went offline at {time} and the monitoring center says it cannot verify alarms.",
+        "The {pp} that covers our entrance is offline and the monitoring center can't see the alarm zone it watches.",
+    ),
 }
-OUTAGE_DETAIL = ("The app shows error code E{n}.", "I already restarted the hub twice.", "My neighbour says theirs is down too.",
-                 "The status page says everything is fine.", "I pay for professional monitoring for exactly this reason.", "", "")
+OUTAGE_DETAIL = ("The app shows error code E{n}.", "I already restarted the hub twice.",
+                 "My neighbour says theirs is down too.", "The status page says everything is fine.",
+                 "I pay for professional monitoring for exactly this reason.", "", "")
 DETAIL = {
     "billing": ("My bank statement shows it on {month} {day}.", "I've attached a screenshot of the statement.", ""),
     "shipping": ("I was home all day and no one came.", "The box itself looked fine.", ""),
@@ -160,14 +173,15 @@ DETAIL = {
     "account": ("I'm the account holder.", "I can verify my identity however you need.", ""),
 }
 REFUND_YES = {
-    "billing": ("Please refund the extra charge.", "I want that money refunded to my card.", "I'd like a refund for {month}.",
-                "Please reverse the charge and refund me."),
+    "billing": ("Please refund the extra charge.", "I want that money refunded to my card.",
+                "I'd like a refund for {month}.", "Please reverse the charge and refund me."),
     "shipping": ("I'd like my money back instead of a replacement.", "Please cancel it and refund the order.",
                  "Just refund me, please."),
-    "technical": ("If it can't be fixed I want to return it for a refund.", "I'd like to send it back and get my money back."),
+    "technical": ("If it can't be fixed I want to return it for a refund.",
+                  "I'd like to send it back and get my money back."),
     "account": ("Please close the account and refund the months I haven't used.",),
-    "outage": ("I expect a credit for the days the monitoring was down.", "I want a refund for this month's monitoring.",
-               "Please refund the monitoring fee for this period."),
+    "outage": ("I expect a credit for the days the monitoring was down.",
+               "I want a refund for this month's monitoring.", "Please refund the monitoring fee for this period."),
 }
 REFUND_NO = {
     "billing": ("Please make sure it's right from next month.", "Can you send me a corrected invoice?",
@@ -183,12 +197,14 @@ REFUND_NO = {
 
 # Negation: a sentence that rules a wrong reading out. (negated queue, queues it may go with, text)
 QUEUE_NEGATIONS = (
-    ("billing", ("technical", "account", "shipping"), "This is not a billing question, the charges on my account are fine."),
+    ("billing", ("technical", "account", "shipping"),
+     "This is not a billing question, the charges on my account are fine."),
     ("billing", ("technical", "shipping"), "I'm not disputing any charge."),
     ("shipping", ("technical", "account"), "This isn't about shipping, the box arrived on time and in one piece."),
     ("technical", ("billing", "account"), "The {pp} itself works fine, this is not a technical problem."),
     ("account", ("billing", "technical"), "It's not about my login or account details."),
-    ("outage", ("billing", "account", "technical"), "This is not an outage, the {pp} is working and monitoring is fine."),
+    ("outage", ("billing", "account", "technical"),
+     "This is not an outage, the {pp} is working and monitoring is fine."),
     ("outage", ("billing", "technical"), "Nothing is down and nobody is in danger, to be clear."),
 )
 REFUND_NEGATIONS = ("I'm not asking for a refund, I just want it sorted.", "I don't want my money back.",
@@ -250,9 +266,11 @@ class Ticket:
             "amt2": f"{r.randint(80, 149)}.{r.randint(0, 99):02d}", "order": f"HL-{r.randint(100000, 999999)}",
             "code": f"{r.choice('ABCDEFGHKMNPRSTW')}{r.randint(1000, 9999)}", "room": r.choice(ROOMS),
             "street": f"{r.randint(2, 240)} {r.choice(STREETS)}", "relation": r.choice(RELATIONS),
-            "color": r.choice(("red", "orange", "blue", "white")), "time": f"{r.randint(1, 12)}:{r.choice(('05', '20', '35', '50'))} {r.choice(('am', 'pm'))}",
+            "color": r.choice(("red", "orange", "blue", "white")),
+            "time": f"{r.randint(1, 12)}:{r.choice(('05', '20', '35', '50'))} {r.choice(('am', 'pm'))}",
             "temp": r.choice((-14, -9, -3, 2, 38, 41, 43)), "vulnerable": r.choice(VULNERABLE),
-            "pp": r.choice(PHRASES[product]), "other": r.choice(PHRASES[r.choice([p for p in PRODUCTS if p != product])]),
+            "pp": r.choice(PHRASES[product]),
+            "other": r.choice(PHRASES[r.choice([p for p in PRODUCTS if p != product])]),
             "ticket": f"#{r.randint(300000, 899999)}", "company": r.choice(COMPANIES), "title": r.choice(TITLES),
             "city": r.choice(CITIES), "hours": r.choice(("8am to 6pm", "9am to 5pm Monday to Friday", "8:30 to 17:30")),
             "hours2": r.choice((24, 48, 72)),
@@ -267,6 +285,8 @@ class Ticket:
         return self.fill(self.rng.choice(options))
 
     def answer(self) -> str:
+        assert self.queue in QUEUES and self.priority in PRIORITIES and self.product in PRODUCTS
+        assert (self.priority == "urgent") == (self.queue == "outage"), "urgent if and only if outage"
         value = {"queue": self.queue, "priority": self.priority, "product": self.product, "refund": self.refund}
         return json.dumps(value, separators=(",", ":"))
 
@@ -275,9 +295,10 @@ def _join(parts) -> str:
     return " ".join(p for p in parts if p)
 
 
-def _tone(t: Ticket, allow_low: bool = True) -> str:
+def _tone(t: Ticket) -> str:
+    """The customer's priority cue (or none), and the priority it sets."""
     roll = t.rng.random()
-    if roll < 0.25 and allow_low:
+    if roll < 0.25:
         t.priority = "low"
         return t.pick(LOW)
     if roll < 0.5:
@@ -316,7 +337,7 @@ def common(rng: random.Random) -> Ticket:
 
 
 def outage(rng: random.Random) -> Ticket:
-    t = Ticket(rng, "outage", rng.choice(SAFETY))
+    t = Ticket(rng, "outage", rng.choice(tuple(OUTAGES)))
     t.priority = "urgent"
     t.prompt = _body(t, [t.pick(OUTAGES[t.product]), t.pick(OUTAGE_DETAIL), t.pick(OUTAGE_TONE),
                          _request(t, yes_share=0.3)])

@@ -41,6 +41,9 @@ class SuiteCheck:
     headline: str = ""
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)         # worth reading, not worth failing on
+    # slice -> the metrics its items' references produce (a scorer may write a metric for some
+    # items only, e.g. a recall over the feared slice): the report has it in those slices only
+    slice_metrics: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -102,7 +105,10 @@ def _run_scorers(scorers: list, items: list[EvalItem], check: SuiteCheck) -> Non
             except Exception as exc:  # any failure of user code is a finding, not a crash of the check
                 errors.setdefault(f"{type(exc).__name__}: {exc}", []).append(it)
                 continue
+            in_slice = check.slice_metrics.setdefault(it.slice, [])
             for k, v in values.items():
+                if k not in in_slice:
+                    in_slice.append(k)
                 if k not in seen:
                     seen.append(k)
                 if k in s.correctness and v != 1.0:
@@ -204,7 +210,8 @@ def skeleton_report(check: SuiteCheck, has_nll: bool, damage: bool) -> dict[str,
     loglikelihood_task, damage when it is off, flips without correctness metrics) are absent,
     so a rule on them is found missing here exactly as the gate would find it missing."""
     n, head = check.items, check.headline
-    slices = {name: {"n": k, "too_small": False, **{m: _summary(k) for m in check.metrics}}
+    slices = {name: {"n": k, "too_small": False,
+                     **{m: _summary(k) for m in check.metrics if m in check.slice_metrics.get(name, check.metrics)}}
               for name, k in check.slices.items()}
     nll = {k: 0.0 for k in NLL_KEYS} if has_nll else {}
     report: dict[str, Any] = {
@@ -240,6 +247,8 @@ def _why_missing(report: dict, concrete: str, damage: bool, has_nll: bool) -> st
         where = parts[:i]
         if where in (["overall"], ["reference", "overall"]) or (len(where) in (2, 3) and where[-2] == "slices"
                                                                  and where[0] != "damage"):
+            if part in report["overall"]:  # produced, but not for any item of this slice
+                return f"metric {part!r} is produced only for some slices' items ({where[-1]} has none)"
             return f"unknown metric {part!r}; the suite's metrics: {', '.join(report['overall'])}"
         if where and where[-1] == "slices":
             return f"unknown slice {part!r}; the suite's slices: {', '.join(report['slices']) or '(none)'}"
