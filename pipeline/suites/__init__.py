@@ -1,5 +1,9 @@
 """Eval suites: loading (spec.py), scaffolding one from a JSONL file (scaffold.py) and checking
-one before a release depends on it (check.py). `python -m pipeline.suites --help`."""
+one before a release depends on it (check.py). `python -m pipeline.suites --help`.
+
+Only the loader is re-exported here: curation reads suites through it, and DVC declares just
+spec.py and this file for the curate stage, so editing the check or the scaffold does not
+re-curate the data. Import `pipeline.suites.check` / `pipeline.suites.scaffold` directly."""
 
 from pipeline.suites.spec import (
     SUITE_FILE, EvalItem, GenerationSpec, Suite, SuiteError, SuiteSpec, load_all_suites, load_suite,
@@ -7,7 +11,3 @@ from pipeline.suites.spec import (
 
 __all__ = ["SUITE_FILE", "EvalItem", "GenerationSpec", "Suite", "SuiteError", "SuiteSpec", "load_all_suites",
            "load_suite"]
-from pipeline.suites.check import SuiteCheck, check_suite  # noqa: E402  (after spec: check imports it)
-from pipeline.suites.scaffold import ScaffoldResult, scaffold_suite  # noqa: E402
-
-__all__ += ["ScaffoldResult", "SuiteCheck", "check_suite", "scaffold_suite"]

@@ -73,7 +73,8 @@ def test_triage_example_runs_the_whole_pipeline_by_params_alone(tmp_path):
     from pipeline.gate import decide, expand
     from pipeline.params import load_section
     from pipeline.quantize import quantize_base
-    from pipeline.suites import check_suite, load_suite
+    from pipeline.suites import load_suite
+    from pipeline.suites.check import check_suite
     from pipeline.train import train
 
     build_tiny_model_dir(tmp_path / "tiny_hf")

@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from pipeline.params import GateParams, load_section
-from pipeline.suites import check_suite, load_suite, scaffold_suite
+from pipeline.suites import load_suite
+from pipeline.suites.check import check_suite
+from pipeline.suites.scaffold import scaffold_suite
 from pipeline.suites.__main__ import main
 
 
