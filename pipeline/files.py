@@ -1,12 +1,15 @@
 """File helpers every stage shares: hashing, canonical JSON, atomic writes.
 
 Stages write outputs atomically (temp then rename) so that an interrupted run never leaves a
-half-written file that DVC or a later stage would take for a finished one.
+half-written file that DVC or a later stage would take for a finished one. Every file write
+goes through `atomic_open`, the one implementation (fsync before the rename, and of the
+directory after it, so a power cut cannot leave an empty file under the final name either).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -15,7 +18,7 @@ import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 _CHUNK = 1 << 20
 
@@ -61,19 +64,47 @@ def digest_json(obj: Any) -> str:
     return sha256_bytes(canonical_json(obj).encode("utf-8"))
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable. Some filesystems cannot fsync a directory (EINVAL); the
+    rename is still atomic there, only not yet on disk, which is all they offer."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Write `path` all or nothing: yield a temp file beside it ("w" text, UTF-8 with \n line
+    ends, or "wb"); when the block ends cleanly the file is flushed and fsynced, renamed over
+    `path` and the directory fsynced, so a crash leaves the old file or the new one, never a
+    torn one. If the block raises, the temp file is removed and `path` is untouched."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes with mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
+        with (os.fdopen(fd, "wb") if mode == "wb" else os.fdopen(fd, "w", encoding="utf-8", newline="\n")) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

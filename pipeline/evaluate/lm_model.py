@@ -14,6 +14,7 @@ from typing import Sequence
 import lm_eval.models  # noqa: F401  (see below)
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from pipeline.engines.base import GenerationRequest, SamplingParams
@@ -102,18 +103,30 @@ class TailgateLM(LM):
         pairs = [self.split_pair(*req.args) for req in requests]
         return self.engine.loglikelihood(pairs)
 
+    def rolling_windows(self, text: str) -> list[tuple[list[int], list[int]]]:
+        """lm-eval's own disjoint (context, continuation) windows over the whole text, as its HF
+        model scores them: the first predicts from the prefix token (bos, else the first stop id);
+        every full window after it from the one token before it (context_len=1), and the last,
+        shorter one from as many preceding tokens as fill the window.
+
+        lm-eval's window spans max_seq_len + 1 tokens of which its HF model feeds max_seq_len
+        (the last token's logits are never needed); the engine scores context + continuation as
+        one sequence of at most its context, so max_seq_len is that context less one."""
+        prefix = (self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None
+                  else self.engine.stop_token_ids[0])
+        return [make_disjoint_window(w) for w in get_rolling_token_windows(
+            token_list=self.encode(text), prefix_token=prefix,
+            max_seq_len=self.engine.max_context_tokens - 1, context_len=1)]
+
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        out = []
-        for req in requests:
-            ids = self.encode(req.args[0])
-            prefix = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None
-                      else self.engine.stop_token_ids[0]]
-            window = self.engine.max_context_tokens - 1
-            total = 0.0
-            for start in range(0, len(ids), window):
-                ctx = prefix if start == 0 else ids[max(0, start - 1): start]
-                total += self.engine.loglikelihood([(ctx, ids[start:start + window])])[0][0]
-            out.append(total)
+        windows = [self.rolling_windows(req.args[0]) for req in requests]
+        flat = [w for ws in windows for w in ws]
+        # All windows of all requests in one call: the engine batches them (batch-invariant).
+        scores = self.engine.loglikelihood(flat) if flat else []
+        out, start = [], 0
+        for ws in windows:
+            out.append(float(sum(lp for lp, _ in scores[start:start + len(ws)])))
+            start += len(ws)
         return out
 
     def apply_chat_template(self, chat_history: Sequence[dict], add_generation_prompt: bool = True) -> str:

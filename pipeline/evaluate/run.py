@@ -29,7 +29,7 @@ from pipeline.evaluate.scoring import (
 )
 from pipeline.files import files_digest
 from pipeline.params import EvaluateParams, GateParams
-from pipeline.suites import EvalItem, Suite, SuiteError, load_suite
+from pipeline.suites import EvalItem, Suite, load_suite
 
 log = logging.getLogger(__name__)
 
@@ -228,5 +228,3 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir:
     golden_record = {"bundle_digest": manifest.bundle_digest, "engine": engine_info["name"], "prompts": golden}
     return report, rows, golden_record
 
-
-__all__ = ["ScoringError", "SuiteError", "evaluate", "golden_outputs", "prepare"]

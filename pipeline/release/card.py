@@ -4,7 +4,11 @@
 gate reports of that same bundle, and the release facts passed in. It refuses to render when a
 report describes another bundle or the gate report has no verdict, because a card that claims
 numbers or a verdict for the wrong bundle is worse than no card. Optional report sections that
-are missing (older reports, fixtures) become "not measured" instead of errors.
+are missing (older reports, fixtures) become "not measured" instead of errors. The report is
+read by its own `headline_metric`, so any suite's report renders, older report shapes too.
+
+The front matter is huggingface_hub's ModelCardData (eval results as EvalResult), and the card
+is refused unless it passes the Hub client's offline checks (`check_card_metadata`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.repocard_data import eval_results_to_model_index
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from pipeline.bundle.verify import adapter_trained_on, shipped_base_digest
 from pipeline.files import files_digest
@@ -22,8 +28,14 @@ from pipeline.files import files_digest
 if TYPE_CHECKING:
     from pipeline.bundle.manifest import Manifest
 
-# Columns shown next to the headline metric in the slice table, when the report has them.
-_SIDE_METRICS = ("format_valid", "hallucination", "list_f1", "exact_match", "nll_per_token")
+# Columns beside the headline metric in the slice table: the metrics the suite marks as
+# correctness or lower-is-better (what gates name), then the NLL. Reports older than those
+# marks get the columns the card always showed them.
+_SIDE_COLUMNS = 5
+_LEGACY_SIDE_METRICS = ("format_valid", "hallucination", "list_f1", "exact_match", "nll_per_token")
+# Key order of the front matter (huggingface_hub appends model-index last).
+_META_ORDER = ["base_model", "base_model_relation", "library_name", "license", "pipeline_tag", "tags", "language",
+               "tailgate"]
 _QUANTILES = ("p50", "p90", "p99", "max", "worst5pct_mean")
 _MISSING = "not measured"
 
@@ -96,49 +108,62 @@ def _check(manifest: Manifest, eval_report: dict, gate_report: dict) -> bool:
     return passed
 
 
-def _front_matter(m: Manifest, ev: dict, gate: dict, passed: bool, base_model: str | None, license: str,
-                  datasets_digest: str, language: list[str] | None, name: str) -> str:
+def _card_data(m: Manifest, ev: dict, gate: dict, passed: bool, base_model: str | None, license: str,
+               data_digest: str, language: list[str] | None, name: str) -> ModelCardData:
+    """The front matter as huggingface_hub's ModelCardData: Hub fields, the eval results as a
+    model-index, and tailgate's own facts in a `tailgate` block (extra keys the Hub keeps). The
+    curated data is local and has no Hub dataset id, so it has no `datasets` entry: its digest is
+    in the `tailgate` block."""
     method = m.quantization.method
     tags = ["lora"] if method == "none" else ["qlora", method, "4-bit", "bitsandbytes"]
-    head: dict[str, Any] = {}
-    if base_model:
-        head["base_model"] = base_model
-        head["base_model_relation"] = "adapter"
-    head.update({"library_name": "peft", "license": license, "pipeline_tag": "text-generation",
-                 "tags": tags + ["tailgate"]})
-    if language:
-        head["language"] = list(language)
-    parts = [yaml.safe_dump(head, sort_keys=False),
-             "# datasets: a local curated-data digest (tailgate curate stage), not a Hugging Face Hub dataset id\n",
-             yaml.safe_dump({"datasets": [datasets_digest if datasets_digest.startswith("sha256:")
-                                         else f"sha256:{datasets_digest}"]}, sort_keys=False)]
-    if index := _model_index(ev, name):
-        parts.append(yaml.safe_dump({"model-index": index}, sort_keys=False))
-    parts.append(yaml.safe_dump({"tailgate": {
-        "bundle_digest": m.bundle_digest, "gate_verdict": "PASS" if passed else "FAIL",
-        "gate_rules": len(gate.get("rules") or []),
-        "gate_failed": [r.get("name") for r in gate.get("rules") or [] if not r.get("passed")]
-        or list(gate.get("failed") or []),
-        "eval_bundle_digest": ev["bundle_digest"], "gate_bundle_digest": gate["bundle_digest"],
-        "suite": _get(ev, "suite", "name"), "suite_version": _get(ev, "suite", "version"),
-        "engine": _get(ev, "engine", "name"), "engine_exact": _get(ev, "engine", "exact")}}, sort_keys=False))
-    return "---\n" + "".join(parts) + "---\n"
+    results = _eval_results(ev)
+    rules = gate.get("rules") or []
+    return ModelCardData(
+        base_model=base_model or None, base_model_relation="adapter" if base_model else None,
+        library_name="peft", license=license, pipeline_tag="text-generation", tags=tags + ["tailgate"],
+        language=list(language) if language else None,
+        eval_results=results or None, model_name=name if results else None,
+        tailgate={
+            "bundle_digest": m.bundle_digest, "gate_verdict": "PASS" if passed else "FAIL", "gate_rules": len(rules),
+            "gate_failed": [r.get("name") for r in rules if not r.get("passed")] or list(gate.get("failed") or []),
+            "eval_bundle_digest": ev["bundle_digest"], "gate_bundle_digest": gate["bundle_digest"],
+            "suite": _get(ev, "suite", "name"), "suite_version": _get(ev, "suite", "version"),
+            "headline_metric": ev.get("headline_metric"),
+            "engine": _get(ev, "engine", "name"), "engine_exact": _get(ev, "engine", "exact"),
+            "curated_data_digest": data_digest.removeprefix("sha256:")})
 
 
-def _model_index(ev: dict, name: str) -> list[dict] | None:
-    """One result for the whole suite and one per slice (dataset.config = slice), headline metric."""
+def _eval_results(ev: dict) -> list[EvalResult]:
+    """One result for the whole suite and one per slice (dataset config = slice), headline metric."""
     metric, suite = ev.get("headline_metric"), _get(ev, "suite", "name")
     if not metric or not suite:
-        return None
-    dataset = {"type": suite, "name": f"{suite} v{_get(ev, 'suite', 'version')}"}
+        return []
     entries = [(None, _get(ev, "overall", metric, "mean"))]
     entries += [(s, _get(ev, "slices", s, metric, "mean")) for s in sorted(ev.get("slices") or {})]
-    results = [{"task": {"type": "text-generation", "name": suite},
-                "dataset": dataset if s is None else {**dataset, "config": s},
-                "metrics": [{"type": metric, "value": round(v, 4), "name": f"{metric} ({s or 'overall'})",
-                             "verified": False}]}
-               for s, v in entries if _isnum(v)]
-    return [{"name": name, "results": results}] if results else None
+    return [EvalResult(task_type="text-generation", task_name=suite, dataset_type=suite,
+                       dataset_name=f"{suite} v{_get(ev, 'suite', 'version')}", dataset_config=s,
+                       metric_type=metric, metric_value=round(v, 4), metric_name=f"{metric} ({s or 'overall'})")
+            for s, v in entries if _isnum(v)]
+
+
+def check_card_metadata(text: str) -> ModelCard:
+    """The offline part of the Hub's card checks (ModelCard.validate asks the Hub itself): the
+    front matter parses as model-card metadata, its model-index reads back as the same eval
+    results, and every model or dataset it names is a valid Hub repo id. Raises ValueError."""
+    card = ModelCard(text)  # raises ValueError on front matter or a model-index it cannot read
+    data = card.data
+    for key in ("base_model", "datasets"):  # the fields the Hub resolves as repo ids
+        value = data.get(key)
+        for repo_id in value if isinstance(value, list) else [value] if value else []:
+            try:
+                validate_repo_id(repo_id)
+            except HFValidationError as exc:
+                raise ValueError(f"card metadata {key}: {repo_id!r} is not a Hugging Face Hub id ({exc})") from None
+    if data.eval_results:
+        again = ModelCardData(**{"model-index": eval_results_to_model_index(data.model_name, data.eval_results)})
+        if again.eval_results != data.eval_results or again.model_name != data.model_name:
+            raise ValueError("card metadata: model-index does not round-trip through huggingface_hub's eval results")
+    return card
 
 
 def _summary(m: Manifest, ev: dict, base_model: str | None) -> list[str]:
@@ -206,12 +231,20 @@ def _quantization(m: Manifest) -> list[str]:
     return out + ["", "Full `BitsAndBytesConfig`:", "", "```json", json.dumps(c, indent=2, sort_keys=True), "```", ""]
 
 
+def _side_metrics(ev: dict, metric: str, slices: dict) -> list[str]:
+    suite = ev.get("suite") or {}
+    marked = [*(suite.get("correctness_metrics") or []), *(suite.get("lower_is_better") or [])]
+    wanted = [*dict.fromkeys(marked), "nll_per_token"] if marked else _LEGACY_SIDE_METRICS
+    return [k for k in dict.fromkeys(wanted)
+            if k != metric and any(k in s for s in slices.values())][:_SIDE_COLUMNS]
+
+
 def _results(ev: dict) -> list[str]:
     metric, slices = ev.get("headline_metric"), ev.get("slices") or {}
     out = ["## Results by slice (95% bootstrap CIs)", ""]
     if not metric or not slices:
         return out + [f"Per-slice results: {_MISSING}.", ""]
-    side = [k for k in _SIDE_METRICS if k != metric and any(k in s for s in slices.values())]
+    side = _side_metrics(ev, metric, slices)
     worst = _get(ev, "worst_slice", "slice") or min(
         slices, key=lambda k: _get(slices, k, metric, "mean") if _isnum(_get(slices, k, metric, "mean")) else math.inf)
     out += [f"| slice | n | {metric} mean [CI low, CI high] | " + " | ".join(side) + " |",
@@ -256,6 +289,28 @@ def _tails(ev: dict) -> list[str]:
     return out + [""]
 
 
+def _damage_metric(d: dict, head: str | None) -> str | None:
+    """The metric the per-slice damage rows compare (`<metric>_shipped/_reference/_drop`): the
+    headline; a report whose rows name another single metric gets that one."""
+    rows = [v for v in (d.get("slices") or {}).values() if isinstance(v, dict)]
+    if head and any(f"{head}_shipped" in r for r in rows):
+        return head
+    found = {k[:-len("_shipped")] for r in rows for k in r if k.endswith("_shipped")}
+    return found.pop() if len(found) == 1 else None
+
+
+def _flip_line(d: dict) -> str:
+    over = d.get("correctness_metrics")
+    if over is not None and d.get("flip_rate") is None:
+        return "- flip rate: none (the suite declares no correctness metric)"
+    # correctness_pairs: item-metric pairs over the suite's correctness metrics; older reports
+    # counted item-fields (field_pairs)
+    pairs = (f" of {d['correctness_pairs']} item-metric pairs" if "correctness_pairs" in d else
+             f" of {d['field_pairs']} item-fields" if "field_pairs" in d else "")
+    return (f"- flip rate (right under reference, wrong as shipped{', over ' + ', '.join(over) if over else ''}): "
+            f"{_f(d.get('flip_rate'))}{pairs}; reverse flips: {_f(d.get('unflip_rate'))}")
+
+
 def _damage(ev: dict) -> list[str]:
     d = ev.get("damage")
     out = ["## Quantization damage", ""]
@@ -264,16 +319,16 @@ def _damage(ev: dict) -> list[str]:
     out += [f"Reference: {d.get('reference', 'unnamed')}; same prompts, same decoding.", "",
             f"- delta NLL per example (shipped - reference, nats/token): "
             f"{_quantile_line(d.get('delta_nll_per_token'), signed=True)}",
-            f"- flip rate (right under reference, wrong as shipped): {_f(d.get('flip_rate'))}"
-            f"{' of ' + str(d['field_pairs']) + ' item-fields' if 'field_pairs' in d else ''}"
-            f"; reverse flips: {_f(d.get('unflip_rate'))}",
+            _flip_line(d),
             f"- identical outputs (fraction of items): {_f(d.get('identical_outputs'))}; largest slice drop: "
             f"{_f(d.get('worst_slice_drop'), signed=True)}", ""]
     slices = d.get("slices") or {}
+    metric = _damage_metric(d, ev.get("headline_metric"))
     if slices:
-        out += ["| slice | n | shipped | reference | drop | mean delta NLL |", "|---|---|---|---|---|---|"]
-        out += [f"| {s} | {v.get('n', '-')} | {_f(v.get('field_accuracy_shipped'))} "
-                f"| {_f(v.get('field_accuracy_reference'))} | {_f(v.get('field_accuracy_drop'), True)} "
+        col = f"{metric} shipped" if metric else "shipped"
+        out += [f"| slice | n | {col} | reference | drop | mean delta NLL |", "|---|---|---|---|---|---|"]
+        out += [f"| {s} | {v.get('n', '-')} | {_f(v.get(f'{metric}_shipped'))} "
+                f"| {_f(v.get(f'{metric}_reference'))} | {_f(v.get(f'{metric}_drop'), True)} "
                 f"| {_f(v.get('delta_nll_mean'), True)} |" for s, v in sorted(slices.items())]
         out.append("")
     return out
@@ -315,7 +370,7 @@ def _provenance(m: Manifest, datasets_digest: str) -> list[str]:
             ("shipped base files", shipped_base_digest(m)), ("adapter files", files_digest(m.adapter.files)),
             ("adapter trained on base", m.adapter.base_digest), ("tokenizer files", files_digest(m.tokenizer.files)),
             ("chat template", m.tokenizer.chat_template_sha256), ("curated data", p.curated_data_digest),
-            *((("datasets (card metadata)", datasets_digest),) if datasets_digest != p.curated_data_digest else ()),
+            *((("curated data (card metadata)", datasets_digest),) if datasets_digest != p.curated_data_digest else ()),
             ("train params", p.params_digest), ("seed", p.seed), ("optimizer", p.optimizer),
             ("hardware", p.hardware), *((f"{k} version", v) for k, v in sorted(p.versions.items())),
             ("built from git commit", m.built.git_commit or "unknown")]
@@ -340,6 +395,8 @@ def render_card(manifest: Manifest, eval_report: dict, gate_report: dict, *, bas
     body = [f"# {name}", "", *_summary(manifest, eval_report, base_model), *_gate(gate_report, passed),
             *_quantization(manifest), *_results(eval_report), *_tails(eval_report), *_damage(eval_report),
             *_serve(manifest, release), *_provenance(manifest, datasets_digest), *_release(release)]
-    front = _front_matter(manifest, eval_report, gate_report, passed, base_model, license, datasets_digest,
-                          language, name)
-    return front + "\n" + "\n".join(body).rstrip("\n") + "\n"
+    data = _card_data(manifest, eval_report, gate_report, passed, base_model, license, datasets_digest,
+                      language, name)
+    text = (f"---\n{data.to_yaml(original_order=_META_ORDER)}\n---\n\n"
+            + "\n".join(body).rstrip("\n") + "\n")
+    return str(check_card_metadata(text))

