@@ -1,7 +1,8 @@
 """The triage example (examples/triage/) end to end on the tiny random model, by params alone.
 
 A second task with another output shape (a JSON object) goes through curate, train, bundle,
-evaluate and gate with nothing under pipeline/, stages/ or serving/ knowing it: its data, suite,
+evaluate, gate, a signed release and a served request with nothing under pipeline/, stages/
+or serving/ knowing it: its data, suite,
 scorer and rules come from its folder and its params.yaml. The params are the example's own
 with the tiny-model overrides tests/conftest.py `tiny_params` applies to the default ones, and
 its gate rules keep their metric paths and bounds with thresholds a random model meets, so
@@ -152,3 +153,50 @@ def test_triage_example_runs_the_whole_pipeline_by_params_alone(tmp_path):
     check = check_suite(suite, gate=load_section("gate", EXAMPLE / "params.yaml"))
     assert check.ok, check.problems
     assert check.slices == {name: 32 for name in sorted(SLICES)}
+
+    # release: signed, pushed; then served from a fresh process, which applies the pinned
+    # system prompt to a request that brings none
+    _release_and_serve(tmp_path, params, bundle, out, decision, system)
+
+
+def _release_and_serve(tmp: Path, params: Path, bundle: Path, reports: Path, decision: dict, system: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from pipeline.params import load_section
+    from pipeline.release.build import release
+    from tests.serving.conftest import free_port, wait_ready
+
+    (reports / "gate.json").write_text(json.dumps(decision))
+    rel = load_section("release", params).model_copy(update={"remote": str(tmp / "registry")})
+    rel = rel.model_copy(update={"signing": rel.signing.model_copy(update={
+        "private_key": str(tmp / "keys/release.key"), "public_key": str(tmp / "keys/release.pub")})})
+    record, _ = release(rel, bundle, reports / "eval.json", reports / "gate.json", reports / "golden.json",
+                        tmp / "artifacts/release")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "serving", "--bundle", str(tmp / "artifacts/release"),
+                             "--public-key", str(tmp / "keys/release.pub"), "--require-signature",
+                             "--port", str(port)], cwd=REPO, env={**os.environ, "TAILGATE_API_KEY": ""},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_ready(proc, url, 180).json()["parity"]["status"] == "passed"
+        [card] = httpx.get(f"{url}/v1/models").json()["data"]
+        assert card["bundle_digest"] == record.bundle_digest and card["system_prompt"]["text"] == system
+        ask = {"model": card["id"], "max_tokens": 4, "temperature": 0,
+               "messages": [{"role": "user", "content": "My smoke detector is offline."}]}
+        bare = httpx.post(f"{url}/v1/chat/completions", json=ask, timeout=60).json()
+        pinned = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+            **ask, "messages": [{"role": "system", "content": system}, *ask["messages"]]}).json()
+        assert bare["usage"] == pinned["usage"]  # the pinned prompt was applied: same prompt tokens
+        assert bare["choices"][0]["message"]["content"] == pinned["choices"][0]["message"]["content"]
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
