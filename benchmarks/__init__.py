@@ -44,10 +44,10 @@ def train_step(model, optimizer, batch) -> float:
     """One optimizer step as the train stage takes it (loss on the labelled positions only,
     backward, step); returns its seconds. The benchmarks that time or measure bare steps share
     it, so a change to the stage's loss is mirrored in one place."""
-    from pipeline.train import _loss
+    from pipeline.train import loss_on_labels
 
     t0 = time.perf_counter()
-    loss, _ = _loss(model, batch)
+    loss, _ = loss_on_labels(model, batch)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

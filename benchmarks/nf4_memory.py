@@ -60,7 +60,7 @@ def _status() -> dict:
 
 
 def _arm(arm: str) -> tuple[Path, object]:
-    """(directory, dtype) of an arm, as pipeline.train._training_base chooses them."""
+    """(directory, dtype) of an arm, as pipeline.train.setup.training_base chooses them."""
     import torch
 
     if arm == "nf4":

@@ -8,7 +8,7 @@ cosine learning rate, loss on the assistant reply only, no gradient checkpointin
 no saving, no logging.
 
 - `ours`: the train stage's own pieces, called as `pipeline.train.train()` calls them:
-  `load_trainable`, `encode_records`, the seeded length-grouped `batches`, `collate`, `_loss`
+  `load_trainable`, `encode_records`, the seeded length-grouped `batches`, `collate`, `loss_on_labels`
   (head only on labelled positions), backward, `clip_grad_norm_`, `optimizer.step`.
 - `trl`: `trl.SFTTrainer` configured as a user would with `SFTConfig` defaults otherwise
   (no packing, random sampler, bf16 autocast, its fused LM head). The chat template of the
@@ -101,7 +101,7 @@ def run_ours(params, max_len: int, records: list[dict], steps: int, seed: int) -
     from transformers import AutoTokenizer
 
     from pipeline.chat import stop_token_ids
-    from pipeline.train import _loss, load_trainable, lr_at, make_optimizer
+    from pipeline.train import load_trainable, loss_on_labels, lr_at, make_optimizer
     from pipeline.train.data import batches, collate, encode_records
 
     total = WARMUP_STEPS + steps
@@ -124,7 +124,7 @@ def run_ours(params, max_len: int, records: list[dict], steps: int, seed: int) -
         step_loss, step_tokens, step_positions = 0.0, 0, 0
         for _ in range(params.grad_accum_steps):
             batch = collate(next(stream), pad_id)
-            loss, _n = _loss(model, batch)
+            loss, _n = loss_on_labels(model, batch)
             (loss / params.grad_accum_steps).backward()
             step_loss += loss.item() / params.grad_accum_steps
             step_tokens += real_tokens(batch)

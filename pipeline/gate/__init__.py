@@ -2,6 +2,7 @@
 metric by path (rules.py). Fails closed."""
 
 from pipeline.gate.decide import decide, render_markdown
-from pipeline.gate.rules import Rule, expand, read_value
+from pipeline.gate.rules import Rule
+from pipeline.report_paths import expand, read_value
 
 __all__ = ["Rule", "decide", "expand", "read_value", "render_markdown"]

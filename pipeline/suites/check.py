@@ -265,7 +265,7 @@ def _why_missing(report: dict, concrete: str, damage: bool, has_nll: bool) -> st
 
 
 def _check_gate(gate: GateParams, check: SuiteCheck, suite: Suite, damage: bool) -> None:
-    from pipeline.gate.rules import expand, read_value
+    from pipeline.report_paths import expand, read_value
 
     has_nll = suite.spec.loglikelihood_task is not None
     report = skeleton_report(check, has_nll, damage)

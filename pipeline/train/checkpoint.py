@@ -8,9 +8,11 @@ last complete checkpoint instead of from zero. Three rules make that safe:
   place. A kill at any moment leaves either a complete checkpoint or a temporary directory
   that is never loaded (and is removed on the next start). A checkpoint whose files do not
   match its marker is skipped with a warning.
-- Checkpoints live under a key: the digest of everything that decides the trajectory (params
-  except the checkpoint settings, base and data digests, library versions, hardware). A
-  checkpoint of another configuration is never resumed; changing the learning rate starts over.
+- Checkpoints live under a key: the digest of everything that decides the trajectory (the
+  params that decide the adapter, TrainParams.adapter_params; the launcher's world size; base
+  and data digests, library versions, hardware). A checkpoint of another configuration is never
+  resumed; changing the learning rate starts over, changing a runtime setting (checkpoint
+  cadence, memory budget, ...) does not.
 - A checkpoint holds all the state the next step reads: the LoRA weights, the optimizer's
   moments, the RNG states, how many micro-batches the data stream has yielded, and the report
   so far. On CPU a resumed run ends with the same adapter bytes as an uninterrupted one
@@ -32,19 +34,22 @@ from pathlib import Path
 import torch
 
 from pipeline.files import digest_json, sha256_file
+from pipeline.params import TrainParams
 
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE.json"
 WEIGHTS, TRAINER, STATE = "adapter_weights.pt", "trainer.pt", "state.json"
 _PREFIX, _TMP = "step-", ".tmp-"
-# Params that change when and whether checkpoints are written, or whether the run may start,
-# not what training computes: raising the memory budget must not throw away a killed run.
-NOT_IN_KEY = ("checkpoint_every_steps", "keep_checkpoints", "memory_budget_gb")
 
 
-def run_key(params: dict, base_digest: str, data_digest: str, versions: dict, hardware: str) -> str:
-    trajectory = {k: v for k, v in params.items() if k not in NOT_IN_KEY}
+def run_key(params: TrainParams, base_digest: str, data_digest: str, versions: dict, hardware: str,
+            ranks_extra: dict | None = None) -> str:
+    """The key of a configuration's checkpoints. Its params are the adapter's identity
+    (training.json's), not all of them: a runtime setting does not change what training
+    computes, so raising the memory budget or checkpointing more often must not throw away a
+    killed run. ranks_extra: the launcher's world size (another one is another trajectory)."""
+    trajectory = {**params.adapter_params(), **(ranks_extra or {})}
     return digest_json({"params": trajectory, "base": base_digest, "data": data_digest, "versions": versions,
                         "hardware": hardware})
 

@@ -12,7 +12,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from pipeline.chat import IGNORE_INDEX, encode_example
+from pipeline.chat import IGNORE_INDEX, encode_example, stop_token_ids
+from pipeline.files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +109,35 @@ def batches(examples: Sequence[Example], batch_size: int, seed: int, group_by_le
         rng.shuffle(epoch)
         for idx in epoch:
             yield [examples[i] for i in idx]
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The curated splits encoded with the base's tokenizer, and what the adapter records of them."""
+
+    train: list[Example]
+    val: list[Example]
+    pad_id: int
+    system: SystemPrompt  # pinned in the bundle; serving applies it to requests that bring none
+    max_seq_len_tokens: int  # the shipped context length, from curation
+    digest: str  # curated_data_digest: the digest of train.jsonl and val.jsonl
+
+
+def load_training_data(tokenizer_dir: str | Path, data_dir: str | Path) -> TrainingData:
+    """Read data_dir's meta.json, train.jsonl and val.jsonl and encode them with the tokenizer
+    (and chat template) in tokenizer_dir; an empty train split is an error."""
+    from transformers import AutoTokenizer
+
+    data_dir = Path(data_dir)
+    meta = read_json(data_dir / "meta.json")
+    max_len = int(meta["max_seq_len_tokens"])
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
+    stops = stop_token_ids(tokenizer)
+    train_records = read_jsonl(data_dir / "train.jsonl")
+    system = system_prompt_of(train_records)
+    train = encode_records(tokenizer, train_records, stops, max_len)
+    val = encode_records(tokenizer, read_jsonl(data_dir / "val.jsonl"), stops, max_len)
+    if not train:
+        raise ValueError(f"{data_dir}/train.jsonl is empty: nothing to train on")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    return TrainingData(train, val, pad_id, system, max_len, meta["digest"])

@@ -40,9 +40,9 @@ def is_main_process() -> bool:
 class _LossModule(torch.nn.Module):
     """Puts the loss computation inside one module so that DDP/FSDP see it as the forward.
 
-    `_loss` runs the decoder and then the head at the labelled positions only; called on the
-    bare model it would bypass the wrapper (DDP would not average those gradients, FSDP would not
-    gather the root's shards).
+    `loss_on_labels` (pipeline/train/loop.py) runs the decoder and then the head at the
+    labelled positions only; called on the bare model it would bypass the wrapper (DDP would
+    not average those gradients, FSDP would not gather the root's shards).
     """
 
     def __init__(self, peft_model, loss_fn: Callable) -> None:

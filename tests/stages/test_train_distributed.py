@@ -28,7 +28,7 @@ WRAPPER = textwrap.dedent("""
     import json, os, signal, sys
     sys.path.insert(0, {repo!r})
     import torch
-    import pipeline.train as tr
+    import pipeline.train.report as tr
     import pipeline.train.checkpoint as ck
     import pipeline.train.distributed as d
     import stages.train as stage

@@ -81,7 +81,7 @@ def test_train_logs_the_plan_and_fails_early_over_budget(tiny_pipeline, tmp_path
     assert 0 < report["labelled_fraction"] < 1 and report["planned_gib"] > 0
     # A budget below the plan stops the stage before any weights are read.
     loaded = []
-    monkeypatch.setattr("pipeline.train.load_trainable", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr("pipeline.train.run.load_trainable", lambda *a, **k: loaded.append(a))
     tight = train_params.model_copy(update={"memory_budget_gb": report["planned_gib"] * 0.9})
     with pytest.raises(MemoryBudgetExceeded, match=r"memory_budget_gb.*largest terms: .*gradient_checkpointing"):
         train(tight, tiny_pipeline["base_q"], tiny_pipeline["base"], tiny_pipeline["data"], tmp_path / "adapter")
