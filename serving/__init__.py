@@ -4,6 +4,6 @@
 the golden outputs (the parity probe) and only then serves. Modules: `protocol` (request and
 response bodies), `app` (routes, middleware, lifespan), `handlers` and `generation` (serving
 logic), `batcher` (the engine loop), `continuous` (continuous batching), `probe` (parity),
-`text` (incremental decoding), `metrics`, `logs`, `state`, `server` (HTTP thread, draining),
-`errors`.
+`text` (incremental decoding), `logprobs` (log-probs and their OpenAI shapes), `metrics`,
+`logs`, `state`, `server` (HTTP thread, draining), `errors`.
 """

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import handlers
@@ -90,7 +90,7 @@ async def ready(request: Request) -> Response:
 
 @ops.get("/metrics", dependencies=[Depends(require_api_key)])
 async def metrics(request: Request) -> Response:
-    return PlainTextResponse(get_state(request).metrics.render(), media_type=CONTENT_TYPE)
+    return Response(get_state(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
 class RequestContext:
@@ -130,8 +130,8 @@ class RequestContext:
             # Label by the matched route's template (the router leaves it in the scope); unmatched
             # paths share one label, so a scanner cannot blow up the number of series.
             endpoint = getattr(scope.get("route"), "path", "other")
-            self.metrics.requests.inc(endpoint=endpoint, status=str(status))
-            self.metrics.latency.observe(latency, endpoint=endpoint)
+            self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+            self.metrics.latency.labels(endpoint=endpoint).observe(latency)
             log_event(log, "request", method=scope["method"], path=scope["path"], status=status,
                       latency_s=round(latency, 4))
             request_id_var.reset(token)

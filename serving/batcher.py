@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from pipeline.engines.base import Completion, Engine, GenerationRequest
+from serving.logprobs import TokenLogprob
 from serving.logs import log_event
 from serving.metrics import ServingMetrics
 
@@ -58,11 +59,20 @@ class Draining(Exception):
 class TokenEvent:
     token_id: int
     logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # alternatives, when the job asked for them
+
+
+@dataclass(frozen=True)
+class PromptEvent:
+    """The prompt's per-token log-probs (jobs with score_prompt), before any TokenEvent."""
+
+    tokens: tuple[TokenLogprob, ...]
 
 
 @dataclass(frozen=True)
 class DoneEvent:
     completion: Completion
+    stop_token: TokenLogprob | None = None  # the stop id that ended it, where the loop saw it
 
 
 @dataclass(frozen=True)
@@ -70,15 +80,22 @@ class ErrorEvent:
     error: BaseException
 
 
-Event = TokenEvent | DoneEvent | ErrorEvent
+Event = TokenEvent | PromptEvent | DoneEvent | ErrorEvent
 
 
 class Job:
-    """One request's row: created on the event loop, run on the worker thread."""
+    """One request's row: created on the event loop, run on the worker thread.
 
-    def __init__(self, request: GenerationRequest, request_id: str) -> None:
+    `top_logprobs` and `score_prompt` need the continuous loop (it sees the logits); the
+    serving logic refuses them up front for engines served through `engine.generate`.
+    """
+
+    def __init__(self, request: GenerationRequest, request_id: str, *, top_logprobs: int = 0,
+                 score_prompt: bool = False) -> None:
         self.request = request
         self.request_id = request_id
+        self.top_logprobs = top_logprobs
+        self.score_prompt = score_prompt
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.enqueued_at = time.monotonic()
         self.started_at = self.enqueued_at  # set again when the engine takes it
@@ -220,15 +237,19 @@ class Batcher:
                 self._step(batch)
 
     def _admit(self, batch, job: Job) -> None:
-        def on_token(token_id: int, logprob: float) -> bool:
+        def on_token(token_id: int, logprob: float, top: tuple[tuple[int, float], ...]) -> bool:
             if job.cancelled:
                 return False
-            job.post(TokenEvent(token_id, logprob))
+            job.post(TokenEvent(token_id, logprob, top))
             return True
+
+        def on_prompt(tokens: list[TokenLogprob]) -> None:
+            job.post(PromptEvent(tuple(tokens)))
 
         job.started_at = time.monotonic()
         try:
-            row = batch.admit(job.request, on_token, key=job)
+            row = batch.admit(job.request, on_token, key=job, top_logprobs=job.top_logprobs,
+                              on_prompt=on_prompt if job.score_prompt else None)
         except Exception as exc:  # this request only; the running rows are untouched
             log.exception("prefill failed for request %s", job.request_id)
             job.post(ErrorEvent(exc))
@@ -253,7 +274,7 @@ class Batcher:
 
     def _done(self, row) -> None:
         job: Job = row.key
-        job.post(DoneEvent(row.completion))
+        job.post(DoneEvent(row.completion, row.stop_token))
         self.metrics.generated_tokens.inc(len(row.completion.token_ids))
         now = time.monotonic()
         log_event(log, "row", request_id=job.request_id, generated_tokens=len(row.completion.token_ids),

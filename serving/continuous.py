@@ -27,9 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.engines.base import Completion, GenerationRequest, check_requests
+from serving.logprobs import TokenLogprob, prompt_logprobs, top_alternatives
 
-# (token id, log-prob) -> False to cancel the row (its client is gone).
-RowCallback = Callable[[int, float], bool]
+# (token id, log-prob, top alternatives) -> False to cancel the row (its client is gone). The
+# alternatives are empty unless the row was admitted with top_logprobs.
+RowCallback = Callable[[int, float, tuple[tuple[int, float], ...]], bool]
+# Receives the prompt's per-token log-probs right after the prefill, before the first token.
+PromptCallback = Callable[[list[TokenLogprob]], None]
 
 
 @dataclass
@@ -43,6 +47,10 @@ class Row:
     length: int = 0  # tokens in this row's cache
     next_token: int = -1  # chosen, emitted, not yet fed to the model
     done: bool = False
+    top_logprobs: int = 0  # alternatives to report per generated token
+    # The stop id that ended the row, with its log-prob: the engine's Completion leaves it out,
+    # but it was generated, and /v1/completions log-probs report it as OpenAI-style servers do.
+    stop_token: TokenLogprob | None = None
 
 
 def supports(engine) -> bool:
@@ -76,11 +84,15 @@ class RunningBatch:
         return max((r.length for r in self.rows), default=0)
 
     @torch.inference_mode()
-    def admit(self, request: GenerationRequest, on_token: RowCallback, key: object = None) -> Row:
+    def admit(self, request: GenerationRequest, on_token: RowCallback, key: object = None, *,
+              top_logprobs: int = 0, on_prompt: PromptCallback | None = None) -> Row:
         """Prefill one request alone, emit its first token and (unless already finished) add it.
 
-        Returns the row; `row.done` is True if it finished at once (stop token, budget of one,
-        cancelled). Raises ValueError for a request the engine refuses (context, empty prompt).
+        Returns the row; `row.done` is True if it finished at once (stop token, budget of zero or
+        one, cancelled). Raises ValueError for a request the engine refuses (context, empty
+        prompt). With `on_prompt`, the prefill keeps the logits of every prompt position and
+        hands out the prompt's log-probs (with `top_logprobs` alternatives): the same forward
+        pass, so scoring a prompt costs its output head, not a second pass.
         """
         from transformers import DynamicCache
 
@@ -92,12 +104,14 @@ class RunningBatch:
             gen = torch.Generator().manual_seed(s.seed if s.seed is not None
                                                 else int(torch.randint(0, 2**31 - 1, (1,))))
         row = Row(request, on_token, key, generator=gen, stops=frozenset(s.stop_token_ids or e.stop_token_ids),
-                  length=len(request.prompt_ids))
+                  length=len(request.prompt_ids), top_logprobs=top_logprobs)
         ids = torch.tensor([list(request.prompt_ids)], dtype=torch.long, device=e.device)
         # The engine's own lock: servers in one process (the tests) may share an engine.
         with e._lock:
             out = e.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=DynamicCache(),
-                          use_cache=True, logits_to_keep=1)
+                          use_cache=True, logits_to_keep=0 if on_prompt is not None else 1)  # 0: every position
+        if on_prompt is not None:
+            on_prompt(prompt_logprobs(out.logits[0], request.prompt_ids, top_logprobs))
         self._advance(row, out.logits[0, -1])
         if not row.done:
             self._join(row, out.past_key_values)
@@ -139,13 +153,18 @@ class RunningBatch:
             c.finish_reason, row.done = "length", True
             return
         tok, lp = self.engine._choose(logits, row.request, row.generator)
+        top = ()
+        if row.top_logprobs:
+            # The same float32 log-softmax `_choose` takes the chosen token's log-prob from.
+            top = top_alternatives(torch.log_softmax(logits.float().cpu(), dim=-1), row.top_logprobs)
         if tok in row.stops:
             c.finish_reason, row.done = "stop", True
+            row.stop_token = TokenLogprob(tok, lp, top)
             return
         c.token_ids.append(tok)
         c.logprobs.append(lp)
         row.next_token = tok
-        if row.on_token(tok, lp) is False:
+        if row.on_token(tok, lp, top) is False:
             c.finish_reason, row.done = "cancelled", True
         elif len(c.token_ids) >= s.max_new_tokens:
             c.finish_reason, row.done = "length", True  # no forward pass for a token nobody reads

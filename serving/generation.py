@@ -1,5 +1,6 @@
 """The serving logic under the routes: a validated request becomes prompt ids and sampling
-parameters (checked against the context), a job on the batcher, and a stream of text pieces.
+parameters (checked against the context), a job on the batcher, and a stream of text pieces
+(with the log-probs of the tokens each piece completes, when asked for).
 
 All tokenizer work (encoding prompts, decoding outputs) happens here, on the event loop's
 thread: a fast tokenizer is not safe to use from two threads at once, and the batch worker
@@ -11,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncIterator, Awaitable, Callable
 
 from jinja2 import TemplateError
 
 from pipeline.chat import ChatFormatError, encode_prompt, with_system
 from pipeline.engines.base import GenerationRequest, SamplingParams
-from serving.batcher import DoneEvent, Draining, Event, Job, QueueFull, TokenEvent
+from serving.batcher import DoneEvent, Draining, Event, Job, PromptEvent, QueueFull, TokenEvent
 from serving.errors import APIError, internal_error
+from serving.logprobs import TokenLogprob
 from serving.logs import log_event
 from serving.protocol import ChatCompletionRequest, CompletionRequest, FinishReason, Usage
 from serving.state import ServingState
@@ -38,6 +40,24 @@ class Prepared:
     prompt_ids: list[int]
     sampling: SamplingParams
     stop_strings: tuple[str, ...]
+    logprobs: bool = False  # record each generated token's log-prob
+    top_logprobs: int = 0  # and this many alternatives per position
+    score_prompt: bool = False  # and the prompt's log-probs (completions' echo)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Newly released text, and the log-probs of the tokens it completes (when asked for): a
+    token whose text is held back (half a character, a possible stop string) travels with the
+    piece that finally releases it, so the pieces' log-probs cover every consumed token."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptScores:
+    tokens: tuple[TokenLogprob, ...]
 
 
 @dataclass(frozen=True)
@@ -45,6 +65,7 @@ class Finished:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    stop_token: TokenLogprob | None = None  # the stop id that ended it, if the engine loop saw it
 
     def usage(self) -> Usage:
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
@@ -67,18 +88,32 @@ def chat_prompt_ids(state: ServingState, req: ChatCompletionRequest) -> list[int
         raise APIError(400, f"messages cannot be encoded: {exc}", param="messages") from None
 
 
-def completion_prompt_ids(state: ServingState, req: CompletionRequest) -> list[int]:
-    # The text is the whole prompt, as with the chat encoding: no special tokens are added.
-    return list(state.engine.tokenizer(req.prompt, add_special_tokens=False)["input_ids"])
+def completion_prompt_ids(state: ServingState, prompt: str | list[int]) -> list[int]:
+    if isinstance(prompt, str):
+        # The text is the whole prompt, as with the chat encoding: no special tokens are added.
+        return list(state.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    vocab = len(state.engine.tokenizer)
+    bad = [t for t in prompt if not 0 <= t < vocab]
+    if bad:
+        raise APIError(400, f"token ids must be in [0, {vocab}): got {bad[0]}", param="prompt")
+    return list(prompt)
 
 
 def prepare(state: ServingState, req: ChatCompletionRequest | CompletionRequest, prompt_ids: list[int],
-            prompt_param: str) -> Prepared:
-    """Resolve defaults from the manifest and refuse what does not fit the context."""
+            prompt_param: str, *, logprobs: bool = False, top_logprobs: int = 0,
+            score_prompt: bool = False) -> Prepared:
+    """Resolve defaults from the manifest and refuse what does not fit the context or what
+    this engine cannot report."""
     context = state.engine.max_context_tokens
     n = len(prompt_ids)
     if n == 0:
         raise APIError(400, "the prompt encodes to no tokens", param=prompt_param)
+    if (top_logprobs or score_prompt) and not state.batcher.continuous:
+        # The Engine interface hands out neither alternatives nor prompt log-probs; only the
+        # continuous loop, which drives the hf model itself, computes them (see logprobs.py).
+        what = "prompt log-probs (echo with logprobs)" if score_prompt else "alternatives (top logprobs)"
+        raise APIError(400, f"{what} are not available with the {state.engine.name} engine; the log-prob of each "
+                            "generated token is", param="logprobs" if score_prompt else "top_logprobs")
     if req.max_tokens is None:
         room = context - n
         if room < 1:
@@ -102,20 +137,41 @@ def prepare(state: ServingState, req: ChatCompletionRequest | CompletionRequest,
         seed=req.seed,
         stop_token_ids=state.stop_token_ids,
     )
-    return Prepared(prompt_ids=prompt_ids, sampling=sampling, stop_strings=req.stop_strings())
+    return Prepared(prompt_ids=prompt_ids, sampling=sampling, stop_strings=req.stop_strings(),
+                    logprobs=logprobs or score_prompt, top_logprobs=top_logprobs, score_prompt=score_prompt)
 
 
-def submit(state: ServingState, prepared: Prepared, request_id: str) -> Job:
-    """Queue the request; 429 when the queue is full, 503 while draining."""
-    job = Job(GenerationRequest(prepared.prompt_ids, prepared.sampling), request_id)
+def submit(state: ServingState, prepared: Prepared, request_id: str) -> Job | None:
+    """Queue the request; 429 when the queue is full, 503 while draining. None when there is
+    nothing for the engine to do (max_tokens 0 without prompt log-probs)."""
+    return submit_all(state, [prepared], request_id)[0]
+
+
+def submit_all(state: ServingState, prepared: list[Prepared], request_id: str) -> list[Job | None]:
+    """Queue one job per prompt, all or none: on a refusal the ones already queued are cancelled
+    (the batcher drops cancelled jobs unrun)."""
+    jobs: list[Job | None] = []
     try:
-        state.batcher.submit(job)
-    except QueueFull as exc:
-        raise APIError(429, f"server busy: {exc}; retry later", code="queue_full", headers={"retry-after": "1"}) from None
-    except Draining:
+        for p in prepared:
+            if p.sampling.max_new_tokens == 0 and not p.score_prompt:
+                jobs.append(None)
+                continue
+            job = Job(GenerationRequest(p.prompt_ids, p.sampling), request_id, top_logprobs=p.top_logprobs,
+                      score_prompt=p.score_prompt)
+            state.batcher.submit(job)
+            jobs.append(job)
+    except (QueueFull, Draining) as exc:
+        for job in jobs:
+            if job is not None:
+                job.cancel()
+        if isinstance(exc, QueueFull):
+            raise APIError(429, f"server busy: {exc}; retry later", code="queue_full",
+                           headers={"retry-after": "1"}) from None
         raise APIError(503, "the server is shutting down and accepts no new requests", code="draining") from None
-    state.metrics.prompt_tokens.inc(len(prepared.prompt_ids))
-    return job
+    for p, job in zip(prepared, jobs):
+        if job is not None:
+            state.metrics.prompt_tokens.inc(len(p.prompt_ids))
+    return jobs
 
 
 async def _next_event(job: Job, deadline: float, timeout_s: float,
@@ -132,30 +188,46 @@ async def _next_event(job: Job, deadline: float, timeout_s: float,
                 raise APIError(499, "the client closed the request", code="client_closed") from None
 
 
-async def pieces(state: ServingState, job: Job, prepared: Prepared,
-                 disconnected: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[str | Finished]:
-    """Text pieces as they become stable, then one Finished. Leaving early (client gone,
-    timeout, stop string, error) cancels the job's row, so the engine stops spending on it."""
+async def pieces(state: ServingState, job: Job | None, prepared: Prepared,
+                 disconnected: Callable[[], Awaitable[bool]] | None = None,
+                 ) -> AsyncIterator[Piece | PromptScores | Finished]:
+    """The prompt's scores (when asked for), then text pieces as they become stable, then one
+    Finished. Leaving early (client gone, timeout, stop string, error) cancels the job's row, so
+    the engine stops spending on it."""
+    if job is None:  # nothing to generate
+        yield Finished("length", len(prepared.prompt_ids), 0)
+        return
     assembler = TextAssembler(state.engine.tokenizer, prepared.stop_strings)
+    held: list[TokenLogprob] = []  # log-probs of consumed tokens whose text is not released yet
     deadline = job.enqueued_at + state.request_timeout_s
+    stop_token = None
     try:
         while True:
             event = await _next_event(job, deadline, state.request_timeout_s, disconnected)
+            if isinstance(event, PromptEvent):
+                yield PromptScores(event.tokens)
+                continue
             if isinstance(event, TokenEvent):
+                offset = assembler.decoded_chars
                 step = assembler.add(event.token_id)
-                if step.text:
-                    yield step.text
+                if prepared.logprobs:
+                    held.append(TokenLogprob(event.token_id, event.logprob, event.top, offset))
+                if step.text or (step.stopped and held):
+                    yield Piece(step.text, tuple(held))
+                    held.clear()
                 if not step.stopped:
                     continue
                 reason: FinishReason = "stop"
             elif isinstance(event, DoneEvent):
-                tail = assembler.finish()
-                if tail:
-                    yield tail
-                reason = "stop" if event.completion.finish_reason == "stop" else "length"
+                step = assembler.finish()
+                reason = "stop" if step.stopped or event.completion.finish_reason == "stop" else "length"
+                if event.stop_token is not None and not step.stopped:
+                    stop_token = replace(event.stop_token, offset=assembler.decoded_chars)
+                if step.text or held:
+                    yield Piece(step.text, tuple(held))
             else:
                 raise internal_error() from event.error  # the worker logged the engine's exception
-            finished = Finished(reason, len(prepared.prompt_ids), len(assembler.ids))
+            finished = Finished(reason, len(prepared.prompt_ids), len(assembler.ids), stop_token)
             log_event(log, "generation", prompt_tokens=finished.prompt_tokens,
                       completion_tokens=finished.completion_tokens, finish_reason=reason,
                       max_tokens=prepared.sampling.max_new_tokens, temperature=prepared.sampling.temperature)

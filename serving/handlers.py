@@ -1,29 +1,37 @@
 """/v1/chat/completions and /v1/completions: whole responses and Server-Sent Events streams.
 
 Both endpoints consume the same `pieces` stream, so a streamed answer is, piece for piece, the
-text of the whole answer to the same request. A stream is `data: <json>\\n\\n` chunks ending in
-`data: [DONE]`; an error after the stream started is sent as one `data: {"error": ...}` chunk,
-as OpenAI does, because the 200 status line is already gone.
+text of the whole answer to the same request, log-probs included. A stream is
+`data: <json>\\n\\n` chunks ending in `data: [DONE]`; an error after the stream started is sent
+as one `data: {"error": ...}` chunk, as OpenAI does, because the 200 status line is already
+gone. Chunks carry a `usage` key only when the client asked for stream_options.include_usage:
+then it is null on every chunk but the last, which carries the totals and no choices (the
+OpenAPI spec's wording; without the option the key is absent).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from typing import AsyncIterator, Callable
+from dataclasses import replace
+from typing import AsyncIterator, Callable, Sequence
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Send
 
+from serving.batcher import Job
 from serving.errors import APIError
 from serving.generation import (
-    Finished, Prepared, chat_prompt_ids, check_model, completion_prompt_ids, pieces, prepare, submit,
+    Finished, Piece, Prepared, PromptScores, chat_prompt_ids, check_model, completion_prompt_ids, pieces, prepare,
+    submit_all,
 )
+from serving.logprobs import TokenLogprob, chat_logprobs, completion_logprobs, token_offsets
 from serving.logs import new_request_id, request_id_var
 from serving.protocol import (
     ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
-    ChatResponseMessage, CompletionChoice, CompletionRequest, CompletionResponse, DeltaMessage,
+    ChatResponseMessage, CompletionChoice, CompletionRequest, CompletionResponse, DeltaMessage, Usage,
 )
 from serving.state import ServingState
 
@@ -51,14 +59,46 @@ def _sse(payload: str) -> str:
     return f"data: {payload}\n\n"
 
 
-async def _collect(state: ServingState, prepared: Prepared, request: Request, rid: str) -> tuple[str, Finished]:
-    job = submit(state, prepared, rid)
-    text: list[str] = []
+def _chunk_json(chunk: ChatCompletionChunk | CompletionResponse, with_usage: bool) -> str:
+    return chunk.model_dump_json(exclude=None if with_usage else {"usage"})
+
+
+class Collected:
+    """One prompt's whole answer: text, the generated tokens' log-probs, the prompt's scores."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.logprobs: list[TokenLogprob] = []
+        self.prompt: tuple[TokenLogprob, ...] = ()
+        self.finished: Finished | None = None
+
+
+async def _collect(state: ServingState, job: Job | None, prepared: Prepared, request: Request) -> Collected:
+    out = Collected()
     async for piece in pieces(state, job, prepared, request.is_disconnected):
         if isinstance(piece, Finished):
-            return "".join(text), piece
-        text.append(piece)
+            out.finished = piece
+            return out
+        if isinstance(piece, PromptScores):
+            out.prompt = piece.tokens
+            continue
+        out.text.append(piece.text)
+        out.logprobs.extend(piece.logprobs)
     raise RuntimeError("the generation stream ended without finishing")
+
+
+async def _collect_all(state: ServingState, prepared: Sequence[Prepared], request: Request,
+                       rid: str) -> list[Collected]:
+    """Queue every prompt (they batch together) and wait for all; the first failure cancels
+    the rest, so no row keeps computing for an answer that will not be sent."""
+    jobs = submit_all(state, list(prepared), rid)
+    tasks = [asyncio.create_task(_collect(state, job, p, request)) for job, p in zip(jobs, prepared)]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 def _request_id() -> str:
@@ -67,10 +107,10 @@ def _request_id() -> str:
 
 
 def _stream(state: ServingState, prepared: Prepared, rid: str,
-            render: Callable[[str | Finished | None], list[str]]) -> EventStreamResponse:
+            render: Callable[[Piece | PromptScores | Finished | None], list[str]]) -> EventStreamResponse:
     """Queue the request now (a full queue is still a plain 429, before any 200 is sent) and
     answer with its SSE lines: render(None) opens the stream, render(piece) continues it."""
-    job = submit(state, prepared, rid)
+    [job] = submit_all(state, [prepared], rid)
 
     async def lines() -> AsyncIterator[str]:
         for payload in render(None):
@@ -83,58 +123,121 @@ def _stream(state: ServingState, prepared: Prepared, rid: str,
             yield _sse(json.dumps(err.body()))
         yield _sse("[DONE]")
 
-    return EventStreamResponse(lines(), on_close=job.cancel)
+    return EventStreamResponse(lines(), on_close=job.cancel if job is not None else lambda: None)
 
 
 async def chat_completions(state: ServingState, req: ChatCompletionRequest, request: Request) -> Response:
     check_model(state, req.model)
-    prepared = prepare(state, req, chat_prompt_ids(state, req), "messages")
+    want_logprobs = bool(req.logprobs)
+    prepared = prepare(state, req, chat_prompt_ids(state, req), "messages", logprobs=want_logprobs,
+                       top_logprobs=req.top_logprobs or 0)
     rid, created = _request_id(), int(time.time())
     common = {"id": f"chatcmpl-{rid}", "created": created, "model": state.model_id,
               "system_fingerprint": state.manifest.bundle_digest}
+
+    def logprobs(items: Sequence[TokenLogprob]):
+        return chat_logprobs(items, state.token_strings) if want_logprobs else None
+
     if not req.stream:
-        text, finished = await _collect(state, prepared, request, rid)
-        body = ChatCompletionResponse(**common, usage=finished.usage(), choices=[ChatChoice(
-            message=ChatResponseMessage(content=text), finish_reason=finished.finish_reason)])
+        [got] = await _collect_all(state, [prepared], request, rid)
+        assert got.finished is not None
+        body = ChatCompletionResponse(**common, usage=got.finished.usage(), choices=[ChatChoice(
+            message=ChatResponseMessage(content="".join(got.text)), finish_reason=got.finished.finish_reason,
+            logprobs=logprobs(got.logprobs))])
         return JSONResponse(body.model_dump())
 
-    def render(piece: str | Finished | None) -> list[str]:
+    with_usage = req.include_usage_chunk()
+
+    def render(piece: Piece | PromptScores | Finished | None) -> list[str]:
         if piece is None:
             choice = ChatChunkChoice(delta=DeltaMessage(role="assistant", content=""))
-        elif isinstance(piece, str):
-            choice = ChatChunkChoice(delta=DeltaMessage(content=piece))
-        else:
-            out = [ChatCompletionChunk(**common, choices=[ChatChunkChoice(
-                delta=DeltaMessage(), finish_reason=piece.finish_reason)]).model_dump_json()]
-            if req.include_usage_chunk():
-                out.append(ChatCompletionChunk(**common, choices=[], usage=piece.usage()).model_dump_json())
+        elif isinstance(piece, Piece):
+            choice = ChatChunkChoice(delta=DeltaMessage(content=piece.text), logprobs=logprobs(piece.logprobs))
+        elif isinstance(piece, Finished):
+            out = [_chunk_json(ChatCompletionChunk(**common, choices=[ChatChunkChoice(
+                delta=DeltaMessage(), finish_reason=piece.finish_reason)]), with_usage)]
+            if with_usage:
+                out.append(_chunk_json(ChatCompletionChunk(**common, choices=[], usage=piece.usage()), True))
             return out
-        return [ChatCompletionChunk(**common, choices=[choice]).model_dump_json()]
+        else:  # prompt scores: never asked for on chat
+            return []
+        return [_chunk_json(ChatCompletionChunk(**common, choices=[choice]), with_usage)]
 
     return _stream(state, prepared, rid, render)
+
+
+def _echo_text(state: ServingState, prompt: str | list[int]) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return state.engine.tokenizer.decode(prompt, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _prompt_items(state: ServingState, scores: Sequence[TokenLogprob]) -> list[TokenLogprob]:
+    """The prompt's scores with each token's offset in the echoed text."""
+    offsets = token_offsets(state.engine.tokenizer, [t.token_id for t in scores])
+    return [replace(t, offset=o) for t, o in zip(scores, offsets)]
 
 
 async def completions(state: ServingState, req: CompletionRequest, request: Request) -> Response:
     check_model(state, req.model)
-    prepared = prepare(state, req, completion_prompt_ids(state, req), "prompt")
+    prompts = req.prompts()
+    if req.stream and len(prompts) > 1:
+        raise APIError(400, "streaming serves one prompt per request; send the prompts separately or without "
+                            "stream", param="prompt")
+    k, echo = req.logprobs, bool(req.echo)
+    prepared = [prepare(state, req, completion_prompt_ids(state, p), "prompt", logprobs=k is not None,
+                        top_logprobs=k or 0, score_prompt=echo and k is not None) for p in prompts]
     rid, created = _request_id(), int(time.time())
     common = {"id": f"cmpl-{rid}", "created": created, "model": state.model_id,
               "system_fingerprint": state.manifest.bundle_digest}
-    if not req.stream:
-        text, finished = await _collect(state, prepared, request, rid)
-        body = CompletionResponse(**common, usage=finished.usage(), choices=[CompletionChoice(
-            text=text, finish_reason=finished.finish_reason)])
-        return JSONResponse(body.model_dump())
+    strings = state.token_strings
 
-    def render(piece: str | Finished | None) -> list[str]:
+    def shifted(items: Sequence[TokenLogprob], base: int) -> list[TokenLogprob]:
+        return [replace(t, offset=t.offset + base) for t in items]
+
+    if not req.stream:
+        choices, usage = [], Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+        for i, (prompt, got) in enumerate(zip(prompts, await _collect_all(state, prepared, request, rid))):
+            assert got.finished is not None
+            head = _echo_text(state, prompt) if echo else ""
+            text = head + "".join(got.text)
+            logprobs = None
+            if k is not None:
+                items = _prompt_items(state, got.prompt) if echo else []
+                tail = [*got.logprobs, *([got.finished.stop_token] if got.finished.stop_token else [])]
+                logprobs = completion_logprobs([*items, *shifted(tail, len(head))], strings, text_len=len(text))
+            choices.append(CompletionChoice(index=i, text=text, finish_reason=got.finished.finish_reason,
+                                            logprobs=logprobs))
+            u = got.finished.usage()
+            usage = Usage(prompt_tokens=usage.prompt_tokens + u.prompt_tokens,
+                          completion_tokens=usage.completion_tokens + u.completion_tokens,
+                          total_tokens=usage.total_tokens + u.total_tokens)
+        return JSONResponse(CompletionResponse(**common, usage=usage, choices=choices).model_dump())
+
+    [prompt], [prep] = prompts, prepared
+    head = _echo_text(state, prompt) if echo else ""
+    with_usage = req.include_usage_chunk()
+    sent = len(head)  # characters of text sent so far: where the next piece starts
+
+    def chunk(text: str, items: Sequence[TokenLogprob] | None = None, finish: Finished | None = None) -> str:
+        logprobs = None if items is None else completion_logprobs(items, strings, text_len=sent)
+        return _chunk_json(CompletionResponse(**common, choices=[CompletionChoice(
+            text=text, logprobs=logprobs, finish_reason=finish.finish_reason if finish else None)]), with_usage)
+
+    def render(piece: Piece | PromptScores | Finished | None) -> list[str]:
+        nonlocal sent
         if piece is None:
-            return []
-        if isinstance(piece, str):
-            return [CompletionResponse(**common, choices=[CompletionChoice(text=piece)]).model_dump_json()]
-        out = [CompletionResponse(**common, choices=[CompletionChoice(
-            text="", finish_reason=piece.finish_reason)]).model_dump_json()]
-        if req.include_usage_chunk():
-            out.append(CompletionResponse(**common, choices=[], usage=piece.usage()).model_dump_json())
+            # The echo opens the stream, unless it waits for the prompt's scores to go with it.
+            return [chunk(head)] if echo and not prep.score_prompt else []
+        if isinstance(piece, PromptScores):
+            return [chunk(head, _prompt_items(state, piece.tokens))]
+        if isinstance(piece, Piece):
+            sent += len(piece.text)
+            return [chunk(piece.text, shifted(piece.logprobs, len(head)) if k is not None else None)]
+        stop = [piece.stop_token] if k is not None and piece.stop_token else None
+        out = [chunk("", shifted(stop, len(head)) if stop else None, finish=piece)]
+        if with_usage:
+            out.append(_chunk_json(CompletionResponse(**common, choices=[], usage=piece.usage()), True))
         return out
 
-    return _stream(state, prepared, rid, render)
+    return _stream(state, prep, rid, render)

@@ -1,9 +1,12 @@
 """Request and response bodies in the OpenAI shapes (`*Request` in, `*Response` out).
 
 Requests are strict (no "5" for 5, no true for 1) and forbid unknown fields: a parameter this
-server would silently ignore (tools, logit_bias, ...) is a 400 naming it, not a response that
-looks as if it had been honoured. Parameters the OpenAI API defines but this server cannot
-honour beyond their neutral value (n, penalties, logprobs) are accepted only at that value.
+server would silently ignore (tools, a JSON response format, ...) is a 400 naming it, not a
+response that looks as if it had been honoured. Parameters the OpenAI API defines that this
+server cannot honour are still accepted at their neutral value, the one that changes nothing
+(`n: 1`, penalties 0, `logit_bias: {}`, `response_format: {"type": "text"}`, `tools: []`, null
+for any of them), because real clients send those by default. Field names, ranges and shapes
+follow OpenAI's OpenAPI spec (openai/openai-openapi) and the official `openai` client's types.
 """
 
 from __future__ import annotations
@@ -17,8 +20,18 @@ from pydantic import (
 
 # OpenAI's own limit on stop sequences; more would make the per-token stop scan a cost.
 MAX_STOP_SEQUENCES = 4
+# OpenAI's limits: alternatives per position on chat (top_logprobs) and completions (logprobs).
+MAX_CHAT_TOP_LOGPROBS = 20
+MAX_COMPLETION_LOGPROBS = 5
+# Prompts in one /v1/completions request (each one is a row the batcher runs).
+MAX_PROMPTS = 128
 
 FinishReason = Literal["stop", "length"]
+
+# OpenAI parameters that are accepted only when null (null means "the default": nothing to
+# honour). Given a value they stay unknown fields, so the 400 names them.
+_NULL_ONLY = frozenset({"audio", "prediction", "reasoning_effort", "verbosity", "web_search_options", "moderation",
+                        "function_call", "functions", "prompt_cache_retention", "prompt_cache_options"})
 
 
 class _Strict(BaseModel):
@@ -55,7 +68,16 @@ class ChatMessage(_Strict):
 
 
 class StreamOptions(_Strict):
-    include_usage: bool = False
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+    @field_validator("include_obfuscation")
+    @classmethod
+    def _no_obfuscation(cls, v: bool | None) -> bool | None:
+        if v:
+            raise ValueError("stream obfuscation (random padding against traffic analysis) is not implemented; "
+                             "send false or leave it out")
+        return v
 
 
 class _GenerationRequest(_Strict):
@@ -67,29 +89,46 @@ class _GenerationRequest(_Strict):
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 = greedy; default: the bundle's.")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus mass; default: the bundle's.")
     # The range torch.Generator.manual_seed takes; outside it the engine would fail the batch.
+    # Greedy decoding ignores it, as it should: there is nothing random to seed.
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1,
                              description="Seeds sampling, so a sampled request can be replayed.")
     stop: str | list[str] | None = Field(None, description="Text that ends the completion (not returned).")
-    n: int = Field(1, description="Completions per request; only 1 is served.")
-    stream: bool = False
+    n: int | None = Field(None, description="Completions per request; only 1 is served.")
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Only 0 is served.")
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Only 0 is served.")
+    logit_bias: dict[str, int] | None = Field(None, description="Only an empty map (or all biases 0) is served.")
     user: str | None = Field(None, description="Caller's end-user id; logged with the request id.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_null_only(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (k in _NULL_ONLY and v is None)}
+        return data
 
     @field_validator("n")
     @classmethod
-    def _one_choice(cls, v: int) -> int:
-        if v != 1:
+    def _one_choice(cls, v: int | None) -> int | None:
+        if v is not None and v != 1:
             raise ValueError(f"n={v} is not supported: this server returns exactly one choice per request; "
                              "send separate requests (with different seeds) for more")
         return v
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
-    def _no_penalty(cls, v: float) -> float:
-        if v != 0.0:
+    def _no_penalty(cls, v: float | None) -> float | None:
+        if v:
             raise ValueError("penalties are not supported (the evaluated decoding has none); use 0")
+        return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_bias(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        if v and any(bias != 0 for bias in v.values()):
+            raise ValueError("logit biases are not supported (the evaluated decoding has none); send {} or leave "
+                             "it out")
         return v
 
     @field_validator("stop", mode="wrap")
@@ -113,32 +152,122 @@ class _GenerationRequest(_Strict):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
     def include_usage_chunk(self) -> bool:
-        return self.stream_options is not None and self.stream_options.include_usage
+        return self.stream_options is not None and bool(self.stream_options.include_usage)
+
+
+class ResponseFormat(_Strict):
+    type: str
+
+    @field_validator("type")
+    @classmethod
+    def _text_only(cls, v: str) -> str:
+        if v != "text":
+            raise ValueError(f"response_format {v!r} is not supported: this server does not constrain the output; "
+                             "use {\"type\": \"text\"}")
+        return v
+
+
+_NO_TOOLS = "tool calling is not supported by this server; send no tools"
+# Chat parameters served only at a neutral value: field -> (is it neutral, why not otherwise).
+_CHAT_NEUTRAL: dict[str, tuple[Any, str]] = {
+    "tools": (lambda v: v in (None, []), _NO_TOOLS),
+    "tool_choice": (lambda v: v in (None, "none", "auto"), _NO_TOOLS),
+    "modalities": (lambda v: v in (None, ["text"]), 'only text output is served: send ["text"] or leave it out'),
+    "store": (lambda v: not v, "this server stores no completions; send false or leave it out"),
+}
 
 
 class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, description="The newer name for max_tokens.")
-    logprobs: bool = False
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("logprobs are not served over HTTP; the parity probe checks them at startup")
-        return v
+    logprobs: bool | None = Field(None, description="Return each content token's log-prob.")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_CHAT_TOP_LOGPROBS,
+                                     description="Most likely alternatives per position (needs logprobs: true).")
+    response_format: ResponseFormat | None = None
+    # Tool calling is not served; its empty or "no tool" values are (without tools, "auto"
+    # can only mean "none", and parallel_tool_calls has nothing to act on).
+    tools: list[Any] | None = Field(None, description="Only an empty list is served.")
+    tool_choice: Any = Field(None, description="Only 'none' (or 'auto', which without tools is 'none').")
+    parallel_tool_calls: bool | None = None
+    modalities: list[str] | None = Field(None, description="Only [\"text\"].")
+    store: bool | None = Field(None, description="Nothing is stored: only false is served.")
+    metadata: dict[str, str] | None = Field(None, description="Accepted and ignored (tags for stored completions).")
+    service_tier: Literal["auto", "default"] | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
 
     @model_validator(mode="after")
-    def _one_budget_name(self) -> ChatCompletionRequest:
+    def _consistent(self) -> ChatCompletionRequest:
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise ValueError("give max_tokens or max_completion_tokens, not both")
         if self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
         return self
 
+    @field_validator(*_CHAT_NEUTRAL)
+    @classmethod
+    def _neutral(cls, v: Any, info: Any) -> Any:
+        is_neutral, why = _CHAT_NEUTRAL[info.field_name]
+        if not is_neutral(v):
+            raise ValueError(why)
+        return v
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, v: int | None, info: Any) -> int | None:
+        if v and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return v
+
 
 class CompletionRequest(_GenerationRequest):
-    prompt: str = Field(min_length=1, description="Raw text, tokenized without a chat template.")
+    # OpenAI's four prompt shapes: text, texts, token ids, lists of token ids.
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="Raw text (tokenized without a chat template) or token ids; a list gives one choice each.")
+    max_tokens: int | None = Field(None, ge=0, description="Tokens to generate at most (0: only score or echo the "
+                                   "prompt); default: the bundle's max_new_tokens capped by the context left.")
+    echo: bool | None = Field(None, description="Return the prompt in front of the completion (with its log-probs "
+                              "when logprobs is set).")
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS,
+                                 description="Log-probs of each token plus this many alternatives per position.")
+    best_of: int | None = Field(None, description="Only 1 is served.")
+    suffix: str | None = Field(None, description="Insertion is not served: only an empty suffix.")
+
+    @field_validator("prompt", mode="wrap")
+    @classmethod
+    def _prompt_type(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return _one_of(v, handler, "a string, a list of strings, a list of token ids or a list of lists of token ids")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_sizes(cls, v: Any) -> Any:
+        prompts = [v] if isinstance(v, str) or (v and isinstance(v[0], int)) else v
+        if not prompts:
+            raise ValueError("must not be empty")
+        if len(prompts) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("prompts must not be empty")
+        return v
+
+    @field_validator("best_of")
+    @classmethod
+    def _one_candidate(cls, v: int | None) -> int | None:
+        if v is not None and v != 1:
+            raise ValueError(f"best_of={v} is not supported: one completion is generated per prompt")
+        return v
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, v: str | None) -> str | None:
+        if v:
+            raise ValueError("suffix (insertion) is not supported by this model")
+        return v
+
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per choice: a text, or token ids."""
+        p = self.prompt
+        return [p] if isinstance(p, str) or isinstance(p[0], int) else list(p)  # type: ignore[list-item]
 
 
 # -- responses --------------------------------------------------------------------------------
@@ -150,16 +279,32 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None  # the token's UTF-8 bytes: half a character is a valid token
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+    refusal: list[ChatTokenLogprob] | None = None  # required by the spec; this model never refuses
+
+
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    refusal: None = None  # required by the spec (null: no refusal)
 
 
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatResponseMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -186,7 +331,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -196,14 +341,24 @@ class ChatCompletionChunk(BaseModel):
     model: str
     system_fingerprint: str
     choices: list[ChatChunkChoice]
-    usage: Usage | None = None
+    usage: Usage | None = None  # sent only with stream_options.include_usage (see handlers)
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy shape: parallel lists, one entry per token. The first prompt token (echo) has
+    no log-prob (nothing precedes it), hence the nulls."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
 
 
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):

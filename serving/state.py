@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Protocol
 
 from pipeline.bundle.manifest import Manifest
@@ -11,6 +12,7 @@ from pipeline.bundle.verify import adapter_trained_on
 from pipeline.engines.base import Engine
 from pipeline.files import files_digest
 from serving.batcher import Batcher
+from serving.logprobs import TokenStrings
 from serving.metrics import ServingMetrics
 from serving.probe import ParityReport
 from serving.protocol import ModelCard
@@ -49,6 +51,11 @@ class ServingState:
     @property
     def system_prompt(self) -> str | None:
         return self.manifest.tokenizer.system_prompt
+
+    @cached_property
+    def token_strings(self) -> TokenStrings:
+        """Token texts for log-probs, memoized for the server's life (the vocabulary is fixed)."""
+        return TokenStrings(self.engine.tokenizer)
 
     def model_card(self) -> ModelCard:
         m = self.manifest

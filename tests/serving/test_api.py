@@ -8,7 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
+import prometheus_client
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.chat import encode_prompt
 from serving.probe import LOGPROB_TOLERANCE_NATS
@@ -39,6 +41,16 @@ def client(api):
 @pytest.fixture(scope="module")
 def oai(api):
     return openai.OpenAI(base_url=f"{api.url}/v1", api_key="not-needed", max_retries=0, timeout=60)
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """One sample's value from a /metrics body, read with prometheus_client's own parser (0 when
+    the series does not exist yet)."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
 
 
 def stream_chat(oai_client, **kwargs) -> tuple[list[str], str | None, object]:
@@ -79,11 +91,33 @@ def test_health_ready_and_metrics(client):
     assert ready.status_code == 200 and ready.json()["parity"]["status"] == "passed"
     assert len(ready.headers["x-request-id"]) > 8
     metrics = client.get("/metrics")
-    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert metrics.headers["content-type"] == prometheus_client.CONTENT_TYPE_LATEST
     for line in ("# TYPE tailgate_requests_total counter", "# TYPE tailgate_request_latency_seconds histogram",
-                 "# TYPE tailgate_queue_depth gauge", "# TYPE tailgate_generated_tokens_total counter",
-                 'tailgate_requests_total{endpoint="/ready",status="200"} 1'):
+                 "# TYPE tailgate_queue_depth gauge", "# TYPE tailgate_generated_tokens_total counter"):
         assert line in metrics.text
+    assert sample(metrics.text, "tailgate_requests_total", endpoint="/ready", status="200") >= 1
+
+
+def test_metrics_move_with_real_requests(client, oai, model):
+    """/metrics read with prometheus_client's parser, before and after three real requests."""
+    before = client.get("/metrics").text
+    a = oai.chat.completions.create(model=model, messages=chat("Stable, home."), max_tokens=3, temperature=0)
+    b = oai.completions.create(model=model, prompt="Discharge summary:", max_tokens=2, temperature=0)
+    assert client.post("/v1/chat/completions", json={"model": model, "messages": []}).status_code == 400
+    after = client.get("/metrics").text
+
+    def delta(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert delta("tailgate_requests_total", endpoint="/v1/chat/completions", status="200") == 1
+    assert delta("tailgate_requests_total", endpoint="/v1/chat/completions", status="400") == 1
+    assert delta("tailgate_requests_total", endpoint="/v1/completions", status="200") == 1
+    assert delta("tailgate_request_latency_seconds_count", endpoint="/v1/chat/completions") == 2
+    assert delta("tailgate_request_latency_seconds_sum", endpoint="/v1/completions") > 0
+    assert delta("tailgate_prompt_tokens_total") == a.usage.prompt_tokens + b.usage.prompt_tokens
+    assert delta("tailgate_generated_tokens_total") == a.usage.completion_tokens + b.usage.completion_tokens
+    assert delta("tailgate_batch_size_count") >= 2  # at least one decode step or batch per request
+    assert sample(after, "tailgate_queue_depth") == 0
 
 
 def test_chat_greedy_stream_equals_plain(oai, served, model):
@@ -173,7 +207,13 @@ GOOD = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     ({"messages": [{"role": "assistant", "content": "x"}]}, "messages"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"tools": [{"type": "function"}]}, "tools"),
-    ({"logprobs": True}, "logprobs"),
+    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"response_format": {"type": "json_object"}}, "response_format.type"),
+    ({"logit_bias": {"5": 10}}, "logit_bias"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"reasoning_effort": "high"}, "reasoning_effort"),
+    ({"stream_options": {"include_obfuscation": True}, "stream": True}, "stream_options.include_obfuscation"),
     ({"seed": 2**64}, "seed"),
     ({"presence_penalty": 0.5}, "presence_penalty"),
     ({"max_tokens": 2, "max_completion_tokens": 3}, None),
@@ -193,7 +233,11 @@ def test_malformed_bodies_are_400s(client, model):
                        headers={"content-type": "application/json"}).status_code == 400
     assert client.post("/v1/chat/completions", json=[1, 2]).status_code == 400
     assert client.post("/v1/completions", json={"model": model, "prompt": ""}).status_code == 400
-    assert client.post("/v1/completions", json={"model": model, "prompt": ["a", "b"]}).status_code == 400
+    assert client.post("/v1/completions", json={"model": model, "prompt": ["a", ""]}).status_code == 400
+    assert client.post("/v1/completions", json={"model": model, "prompt": [[1], []]}).status_code == 400
+    assert client.post("/v1/completions", json={"model": model, "prompt": [10**9]}).status_code == 400
+    two_streamed = {"model": model, "prompt": ["a", "b"], "stream": True}
+    assert client.post("/v1/completions", json=two_streamed).status_code == 400
 
 
 def test_prompt_plus_max_tokens_over_the_context_is_400_with_both_counts(client, oai, served, model):
@@ -218,10 +262,8 @@ def test_unknown_model_is_404(client, oai):
 
 def _batch_stats(client: httpx.Client) -> tuple[float, float]:
     """(engine batches run, batches that held one request) from /metrics."""
-    lines = client.get("/metrics").text.splitlines()
-    count = next(float(x.split()[1]) for x in lines if x.startswith("tailgate_batch_size_count "))
-    single = next(float(x.split()[1]) for x in lines if x.startswith('tailgate_batch_size_bucket{le="1"} '))
-    return count, single
+    text = client.get("/metrics").text
+    return sample(text, "tailgate_batch_size_count"), sample(text, "tailgate_batch_size_bucket", le="1.0")
 
 
 def test_concurrent_requests_are_batched_and_match_sequential(oai, client, model):

@@ -26,7 +26,7 @@ def _drive(engine, schedule):
     while step in schedule or len(batch) or any(s > step for s in schedule):
         for req in schedule.get(step, []):
             streamed[id(req)] = []
-            row = batch.admit(req, lambda t, lp, k=id(req): streamed[k].append(t) or True, key=req)
+            row = batch.admit(req, lambda t, lp, top, k=id(req): streamed[k].append(t) or True, key=req)
             if row.done:
                 done[id(req)] = row.completion
         for row in batch.step():
@@ -64,8 +64,8 @@ def test_the_batch_shrinks_to_what_running_rows_need(served):
     batch = RunningBatch(engine)
     long = _request(engine, "A much longer prompt than the other one, with many more tokens in it.", 3)
     short = _request(engine, "Short.", 30)
-    batch.admit(long, lambda t, lp: True, key="long")
-    batch.admit(short, lambda t, lp: True, key="short")
+    batch.admit(long, lambda t, lp, top: True, key="long")
+    batch.admit(short, lambda t, lp, top: True, key="short")
     width = batch.cache.layers[0].keys.shape[-2]
     assert width == batch.width == len(long.prompt_ids)
     while all(r.key != "long" or not r.done for r in batch.rows) and len(batch) == 2:
@@ -80,8 +80,37 @@ def test_a_cancelled_row_leaves_at_once(served):
     engine = served.engine
     batch = RunningBatch(engine)
     seen = []
-    row = batch.admit(_request(engine, "Stable.", 50), lambda t, lp: len(seen) < 3 and not seen.append(t), key=1)
+    row = batch.admit(_request(engine, "Stable.", 50), lambda t, lp, top: len(seen) < 3 and not seen.append(t), key=1)
     while not row.done:
         batch.step()
     assert row.completion.finish_reason == "cancelled" and len(row.completion.token_ids) == 4
     assert len(batch) == 0 and batch.cache is None
+
+
+def test_alternatives_prompt_scores_and_the_stop_token_come_from_the_same_logits(served):
+    """What log-probs over HTTP are made of: top-k alternatives per generated token (best first,
+    the greedy choice on top), the prompt's log-probs from the prefill (the engine's own scoring,
+    exactly), and the stop id that ended a row with its log-prob (the engine's Completion drops
+    it)."""
+    engine = served.engine
+    req = _request(engine, "Summarize: stable, discharged home.", 4)
+    [alone] = engine.generate([req])
+    got, prompt = [], []
+    batch = RunningBatch(engine)
+    row = batch.admit(req, lambda t, lp, top: got.append((t, lp, top)) or True, key=1, top_logprobs=3,
+                      on_prompt=prompt.extend)
+    while not row.done:
+        batch.step()
+    assert [t for t, _, _ in got] == alone.token_ids
+    for t, lp, top in got:
+        assert len(top) == 3 and top[0] == (t, lp) and [v for _, v in top] == sorted((v for _, v in top), reverse=True)
+    ids = list(req.prompt_ids)
+    assert [p.token_id for p in prompt] == ids and prompt[0].logprob is None
+    assert [p.logprob for p in prompt[1:]] == engine.token_logprobs([(ids[:1], ids[1:])])[0]
+    assert all(p.top[0][1] >= p.logprob for p in prompt[1:])
+    # The first generated token, declared a stop id, ends the row and is reported.
+    first, first_lp = alone.token_ids[0], alone.logprobs[0]
+    stop_req = GenerationRequest(req.prompt_ids, SamplingParams(max_new_tokens=4, stop_token_ids=(first,)))
+    row = RunningBatch(engine).admit(stop_req, lambda t, lp, top: True)
+    assert row.done and row.completion.finish_reason == "stop" and row.completion.token_ids == []
+    assert row.stop_token.token_id == first and row.stop_token.logprob == pytest.approx(first_lp, abs=1e-6)

@@ -73,6 +73,83 @@ def test_lm_eval_chat_client_against_the_server_agrees_with_in_process(served, s
     assert served_ok and float(served_ok[0].rsplit(" ", 1)[1]) == LIMIT
 
 
+class OnePairAtATime:
+    """The same engine, scoring one (context, continuation) pair per forward pass, as the server
+    does (each prompt is its own prefill): the unbatched reference the server must equal."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)
+
+    def loglikelihood(self, pairs):
+        return [self.engine.loglikelihood([pair])[0] for pair in pairs]
+
+
+def _loglikelihood_task(served, tmp_path) -> dict:
+    """A small log-likelihood task over discharge-note text: contexts cut at a space and
+    continuations of a few words (no BPE merge crosses the cut), plus the engine's own greedy
+    continuations, whose is_greedy must come out true."""
+    from pipeline.engines.base import GenerationRequest, SamplingParams
+
+    # the notes, without the instruction every item opens with
+    notes = [json.loads(line)["messages"][1]["content"].split("\n\n", 1)[1] for line in
+             (SUITE / "data/test.jsonl").read_text().splitlines()[:4]]
+    docs = []
+    for i, note in enumerate(notes):
+        words = note.split(" ")
+        docs.append({"id": i, "context": " ".join(words[:12 + i]), "target": " " + " ".join(words[12 + i:15 + i])})
+    tok, engine = served.engine.tokenizer, served.engine
+    for i, note in enumerate(notes[:2]):
+        context = " ".join(note.split(" ")[:20 + i])
+        ids = tok(context, add_special_tokens=False)["input_ids"]
+        [greedy] = engine.generate([GenerationRequest(ids, SamplingParams(max_new_tokens=6))])
+        docs.append({"id": len(docs), "context": context, "target": tok.decode(greedy.token_ids)})
+    data = tmp_path / "ll.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return {"task": "tailgate_server_ll", "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+            "test_split": "test", "output_type": "loglikelihood", "doc_to_text": "{{context}}",
+            "doc_to_target": "{{target}}", "target_delimiter": "",
+            "metric_list": [{"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
+                            {"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+            "metadata": {"version": 1}}
+
+
+def _scores(model, task: dict, **kwargs) -> dict[int, tuple[float, bool]]:
+    from lm_eval import simple_evaluate
+
+    out = simple_evaluate(model=model, tasks=[task], log_samples=True, bootstrap_iters=0, random_seed=0,
+                          numpy_random_seed=0, torch_random_seed=0, **kwargs)
+    return {s["doc"]["id"]: (float(s["filtered_resps"][0][0]), bool(s["filtered_resps"][0][1]))
+            for s in out["samples"][task["task"]]}
+
+
+@pytest.mark.slow
+def test_lm_eval_completions_client_loglikelihood_agrees_with_in_process(served, start_server, tmp_path):
+    """lm-eval's `local-completions` model scores a log-likelihood task through /v1/completions
+    (echo + logprobs: it sends token ids, several prompts per request, max_tokens 1, and reads
+    token_logprobs / top_logprobs from the context length on). Stated tolerance: 0 against the
+    same engine scoring one pair per forward pass, which is what the server computes; against
+    TailgateLM's default batched scoring (left-padded bf16 batches of 8), 1e-2 nats a sample."""
+    from pipeline.evaluate.lm_model import TailgateLM
+
+    srv = start_server()
+    task = _loglikelihood_task(served, tmp_path)
+    through_server = _scores("local-completions", task, batch_size=3, model_args={
+        "base_url": f"{srv.url}/v1/completions", "model": srv.state.model_id, "tokenizer_backend": "huggingface",
+        "tokenizer": str(served.bundle.root / "tokenizer"), "num_concurrent": 1, "max_retries": 1})
+    unbatched = _scores(TailgateLM(engine=OnePairAtATime(served.engine)), task)
+    batched = _scores(TailgateLM(engine=served.engine), task)
+    assert len(through_server) == 6 and set(through_server) == set(unbatched) == set(batched)
+    assert through_server == unbatched  # exact, is_greedy included
+    assert sum(greedy for _, greedy in through_server.values()) >= 2  # the engine's own continuations
+    worst = max(abs(through_server[k][0] - batched[k][0]) for k in batched)
+    print(f"\nlm-eval through the server vs batched in-process: max |delta ll| = {worst:.2e} nats")
+    assert worst <= 1e-2
+    assert [g for _, g in through_server.values()] == [g for _, g in batched.values()]
+
+
 @pytest.mark.slow
 def test_lm_eval_command_line_runs_the_bundle_engine(tiny_pipeline, tmp_path):
     """`tailgate-lm-eval --model tailgate --model_args bundle=...` is lm-eval's CLI with our
