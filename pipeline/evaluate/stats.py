@@ -1,4 +1,4 @@
-"""Tail statistics: per-slice means with bootstrap CIs, quantiles, worst-k means, length buckets."""
+"""Tail statistics: per-slice means with BCa bootstrap CIs, quantiles, worst-k means, length buckets."""
 
 from __future__ import annotations
 
@@ -9,14 +9,30 @@ import numpy as np
 
 
 def bootstrap_ci(values: Sequence[float], samples: int, seed: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean (seeded, so reports are reproducible)."""
+    """Bias-corrected and accelerated (BCa) bootstrap CI of the mean, by scipy (seeded, so
+    reports are reproducible). BCa rather than the percentile interval: on a 40-item slice of
+    0/1 outcomes the mean's distribution is skewed near 0 and 1, and the gate's floors can sit on
+    the lower end. A sample with no spread (every item right, or every item wrong) has a
+    zero-width interval: BCa's acceleration is undefined there and resampling cannot vary it."""
+    import warnings
+
+    from scipy.stats import bootstrap
+
     x = np.asarray(values, dtype=float)
     if len(x) == 0:
         return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(samples, len(x)))].mean(axis=1)
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+    if np.all(x == x[0]):
+        return (float(x[0]), float(x[0]))
+    with warnings.catch_warnings():
+        # scipy warns (and returns NaN) on degenerate jackknife values; handled below
+        warnings.simplefilter("ignore")
+        res = bootstrap((x,), np.mean, n_resamples=samples, confidence_level=1 - alpha, method="BCa",
+                        random_state=np.random.default_rng(seed), vectorized=True, axis=-1)
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        # BCa could not be formed (e.g. one outlier among identical values): percentile interval
+        lo, hi = (float(v) for v in np.quantile(res.bootstrap_distribution, [alpha / 2, 1 - alpha / 2]))
+    return lo, hi
 
 
 def summarize(values: Sequence[float], samples: int, seed: int) -> dict:

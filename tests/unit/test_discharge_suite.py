@@ -1,6 +1,7 @@
 """The default suite's own scorers (eval_suites/discharge/scorers.py): they tell a right summary
-from a wrong one, and moved out of pipeline/ without changing a single number of the default
-release's report (tests/data/gate_v1 is that report, made by the code before the move)."""
+from a wrong one, and moved out of pipeline/ without changing a single per-item value or mean of
+the default release's report (tests/data/gate_v1 is that report, made by the code before the
+move; its CIs were percentile intervals, BCa since)."""
 
 from __future__ import annotations
 
@@ -37,9 +38,21 @@ def test_the_v1_report_is_reproduced_item_by_item_and_in_aggregate():
                          "output": r["output"], **new, "nll_per_token": r["nll_per_token"]})
     old = json.loads((V1 / "eval.json").read_text())
     agg = aggregate(rescored, SUITE, EvaluateParams(bootstrap_samples=1000, seed=0), scorers)
-    assert agg["overall"] == old["overall"]  # means and bootstrap CIs, every metric
-    assert agg["slices"] == old["slices"]
+    # every mean and count as v1 had it; the CIs are BCa now (v1's were percentile intervals),
+    # so they are checked for what any CI of a mean must be instead
+    assert _without_ci(agg["overall"]) == _without_ci(old["overall"])
+    assert _without_ci(agg["slices"]) == _without_ci(old["slices"])
     assert agg["worst_slice"] == old["worst_slice"] and agg["length_buckets"] == old["length_buckets"]
+    for summary in [*agg["overall"].values(), *(v for s in agg["slices"].values() for v in s.values()
+                                               if isinstance(v, dict))]:
+        lo, hi = summary["ci95"]
+        assert lo <= summary["mean"] <= hi
+
+
+def _without_ci(node):
+    if isinstance(node, dict):
+        return {k: _without_ci(v) for k, v in node.items() if k != "ci95"}
+    return node
 
 
 @pytest.mark.parametrize("item", ITEMS[::20], ids=lambda i: i.id)
@@ -94,3 +107,16 @@ def test_a_broken_reference_is_named():
     bad = ITEMS[0].__class__(id="x-1", slice="common", messages=ITEMS[0].messages, reference="not a summary")
     with pytest.raises(ValueError, match="x-1"):
         run("field_exact_match", "anything", bad)
+
+
+def test_bca_intervals_on_binary_slices():
+    """BCa on 0/1 outcomes: seeded, contains the mean, zero-width with no spread, and skewed
+    toward the middle near a boundary (where the percentile interval is symmetric-ish)."""
+    from pipeline.evaluate.stats import bootstrap_ci
+
+    x = [1.0] * 36 + [0.0] * 4
+    lo, hi = bootstrap_ci(x, 1000, 0)
+    assert (lo, hi) == bootstrap_ci(x, 1000, 0) and lo < 0.9 < hi <= 1.0
+    assert 0.9 - lo > hi - 0.9  # more room below a mean near 1 than above it
+    assert bootstrap_ci([1.0] * 40, 1000, 0) == (1.0, 1.0) and bootstrap_ci([0.0] * 5, 1000, 0) == (0.0, 0.0)
+    assert bootstrap_ci([0.25], 1000, 0) == (0.25, 0.25)
