@@ -20,6 +20,12 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
+def load_avg() -> list[float]:
+    """The 1-, 5- and 15-minute load averages, rounded: recorded before and after a measurement
+    so that a figure taken on a busy machine says so (README: a loaded machine's figure is labelled)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def versions(*packages: str) -> dict[str, str]:
     """Installed versions of the libraries a result depends on (absent ones left out: the
     serving benchmark may run in .venv-vllm, whose packages and pins differ)."""

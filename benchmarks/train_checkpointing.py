@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks import train_step
+from benchmarks import load_avg, machine, train_step, write_result
 
 
 def one_config(checkpointing: bool, steps: int) -> dict:
@@ -54,16 +54,16 @@ def main(argv=None) -> int:
     if args.one:
         print(json.dumps(one_config(args.one == "on", args.steps)))
         return 0
-    results = {}
+    results, load_before = {}, load_avg()
     for mode in ("off", "on"):
         out = subprocess.run([sys.executable, "-m", "benchmarks.train_checkpointing", "--one", mode,
                               "--steps", str(args.steps)], capture_output=True, text=True, check=True)
         results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     summary = {"results": results,
                "time_ratio_on_vs_off": results["on"]["s_per_step"] / results["off"]["s_per_step"],
-               "rss_ratio_on_vs_off": results["on"]["peak_rss_mb"] / results["off"]["peak_rss_mb"]}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+               "rss_ratio_on_vs_off": results["on"]["peak_rss_mb"] / results["off"]["peak_rss_mb"],
+               "machine": {**machine(), "load_avg_before": load_before, "load_avg_after": load_avg()}}
+    write_result(args.out, summary)
     print(json.dumps(summary, indent=2))
     return 0
 

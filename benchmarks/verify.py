@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import machine, write_result
+from benchmarks import load_avg, machine, write_result
 from pipeline.bundle.manifest import MANIFEST_NAME, Manifest
 from pipeline.bundle.verify import verify_bundle
 from pipeline.files import read_json
@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     files = bundle_files(root)
     total_mb = sum(f.stat().st_size for f in files) / 1e6
     time_ours(root), time_sha256sum(files)  # warm the page cache for both
+    load_before = load_avg()
     ours, theirs = [], []
     for _ in range(args.reps):
         ours.append(time_ours(root))
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     med_ours, med_theirs = statistics.median(ours), statistics.median(theirs)
     result = {
         "benchmark": "verify",
-        "machine": machine(),
+        "machine": {**machine(), "load_avg_before": load_before, "load_avg_after": load_avg()},
         "bundle": str(args.bundle),
         "files": len(files),
         "largest_file_mb": round(max(f.stat().st_size for f in files) / 1e6, 1),

@@ -1,4 +1,9 @@
-"""The whole chain through real DVC on the tiny model: repro, no-op repro, failing gate."""
+"""The whole chain through real DVC on the tiny model: repro, no-op repro, failing gate.
+
+One module-scoped fixture builds the project and runs the first `dvc repro`; each test reads
+only what that fixture built, and the test that changes params and reruns does so on its own
+copy of the reproduced project, so every test passes alone (`-k`) and in any order.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +31,11 @@ def _dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def reproduced(tmp_path_factory):
+    """A tiny project after its first `dvc repro`: (root, params path, registry, the run).
+
+    Tests read it and never change it; one that needs to change it works on a copy
+    (`_copy_project`)."""
     root = tmp_path_factory.mktemp("project")
     for name in ("stages", "pipeline", "eval_suites"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -34,16 +43,28 @@ def project(tmp_path_factory):
     small_raw(root / "data/raw", n=40)
     build_tiny_model_dir(root / "tiny_hf")
     params_path = tiny_params(root, curate={"max_seq_len_tokens": 4096})
+    registry = tmp_path_factory.mktemp("registry")
     assert _dvc(root, "init", "--no-scm", "-q").returncode == 0
     _dvc(root, "config", "core.analytics", "false")
-    assert _dvc(root, "remote", "add", "releases", str(tmp_path_factory.mktemp("registry"))).returncode == 0
-    return root, params_path
-
-
-def test_repro_runs_every_stage_and_the_gate_passes(project):
-    root, _ = project
+    assert _dvc(root, "remote", "add", "releases", str(registry)).returncode == 0
     run = _dvc(root, "repro")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return root, params_path, registry, run
+
+
+def _copy_project(src: Path, registry: Path, dest: Path) -> tuple[Path, Path]:
+    """A reproduced project and its registry copied to dest, the copy's remote pointed at the
+    copied registry: a test may change and rerun it without touching the fixture's project."""
+    root = dest / "project"
+    # .dvc/tmp is DVC's state (inode/mtime caches, locks) of the source tree: the copy builds its own
+    shutil.copytree(src, root, symlinks=True, ignore=lambda d, names: ["tmp"] if Path(d) == src / ".dvc" else [])
+    shutil.copytree(registry, dest / "registry", symlinks=True)
+    assert _dvc(root, "remote", "modify", "releases", "url", str(dest / "registry")).returncode == 0
+    return root, root / "params.yaml"
+
+
+def test_repro_runs_every_stage_and_the_gate_passes(reproduced):
+    root, _, _, run = reproduced
     for stage in ("base", "quantize", "curate", "train", "bundle", "evaluate", "gate", "release"):
         assert f"Running stage '{stage}'" in run.stdout
     assert "## Checks, in order" in (root / "reports/curate.md").read_text()
@@ -81,10 +102,16 @@ def test_repro_runs_every_stage_and_the_gate_passes(project):
         assert rendered["data"].get(name), (name, sorted(rendered["data"]))
 
 
-def test_a_failing_rule_fails_the_pipeline(project):
-    root, params_path = project
+def test_a_failing_rule_fails_the_pipeline(reproduced, tmp_path):
+    src, src_params, registry, _ = reproduced
+    root, params_path = _copy_project(src, registry, tmp_path)
+    assert params_path.read_bytes() == src_params.read_bytes()
+    gate = json.loads((root / "reports/gate.json").read_text())
+    assert gate["passed"]  # the copy starts from the passing run
+    assert len(Registry.from_name_or_url("releases", root).list()) == 1
     params = yaml.safe_load(params_path.read_text())
-    params["gate"]["min_format_validity"] = 1.0  # a random tiny model writes no valid summaries
+    rule = next(r for r in params["gate"]["rules"] if r["metric"] == "overall.format_valid")
+    rule["min"] = 1.0  # a random tiny model writes no valid summaries
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     run = _dvc(root, "repro")
     assert run.returncode != 0
@@ -92,7 +119,7 @@ def test_a_failing_rule_fails_the_pipeline(project):
     assert "Running stage 'release'" not in run.stdout  # a failed gate releases nothing
     assert len(Registry.from_name_or_url("releases", root).list()) == 1
     gate = json.loads((root / "reports/gate.json").read_text())
-    assert not gate["passed"] and gate["failed"] == ["format_validity"]
+    assert not gate["passed"] and gate["failed"] == ["overall.format_valid"]
 
 
 def _project_copy(root: Path) -> None:

