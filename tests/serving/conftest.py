@@ -144,3 +144,29 @@ def start_server(served) -> Iterator[Callable[..., RunningServer]]:
     yield start
     for srv in running:
         srv.stop()
+
+
+# One server per test module that asks for it (module scope), with the clients the API tests use.
+@pytest.fixture(scope="module")
+def api(start_server):
+    return start_server()
+
+
+@pytest.fixture(scope="module")
+def model(api) -> str:
+    return api.state.model_id
+
+
+@pytest.fixture(scope="module")
+def client(api):
+    import httpx
+
+    with httpx.Client(base_url=api.url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def oai(api):
+    import openai
+
+    return openai.OpenAI(base_url=f"{api.url}/v1", api_key="not-needed", max_retries=0, timeout=60)

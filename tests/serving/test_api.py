@@ -22,27 +22,6 @@ def chat(text: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
 
 
-@pytest.fixture(scope="module")
-def api(start_server):
-    return start_server()
-
-
-@pytest.fixture(scope="module")
-def model(api) -> str:
-    return api.state.model_id
-
-
-@pytest.fixture(scope="module")
-def client(api):
-    with httpx.Client(base_url=api.url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def oai(api):
-    return openai.OpenAI(base_url=f"{api.url}/v1", api_key="not-needed", max_retries=0, timeout=60)
-
-
 def sample(text: str, name: str, **labels: str) -> float:
     """One sample's value from a /metrics body, read with prometheus_client's own parser (0 when
     the series does not exist yet)."""

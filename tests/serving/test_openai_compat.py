@@ -107,27 +107,6 @@ def sse(response: httpx.Response) -> list[dict]:
     return [json.loads(x) for x in lines[:-1]]
 
 
-@pytest.fixture(scope="module")
-def api(start_server):
-    return start_server()
-
-
-@pytest.fixture(scope="module")
-def model(api) -> str:
-    return api.state.model_id
-
-
-@pytest.fixture(scope="module")
-def client(api):
-    with httpx.Client(base_url=api.url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def oai(api):
-    return openai.OpenAI(base_url=f"{api.url}/v1", api_key="not-needed", max_retries=0, timeout=60)
-
-
 def test_every_response_kind_validates_against_the_openai_types_and_spec(client, model):
     chat = {"model": model, "messages": MESSAGES, "max_tokens": 4, "temperature": 0}
     check_chat(client.post("/v1/chat/completions", json=chat).json())
