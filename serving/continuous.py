@@ -5,17 +5,14 @@ Why not one `engine.generate` per batch: on CPU the prefill is compute-bound (ab
 prompt token for the default model, whatever the batch), while a decode step over eight rows
 costs about twice one row's. A static batch pays its prefill for the longest prompt times the
 batch (left padding), makes every row wait for the longest answer and makes a request that
-arrives mid-batch wait for the whole batch. Here each prompt is prefilled alone (no padding),
-its KV cache is merged into the batch's, and every decode step advances all running rows.
+arrives mid-batch wait for the whole batch. Here each prompt is prefilled alone and every
+decode step advances all running rows.
 
-Exactness: a row attends only to its own keys (the columns another row needs are masked for
-it), positions are per row, and token choice is `HFEngine._choose`, so a row computes what it
-would alone up to the arithmetic of batched kernels; the parity probe and the concurrency
-tests measure that rather than assume it.
-
-The KV cache is rectangular: row i owns the last `lengths[i]` columns and is left-padded with
-zeros (masked) up to the longest row. Joining pads whichever side is shorter; leaving drops the
-row and the columns nobody needs any more.
+Exactness: everything numeric happens in the engine's public batched-step interface
+(`HFEngine.start` / `step`, token choice by `HFEngine.choose`). With the default
+batch-invariant engine a row's logits do not depend on the other rows, so a request gets the
+tokens evaluation recorded for it whatever the load (`python -m serving.replay` checks every
+evaluated item against a live server). This module only keeps the rows' bookkeeping.
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from pipeline.engines.base import Completion, GenerationRequest, check_requests
 from serving.logprobs import TokenLogprob, prompt_logprobs, top_alternatives
@@ -44,7 +40,7 @@ class Row:
     completion: Completion = field(default_factory=Completion)
     generator: torch.Generator | None = None
     stops: frozenset[int] = frozenset()
-    length: int = 0  # tokens in this row's cache
+    seq: object = None  # the engine's handle for this row's cache
     next_token: int = -1  # chosen, emitted, not yet fed to the model
     done: bool = False
     top_logprobs: int = 0  # alternatives to report per generated token
@@ -54,18 +50,10 @@ class Row:
 
 
 def supports(engine) -> bool:
-    """The hf engine, with plain per-layer KV tensors (what this module can merge and trim)."""
+    """Engines with the batched-step interface (the hf engine, invariant or padded)."""
     from pipeline.engines.hf import HFEngine
 
-    if not isinstance(engine, HFEngine):
-        return False
-    from transformers import DynamicCache
-
-    try:
-        layers = DynamicCache(config=engine.model.config).layers
-    except TypeError:  # a transformers without config-aware caches
-        return False
-    return all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+    return isinstance(engine, HFEngine)
 
 
 class RunningBatch:
@@ -74,14 +62,9 @@ class RunningBatch:
     def __init__(self, engine) -> None:
         self.engine = engine
         self.rows: list[Row] = []
-        self.cache = None  # DynamicCache over the running rows, built by the first admission
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    @property
-    def width(self) -> int:
-        return max((r.length for r in self.rows), default=0)
 
     @torch.inference_mode()
     def admit(self, request: GenerationRequest, on_token: RowCallback, key: object = None, *,
@@ -94,8 +77,6 @@ class RunningBatch:
         hands out the prompt's log-probs (with `top_logprobs` alternatives): the same forward
         pass, so scoring a prompt costs its output head, not a second pass.
         """
-        from transformers import DynamicCache
-
         e = self.engine
         check_requests([request], e.max_context_tokens)
         s = request.sampling
@@ -104,17 +85,15 @@ class RunningBatch:
             gen = torch.Generator().manual_seed(s.seed if s.seed is not None
                                                 else int(torch.randint(0, 2**31 - 1, (1,))))
         row = Row(request, on_token, key, generator=gen, stops=frozenset(s.stop_token_ids or e.stop_token_ids),
-                  length=len(request.prompt_ids), top_logprobs=top_logprobs)
-        ids = torch.tensor([list(request.prompt_ids)], dtype=torch.long, device=e.device)
+                  top_logprobs=top_logprobs)
         # The engine's own lock: servers in one process (the tests) may share an engine.
-        with e._lock:
-            out = e.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=DynamicCache(),
-                          use_cache=True, logits_to_keep=0 if on_prompt is not None else 1)  # 0: every position
+        with e.lock:
+            row.seq, logits = e.start(request.prompt_ids, all_positions=on_prompt is not None)
         if on_prompt is not None:
-            on_prompt(prompt_logprobs(out.logits[0], request.prompt_ids, top_logprobs))
-        self._advance(row, out.logits[0, -1])
+            on_prompt(prompt_logprobs(logits, request.prompt_ids, top_logprobs))
+        self._advance(row, logits[-1])
         if not row.done:
-            self._join(row, out.past_key_values)
+            self.rows.append(row)
         return row
 
     @torch.inference_mode()
@@ -123,25 +102,18 @@ class RunningBatch:
         if not self.rows:
             return []
         e = self.engine
-        lengths = torch.tensor([r.length for r in self.rows], device=e.device)
-        width = int(lengths.max()) + 1  # the column this step writes
-        mask = (torch.arange(width, device=e.device)[None, :] >= width - (lengths[:, None] + 1)).long()
-        ids = torch.tensor([[r.next_token] for r in self.rows], dtype=torch.long, device=e.device)
-        with e._lock:
-            out = e.model(input_ids=ids, attention_mask=mask, position_ids=lengths[:, None],
-                          past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+        with e.lock:
+            logits = e.step([r.seq for r in self.rows], [r.next_token for r in self.rows])
         for i, row in enumerate(self.rows):
-            row.length += 1
-            self._advance(row, out.logits[i, -1])
+            self._advance(row, logits[i])
         finished = [r for r in self.rows if r.done]
         if finished:
-            self._drop([i for i, r in enumerate(self.rows) if not r.done])
+            self.rows = [r for r in self.rows if not r.done]
         return finished
 
     def fail_all(self) -> list[Row]:
         """Empty the batch (after an engine error); returns the rows that were running."""
-        rows, self.rows, self.cache = self.rows, [], None
+        rows, self.rows = self.rows, []
         return rows
 
     # -- internals ----------------------------------------------------------------------------
@@ -152,10 +124,10 @@ class RunningBatch:
         if len(c.token_ids) >= s.max_new_tokens:
             c.finish_reason, row.done = "length", True
             return
-        tok, lp = self.engine._choose(logits, row.request, row.generator)
+        tok, lp = self.engine.choose(logits, row.request, row.generator)
         top = ()
         if row.top_logprobs:
-            # The same float32 log-softmax `_choose` takes the chosen token's log-prob from.
+            # The same float32 log-softmax `choose` takes the chosen token's log-prob from.
             top = top_alternatives(torch.log_softmax(logits.float().cpu(), dim=-1), row.top_logprobs)
         if tok in row.stops:
             c.finish_reason, row.done = "stop", True
@@ -168,31 +140,3 @@ class RunningBatch:
             c.finish_reason, row.done = "cancelled", True
         elif len(c.token_ids) >= s.max_new_tokens:
             c.finish_reason, row.done = "length", True  # no forward pass for a token nobody reads
-
-    def _join(self, row: Row, cache) -> None:
-        if self.cache is None:
-            self.rows, self.cache = [row], cache
-            return
-        old, new = self.width, row.length
-        target = max(old, new)
-        for mine, theirs in zip(self.cache.layers, cache.layers):
-            mine.keys = torch.cat([_left_pad(mine.keys, target - old), _left_pad(theirs.keys, target - new)])
-            mine.values = torch.cat([_left_pad(mine.values, target - old), _left_pad(theirs.values, target - new)])
-        self.rows.append(row)
-
-    def _drop(self, keep: list[int]) -> None:
-        old = self.width
-        self.rows = [self.rows[i] for i in keep]
-        if not self.rows:
-            self.cache = None
-            return
-        cut = old - self.width  # leading columns only the dropped rows needed
-        index = torch.tensor(keep, device=self.engine.device)
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, cut:, :]
-            layer.values = layer.values.index_select(0, index)[:, :, cut:, :]
-
-
-def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Zeros before the sequence axis (dim -2) of a (batch, heads, seq, dim) tensor."""
-    return F.pad(t, (0, 0, n, 0)) if n else t

@@ -2,8 +2,15 @@
 
 The decode loop is written out (instead of `model.generate`) for three reasons: each row of a
 batch carries its own sampling parameters and stop ids, streaming needs a per-token callback,
-and the golden outputs need the log-prob of every chosen token. Batches are left-padded with
-explicit position ids so a row computes the same positions it would alone.
+and the golden outputs need the log-prob of every chosen token.
+
+Batch-invariant by default (`rowwise.py`): every prompt is prefilled alone, every row attends
+over its own unpadded cache and every decode step has the same shape whatever the load, so a
+row's tokens do not depend on what else runs beside it. Evaluation, the golden outputs and
+serving's continuous batching all go through `start`/`step`, the engine's public batched-step
+interface. `batch_invariant=False` keeps the older padded path (`padded.py`: left-padded
+batches, one shared KV cache), which is faster on some loads and is measured beside the
+invariant one by `benchmarks/serving.py`; it is not batch-invariant and says so.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ class HFEngine:
     name = "hf"
 
     def __init__(self, model, tokenizer, *, max_context_tokens: int, stop_token_ids: Sequence[int],
-                 exact: bool = True, description: str = ""):
+                 exact: bool = True, description: str = "", batch_invariant: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.max_context_tokens = max_context_tokens
@@ -49,11 +56,22 @@ class HFEngine:
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_token_ids[0]
         # One forward pass at a time: torch already uses every core for one batch, and the
-        # KV cache of a batch is not shareable between threads.
-        self._lock = threading.Lock()
+        # KV cache of a batch is not shareable between threads. Public: a caller that drives
+        # `start`/`step` from several threads (servers sharing an engine in the tests) holds it.
+        self.lock = threading.Lock()
+        self.batch_invariant = batch_invariant
+        if batch_invariant:
+            from pipeline.engines.rowwise import RowwiseRunner
+
+            self._stepper = RowwiseRunner(model, self.pad_id)
+        else:
+            from pipeline.engines.padded import PaddedStepper
+
+            self._stepper = PaddedStepper(model, self.device)
 
     @classmethod
-    def from_bundle(cls, bundle, precision: str = "shipped", reference_base_dir: str | Path | None = None):
+    def from_bundle(cls, bundle, precision: str = "shipped", reference_base_dir: str | Path | None = None,
+                    batch_invariant: bool = True):
         """Build from a VerifiedBundle. precision=reference swaps in the 16-bit base (evaluation's
         quantization-damage comparison); everything else stays the bundle's."""
         from transformers import AutoTokenizer
@@ -71,7 +89,33 @@ class HFEngine:
         model = load_model(base_dir, bundle.root / "adapter", dtype)
         return cls(model, tokenizer, max_context_tokens=m.inference.max_context_tokens,
                    stop_token_ids=m.tokenizer.stop_token_ids,
-                   description=f"{precision} precision, bundle {m.bundle_digest[:12]}")
+                   batch_invariant=batch_invariant,
+                   description=f"{precision} precision, bundle {m.bundle_digest[:12]}, "
+                               + ("batch-invariant" if batch_invariant else "padded batches (not batch-invariant)"))
+
+    # -- the batched-step interface (evaluation's generate and serving's continuous batching) --
+
+    def start(self, prompt_ids: Sequence[int], all_positions: bool = False):
+        """Prefill one prompt alone; return (sequence handle, logits).
+
+        logits is (1, vocab) for the last position, or (len(prompt), vocab) for every position
+        with `all_positions` (prompt log-probs). The handle goes to `step`; drop it to free it.
+        Call with `lock` held when other threads share the engine.
+        """
+        if not len(prompt_ids):
+            raise ValueError("empty prompt")
+        if len(prompt_ids) > self.max_context_tokens:
+            raise ValueError(f"prompt ({len(prompt_ids)} tokens) exceeds the context ({self.max_context_tokens})")
+        return self._stepper.start(prompt_ids, all_positions)
+
+    def step(self, seqs: Sequence, token_ids: Sequence[int]) -> torch.Tensor:
+        """Feed token_ids[i] to seqs[i]; returns (len(seqs), vocab) next-token logits.
+
+        Sequences may join (fresh from `start`) and leave between steps; keep the survivors'
+        relative order."""
+        if len(seqs) != len(token_ids):
+            raise ValueError("one token per sequence")
+        return self._stepper.step(seqs, token_ids)
 
     # -- generation ---------------------------------------------------------------------------
 
@@ -86,7 +130,7 @@ class HFEngine:
         return ids, mask
 
     @staticmethod
-    def _choose(logits: torch.Tensor, req: GenerationRequest, gen: torch.Generator | None):
+    def choose(logits: torch.Tensor, req: GenerationRequest, gen: torch.Generator | None):
         """Pick the next token for one row; return (token, logprob under the model)."""
         logits = logits.float().cpu()  # the per-request generators live on the CPU
         logprobs = torch.log_softmax(logits, dim=-1)
@@ -107,13 +151,12 @@ class HFEngine:
         if not requests:
             return []
         check_requests(requests, self.max_context_tokens)
-        with self._lock:
-            return self._generate(requests, on_token)
+        with self.lock:
+            if self.batch_invariant:
+                return self._generate_stepped(requests, on_token)
+            return self._generate_padded(requests, on_token)
 
-    def _generate(self, requests, on_token):
-        from transformers import DynamicCache
-
-        n = len(requests)
+    def _generators(self, requests):
         gens = []
         for r in requests:
             g = None
@@ -121,6 +164,48 @@ class HFEngine:
                 g = torch.Generator().manual_seed(r.sampling.seed if r.sampling.seed is not None
                                                   else int(torch.randint(0, 2**31 - 1, (1,))))
             gens.append(g)
+        return gens
+
+    def _generate_stepped(self, requests, on_token):
+        """Each prompt prefilled alone, then decode steps over the rows still running: the
+        arithmetic of serving's continuous batching, so a request's tokens are the same here,
+        there, alone or under load."""
+        gens = self._generators(requests)
+        stops = [set(r.sampling.stop_token_ids or self.stop_token_ids) for r in requests]
+        results = [Completion() for _ in requests]
+        seqs, logits = [], []
+        for r in requests:
+            seq, lg = self._stepper.start(r.prompt_ids, False)
+            seqs.append(seq)
+            logits.append(lg[-1])
+        live = list(range(len(requests)))
+        while live:
+            feed = []
+            for j, i in enumerate(live):
+                r, c = requests[i], results[i]
+                if len(c.token_ids) >= r.sampling.max_new_tokens:
+                    continue  # finish_reason stays "length"
+                tok, lp = self.choose(logits[j], r, gens[i])
+                if tok in stops[i]:
+                    c.finish_reason = "stop"
+                    continue
+                c.token_ids.append(tok)
+                c.logprobs.append(lp)
+                if on_token is not None and on_token(i, tok, lp) is False:
+                    c.finish_reason = "cancelled"
+                    continue
+                if len(c.token_ids) < r.sampling.max_new_tokens:  # no pass for a token nobody reads
+                    feed.append((i, tok))
+            live = [i for i, _ in feed]
+            if live:
+                logits = self._stepper.step([seqs[i] for i in live], [t for _, t in feed])
+        return results
+
+    def _generate_padded(self, requests, on_token):
+        from transformers import DynamicCache
+
+        n = len(requests)
+        gens = self._generators(requests)
         stops = [set(r.sampling.stop_token_ids or self.stop_token_ids) for r in requests]
         ids, mask = self._left_pad([r.prompt_ids for r in requests])
         ids, mask = ids.to(self.device), mask.to(self.device)
@@ -141,7 +226,7 @@ class HFEngine:
                 if step >= r.sampling.max_new_tokens:
                     active[i] = False  # finish_reason stays "length"
                     continue
-                tok, lp = self._choose(logits[i], r, gens[i])
+                tok, lp = self.choose(logits[i], r, gens[i])
                 if tok in stops[i]:
                     results[i].finish_reason, active[i] = "stop", False
                     continue
@@ -170,7 +255,7 @@ class HFEngine:
     @torch.inference_mode()
     def loglikelihood(self, pairs, batch_size: int = 8) -> list[tuple[float, bool]]:
         results: list[tuple[float, bool]] = []
-        with self._lock:
+        with self.lock:
             for start in range(0, len(pairs), batch_size):
                 results.extend(self._score_batch(pairs[start:start + batch_size]))
         return results
@@ -178,12 +263,30 @@ class HFEngine:
     def token_logprobs(self, pairs, batch_size: int = 8) -> list[list[float]]:
         """Per-token log-probs of each continuation (evaluation's per-example NLL)."""
         out: list[list[float]] = []
-        with self._lock, torch.inference_mode():
+        with self.lock, torch.inference_mode():
             for start in range(0, len(pairs), batch_size):
                 out.extend(lp for lp, _ in self._score_tokens(pairs[start:start + batch_size]))
         return out
 
     def _score_tokens(self, pairs):
+        if any(not len(c) for c, _ in pairs):
+            raise ValueError("empty context: the first token has nothing to be predicted from")
+        for c, x in pairs:
+            if len(c) + len(x) > self.max_context_tokens:
+                raise ValueError(f"scored sequence of {len(c) + len(x)} tokens exceeds the context "
+                                 f"({self.max_context_tokens})")
+        if not self.batch_invariant:
+            return self._score_tokens_padded(pairs)
+        rows = []
+        for ctx, cont in pairs:
+            # Alone and unpadded: the same pass whatever else is scored in the batch.
+            lp = torch.log_softmax(self._stepper.score(list(ctx) + list(cont), len(cont)).float(), dim=-1).cpu()
+            target = torch.tensor(list(cont))
+            chosen = lp.gather(-1, target[:, None]).squeeze(-1)
+            rows.append((chosen.tolist(), bool((lp.argmax(-1) == target).all())))
+        return rows
+
+    def _score_tokens_padded(self, pairs):
         """Log-prob of each continuation token given everything before it.
 
         Rows are left-padded (explicit positions, as in generation) so every continuation ends
@@ -192,11 +295,6 @@ class HFEngine:
         which on long notes was most of the scoring time and memory.
         """
         seqs = [list(c) + list(x) for c, x in pairs]
-        width = max(len(s) for s in seqs)
-        if width > self.max_context_tokens:
-            raise ValueError(f"scored sequence of {width} tokens exceeds the context ({self.max_context_tokens})")
-        if any(not len(c) for c, _ in pairs):
-            raise ValueError("empty context: the first token has nothing to be predicted from")
         ids, mask = self._left_pad(seqs)
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)

@@ -1,0 +1,193 @@
+"""Batch-invariant forward passes: a row's logits do not depend on what else is in its batch.
+
+Why: the answer to a prompt must not depend on who else is asking. Under padded batching it
+does: SDPA over a row whose keys are left-padded sums in another order than over the same keys
+alone (up to 9.8e-4 on the default model), and a matmul kernel may pick another blocking for
+another number of rows. Greedy decoding turns such a difference into another token sooner or
+later, so the answers served under load drifted from the evaluated ones.
+
+How, structurally rather than by measurement:
+
+- Every sequence owns its KV cache (`Sequence`), never padded and never shared. Attention runs
+  per row over exactly that row's keys and values, with the same shapes and strides whether
+  the row is alone or among 63 others. The cache grows in blocks of `KV_BLOCK` positions, so
+  its strides depend only on the row's own length.
+- A prompt is prefilled alone (one row, its own length), exactly as evaluation prefills it.
+- A decode step always runs `DECODE_WIDTH` rows: fewer live rows are padded with dummy rows
+  that attention skips, more are split into several passes. Every matmul of a decode step
+  therefore has the same shape whatever the load, and a matmul never mixes rows, so each row's
+  result is bitwise what it would be alone.
+- The output head runs on blocks of exactly `DECODE_WIDTH` hidden rows everywhere (decode, the
+  prefill's last position, prompt log-probs, scoring), so a position's logits do not depend
+  on which other positions were asked for.
+
+Tests build batches of 1, 2, 4 and 8 rows and random join/leave schedules and compare logits
+bit for bit (tests/unit/test_batch_invariance.py); the default model's figures come from
+`python -m benchmarks.invariance`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence as Seq
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION = "tailgate_rowwise"
+DECODE_WIDTH = 8  # rows in every decode forward pass; part of the arithmetic, so a constant
+KV_BLOCK = 256  # cache capacity grows in blocks of this many positions
+
+
+class Sequence:
+    """One sequence's KV cache: per layer a (1, kv_heads, capacity, head_dim) buffer."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+        self.lengths = [0] * n_layers
+
+    @property
+    def length(self) -> int:
+        """Positions in the cache (the next token's position)."""
+        return self.lengths[-1]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add (1, kv_heads, t, head_dim) keys/values; return views of everything cached."""
+        start, t = self.lengths[layer], k.shape[2]
+        end = start + t
+        buf_k, buf_v = self.keys[layer], self.values[layer]
+        if buf_k is None or buf_k.shape[2] < end:
+            cap = -(-end // KV_BLOCK) * KV_BLOCK
+            new_k = k.new_empty(1, k.shape[1], cap, k.shape[3])
+            new_v = v.new_empty(1, v.shape[1], cap, v.shape[3])
+            if buf_k is not None:
+                new_k[:, :, :start] = buf_k[:, :, :start]
+                new_v[:, :, :start] = buf_v[:, :, :start]
+            self.keys[layer], self.values[layer] = buf_k, buf_v = new_k, new_v
+        buf_k[:, :, start:end] = k
+        buf_v[:, :, start:end] = v
+        self.lengths[layer] = end
+        return buf_k[:, :, :end], buf_v[:, :, :end]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
+
+
+def rowwise_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                      tailgate_rows: Seq[Sequence | None] | None = None, **kwargs):
+    """Attention for transformers' AttentionInterface: each row over its own cache only.
+
+    query (rows, heads, q_len, head_dim); key/value hold this pass's new positions only
+    (the model runs without transformers' cache). Rows whose sequence is None are padding:
+    their output is zeros and nothing is cached for them. Without `tailgate_rows` (a plain
+    forward of the same model) it is transformers' SDPA attention.
+    """
+    if tailgate_rows is None:
+        # A plain forward of the engine's model (a naive baseline, a test): transformers' SDPA.
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      dropout=dropout, **kwargs)
+    if kwargs.get("sliding_window") is not None:
+        raise NotImplementedError("batch-invariant attention does not implement sliding windows")
+    rows, q_len = query.shape[0], query.shape[2]
+    out = query.new_zeros(rows, q_len, query.shape[1], query.shape[3])
+    gqa = query.shape[1] != key.shape[1]
+    for i, seq in enumerate(tailgate_rows):
+        if seq is None:
+            continue
+        k, v = seq.append(module.layer_idx, key[i:i + 1], value[i:i + 1])
+        if q_len > 1 and k.shape[2] != q_len:
+            raise NotImplementedError("a multi-token pass must start from an empty cache (no chunked prefill)")
+        o = F.scaled_dot_product_attention(query[i:i + 1], k, v, is_causal=q_len > 1, scale=scaling,
+                                           enable_gqa=gqa)
+        out[i] = o[0].transpose(0, 1)
+    return out, None
+
+
+def register() -> str:
+    """Make the attention known to transformers (idempotent); returns its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, rowwise_attention)
+    # SDPA's masks, for plain forwards; the rowwise passes ignore them (each row sees exactly
+    # its own causal history).
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+    return ATTENTION
+
+
+class RowwiseRunner:
+    """The forward passes of a batch-invariant engine over a causal LM (PEFT-wrapped or not)."""
+
+    def __init__(self, model, pad_id: int) -> None:
+        register()
+        lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.config = lm.config
+        self.decoder = lm.get_decoder()
+        self.head = lm.get_output_embeddings()
+        self.softcap = getattr(lm.config, "final_logit_softcapping", None)
+        self.n_layers = lm.config.num_hidden_layers
+        self.pad_id = pad_id
+        self.device = next(model.parameters()).device
+        # Switch only this model's attention (the engine owns the model; training never sees it).
+        lm.set_attn_implementation(ATTENTION)
+
+    def _check(self) -> None:
+        # Another attention would ignore `tailgate_rows` and attend over nothing cached.
+        if self.config._attn_implementation != ATTENTION:
+            raise RuntimeError(f"the model's attention was switched to {self.config._attn_implementation!r}; "
+                               f"the batch-invariant engine needs {ATTENTION!r}")
+
+    def new_sequence(self) -> Sequence:
+        return Sequence(self.n_layers)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Output head over (n, hidden) rows, in blocks of exactly DECODE_WIDTH rows."""
+        n = hidden.shape[0]
+        padded = -(-n // DECODE_WIDTH) * DECODE_WIDTH
+        if padded != n:
+            hidden = torch.cat([hidden, hidden.new_zeros(padded - n, hidden.shape[1])])
+        out = torch.cat([self.head(hidden[i:i + DECODE_WIDTH]) for i in range(0, padded, DECODE_WIDTH)])[:n]
+        if self.softcap:
+            out = torch.tanh(out / self.softcap) * self.softcap
+        return out
+
+    def prefill(self, seq: Sequence, token_ids: Seq[int]) -> torch.Tensor:
+        """Run a whole prompt into an empty sequence; returns its (len, hidden) final states."""
+        if seq.length:
+            raise ValueError("prefill needs an empty sequence")
+        self._check()
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
+        pos = torch.arange(ids.shape[1], device=self.device)[None, :]
+        out = self.decoder(input_ids=ids, position_ids=pos, use_cache=False, tailgate_rows=[seq])
+        return out.last_hidden_state[0]
+
+    def start(self, prompt_ids: Seq[int], all_positions: bool = False) -> tuple[Sequence, torch.Tensor]:
+        """A new sequence prefilled with the prompt, and its last (or every) position's logits."""
+        seq = self.new_sequence()
+        hidden = self.prefill(seq, prompt_ids)
+        return seq, self.logits(hidden if all_positions else hidden[-1:])
+
+    def score(self, token_ids: Seq[int], n_last: int) -> torch.Tensor:
+        """Logits that predict each of the last n_last tokens (a throwaway sequence)."""
+        hidden = self.prefill(self.new_sequence(), token_ids)
+        return self.logits(hidden[len(token_ids) - n_last - 1:-1])
+
+    def step(self, seqs: Seq[Sequence], token_ids: Seq[int]) -> torch.Tensor:
+        return self.decode(seqs, token_ids)
+
+    def decode(self, seqs: Seq[Sequence], token_ids: Seq[int]) -> torch.Tensor:
+        """Feed one token to each sequence; returns (len(seqs), vocab) logits for the next one."""
+        self._check()
+        hidden = []
+        for start in range(0, len(seqs), DECODE_WIDTH):
+            part = list(seqs[start:start + DECODE_WIDTH])
+            toks = list(token_ids[start:start + DECODE_WIDTH])
+            pad = DECODE_WIDTH - len(part)
+            ids = torch.tensor([[t] for t in toks] + [[self.pad_id]] * pad, dtype=torch.long, device=self.device)
+            pos = torch.tensor([[s.length] for s in part] + [[0]] * pad, dtype=torch.long, device=self.device)
+            out = self.decoder(input_ids=ids, position_ids=pos, use_cache=False,
+                               tailgate_rows=part + [None] * pad)
+            hidden.append(out.last_hidden_state[:len(part), -1])
+        return self.logits(torch.cat(hidden))
