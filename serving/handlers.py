@@ -6,7 +6,8 @@ text of the whole answer to the same request, log-probs included. A stream is
 as one `data: {"error": ...}` chunk, as OpenAI does, because the 200 status line is already
 gone. Chunks carry a `usage` key only when the client asked for stream_options.include_usage:
 then it is null on every chunk but the last, which carries the totals and no choices (the
-OpenAPI spec's wording; without the option the key is absent).
+OpenAPI spec's wording; without the option the key is absent). With vLLM's return_token_ids
+the prompt's and the completion's token ids come along (placement: serving/token_ids.py).
 """
 
 from __future__ import annotations
@@ -63,11 +64,17 @@ def _chunk_json(chunk: ChatCompletionChunk | CompletionResponse, with_usage: boo
     return chunk.model_dump_json(exclude=None if with_usage else {"usage"})
 
 
+def _ids(wanted: bool, ids: Sequence[int]) -> list[int] | None:
+    """A token-id field's value: None (so the field is left out) unless return_token_ids asked."""
+    return list(ids) if wanted else None
+
+
 class Collected:
-    """One prompt's whole answer: text, the generated tokens' log-probs, the prompt's scores."""
+    """One prompt's whole answer: text, the generated tokens' ids and log-probs, the prompt's scores."""
 
     def __init__(self) -> None:
         self.text: list[str] = []
+        self.token_ids: list[int] = []
         self.logprobs: list[TokenLogprob] = []
         self.prompt: tuple[TokenLogprob, ...] = ()
         self.finished: Finished | None = None
@@ -83,6 +90,7 @@ async def _collect(state: ServingState, job: Job | None, prepared: Prepared, req
             out.prompt = piece.tokens
             continue
         out.text.append(piece.text)
+        out.token_ids.extend(piece.token_ids)
         out.logprobs.extend(piece.logprobs)
     raise RuntimeError("the generation stream ended without finishing")
 
@@ -128,9 +136,9 @@ def _stream(state: ServingState, prepared: Prepared, rid: str,
 
 async def chat_completions(state: ServingState, req: ChatCompletionRequest, request: Request) -> Response:
     check_model(state, req.model)
-    want_logprobs = bool(req.logprobs)
+    want_logprobs, want_ids = bool(req.logprobs), bool(req.return_token_ids)
     prepared = prepare(state, req, chat_prompt_ids(state, req), "messages", logprobs=want_logprobs,
-                       top_logprobs=req.top_logprobs or 0)
+                       top_logprobs=req.top_logprobs or 0, token_ids=want_ids)
     rid, created = _request_id(), int(time.time())
     common = {"id": f"chatcmpl-{rid}", "created": created, "model": state.model_id,
               "system_fingerprint": state.manifest.bundle_digest}
@@ -143,19 +151,23 @@ async def chat_completions(state: ServingState, req: ChatCompletionRequest, requ
         assert got.finished is not None
         body = ChatCompletionResponse(**common, usage=got.finished.usage(), choices=[ChatChoice(
             message=ChatResponseMessage(content="".join(got.text)), finish_reason=got.finished.finish_reason,
-            logprobs=logprobs(got.logprobs))])
+            logprobs=logprobs(got.logprobs), token_ids=_ids(want_ids, got.token_ids))],
+            prompt_token_ids=_ids(want_ids, prepared.prompt_ids))
         return JSONResponse(body.model_dump())
 
     with_usage = req.include_usage_chunk()
 
     def render(piece: Piece | PromptScores | Finished | None) -> list[str]:
-        if piece is None:
-            choice = ChatChunkChoice(delta=DeltaMessage(role="assistant", content=""))
-        elif isinstance(piece, Piece):
-            choice = ChatChunkChoice(delta=DeltaMessage(content=piece.text), logprobs=logprobs(piece.logprobs))
+        if piece is None:  # the role; the prompt's ids go once, here, as vLLM sends them
+            return [_chunk_json(ChatCompletionChunk(**common, prompt_token_ids=_ids(want_ids, prepared.prompt_ids),
+                                                    choices=[ChatChunkChoice(delta=DeltaMessage(
+                                                        role="assistant", content=""))]), with_usage)]
+        if isinstance(piece, Piece):
+            choice = ChatChunkChoice(delta=DeltaMessage(content=piece.text), logprobs=logprobs(piece.logprobs),
+                                     token_ids=_ids(want_ids, piece.token_ids))
         elif isinstance(piece, Finished):
             out = [_chunk_json(ChatCompletionChunk(**common, choices=[ChatChunkChoice(
-                delta=DeltaMessage(), finish_reason=piece.finish_reason)]), with_usage)]
+                delta=DeltaMessage(), finish_reason=piece.finish_reason, token_ids=_ids(want_ids, ()))]), with_usage)]
             if with_usage:
                 out.append(_chunk_json(ChatCompletionChunk(**common, choices=[], usage=piece.usage()), True))
             return out
@@ -184,9 +196,10 @@ async def completions(state: ServingState, req: CompletionRequest, request: Requ
     if req.stream and len(prompts) > 1:
         raise APIError(400, "streaming serves one prompt per request; send the prompts separately or without "
                             "stream", param="prompt")
-    k, echo = req.logprobs, bool(req.echo)
+    k, echo, want_ids = req.logprobs, bool(req.echo), bool(req.return_token_ids)
     prepared = [prepare(state, req, completion_prompt_ids(state, p), "prompt", logprobs=k is not None,
-                        top_logprobs=k or 0, score_prompt=echo and k is not None) for p in prompts]
+                        top_logprobs=k or 0, score_prompt=echo and k is not None, token_ids=want_ids)
+                for p in prompts]
     rid, created = _request_id(), int(time.time())
     common = {"id": f"cmpl-{rid}", "created": created, "model": state.model_id,
               "system_fingerprint": state.manifest.bundle_digest}
@@ -197,7 +210,8 @@ async def completions(state: ServingState, req: CompletionRequest, request: Requ
 
     if not req.stream:
         choices, usage = [], Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-        for i, (prompt, got) in enumerate(zip(prompts, await _collect_all(state, prepared, request, rid))):
+        collected = await _collect_all(state, prepared, request, rid)
+        for i, (prompt, prep, got) in enumerate(zip(prompts, prepared, collected)):
             assert got.finished is not None
             head = _echo_text(state, prompt) if echo else ""
             text = head + "".join(got.text)
@@ -206,8 +220,10 @@ async def completions(state: ServingState, req: CompletionRequest, request: Requ
                 items = _prompt_items(state, got.prompt) if echo else []
                 tail = [*got.logprobs, *([got.finished.stop_token] if got.finished.stop_token else [])]
                 logprobs = completion_logprobs([*items, *shifted(tail, len(head))], strings, text_len=len(text))
+            # token_ids are the generated ones only, echo or not (the prompt's have their own field), as in vLLM.
             choices.append(CompletionChoice(index=i, text=text, finish_reason=got.finished.finish_reason,
-                                            logprobs=logprobs))
+                                            logprobs=logprobs, prompt_token_ids=_ids(want_ids, prep.prompt_ids),
+                                            token_ids=_ids(want_ids, got.token_ids)))
             u = got.finished.usage()
             usage = Usage(prompt_tokens=usage.prompt_tokens + u.prompt_tokens,
                           completion_tokens=usage.completion_tokens + u.completion_tokens,
@@ -218,11 +234,16 @@ async def completions(state: ServingState, req: CompletionRequest, request: Requ
     head = _echo_text(state, prompt) if echo else ""
     with_usage = req.include_usage_chunk()
     sent = len(head)  # characters of text sent so far: where the next piece starts
+    opened = False  # whether a choice chunk went out: the first one carries the prompt's ids
 
-    def chunk(text: str, items: Sequence[TokenLogprob] | None = None, finish: Finished | None = None) -> str:
+    def chunk(text: str, items: Sequence[TokenLogprob] | None = None, finish: Finished | None = None,
+              ids: Sequence[int] = ()) -> str:
+        nonlocal opened
         logprobs = None if items is None else completion_logprobs(items, strings, text_len=sent)
+        prompt_ids, opened = (None if opened else _ids(want_ids, prep.prompt_ids)), True
         return _chunk_json(CompletionResponse(**common, choices=[CompletionChoice(
-            text=text, logprobs=logprobs, finish_reason=finish.finish_reason if finish else None)]), with_usage)
+            text=text, logprobs=logprobs, finish_reason=finish.finish_reason if finish else None,
+            prompt_token_ids=prompt_ids, token_ids=_ids(want_ids, ids))]), with_usage)
 
     def render(piece: Piece | PromptScores | Finished | None) -> list[str]:
         nonlocal sent
@@ -233,7 +254,8 @@ async def completions(state: ServingState, req: CompletionRequest, request: Requ
             return [chunk(head, _prompt_items(state, piece.tokens))]
         if isinstance(piece, Piece):
             sent += len(piece.text)
-            return [chunk(piece.text, shifted(piece.logprobs, len(head)) if k is not None else None)]
+            return [chunk(piece.text, shifted(piece.logprobs, len(head)) if k is not None else None,
+                          ids=piece.token_ids)]
         stop = [piece.stop_token] if k is not None and piece.stop_token else None
         out = [chunk("", shifted(stop, len(head)) if stop else None, finish=piece)]
         if with_usage:

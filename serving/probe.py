@@ -1,13 +1,16 @@
 """Parity probe: before serving, replay the golden outputs evaluation recorded and refuse on any
 difference, so what answers requests is what was evaluated, not merely what was bundled.
 
-For every golden prompt it checks three things: the golden messages encode (through the same
-`with_system` and `encode_prompt` serving uses for requests, so the bundle's pinned system
-prompt goes in front of messages that bring none) to the golden prompt ids, so the tokenizer,
-chat template and system prompt behave as they did; greedy replay, one prompt per `generate`
-call as the golden file was recorded, with the same budget and the manifest's stop ids, gives
-the same token ids and finish reason; and every token's log-prob is within
-LOGPROB_TOLERANCE_NATS.
+The golden file holds every item evaluation generated greedily (its own outputs, in slice
+round-robin order). The probe replays the first `limit` of them, all in one batch: with a
+batch-invariant engine a batch gives each prompt what evaluation recorded for it, so the probe
+exercises batching as well as the weights. For each it checks three things: the golden messages
+encode (through the same `with_system` and `encode_prompt` serving uses for requests, so the
+bundle's pinned system prompt goes in front of messages that bring none) to the golden prompt
+ids, so the tokenizer, chat template and system prompt behave as they did; greedy replay with
+the same budget and the manifest's stop ids gives the same token ids and finish reason; and
+every token's log-prob is within LOGPROB_TOLERANCE_NATS. `python -m serving.replay` checks all
+of them against the live server under concurrency.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from pipeline.bundle.manifest import Manifest
 from pipeline.chat import ChatFormatError, encode_prompt, with_system
 from pipeline.engines.base import GenerationRequest, SamplingParams
 
-# The replay is the same computation as the recording (same bytes, same kernels, batch of one),
-# so on the machine kind that recorded it the log-probs come out bit-identical (measured on CPU:
-# 0.0, also across torch thread counts). The slack admits a different kernel build or
-# accumulation order for the same model and nothing more: merely running the same prompt inside
-# a padded bf16 batch already moves log-probs by up to 8e-3 nats (measured on the tiny test
-# model), and a changed weight, adapter or tokenizer moves them further.
+# The replay is the same computation as the recording (same bytes, same kernels, and a
+# batch-invariant engine makes the batch irrelevant), so on the machine kind that recorded it
+# the log-probs come out bit-identical (measured on CPU: 0.0, also across torch thread counts).
+# The slack admits a different kernel build or accumulation order for the same model and
+# nothing more: running a prompt inside a padded bf16 batch (the padded engine) moved log-probs
+# by up to 8e-3 nats on the tiny test model, and a changed weight, adapter or tokenizer moves
+# them further.
 LOGPROB_TOLERANCE_NATS = 1e-3
 # An engine that does not claim exactness (vllm: other kernels, other accumulation order) is
 # held to the same token ids but a looser log-prob bound: bf16 rounding of one logit is already
@@ -116,13 +120,18 @@ def _describe(seq: Sequence[int], pos: int) -> str:
     return str(seq[pos]) if pos < len(seq) else "end"
 
 
-def replay(engine: Any, record: GoldenRecord, manifest: Manifest) -> ParityReport:
-    """Replay every golden prompt; raise ParityError at the first one that differs."""
+PROBE_PROMPTS = 8  # golden prompts replayed at startup, in one batch (a few seconds per token)
+
+
+def replay(engine: Any, record: GoldenRecord, manifest: Manifest, limit: int | None = PROBE_PROMPTS) -> ParityReport:
+    """Replay the first `limit` golden prompts (None: all) in one batch; raise ParityError at
+    the first one that differs."""
     stops = tuple(manifest.tokenizer.stop_token_ids)
     tolerance = LOGPROB_TOLERANCE_NATS if getattr(engine, "exact", False) else INEXACT_LOGPROB_TOLERANCE_NATS
     worst = 0.0
-    for n, g in enumerate(record.prompts, start=1):
-        where = f"golden prompt {g.id!r} ({n}/{len(record.prompts)})"
+    prompts = record.prompts[:limit] if limit is not None else record.prompts
+    for n, g in enumerate(prompts, start=1):
+        where = f"golden prompt {g.id!r} ({n}/{len(prompts)})"
         try:
             # Served as a request would be: a golden record that carries its system turn is
             # encoded as recorded, one without gets the pinned prompt.
@@ -134,8 +143,10 @@ def replay(engine: Any, record: GoldenRecord, manifest: Manifest) -> ParityRepor
             raise ParityError(f"{where}: the chat encoding differs from evaluation's at prompt token {pos} "
                               f"(golden {_describe(g.prompt_ids, pos)}, now {_describe(encoded, pos)}): "
                               "tokenizer, chat template or system prompt changed")
-        got = engine.generate([GenerationRequest(g.prompt_ids, SamplingParams(
-            max_new_tokens=g.max_new_tokens, stop_token_ids=stops))])[0]
+    replies = engine.generate([GenerationRequest(g.prompt_ids, SamplingParams(
+        max_new_tokens=g.max_new_tokens, stop_token_ids=stops)) for g in prompts])
+    for n, (g, got) in enumerate(zip(prompts, replies), start=1):
+        where = f"golden prompt {g.id!r} ({n}/{len(prompts)})"
         pos = _first_difference(g.token_ids, got.token_ids)
         if pos is not None:
             raise ParityError(f"{where}: generated token ids differ at position {pos} "
@@ -149,5 +160,5 @@ def replay(engine: Any, record: GoldenRecord, manifest: Manifest) -> ParityRepor
                                   f"(golden {want:.6f}, replay {have:.6f}; tolerance {tolerance} for engine "
                                   f"{getattr(engine, 'name', '?')})")
             worst = max(worst, diff)
-    return ParityReport(status="passed", prompts=len(record.prompts), max_abs_logprob_diff=worst,
+    return ParityReport(status="passed", prompts=len(prompts), max_abs_logprob_diff=worst,
                         golden_engine=record.engine, tolerance_nats=tolerance)

@@ -18,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from serving.token_ids import ReturnTokenIds, WithBothTokenIds, WithPromptTokenIds, WithTokenIds
+
 # OpenAI's own limit on stop sequences; more would make the per-token stop scan a cost.
 MAX_STOP_SEQUENCES = 4
 # OpenAI's limits: alternatives per position on chat (top_logprobs) and completions (logprobs).
@@ -80,7 +82,7 @@ class StreamOptions(_Strict):
         return v
 
 
-class _GenerationRequest(_Strict):
+class _GenerationRequest(_Strict, ReturnTokenIds):
     """Fields /v1/chat/completions and /v1/completions share."""
 
     model: str
@@ -300,14 +302,14 @@ class ChatResponseMessage(BaseModel):
     refusal: None = None  # required by the spec (null: no refusal)
 
 
-class ChatChoice(BaseModel):
+class ChatChoice(WithTokenIds):
     index: int = 0
     message: ChatResponseMessage
     finish_reason: FinishReason
     logprobs: ChatLogprobs | None = None
 
 
-class ChatCompletionResponse(BaseModel):
+class ChatCompletionResponse(WithPromptTokenIds):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
@@ -327,14 +329,14 @@ class DeltaMessage(BaseModel):
         return {k: v for k, v in handler(self).items() if v is not None}
 
 
-class ChatChunkChoice(BaseModel):
+class ChatChunkChoice(WithTokenIds):
     index: int = 0
     delta: DeltaMessage
     finish_reason: FinishReason | None = None
     logprobs: ChatLogprobs | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(WithPromptTokenIds):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -354,7 +356,7 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
 
-class CompletionChoice(BaseModel):
+class CompletionChoice(WithBothTokenIds):
     index: int = 0
     text: str
     finish_reason: FinishReason | None = None
@@ -389,6 +391,8 @@ class ModelCard(BaseModel):
     parity: dict[str, Any]
     release: dict[str, Any] | None = Field(None, description="The release being served (digest, time, commit, "
                                            "signature status); null for a bundle served with --allow-unreleased.")
+    replay: dict[str, Any] | None = Field(None, description="Summary of the last replay of every evaluated item "
+                                          "against a live server (python -m serving.replay), when given.")
 
 
 class ModelList(BaseModel):

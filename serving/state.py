@@ -39,6 +39,8 @@ class ServingState:
     api_key: str | None
     request_timeout_s: float
     release: dict[str, Any] | None = None
+    # The last `python -m serving.replay` of this bundle's evaluated items (--replay-report).
+    replay: dict[str, Any] | None = None
 
     @property
     def model_id(self) -> str:
@@ -77,19 +79,22 @@ class ServingState:
             },
             system_prompt={"text": m.tokenizer.system_prompt, "applied_to": SYSTEM_PROMPT_APPLIED_TO
                            if m.tokenizer.system_prompt is not None else SYSTEM_PROMPT_NONE},
-            engine={"name": self.engine.name, "exact": self.engine.exact},
+            engine={"name": self.engine.name, "exact": self.engine.exact,
+                    "batch_invariant": bool(getattr(self.engine, "batch_invariant", False))},
             max_context_tokens=self.engine.max_context_tokens,
             parity=self.parity.as_dict(),
             release=self.release,
+            replay=self.replay,
         )
 
 
 def build_state(engine: TokenizingEngine, manifest: Manifest, parity: ParityReport, *, max_batch: int,
                 max_queue: int, api_key: str | None, request_timeout_s: float,
-                release: dict[str, Any] | None = None) -> ServingState:
+                release: dict[str, Any] | None = None, replay: dict[str, Any] | None = None) -> ServingState:
     metrics = ServingMetrics()
     from serving.continuous import supports
 
     batcher = Batcher(engine, metrics, max_batch=max_batch, max_queue=max_queue, continuous=supports(engine))
     return ServingState(engine=engine, manifest=manifest, parity=parity, batcher=batcher, metrics=metrics,
-                        api_key=api_key or None, request_timeout_s=request_timeout_s, release=release)
+                        api_key=api_key or None, request_timeout_s=request_timeout_s, release=release,
+                        replay=replay)

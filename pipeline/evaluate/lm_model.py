@@ -47,6 +47,8 @@ class TailgateLM(LM):
         self.batch_size = int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
         self.contexts: list[str] = []  # every generation context seen, for the template parity check
+        # every generation by its prompt ids: (sampling, Completion), the golden outputs' source
+        self.completions: dict[tuple[int, ...], tuple] = {}
 
     # -- encoding -------------------------------------------------------------------------------
 
@@ -90,6 +92,7 @@ class TailgateLM(LM):
             idx = order[start:start + self.batch_size]
             done = self.engine.generate([GenerationRequest(prompts[i][0], prompts[i][2]) for i in idx])
             for i, completion in zip(idx, done):
+                self.completions[tuple(prompts[i][0])] = (prompts[i][2], completion)
                 text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
                 for stop in prompts[i][1]:
                     if stop and stop in text:

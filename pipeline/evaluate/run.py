@@ -38,30 +38,53 @@ class ScoringError(RuntimeError):
     """A scorer failed on a model output; the unscored outputs were saved first."""
 
 
-def golden_outputs(engine, items: list[EvalItem], default_system: str | None, n: int,
-                   max_new_tokens: int) -> list[dict]:
-    """Greedy outputs of n items spread over the slices, one prompt per call (as serving's
-    probe replays them), with token ids and log-probs."""
+def spread(items: list[EvalItem]) -> list[EvalItem]:
+    """Items in round-robin order over the slices, so that any first n cover every slice (the
+    serving probe replays the first few golden prompts)."""
     by_slice: dict[str, list[EvalItem]] = {}
     for it in items:
         by_slice.setdefault(it.slice, []).append(it)
-    chosen, k = [], 0
-    while len(chosen) < min(n, len(items)):
+    out, k = [], 0
+    while len(out) < len(items):
         for name in sorted(by_slice):
-            if k < len(by_slice[name]) and len(chosen) < n:
-                chosen.append(by_slice[name][k])
+            if k < len(by_slice[name]):
+                out.append(by_slice[name][k])
         k += 1
+    return out
+
+
+def _golden(engine, it: EvalItem, messages: list[dict], prompt: list[int], budget: int, c) -> dict:
+    return {"id": it.id, "slice": it.slice, "messages": messages, "prompt_ids": prompt,
+            "max_new_tokens": budget, "token_ids": c.token_ids, "logprobs": c.logprobs,
+            "finish_reason": c.finish_reason, "text": engine.tokenizer.decode(c.token_ids, skip_special_tokens=True)}
+
+
+def golden_from_evaluation(engine, items: list[EvalItem], default_system: str | None,
+                           completions: dict[tuple[int, ...], tuple]) -> list[dict]:
+    """The golden outputs are the evaluation's own: every item generated greedily, with the
+    token ids and log-probs it was scored on. The engine is batch-invariant, so these are also
+    what serving answers under any load (`python -m serving.replay` checks that)."""
     golden = []
-    for it in chosen:
+    for it in spread(items):
         messages = it.prompt_messages(default_system)
         prompt = encode_prompt(engine.tokenizer, messages)
-        budget = min(max_new_tokens, engine.max_context_tokens - len(prompt))
-        c = engine.generate([GenerationRequest(prompt, SamplingParams(max_new_tokens=budget))])[0]
-        golden.append({"id": it.id, "slice": it.slice, "messages": messages, "prompt_ids": prompt,
-                       "max_new_tokens": budget, "token_ids": c.token_ids, "logprobs": c.logprobs,
-                       "finish_reason": c.finish_reason,
-                       "text": engine.tokenizer.decode(c.token_ids, skip_special_tokens=True)})
+        sampling, c = completions[tuple(prompt)]
+        if sampling.greedy:  # a sampled answer is not replayable token for token
+            golden.append(_golden(engine, it, messages, prompt, sampling.max_new_tokens, c))
     return golden
+
+
+def golden_outputs(engine, items: list[EvalItem], default_system: str | None, n: int,
+                   max_new_tokens: int) -> list[dict]:
+    """Greedy outputs of the first n items (spread over the slices), generated afresh in one
+    batch: for golden files made outside an evaluation (tests, a bundle served on its own)."""
+    chosen, prompts, budgets = spread(items)[:n], [], []
+    for it in chosen:
+        prompts.append(encode_prompt(engine.tokenizer, it.prompt_messages(default_system)))
+        budgets.append(min(max_new_tokens, engine.max_context_tokens - len(prompts[-1])))
+    done = engine.generate([GenerationRequest(p, SamplingParams(max_new_tokens=b)) for p, b in zip(prompts, budgets)])
+    return [_golden(engine, it, it.prompt_messages(default_system), p, b, c)
+            for it, p, b, c in zip(chosen, prompts, budgets, done)]
 
 
 def collect(lm, items: list[EvalItem], default_system: str | None, samples: dict[str, list]) -> list[dict]:
@@ -142,8 +165,9 @@ def default_system_prompt(suite: Suite, manifest) -> tuple[str | None, str]:
 
 
 def _pass(engine, suite: Suite, items: list[EvalItem], default_system: str | None, params: EvaluateParams,
-          budget: int, scorers: list[Scorer], unscored_path: Path | None) -> list[dict]:
-    """One run of the suite's lm-eval tasks through engine, scored into per-item rows."""
+          budget: int, scorers: list[Scorer], unscored_path: Path | None) -> tuple[list[dict], dict]:
+    """One run of the suite's lm-eval tasks through engine, scored into per-item rows; also
+    every generation by its prompt ids (the golden outputs)."""
     from pipeline.evaluate.lm_model import TailgateLM
 
     lm = TailgateLM(engine=engine, batch_size=params.batch_size, max_gen_toks=budget)
@@ -154,7 +178,7 @@ def _pass(engine, suite: Suite, items: list[EvalItem], default_system: str | Non
     if not rows:
         raise RuntimeError("evaluation produced no rows")
     score_rows(rows, items, scorers, unscored_path)
-    return rows
+    return rows, lm.completions
 
 
 def prepare(params: EvaluateParams, gate: GateParams | None = None) -> tuple[Suite, list[Scorer]]:
@@ -190,9 +214,10 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir:
     unscored = Path(unscored_path) if unscored_path is not None else None
     engine = HFEngine.from_bundle(bundle)
     log.info("evaluate: shipped precision (%s), %d items", manifest.quantization.method, len(items))
-    rows = _pass(engine, suite, items, system, params, budget, scorers, unscored)
-    golden = golden_outputs(engine, items, system, params.golden_prompts, budget)
-    engine_info = {"name": engine.name, "exact": engine.exact, "description": engine.description}
+    rows, completions = _pass(engine, suite, items, system, params, budget, scorers, unscored)
+    golden = golden_from_evaluation(engine, items, system, completions)
+    engine_info = {"name": engine.name, "exact": engine.exact, "batch_invariant": engine.batch_invariant,
+                   "description": engine.description}
     del engine
     correct, lower = correctness_metrics(scorers), lower_is_better(scorers)
     head = suite.spec.headline_metric
@@ -216,7 +241,7 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir:
         if quantized:
             log.info("evaluate: reference precision (16-bit base %s, same adapter)", reference_base_dir)
             ref_engine = HFEngine.from_bundle(bundle, precision="reference", reference_base_dir=reference_base_dir)
-            ref_rows = _pass(ref_engine, suite, items, system, params, budget, scorers, unscored)
+            ref_rows, _ = _pass(ref_engine, suite, items, system, params, budget, scorers, unscored)
             del ref_engine
             description = f"{manifest.quantization.compute_dtype} base (lock {manifest.base.source_sha256[:12]}) + the same adapter"
         else:

@@ -39,6 +39,14 @@ def decide(params: GateParams, report: dict, bundle_digest: str | None, *, chat_
     rules.append(Rule("engine_exact", engine_exact, True, "is",
                       engine_exact is True or (params.allow_inexact_engine and engine_exact is not None),
                       "allowed by allow_inexact_engine" if params.allow_inexact_engine else ""))
+    # Exact alone is not enough: what is evaluated one batch at a time must be what is served
+    # under load, so the engine must also be batch-invariant (a report from before the field
+    # existed has None and fails closed).
+    invariant = _get(report, "engine", "batch_invariant")
+    rules.append(Rule("engine_batch_invariant", invariant, True, "is",
+                      invariant is True or (params.allow_inexact_engine and invariant is not None),
+                      "allowed by allow_inexact_engine" if params.allow_inexact_engine and invariant is not True
+                      else "" if invariant is not None else "the report does not say (fails closed)"))
     if not params.rules:
         rules.append(Rule("rules_configured", 0, 1, ">=", False,
                           "gate.rules is empty: a release gated on nothing is refused (fails closed)"))

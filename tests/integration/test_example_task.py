@@ -51,7 +51,7 @@ def example_params(tmp: Path) -> Path:
     # the tiny BPE (trained on discharge notes) spends about 3x SmolLM2's tokens on a ticket
     params["curate"]["max_seq_len_tokens"] = 4096
     params["train"].update(max_steps=4, batch_size=2, val_every_steps=2, warmup_steps=1, learning_rate=1e-3)
-    params["evaluate"].update(limit=1, batch_size=4, max_new_tokens=8, bootstrap_samples=50, golden_prompts=2)
+    params["evaluate"].update(limit=1, batch_size=4, max_new_tokens=8, bootstrap_samples=50)
     # The stages run from the repository root, where the example names its suite.
     params["evaluate"]["suite"] = str(REPO / params["evaluate"]["suite"])
     params["gate"]["rules"] = [relaxed(r) for r in params["gate"]["rules"]]

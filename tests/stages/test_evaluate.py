@@ -25,7 +25,8 @@ def test_report_is_bound_to_the_bundle_digest(tiny_pipeline, evaluated):
     (report, rows, golden), _ = evaluated
     digest = verify_bundle(tiny_pipeline["bundle"]).manifest.bundle_digest
     assert report["bundle_digest"] == digest == golden["bundle_digest"]
-    assert report["engine"] == {"name": "hf", "exact": True, "description": report["engine"]["description"]}
+    assert report["engine"] == {"name": "hf", "exact": True, "batch_invariant": True,
+                                "description": report["engine"]["description"]}
 
 
 def test_per_slice_tails_and_golden(evaluated):
@@ -41,21 +42,31 @@ def test_per_slice_tails_and_golden(evaluated):
     q = report["nll_per_token"]
     assert 0 < q["p50"] <= q["p90"] <= q["p99"] <= q["max"]
     assert all(r["nll_per_token"] > 0 and r["reply_tokens"] > 0 for r in rows)
-    assert len(golden["prompts"]) == params.golden_prompts
+    # every evaluated item is golden, with the tokens its output was scored on, slices interleaved
+    assert sorted(g["id"] for g in golden["prompts"]) == sorted(r["id"] for r in rows)
+    assert len({g["slice"] for g in golden["prompts"][:4]}) == 4
+    outputs = {r["id"]: r["output"] for r in rows}
+    for g in golden["prompts"]:
+        assert g["text"].startswith(outputs[g["id"]])  # the suite's stop strings may cut the output
     for g in golden["prompts"]:
         assert len(g["token_ids"]) == len(g["logprobs"]) and all(lp <= 0 for lp in g["logprobs"])
 
 
 def test_golden_replays_exactly(tiny_pipeline, evaluated):
-    """The parity probe's premise: the same engine replays golden prompts token for token."""
+    """The parity probe's premise: the same engine replays golden prompts token for token, one
+    at a time or all in one batch (the evaluation generated them in batches)."""
     from pipeline.engines.base import GenerationRequest, SamplingParams
     from pipeline.engines.hf import HFEngine
 
     (_report, _rows, golden), _ = evaluated
     engine = HFEngine.from_bundle(verify_bundle(tiny_pipeline["bundle"]))
-    for g in golden["prompts"]:
-        c = engine.generate([GenerationRequest(g["prompt_ids"], SamplingParams(max_new_tokens=g["max_new_tokens"]))])[0]
-        assert c.token_ids == g["token_ids"]
+    reqs = [GenerationRequest(g["prompt_ids"], SamplingParams(max_new_tokens=g["max_new_tokens"]))
+            for g in golden["prompts"]]
+    for g, req in zip(golden["prompts"], reqs):
+        c = engine.generate([req])[0]
+        assert c.token_ids == g["token_ids"] and c.logprobs == g["logprobs"]
+    for g, c in zip(golden["prompts"], engine.generate(reqs)):
+        assert c.token_ids == g["token_ids"] and c.logprobs == g["logprobs"]
 
 
 def test_stage_writes_reports(tiny_pipeline, tmp_path):

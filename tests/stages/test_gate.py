@@ -18,7 +18,7 @@ GOOD = {
     "bundle_digest": DIGEST,
     "bundle": {"chat_template_sha256": TEMPLATE},
     "suite": {"name": "discharge", "version": 1},
-    "engine": {"name": "hf", "exact": True},
+    "engine": {"name": "hf", "exact": True, "batch_invariant": True},
     "overall": {"field_accuracy": {"mean": 0.8}, "format_valid": {"mean": 0.99}, "hallucination": {"mean": 0.02}},
     "slices": {"common": {"field_accuracy": {"mean": 0.85}}, "long": {"field_accuracy": {"mean": 0.7}}},
     "worst_slice": {"slice": "long", "mean": 0.7, "n": 40},
@@ -137,7 +137,9 @@ def test_todays_discharge_rules_in_path_form_give_the_v1_verdict():
     old_params = yaml.safe_load((V1 / "params_gate_v1.yaml").read_text())["gate"]
     new = decide(load_section("gate", REPO / "params.yaml"), report, report["bundle_digest"],
                  chat_template_sha256=report["bundle"]["chat_template_sha256"])
-    assert new["passed"] == old["passed"] is True
+    # The v1 engine predates batch invariance (its report does not claim it): that rule, new
+    # since, fails it closed; every rule v1 had gives v1's verdict.
+    assert old["passed"] is True and new["failed"] == ["engine_batch_invariant"]
     values = {r["name"]: r["value"] for r in new["rules"]}
     renamed = {"field_accuracy": "overall.field_accuracy", "format_validity": "overall.format_valid",
                "nll_per_token_p99": "nll_per_token.p99", "hallucination_rate": "overall.hallucination",
@@ -158,7 +160,17 @@ def test_todays_discharge_rules_in_path_form_give_the_v1_verdict():
     assert old_params["min_slice_field_accuracy"]["interaction"] < 0.6
     assert decide(strict, report, report["bundle_digest"],
                   chat_template_sha256=report["bundle"]["chat_template_sha256"])["failed"] == [
-        "slices.interaction.field_accuracy"]
+        "engine_batch_invariant", "slices.interaction.field_accuracy"]
+
+
+def test_a_batch_variant_engine_fails_unless_allowed():
+    report = copy.deepcopy(GOOD)
+    report["engine"]["batch_invariant"] = False
+    assert _decide(report)["failed"] == ["engine_batch_invariant"]
+    assert _decide(report, PARAMS.model_copy(update={"allow_inexact_engine": True}))["passed"]
+    del report["engine"]["batch_invariant"]  # a report that does not say fails even when allowed
+    assert _decide(report, PARAMS.model_copy(update={"allow_inexact_engine": True}))["failed"] == [
+        "engine_batch_invariant"]
 
 
 def test_inexact_engine_only_when_allowed():
@@ -295,10 +307,12 @@ def test_real_fp4_configuration_is_refused_and_its_damage_is_measured():
     fp4 = json.loads((REPO / "reports/experiments/fp4_nodq/eval.json").read_text())
     nf4 = json.loads((REPO / NF4_OF_THE_EXPERIMENTS).read_text())
     assert fp4["bundle"]["quantization"] == "fp4" and nf4["bundle"]["quantization"] == "nf4"
+    # Both reports predate batch invariance, so that rule fails both closed; the metric rules
+    # are what tell the configurations apart.
     refused = decide(params, fp4, fp4["bundle_digest"], chat_template_sha256=fp4["bundle"]["chat_template_sha256"])
-    assert refused["failed"] == ["slices.allergy.field_accuracy"]
+    assert refused["failed"] == ["engine_batch_invariant", "slices.allergy.field_accuracy"]
     shipped = decide(params, nf4, nf4["bundle_digest"], chat_template_sha256=nf4["bundle"]["chat_template_sha256"])
-    assert shipped["passed"]
+    assert shipped["failed"] == ["engine_batch_invariant"]
     worse_tail = fp4["damage"]["delta_nll_per_token"]["p99"] - nf4["damage"]["delta_nll_per_token"]["p99"]
     assert 0 < worse_tail < 0.05
 
@@ -320,7 +334,9 @@ def test_real_post_training_quantized_adapter_is_refused_on_its_damage():
     # same greedy answers, so the same accuracy to the last item.
     assert ptq["reference"]["overall"]["field_accuracy"] == lora16["overall"]["field_accuracy"]
     d = decide(params, ptq, ptq["bundle_digest"], chat_template_sha256=ptq["bundle"]["chat_template_sha256"])
-    assert d["failed"] == ["damage.delta_nll_per_token.p99", "damage.flip_rate", "damage.worst_slice_drop"]
+    # (the report predates batch invariance: that rule fails it closed too)
+    assert d["failed"] == ["engine_batch_invariant", "damage.delta_nll_per_token.p99", "damage.flip_rate",
+                           "damage.worst_slice_drop"]
     rules = {r["name"]: r for r in d["rules"]}
     assert rules["damage.delta_nll_per_token.p99"]["value"] > rules["damage.delta_nll_per_token.p99"]["threshold"]
     assert rules["damage.flip_rate"]["value"] > rules["damage.flip_rate"]["threshold"] > ptq["damage"]["unflip_rate"]

@@ -4,13 +4,18 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
+import logging
+import os
+import sys
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
 from pipeline.bundle.verify import verify_bundle
+from pipeline.engines import vllm as vllm_engine
 from pipeline.engines.base import GenerationRequest, SamplingParams
-from pipeline.engines.vllm import completion_from_output, llm_kwargs, max_lora_rank, sampling_kwargs
+from pipeline.engines.vllm import (batch_invariance, completion_from_output, llm_kwargs, max_lora_rank,
+                                   sampling_kwargs)
 
 
 def test_llm_kwargs_load_the_bundles_own_prequantized_base_and_tokenizer(tiny_pipeline):
@@ -85,3 +90,171 @@ def test_outputs_read_back_like_the_hf_engine():
     assert completion_from_output(_out([4, 5]), {9}, 0, None).finish_reason == "length"
     cancelled = completion_from_output(_out([4, 5, 6]), {9}, 2, lambda row, t, lp: t != 5)
     assert cancelled.token_ids == [4, 5] and cancelled.finish_reason == "cancelled"
+
+
+# -- batch invariance: the decision (pure) --
+
+ENV = "VLLM_BATCH_INVARIANT"
+
+
+@pytest.mark.parametrize("capability", [(8, 0), (8, 9), (9, 0), (12, 0)])
+def test_requested_on_cuda_8_0_and_above_turns_the_mode_on(capability):
+    bi = batch_invariance(True, "cuda", capability, environ={})
+    assert bi.env == {ENV: "1"} and bi.invariant is True
+    assert f"{capability[0]}.{capability[1]}" in bi.reason and bi.llm_kwargs == {}
+
+
+def test_requested_below_8_0_runs_without_and_names_the_capability():
+    bi = batch_invariance(True, "cuda", (7, 5), environ={})
+    assert bi.env == {} and bi.invariant is False
+    assert "7.5" in bi.reason and "8.0" in bi.reason
+    unknown = batch_invariance(True, "cuda", None, environ={})
+    assert unknown.env == {} and not unknown.invariant and "unknown" in unknown.reason
+
+
+def test_requested_on_cpu_runs_without_and_says_cpu():
+    bi = batch_invariance(True, "cpu", None, environ={})
+    assert bi.env == {} and bi.invariant is False and "CPU" in bi.reason
+    odd = batch_invariance(True, "mps", None, environ={})
+    assert odd.env == {} and not odd.invariant and "'mps'" in odd.reason
+
+
+def test_not_requested_sets_nothing_even_where_supported():
+    bi = batch_invariance(False, "cuda", (9, 0), environ={})
+    assert bi.env == {} and bi.invariant is False and "not requested" in bi.reason
+
+
+@pytest.mark.parametrize("arch,ok", [("gfx942:sramecc+:xnack-", True), ("gfx90a", True), ("gfx950", True),
+                                     ("gfx1100", False), (None, False)])
+def test_amd_instinct_archs_only(arch, ok):
+    bi = batch_invariance(True, "rocm", None, arch=arch, environ={})
+    assert bi.invariant is ok and bi.env == ({ENV: "1"} if ok else {})
+    if not ok:
+        assert str(arch or "unknown") in bi.reason
+
+
+def test_xpu_selects_the_triton_attention_backend():
+    bi = batch_invariance(True, "xpu", None, environ={})
+    assert bi.invariant and bi.env == {ENV: "1"}
+    assert bi.llm_kwargs == {"attention_config": {"backend": "TRITON_ATTN"}}
+
+
+def test_a_bitsandbytes_base_gets_the_mode_but_is_not_claimed_invariant(tiny_pipeline):
+    b = verify_bundle(tiny_pipeline["bundle"])
+    quant = llm_kwargs(b.manifest, b.root)["quantization"]
+    bi = batch_invariance(True, "cuda", (9, 0), quantization=quant, environ={})
+    assert bi.env == {ENV: "1"} and bi.invariant is False and "gemv_4bit" in bi.reason
+    # a 16-bit base is not affected
+    assert batch_invariance(True, "cuda", (9, 0), quantization=None, environ={}).invariant
+
+
+def test_an_explicit_environment_setting_is_respected():
+    off = batch_invariance(True, "cuda", (9, 0), environ={ENV: "0"})
+    assert off.env == {} and off.invariant is False
+    assert f"{ENV}=0" in off.reason and "environment" in off.reason and "requested" in off.reason
+    on = batch_invariance(False, "cuda", (9, 0), environ={ENV: "1"})
+    assert on.env == {} and on.invariant is True and f"{ENV}=1" in on.reason
+    on_cpu = batch_invariance(False, "cpu", None, environ={ENV: "1"})
+    assert on_cpu.env == {} and on_cpu.invariant is False and "CPU" in on_cpu.reason
+    # read as vLLM reads it: not an integer is off; empty counts as unset
+    assert not batch_invariance(True, "cuda", (9, 0), environ={ENV: "yes"}).invariant
+    assert batch_invariance(True, "cuda", (9, 0), environ={ENV: ""}).env == {ENV: "1"}
+
+
+# -- batch invariance: the engine applies it before vLLM is imported (a stand-in vLLM) --
+
+
+def _keep_env(monkeypatch, *names):
+    """Whatever from_bundle writes to these variables is undone after the test."""
+    for name in names:
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        if name == ENV:
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """A stand-in `vllm` that records the environment when `LLM` is imported and built."""
+    _keep_env(monkeypatch, ENV, "VLLM_ENABLE_V1_MULTIPROCESSING", "OMP_NUM_THREADS")
+    seen = {"reports": None}
+
+    class LLM:
+        def __init__(self, **kwargs):
+            seen["kwargs"], seen["env_at_build"] = kwargs, os.environ.get(ENV)
+
+    def module_getattr(name):
+        if name == "LLM":
+            seen["env_at_import"] = os.environ.get(ENV)
+            return LLM
+        raise AttributeError(name)
+
+    def reports():
+        return seen["reports"] if seen["reports"] is not None else os.environ.get(ENV) == "1"
+
+    mods = {name: ModuleType(name) for name in ("vllm", "vllm.lora", "vllm.lora.request", "vllm.model_executor",
+                                                "vllm.model_executor.layers",
+                                                "vllm.model_executor.layers.batch_invariant")}
+    mods["vllm"].__getattr__ = module_getattr
+    mods["vllm"].__version__ = "0.0-fake"
+    mods["vllm.lora.request"].LoRARequest = lambda *a: ("lora",) + a
+    mods["vllm.model_executor.layers.batch_invariant"].vllm_is_batch_invariant = reports
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    return seen
+
+
+def _device(monkeypatch, device, capability=None):
+    monkeypatch.setattr(vllm_engine, "detect_device", lambda: (device, capability, None))
+
+
+def _sixteen_bit(bundle):
+    m = bundle.manifest
+    return SimpleNamespace(root=bundle.root, manifest=m.model_copy(
+        update={"quantization": m.quantization.model_copy(update={"method": "none"})}))
+
+
+def test_engine_sets_the_mode_before_vllm_is_imported_and_reports_it(tiny_pipeline, fake_vllm, monkeypatch):
+    _device(monkeypatch, "cuda", (9, 0))
+    engine = vllm_engine.VLLMEngine.from_bundle(_sixteen_bit(verify_bundle(tiny_pipeline["bundle"])))
+    assert fake_vllm["env_at_import"] == "1" and fake_vllm["env_at_build"] == "1"
+    assert engine.batch_invariant is True and "9.0" in engine.batch_invariance_detail
+    assert engine.exact is False and "batch-invariant" in engine.description
+    assert "quantization" not in fake_vllm["kwargs"]
+
+
+def test_engine_on_cpu_warns_and_runs_without(tiny_pipeline, fake_vllm, monkeypatch, caplog):
+    _device(monkeypatch, "cpu")
+    with caplog.at_level(logging.WARNING, logger=vllm_engine.__name__):
+        engine = vllm_engine.VLLMEngine.from_bundle(verify_bundle(tiny_pipeline["bundle"]))
+    assert fake_vllm["env_at_import"] is None and ENV not in os.environ
+    assert engine.batch_invariant is False and "CPU" in engine.batch_invariance_detail
+    assert any("CPU" in r.getMessage() for r in caplog.records)
+    assert "not batch-invariant" in engine.description
+
+
+def test_engine_on_an_nf4_bundle_runs_the_mode_but_does_not_claim_it(tiny_pipeline, fake_vllm, monkeypatch, caplog):
+    _device(monkeypatch, "cuda", (8, 0))
+    with caplog.at_level(logging.WARNING, logger=vllm_engine.__name__):
+        engine = vllm_engine.VLLMEngine.from_bundle(verify_bundle(tiny_pipeline["bundle"]))
+    assert fake_vllm["env_at_import"] == "1" and fake_vllm["kwargs"]["quantization"] == "bitsandbytes"
+    assert engine.batch_invariant is False and "gemv_4bit" in engine.batch_invariance_detail
+    assert any("gemv_4bit" in r.getMessage() for r in caplog.records)
+
+
+def test_engine_not_requested_or_switched_off_by_the_environment(tiny_pipeline, fake_vllm, monkeypatch):
+    _device(monkeypatch, "cuda", (9, 0))
+    bundle = _sixteen_bit(verify_bundle(tiny_pipeline["bundle"]))
+    engine = vllm_engine.VLLMEngine.from_bundle(bundle, batch_invariant=False)
+    assert fake_vllm["env_at_import"] is None and engine.batch_invariant is False
+    monkeypatch.setenv(ENV, "0")
+    engine = vllm_engine.VLLMEngine.from_bundle(bundle)
+    assert fake_vllm["env_at_import"] == "0" and os.environ[ENV] == "0"
+    assert engine.batch_invariant is False and f"{ENV}=0" in engine.batch_invariance_detail
+
+
+def test_engine_believes_vllm_over_the_environment(tiny_pipeline, fake_vllm, monkeypatch):
+    """vLLM caches the variable: one initialised earlier in the process without it stays without."""
+    _device(monkeypatch, "cuda", (9, 0))
+    fake_vllm["reports"] = False
+    engine = vllm_engine.VLLMEngine.from_bundle(_sixteen_bit(verify_bundle(tiny_pipeline["bundle"])))
+    assert engine.batch_invariant is False and "initialised earlier" in engine.batch_invariance_detail

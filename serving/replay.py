@@ -1,0 +1,153 @@
+"""Replay every evaluated answer against a live server and compare token for token.
+
+    python -m serving.replay --golden releases/<digest>/golden.json \
+        [--base-url http://127.0.0.1:8000/v1] [--concurrency 8] [--out reports/replay.json]
+
+The golden file is the evaluation's own record: every item it generated greedily, with the
+prompt ids and the token ids the report scored. Each item is sent as the chat request a client
+would send (its messages, greedy, the evaluation's token budget) through the official `openai`
+client, `concurrency` at a time, so the server batches them as it batches real traffic. The
+server returns the token ids it generated (`return_token_ids`, the vLLM extension), and they
+are compared with the evaluation's: identical, or the first position that differs. The prompt
+ids the server encoded are compared too, so a drifted template or system prompt shows up as
+such rather than as a different answer.
+
+Exit status: 0 when every item is identical, 1 when any differs, 2 when the replay could not
+run (server unreachable, another bundle behind it, a golden file that is not one). The JSON
+written with --out is what `python -m serving --replay-report` shows on /v1/models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+
+class ReplayError(Exception):
+    """The replay could not be run (not: an answer differed)."""
+
+
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """The first index where the sequences differ (a shorter one differs where it ends)."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _served_model(client) -> dict[str, Any]:
+    models = client.models.list()
+    if not models.data:
+        raise ReplayError("the server lists no model")
+    return models.data[0].model_dump()
+
+
+def _ask(client, model: str, g: dict) -> dict:
+    started = time.perf_counter()
+    r = client.chat.completions.create(
+        model=model, messages=g["messages"], max_tokens=g["max_new_tokens"], temperature=0,
+        extra_body={"return_token_ids": True})
+    choice = r.choices[0].model_dump()
+    served = choice.get("token_ids")
+    if served is None:
+        raise ReplayError("the server did not return token ids (it needs the return_token_ids extension)")
+    prompt = r.model_dump().get("prompt_token_ids")
+    pos = first_difference(g["token_ids"], served)
+    return {"id": g["id"], "slice": g.get("slice"), "identical": pos is None, "first_difference": pos,
+            "golden_tokens": len(g["token_ids"]), "served_tokens": len(served),
+            "prompt_ids_match": None if prompt is None else list(prompt) == list(g["prompt_ids"]),
+            "finish_reason": choice.get("finish_reason"), "golden_finish_reason": g["finish_reason"],
+            "latency_s": round(time.perf_counter() - started, 3)}
+
+
+def replay(golden: dict, client, concurrency: int) -> dict:
+    """Send every golden item, `concurrency` requests in flight; return the result record."""
+    prompts = golden.get("prompts")
+    if not isinstance(prompts, list) or not prompts:
+        raise ReplayError("the golden file has no prompts")
+    info = _served_model(client)
+    served_digest = (info.get("tailgate") or {}).get("bundle_digest") or info.get("bundle_digest")
+    if served_digest is not None and served_digest != golden.get("bundle_digest"):
+        raise ReplayError(f"the server serves bundle {str(served_digest)[:16]}, the golden file is for "
+                          f"{str(golden.get('bundle_digest'))[:16]}")
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        items = list(pool.map(lambda g: _ask(client, info["id"], g), prompts))
+    wall = time.perf_counter() - t0
+    different = [i for i in items if not i["identical"]]
+    return {
+        "bundle_digest": golden.get("bundle_digest"),
+        "served_bundle_digest": served_digest,
+        "golden_engine": golden.get("engine"),
+        "concurrency": concurrency,
+        "items": len(items),
+        "identical": len(items) - len(different),
+        "different": len(different),
+        "prompt_ids_mismatched": sum(1 for i in items if i["prompt_ids_match"] is False),
+        "wall_s": round(wall, 3),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "per_item": sorted(items, key=lambda i: i["id"]),
+    }
+
+
+def summary(result: dict) -> str:
+    lines = [f"replayed {result['items']} evaluated items at concurrency {result['concurrency']} against bundle "
+             f"{str(result['bundle_digest'])[:12]} in {result['wall_s']:.1f} s: {result['identical']} identical, "
+             f"{result['different']} different"]
+    if result["prompt_ids_mismatched"]:
+        lines.append(f"  {result['prompt_ids_mismatched']} prompts encoded differently from the evaluation "
+                     "(template or system prompt drift)")
+    for i in result["per_item"]:
+        if not i["identical"]:
+            lines.append(f"  {i['id']} ({i['slice']}): first difference at token {i['first_difference']} "
+                         f"(evaluated {i['golden_tokens']} tokens, served {i['served_tokens']})")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m serving.replay", description=__doc__.split("\n\n")[0])
+    p.add_argument("--golden", required=True, help="golden.json of the release (or reports/golden.json)")
+    p.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    p.add_argument("--api-key-env", default="TAILGATE_API_KEY",
+                   help="environment variable holding the server's API key, if it has one")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--timeout-s", type=float, default=600.0, help="per request")
+    p.add_argument("--out", help="write the result record here (JSON)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from openai import OpenAI
+
+    try:
+        golden = json.loads(Path(args.golden).read_text(encoding="utf-8"))
+        if args.concurrency < 1:
+            raise ReplayError("--concurrency must be at least 1")
+        client = OpenAI(base_url=args.base_url, api_key=os.environ.get(args.api_key_env) or "unused",
+                        timeout=args.timeout_s, max_retries=0)
+        result = replay(golden, client, args.concurrency)
+    except (OSError, ValueError, ReplayError) as exc:
+        print(f"python -m serving.replay: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the client's connection and HTTP errors
+        print(f"python -m serving.replay: the server could not be asked: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(summary(result))
+    if args.out:
+        from pipeline.files import atomic_write_json
+
+        atomic_write_json(Path(args.out), result)
+    return 0 if result["different"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
