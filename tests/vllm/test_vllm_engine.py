@@ -69,5 +69,6 @@ def test_the_server_answers_through_vllm_as_through_hf(vllm_engine, served, star
                                            messages=[{"role": "user", "content": "Summarize: fever, discharged."}])
         answers.append((r.choices[0].message.content, r.usage.completion_tokens))
     [card] = openai.OpenAI(base_url=f"{vl_srv.url}/v1", api_key="x").models.list().data
-    assert card.model_extra["engine"] == {"name": "vllm", "exact": False}
+    # NF4 on vLLM is not batch-invariant (bitsandbytes' one-row gemv kernel; pipeline/engines/vllm.py)
+    assert card.model_extra["engine"] == {"name": "vllm", "exact": False, "batch_invariant": False}
     assert answers[0] == answers[1]
