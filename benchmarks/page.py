@@ -19,6 +19,7 @@ RUN_RECORD = "run.json"
 MIB = 2 ** 20
 Row = tuple[str, str, str, str]  # measure, measured, target, verdict
 SERVING_GOAL = 2.0  # issue 7: the server at concurrency 8 at least 2x the naive loop's tokens/s
+INVARIANCE_COST_GOAL = 0.9  # issue 17: the batch-invariant engine at most 10% slower than padded batches
 
 
 def _verdict(ok: bool | None) -> str:
@@ -129,11 +130,21 @@ def serving(r: dict, notes: list[str], python: str = "") -> tuple[list[Row], lis
     served = [x for x in r["rows"] if x is not naive]
     table = [[x["mode"], x["concurrency"], f"{x['tokens_per_s']:.1f}",
               _fmt_x(_x(x["tokens_per_s"], naive["tokens_per_s"])),
-              f"{x['latency_p50_s']:.1f} / {x['latency_p99_s']:.1f} s", x.get("answers_equal_to_naive", "-")]
+              f"{x['latency_p50_s']:.1f} / {x['latency_p99_s']:.1f} s", x.get("answers_equal_to_naive", "-"),
+              x.get("answers_equal_to_alone", "-")]
              for x in r["rows"]]
     rows = []
+    invariant = {x["concurrency"]: x for x in served if "invariant batches" in x["mode"]}
+    padded = {x["concurrency"]: x for x in served if "padded batches" in x["mode"]}
+    if 8 in invariant and 8 in padded:
+        ratio = _x(invariant[8]["tokens_per_s"], padded[8]["tokens_per_s"])
+        rows.append(("hf server, batch-invariant / padded batches, tokens/s at concurrency 8", _fmt_x(ratio),
+                     f">= {INVARIANCE_COST_GOAL:g}x", _verdict(ratio >= INVARIANCE_COST_GOAL)))
+        same = invariant[8].get("answers_equal_to_alone", "-")
+        rows.append(("hf server, batch-invariant: answers equal to the request alone at concurrency 8", same,
+                     "all", _verdict(same != "-" and same.split("/")[0] == same.split("/")[1])))
     for engine in ("hf", "vllm"):
-        mine = [x for x in served if f"({engine} engine)" in x["mode"]]
+        mine = [x for x in served if f"({engine} engine" in x["mode"] and "padded" not in x["mode"]]
         if not mine:
             why = ("; ".join(n.removeprefix("vLLM not measured: ") for n in notes if "vLLM" in n)
                    or r.get("vllm_not_measured") or "no rows for this engine in the result")
@@ -145,7 +156,8 @@ def serving(r: dict, notes: list[str], python: str = "") -> tuple[list[Row], lis
         rows.append((f"{engine} server / naive generate, tokens/s at concurrency {top['concurrency']}",
                      _fmt_x(ratio), f">= {SERVING_GOAL:g}x" if goal else "-",
                      _verdict(ratio >= SERVING_GOAL) if goal else "-"))
-    lines = _table(["mode", "concurrency", "tokens/s", "x naive", "latency p50 / p99", "same answer as naive"], table)
+    lines = _table(["mode", "concurrency", "tokens/s", "x naive", "latency p50 / p99", "same text as naive",
+                    "same tokens as alone"], table)
     lines.append(f"\n{r['requests']} eval-suite prompts, greedy, {r['max_tokens']} tokens at most (the naive loop's "
                  f"answers averaged {_x(naive['tokens'], naive['requests']):.0f} tokens: the shorter the answers, the "
                  f"more of the time is prefill, which batching does not share), bundle `{r['bundle_digest'][:16]}`, "
@@ -155,6 +167,28 @@ def serving(r: dict, notes: list[str], python: str = "") -> tuple[list[Row], lis
                      "transformers<5.20), so the naive and hf rows used that environment's library versions too, "
                      "all in one run." + (f" Versions: {r['versions']}." if r.get("versions") else ""))
     lines += [f"\n{n}." for n in notes]
+    return rows, lines
+
+
+def invariance(r: dict) -> tuple[list[Row], list[str]]:
+    rows, table = [], []
+    for name, e in r["engines"].items():
+        for b in e["generation"]["batches"]:
+            table.append([f"{name}, generation", f"batch {b['batch']}", f"{b['identical_tokens']}/{b['requests']}",
+                          f"{b['max_abs_logprob_diff']:.2g}"])
+        s = e["schedule"]
+        table.append([f"{name}, random join/leave", f"{s['rows']} rows", f"{s['bitwise_equal']}/{s['logit_vectors']} "
+                      "logit vectors bitwise equal", f"{s['max_abs_logit_diff']:.2g} (logit)"])
+        if name == "invariant":
+            every = all(b["identical_tokens"] == b["requests"] and b["max_abs_logprob_diff"] == 0
+                        for b in e["generation"]["batches"]) and s["bitwise_equal"] == s["logit_vectors"]
+            rows.append(("invariant hf engine: every row bitwise equal to alone (batches 2/4/8, join/leave)",
+                         "yes" if every else "no", "yes", _verdict(every)))
+    lines = _table(["engine", "batching", "same tokens as alone", "max abs log-prob diff"], table)
+    lines.append(f"\nBundle `{r['bundle_digest'][:16]}` ({r['compute_dtype']} compute), {r['max_tokens']} tokens "
+                 f"per answer, prompts of {min(r['prompt_tokens'])}-{max(r['prompt_tokens'])} tokens, "
+                 f"{r['torch_threads']} torch threads; {r['machine']}; load average {r['load_avg_before'][0]} before, "
+                 f"{r['load_avg_after'][0]} after.")
     return rows, lines
 
 
@@ -232,7 +266,7 @@ def train_checkpointing(r: dict) -> tuple[list[Row], list[str]]:
     return rows, lines
 
 
-RENDER = {"train_vs_trl": train_vs_trl, "nf4_memory": nf4_memory, "verify": verify, "curate": curate,
+RENDER = {"invariance": invariance, "train_vs_trl": train_vs_trl, "nf4_memory": nf4_memory, "verify": verify, "curate": curate,
           "noop_repro": noop_repro, "memory_plan": memory_plan, "train_checkpointing": train_checkpointing}
 
 

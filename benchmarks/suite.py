@@ -58,6 +58,8 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("train_vs_trl", "Training vs TRL SFTTrainer", "benchmarks.train_vs_trl", BASE + QUANTIZED + CURATED,
           imports=(("trl", "pip install -c constraints.txt -e '.[bench]'"),),
           quick_args=("--steps", "1", "--reps", "1", "--no-padding-free"), full_args=("--reps", "2")),
+    Bench("invariance", "Batch invariance on the bundle: invariant vs padded hf engine", "benchmarks.invariance",
+          BUNDLE, quick_args=("--prompts", "2", "--max-tokens", "4", "--steps", "3")),
     Bench("serving", "Serving vs naive generate (and vLLM CPU)", "benchmarks.serving", BUNDLE,
           quick_args=("--requests", "2", "--max-tokens", "8")),
 )

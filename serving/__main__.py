@@ -124,7 +124,8 @@ def _build_engine(name: str, bundle, max_batch: int, batch_invariant: bool = Tru
     if name == "vllm":
         from pipeline.engines.vllm import VLLMEngine
 
-        return VLLMEngine.from_bundle(bundle, max_batch=max_batch)
+        # asked for, vLLM's own batch-invariant mode; the engine reports whether it got it
+        return VLLMEngine.from_bundle(bundle, max_batch=max_batch, batch_invariant=batch_invariant)
     from pipeline.engines.hf import HFEngine
 
     return HFEngine.from_bundle(bundle, batch_invariant=batch_invariant)

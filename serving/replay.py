@@ -2,6 +2,11 @@
 
     python -m serving.replay --golden releases/<digest>/golden.json \
         [--base-url http://127.0.0.1:8000/v1] [--concurrency 8] [--out reports/replay.json]
+    python -m serving.replay --serve artifacts/release [--concurrency 8] [--out reports/replay.json]
+
+With --serve, the release is started with `python -m serving` on a free local port (its
+startup checks and parity probe included), replayed against, and stopped; `make replay` does
+that for the default release.
 
 The golden file is the evaluation's own record: every item it generated greedily, with the
 prompt ids and the token ids the report scored. Each item is sent as the chat request a client
@@ -22,11 +27,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import socket
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 
 class ReplayError(Exception):
@@ -112,9 +121,50 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def launched_server(release: str, extra: Sequence[str] = (), ready_timeout_s: float = 1800) -> Iterator[str]:
+    """`python -m serving --bundle RELEASE` on a free loopback port; yields its /v1 URL and
+    stops it (SIGTERM, which drains) afterwards."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "serving", "--bundle", release, "--port", str(port), "--max-queue", "1024",
+           "--request-timeout-s", "3600", "--log-level", "WARNING", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise ReplayError(f"the server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise ReplayError("the server did not become ready")
+            time.sleep(0.5)
+        yield f"{url}/v1"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m serving.replay", description=__doc__.split("\n\n")[0])
-    p.add_argument("--golden", required=True, help="golden.json of the release (or reports/golden.json)")
+    p.add_argument("--golden", help="golden.json of the release (or reports/golden.json); default with --serve: "
+                                    "the release's golden.json")
+    p.add_argument("--serve", metavar="RELEASE_DIR",
+                   help="start `python -m serving` on this release, replay against it, stop it")
+    p.add_argument("--batching", choices=("invariant", "padded"), default="invariant",
+                   help="with --serve: the server's batching (padded shows what invariance fixes)")
     p.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     p.add_argument("--api-key-env", default="TAILGATE_API_KEY",
                    help="environment variable holding the server's API key, if it has one")
@@ -129,12 +179,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from openai import OpenAI
 
     try:
-        golden = json.loads(Path(args.golden).read_text(encoding="utf-8"))
+        if args.golden is None and args.serve is None:
+            raise ReplayError("give --golden (and --base-url), or --serve RELEASE_DIR")
+        golden = json.loads(Path(args.golden or Path(args.serve) / "golden.json").read_text(encoding="utf-8"))
         if args.concurrency < 1:
             raise ReplayError("--concurrency must be at least 1")
-        client = OpenAI(base_url=args.base_url, api_key=os.environ.get(args.api_key_env) or "unused",
-                        timeout=args.timeout_s, max_retries=0)
-        result = replay(golden, client, args.concurrency)
+
+        def run(base_url: str) -> dict:
+            client = OpenAI(base_url=base_url, api_key=os.environ.get(args.api_key_env) or "unused",
+                            timeout=args.timeout_s, max_retries=0)
+            return replay(golden, client, args.concurrency)
+
+        if args.serve:
+            with launched_server(args.serve, ["--max-batch", str(max(8, args.concurrency)),
+                                              "--batching", args.batching]) as url:
+                result = run(url)
+            result["batching"] = args.batching
+        else:
+            result = run(args.base_url)
     except (OSError, ValueError, ReplayError) as exc:
         print(f"python -m serving.replay: {exc}", file=sys.stderr)
         return 2

@@ -14,8 +14,10 @@ completion/protocol.py), so a client written against vLLM reads them unchanged:
 `token_ids` are the generated ids the answer consumed (as many as usage.completion_tokens):
 without the stop id that ended it, which is not part of the text either, and, when a stop
 string ended it, up to the token that completed the stop string (the text stops before it),
-as vLLM reports them. Without the flag the fields are absent, not null: they are not in
-OpenAI's schema, and a response must not grow keys nobody asked for.
+as vLLM reports them; with echo they are still only the generated ids. (vLLM also drops the
+echoed prompt text when ids are asked for; here echo keeps its OpenAI meaning.) Without the
+flag the fields are absent, not null: they are not in OpenAI's schema, and a response must not
+grow keys nobody asked for.
 """
 
 from __future__ import annotations

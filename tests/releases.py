@@ -26,6 +26,9 @@ def make_evidence(bundle_dir: Path, out: Path, golden: Path | None = None, rules
     report = json.loads(REPORT.read_text())
     report["bundle_digest"] = manifest.bundle_digest
     report["bundle"]["chat_template_sha256"] = manifest.tokenizer.chat_template_sha256
+    # The tiny bundle is evaluated and served by today's engine, which is batch-invariant (the
+    # v1 report predates the field).
+    report["engine"]["batch_invariant"] = True
     decision = decide(GateParams(rules=RULES if rules is None else rules), report, manifest.bundle_digest,
                       chat_template_sha256=manifest.tokenizer.chat_template_sha256)
     out.mkdir(parents=True, exist_ok=True)

@@ -130,6 +130,7 @@ def _card_data(m: Manifest, ev: dict, gate: dict, passed: bool, base_model: str 
             "suite": _get(ev, "suite", "name"), "suite_version": _get(ev, "suite", "version"),
             "headline_metric": ev.get("headline_metric"),
             "engine": _get(ev, "engine", "name"), "engine_exact": _get(ev, "engine", "exact"),
+            "engine_batch_invariant": _get(ev, "engine", "batch_invariant"),
             "curated_data_digest": data_digest.removeprefix("sha256:")})
 
 
@@ -182,7 +183,10 @@ def _summary(m: Manifest, ev: dict, base_model: str | None) -> list[str]:
         adapter_trained_on(m), f"another base (digest {m.adapter.base_digest})")
     suite = ev.get("suite") or {}
     items = f" ({suite['items']} items)" if "items" in suite else ""
-    engine = f"`{_get(ev, 'engine', 'name')}` engine (exact: {_get(ev, 'engine', 'exact')})"
+    invariant = _get(ev, "engine", "batch_invariant")
+    said = {True: "True; served answers under any load are the evaluated ones, `make replay` checks it",
+            None: "not recorded"}.get(invariant, str(invariant))
+    engine = f"`{_get(ev, 'engine', 'name')}` engine (exact: {_get(ev, 'engine', 'exact')}, batch-invariant: {said})"
     tuned = (f" It was evaluated on the `{suite['name']}` suite v{suite.get('version')}{items} through the "
              f"{engine}.") if suite.get("name") else ""
     return [f"A LoRA adapter (r={lora.get('r')}, alpha={lora.get('lora_alpha')}, dropout {lora.get('lora_dropout')}, "

@@ -37,12 +37,13 @@ def _wait_ready(url: str) -> None:
 def test_engine_runs_on_the_main_thread_and_sigterm_drains(served, request):
     assert threading.current_thread() is threading.main_thread()  # pytest runs tests on it
     on_main: list[bool] = []
-    # Every forward pass of the model, whichever batching path calls it.
-    hook = served.engine.model.register_forward_pre_hook(
+    # Every forward pass of the model's decoder, whichever batching path calls it (the
+    # invariant passes call the decoder directly, the padded ones through the causal LM).
+    hook = served.engine.model.get_base_model().get_decoder().register_forward_pre_hook(
         lambda module, args: on_main.append(threading.current_thread() is threading.main_thread()))
     request.addfinalizer(hook.remove)
     state = build_state(served.engine, served.bundle.manifest, served.parity, max_batch=8, max_queue=64,
-                        api_key=None, request_timeout_s=60)
+                        api_key=None, request_timeout_s=120)
     sock = _listening_socket()
     host, port = sock.getsockname()
     url = f"http://{host}:{port}"
@@ -53,7 +54,7 @@ def test_engine_runs_on_the_main_thread_and_sigterm_drains(served, request):
             _wait_ready(url)
             model = state.model_id
             # Long enough to still be running when the signal has been handled.
-            body = {"model": model, "messages": MESSAGES, "max_tokens": 400, "stream": True}
+            body = {"model": model, "messages": MESSAGES, "max_tokens": 200, "stream": True}
             with httpx.Client(base_url=url, timeout=60) as c, \
                     c.stream("POST", "/v1/chat/completions", json=body) as s:
                 lines = s.iter_lines()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from pipeline.chat import encode_prompt, with_system
 from pipeline.engines.base import GenerationRequest, SamplingParams
 
@@ -117,36 +115,47 @@ def test_completions_stream_sends_the_prompt_ids_in_the_first_chunk(oai, model):
 
 def test_a_stop_string_keeps_the_ids_it_consumed_streamed_or_not(oai, api, model):
     """A stop string cuts the text, not the ids the answer consumed (as vLLM reports them): they
-    run up to the token that completed the stop string, also when that token's text and the
-    held-back stop prefix before it release no text at all (then a textless chunk carries them)."""
+    run up to the token that completed the stop string, also when the held-back stop prefix and
+    that token release no text at all (then a textless chunk carries the ids)."""
     tokenizer = api.state.engine.tokenizer
-    prompt_ids = text_ids(api, PROMPT)
-    full = greedy_ids(api, prompt_ids, 16)
+    # Sampled with a seed (it replays): the tiny model's greedy answer repeats one token.
+    kwargs = dict(model=model, prompt=PROMPT, max_tokens=16, temperature=1.0, seed=3, extra_body=ASK)
+    full = oai.completions.create(**kwargs).choices[0].token_ids
     texts = [tokenizer.decode(full[:n], skip_special_tokens=True) for n in range(len(full) + 1)]
-    # A stop string that starts exactly at token j's text and ends inside token j+1's.
-    picks = [(j, texts[j + 1][len(texts[j]):] + texts[j + 2][len(texts[j + 1]):][:1]) for j in range(1, len(full) - 1)
-             if texts[j + 1].startswith(texts[j]) and texts[j + 2].startswith(texts[j + 1])
-             and len(texts[j + 1]) > len(texts[j]) and len(texts[j + 2]) > len(texts[j + 1])]
-    picks = [(j, stop) for j, stop in picks if "\ufffd" not in stop and texts[-1].find(stop) == len(texts[j])]
-    print('DEBUG', full, [repr(t) for t in texts], [repr(tokenizer.decode([t])) for t in full])
-    if not picks:
-        pytest.skip("the tiny model's greedy answer has no clean token boundary for a stop string")
-    j, stop = picks[0]
-    kwargs = dict(model=model, prompt=prompt_ids, max_tokens=16, temperature=0, stop=stop, extra_body=ASK)
-    cut = oai.completions.create(**kwargs)
+    # A stop string that starts exactly where token j's text does and ends inside token j+1's
+    # (whole characters around it: a trailing U+FFFD may be half a character, held back).
+    picks = [(j, texts[j + 2][len(texts[j]):len(texts[j + 1]) + 1]) for j in range(len(full) - 1)
+             if len(texts[j]) < len(texts[j + 1]) < len(texts[j + 2]) and texts[j + 2].startswith(texts[j + 1])
+             and texts[j + 1].startswith(texts[j]) and "\ufffd" not in texts[j + 2][max(len(texts[j]) - 1, 0):]]
+    j, stop = next((j, stop) for j, stop in picks if texts[-1].find(stop) == len(texts[j]))
+    cut = oai.completions.create(stop=stop, **kwargs)
     choice = cut.choices[0]
     assert choice.finish_reason == "stop" and choice.text == texts[j]
     assert choice.token_ids == full[:j + 2] and cut.usage.completion_tokens == j + 2
-    chunks = list(oai.completions.create(stream=True, **kwargs))
+    chunks = list(oai.completions.create(stream=True, stop=stop, **kwargs))
     assert [t for c in chunks for ch in c.choices for t in ch.token_ids] == choice.token_ids
     assert "".join(ch.text for c in chunks for ch in c.choices) == choice.text
-    chat = oai.chat.completions.create(model=model, messages=MESSAGES, max_tokens=16, temperature=0, stop=stop,
-                                       extra_body=ASK)
-    streamed = list(oai.chat.completions.create(model=model, messages=MESSAGES, max_tokens=16, temperature=0,
-                                                stop=stop, extra_body=ASK, stream=True))
-    assert [t for c in streamed for ch in c.choices for t in (ch.model_extra.get("token_ids") or [])] == \
-        chat.choices[0].token_ids
-    assert len(chat.choices[0].token_ids) == chat.usage.completion_tokens
+    # The same on chat, streamed and not.
+    chat = dict(model=model, messages=MESSAGES, max_tokens=16, temperature=1.0, seed=3, extra_body=ASK)
+    answer = oai.chat.completions.create(**chat).choices[0]
+    stop = answer.message.content[1:3]
+    whole = oai.chat.completions.create(stop=stop, **chat)
+    streamed = list(oai.chat.completions.create(stop=stop, stream=True, **chat))
+    ids = whole.choices[0].token_ids
+    assert ids == answer.token_ids[:len(ids)] and len(ids) == whole.usage.completion_tokens
+    assert [t for c in streamed for ch in c.choices for t in (ch.model_extra.get("token_ids") or [])] == ids
+
+
+def test_asked_for_the_responses_still_validate_as_openai_types(client, model):
+    from openai.types import Completion
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    chat = {"model": model, "messages": MESSAGES, "max_tokens": 3, "temperature": 0, **ASK}
+    ChatCompletion.model_validate(client.post("/v1/chat/completions", json=chat).json())
+    for chunk in sse(client.post("/v1/chat/completions", json={**chat, "stream": True})):
+        ChatCompletionChunk.model_validate(chunk)
+    body = client.post("/v1/completions", json={"model": model, "prompt": PROMPT, "max_tokens": 3, **ASK}).json()
+    Completion.model_validate(body)
 
 
 def test_models_say_the_engine_is_batch_invariant(client, model):
