@@ -22,13 +22,15 @@ from pathlib import Path
 from benchmarks import load_avg, versions
 
 
-def _prompts(engine, suite_dir: str, n: int) -> list[list[int]]:
-    from pipeline.chat import encode_prompt
+def _prompts(engine, suite_dir: str, n: int, system: str | None) -> list[list[int]]:
+    """n suite prompts spread over the suite, encoded as serving encodes them (pinned system
+    prompt in front)."""
+    from pipeline.chat import encode_prompt, with_system
     from pipeline.suites import load_suite
 
     items = load_suite(suite_dir).items()
     step = max(1, len(items) // n)
-    return [encode_prompt(engine.tokenizer, it["messages"][:-1]) for it in items[::step][:n]]
+    return [encode_prompt(engine.tokenizer, with_system(it["messages"][:-1], system)) for it in items[::step][:n]]
 
 
 def generation(engine, prompts, max_tokens: int) -> dict:
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
               "load_avg_before": load_avg(), "engines": {}}
     for name, invariant in (("invariant", True), ("padded", False)):
         engine = HFEngine.from_bundle(bundle, batch_invariant=invariant)
-        prompts = _prompts(engine, args.suite, args.prompts)
+        prompts = _prompts(engine, args.suite, args.prompts, bundle.manifest.tokenizer.system_prompt)
         result["prompt_tokens"] = [len(x) for x in prompts]
         result["engines"][name] = {"generation": generation(engine, prompts, args.max_tokens),
                                    "schedule": schedule(engine, prompts, args.steps, seed=0)}

@@ -48,22 +48,28 @@ def _prompts(suite_dir: str, n: int) -> list[list[dict]]:
     return [it["messages"][:-1] for it in items[::step][:n]]
 
 
+def _as_served(engine, messages: list[dict], system: str | None) -> list[int]:
+    """The prompt ids the server makes of these messages: the bundle's pinned system prompt in
+    front when they bring none (serving does that), then the chat template."""
+    from pipeline.chat import encode_prompt, with_system
+
+    return encode_prompt(engine.tokenizer, with_system(messages, system))
+
+
 def _quantile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
-def naive_loop(engine, prompts, max_tokens: int) -> dict:
+def naive_loop(engine, prompts, max_tokens: int, system: str | None = None) -> dict:
     """What a team writes first: one `model.generate` call per request, one after another."""
     import torch
-
-    from pipeline.chat import encode_prompt
 
     tok, model = engine.tokenizer, engine.model
     texts, latencies, tokens = [], [], 0
     t0 = time.perf_counter()
     for messages in prompts:
-        ids = torch.tensor([encode_prompt(tok, messages)])
+        ids = torch.tensor([_as_served(engine, messages, system)])
         s = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
@@ -155,13 +161,12 @@ def served_run(url: str, model: str, prompts, max_tokens: int, concurrency: int)
             "texts": [r[2] for r in results], "token_ids": [r[3] for r in results]}
 
 
-def alone(engine, prompts, max_tokens: int) -> list[list[int]]:
+def alone(engine, prompts, max_tokens: int, system: str | None = None) -> list[list[int]]:
     """The engine's answer to each prompt alone (a batch of one): what every served answer
     should be, whatever the load, when the engine is batch-invariant."""
-    from pipeline.chat import encode_prompt
     from pipeline.engines.base import GenerationRequest, SamplingParams
 
-    return [engine.generate([GenerationRequest(encode_prompt(engine.tokenizer, m),
+    return [engine.generate([GenerationRequest(_as_served(engine, m, system),
                                                SamplingParams(max_new_tokens=max_tokens))])[0].token_ids
             for m in prompts]
 
@@ -191,6 +196,7 @@ def main(argv=None) -> int:
 
     bundle = verify_bundle(args.bundle)
     engine = HFEngine.from_bundle(bundle)
+    system = bundle.manifest.tokenizer.system_prompt  # what serving puts in front of these prompts
     prompts = _prompts(args.suite, args.requests)
     if args.max_tokens is None:
         args.max_tokens = bundle.manifest.inference.max_new_tokens
@@ -202,10 +208,10 @@ def main(argv=None) -> int:
     print("| mode | concurrency | tokens/s | x naive | p50 s | p99 s | same text as naive | same tokens as alone |")
     print("|---|---|---|---|---|---|---|---|", flush=True)
 
-    naive_loop(engine, prompts[:2], args.max_tokens)  # warm-up: kernels, allocator
-    naive = naive_loop(engine, prompts, args.max_tokens)
+    naive_loop(engine, prompts[:2], args.max_tokens, system)  # warm-up: kernels, allocator
+    naive = naive_loop(engine, prompts, args.max_tokens, system)
     naive_texts = naive["texts"]
-    solo = alone(engine, prompts, args.max_tokens)
+    solo = alone(engine, prompts, args.max_tokens, system)
 
     def record(r: dict) -> None:
         same = sum(a == b for a, b in zip(r.pop("texts"), naive_texts))

@@ -141,7 +141,7 @@ def _replay_report(path: str | None, manifest) -> dict | None:
     if record.get("bundle_digest") != manifest.bundle_digest:
         raise ValueError(f"replay report {path} is for bundle {str(record.get('bundle_digest'))[:16]}, "
                          f"this bundle is {manifest.bundle_digest[:16]}")
-    keys = ("items", "identical", "different", "concurrency", "measured_at", "load_avg_1m")
+    keys = ("items", "identical", "different", "concurrency", "measured_at")
     return {k: record.get(k) for k in keys}
 
 
