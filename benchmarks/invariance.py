@@ -30,7 +30,7 @@ def _prompts(engine, suite_dir: str, n: int, system: str | None) -> list[list[in
 
     items = load_suite(suite_dir).items()
     step = max(1, len(items) // n)
-    return [encode_prompt(engine.tokenizer, with_system(it["messages"][:-1], system)) for it in items[::step][:n]]
+    return [encode_prompt(engine.tokenizer, with_system([dict(m) for m in it.messages], system)) for it in items[::step][:n]]
 
 
 def generation(engine, prompts, max_tokens: int) -> dict:

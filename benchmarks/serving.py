@@ -45,7 +45,7 @@ def _prompts(suite_dir: str, n: int) -> list[list[dict]]:
     items = load_suite(suite_dir).items()
     # Spread over the suite (every slice, short and long notes), deterministic.
     step = max(1, len(items) // n)
-    return [it["messages"][:-1] for it in items[::step][:n]]
+    return [[dict(m) for m in it.messages] for it in items[::step][:n]]
 
 
 def _as_served(engine, messages: list[dict], system: str | None) -> list[int]:
