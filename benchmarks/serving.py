@@ -186,6 +186,8 @@ def main(argv=None) -> int:
                    help="token budget per request (default: the bundle's inference.max_new_tokens, what "
                         "evaluation generated with)")
     p.add_argument("--no-vllm", action="store_true", help="skip the vllm engine even where it is installed")
+    p.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY),
+                   help=f"concurrency levels to measure each server at (default: {' '.join(map(str, CONCURRENCY))})")
     p.add_argument("--out", default="benchmarks/results/serving.json")
     args = p.parse_args(argv)
 
@@ -238,10 +240,10 @@ def main(argv=None) -> int:
         result["vllm_not_measured"] = ("--no-vllm was given" if args.no_vllm else
                                        f"vllm is not importable in {sys.executable} (build .venv-vllm: make test-vllm)")
     for name, batching in servers:
-        with running_server(args.bundle, name, max(CONCURRENCY), batching or "invariant") as (url, model):
+        with running_server(args.bundle, name, max(args.concurrency), batching or "invariant") as (url, model):
             # first requests warm the HTTP path (and, for vLLM, compile kernels): not timed
             served_run(url, model, prompts[:2], args.max_tokens, 2)
-            for c in CONCURRENCY:
+            for c in args.concurrency:
                 r = served_run(url, model, prompts, args.max_tokens, c)
                 r["mode"] = f"tailgate server ({name} engine{', ' + batching + ' batches' if batching else ''})"
                 record(r)
