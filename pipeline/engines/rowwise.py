@@ -132,6 +132,22 @@ class RowwiseRunner:
         self.device = next(model.parameters()).device
         # Switch only this model's attention (the engine owns the model; training never sees it).
         lm.set_attn_implementation(ATTENTION)
+        self._self_check(model)
+
+    @torch.inference_mode()
+    def _self_check(self, model) -> None:
+        """The rowwise passes rebuild the causal LM's forward from its decoder and output head;
+        an architecture that does more (logit scaling, sliding windows, ...) would be served
+        wrong, so compare once with the model's own forward and refuse a mismatch."""
+        ids = [1, 2, 3, 4, 5, 6][: max(2, min(6, self.config.vocab_size - 1))]
+        _, mine = self.start(ids, all_positions=True)
+        ref = model(input_ids=torch.tensor([ids], device=self.device)).logits[0]
+        if mine.shape != ref.shape or not torch.allclose(mine.float(), ref.float(), atol=1e-2, rtol=1e-2):
+            raise NotImplementedError(
+                f"the batch-invariant passes do not reproduce {type(model).__name__}'s own forward for this "
+                "architecture (largest logit difference "
+                f"{float((mine.float() - ref.float()).abs().max()) if mine.shape == ref.shape else 'n/a'}); "
+                "serve it with batch_invariant=False")
 
     def _check(self) -> None:
         # Another attention would ignore `tailgate_rows` and attend over nothing cached.

@@ -190,3 +190,26 @@ def test_the_padded_engine_is_not_batch_invariant(tiny_pipeline):
         steps = [padded.step(list(seqs), [tok] * len(ids)) for tok in (5, 6, 7)]
     differs = sum(not torch.equal(alone[i][s + 1], steps[s][i]) for i in range(len(ids)) for s in range(3))
     assert differs > 0
+
+
+def test_an_architecture_whose_forward_the_passes_do_not_reproduce_is_refused(tmp_path, monkeypatch):
+    """Some causal LMs scale or cap logits in their own forward; the rowwise passes rebuild the
+    forward from decoder + head, so the engine checks them against the model's forward once."""
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    from pipeline.engines.rowwise import RowwiseRunner
+    from tests.conftest import build_tiny_model_dir
+
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_model_dir(tmp_path / "tiny"))
+    model.eval()
+    RowwiseRunner(model, pad_id=0)  # the plain Llama is reproduced
+    forward = LlamaForCausalLM.forward
+
+    def scaled(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        out.logits = out.logits * 2.0
+        return out
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", scaled)
+    with pytest.raises(NotImplementedError, match="batch_invariant=False"):
+        RowwiseRunner(model, pad_id=0)
