@@ -24,8 +24,6 @@ import gc
 import json
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -86,12 +84,6 @@ def naive_loop(engine, prompts, max_tokens: int, system: str | None = None) -> d
             "latency_p99_s": _quantile(latencies, 0.99), "texts": texts}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _server_flags() -> list[str]:
     """--allow-unreleased where the server has it: the benchmark serves the pipeline's bundle
     whether or not it has been released, since serving speed does not depend on the release."""
@@ -103,38 +95,16 @@ def _server_flags() -> list[str]:
 def running_server(bundle_dir: str, engine: str, max_batch: int, batching: str = "invariant") -> Iterator[tuple[str, str]]:
     """`python -m serving` itself, in its own process, exactly as users start it (the parity
     probe skipped: startup is not what is measured). Yields (url, model id); SIGTERM after."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "serving", "--bundle", bundle_dir, "--engine", engine, "--skip-parity-probe",
-           "--port", str(port), "--max-batch", str(max_batch), "--max-queue", "256", "--request-timeout-s", "3600",
-           "--log-level", "WARNING", *_server_flags()]
-    if engine == "hf":
-        cmd += ["--batching", batching]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
+    import httpx
 
-        deadline = time.monotonic() + 1800  # vLLM on CPU compiles for minutes
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-            try:
-                ready = httpx.get(f"{url}/ready", timeout=2)
-                if ready.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready")
-            time.sleep(0.5)
-        yield url, ready.json()["model"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+    from serving.replay import launched_server
+
+    extra = ["--engine", engine, "--skip-parity-probe", "--max-batch", str(max_batch), *_server_flags()]
+    if engine == "hf":
+        extra += ["--batching", batching]
+    with launched_server(bundle_dir, extra) as v1:
+        url = v1.removesuffix("/v1")
+        yield url, httpx.get(f"{url}/ready", timeout=10).json()["model"]
 
 
 def served_run(url: str, model: str, prompts, max_tokens: int, concurrency: int) -> dict:
