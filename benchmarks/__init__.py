@@ -8,6 +8,8 @@ import platform
 import time
 from pathlib import Path
 
+from pipeline.files import atomic_write_text
+
 
 def machine() -> dict:
     """What a result was measured on: ratios are only compared within one machine."""
@@ -41,9 +43,7 @@ def versions(*packages: str) -> dict[str, str]:
 
 
 def write_result(path: str | Path, result: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
 
 
 def train_step(model, optimizer, batch) -> float:

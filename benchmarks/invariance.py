@@ -19,7 +19,7 @@ import random
 import time
 from pathlib import Path
 
-from benchmarks import load_avg, versions
+from benchmarks import load_avg, versions, write_result
 
 
 def _prompts(engine, suite_dir: str, n: int, system: str | None) -> list[list[int]]:
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         del engine
     result["load_avg_after"] = load_avg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     return 0
 
 

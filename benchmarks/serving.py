@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import subprocess
@@ -29,10 +28,9 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
-from benchmarks import load_avg, versions
+from benchmarks import load_avg, versions, write_result
 
 CONCURRENCY = (1, 4, 8)
 
@@ -196,8 +194,7 @@ def main(argv=None) -> int:
                "answers_equal_to_alone": same_alone}
         result["rows"].append(row)
         result["load_avg_after"] = load_avg()  # as of the last row written
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")  # after every row: a long run keeps what it has
+        write_result(args.out, result)  # after every row: a long run keeps what it has
         print(f"| {row['mode']} | {row['concurrency']} | {row['tokens_per_s']:.1f} | {row['speedup_vs_naive']:.2f} "
               f"| {row['latency_p50_s']:.2f} | {row['latency_p99_s']:.2f} | {row['answers_equal_to_naive']} "
               f"| {row['answers_equal_to_alone']} |", flush=True)

@@ -49,6 +49,8 @@ BENCHMARKS: tuple[Bench, ...] = (
           imports=(("dvc", "pip install -e '.[dev]'"),), quick_args=("--reps", "2")),
     Bench("curate", "Curate throughput (100k records)", "benchmarks.curate", BASE,
           quick_args=("--records", "2000")),
+    Bench("streaming", "Streaming detokenization: DecodeStream vs re-decoding", "benchmarks.streaming",
+          quick_args=("--tokens", "200", "--reps", "1")),
     Bench("nf4_memory", "NF4 vs 16-bit memory", "benchmarks.nf4_memory", BASE + QUANTIZED,
           quick_args=("--seq-len", "128", "--steps", "1")),
     Bench("memory_plan", "Memory planner vs measured peaks", "benchmarks.memory_plan", QUANTIZED,

@@ -78,11 +78,13 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
+def atomic_open(path: str | Path, mode: str = "w", *, permissions: int = 0o644) -> Iterator[IO]:
     """Write `path` all or nothing: yield a temp file beside it ("w" text, UTF-8 with \n line
     ends, or "wb"); when the block ends cleanly the file is flushed and fsynced, renamed over
     `path` and the directory fsynced, so a crash leaves the old file or the new one, never a
-    torn one. If the block raises, the temp file is removed and `path` is untouched."""
+    torn one. If the block raises, the temp file is removed and `path` is untouched. The temp
+    file is created owner-only and gets `permissions` just before the rename, so a secret
+    written with 0o600 is never readable by others, even half-written."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes with mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
@@ -93,7 +95,7 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
+        os.chmod(tmp, permissions)  # mkstemp makes 0600; outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -115,14 +117,33 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def _fsync_tree(root: Path) -> None:
+    """fsync every regular file under `root`, then every directory: whatever wrote them (torch,
+    safetensors, a copy, a hard link) did not, and a rename is only as durable as what it names."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            file = Path(dirpath) / name
+            if file.is_symlink():
+                continue
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp directory beside `path`; on success it replaces `path` in one rename."""
+    """Yield a temp directory beside `path`; on success its files are fsynced and it replaces
+    `path` in one rename (the parent fsynced after), so a crash leaves the old directory or the
+    new one, complete. If the block raises, the temp directory is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        _fsync_tree(tmp)
         os.chmod(tmp, 0o755)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -135,6 +156,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _fsync_dir(path.parent)
 
 
 def verify_files(root: str | Path, entries: dict[str, dict]) -> None:

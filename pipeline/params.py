@@ -360,6 +360,17 @@ class ReleaseCardParams(_Strict):
     model_name: str | None = Field(None, description="Title of the card (null: derived from the base and suite).")
 
 
+class ReleaseReplayParams(_Strict):
+    """Before signing, serve the bundle with `python -m serving` and send it every golden item,
+    several at a time, as traffic would arrive; compare the served tokens with the evaluation's."""
+
+    enabled: bool = Field(True, description="Replay at release time; the result (replay.json) is signed with the "
+                          "release, shown on the model card and on the server's /v1/models.")
+    concurrency: int = Field(8, ge=1, le=256, description="Requests in flight at once.")
+    required: bool = Field(True, description="Refuse the release when any served answer differs from the evaluated "
+                           "one (false: release it and say so on the card).")
+
+
 class ReleaseParams(_Strict):
     """Where a bundle that passed the gate is released to, and how it is signed."""
 
@@ -368,6 +379,8 @@ class ReleaseParams(_Strict):
     signing: ReleaseSigningParams = Field(default_factory=ReleaseSigningParams,
                                           description="How the release is signed.")
     card: ReleaseCardParams = Field(default_factory=ReleaseCardParams, description="Model card metadata.")
+    replay: ReleaseReplayParams = Field(default_factory=ReleaseReplayParams,
+                                        description="The served-under-load check run before signing.")
 
 
 SECTIONS: dict[str, type[_Strict]] = {

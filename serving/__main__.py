@@ -83,7 +83,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--probe-prompts", type=int, default=PROBE_PROMPTS,
                    help=f"golden prompts the parity probe replays, in one batch (default: {PROBE_PROMPTS}; 0: all)")
     p.add_argument("--replay-report", default=None,
-                   help="result of `python -m serving.replay` for this bundle, shown on /v1/models")
+                   help="result of `python -m serving.replay` for this bundle, shown on /v1/models (default: the "
+                        "replay the release carries, if any)")
     p.add_argument("--batching", choices=("invariant", "padded"), default="invariant",
                    help="invariant (default): a request's tokens do not depend on the other requests in its "
                         "batch, so answers under load are the evaluated ones. padded: the older shared, "
@@ -153,9 +154,9 @@ def _public_key(args: argparse.Namespace) -> str | None:
     return default if os.path.isfile(default) else None
 
 
-def _open(args: argparse.Namespace) -> tuple[VerifiedBundle, str, dict | None]:
-    """The bundle to serve, the golden file to replay and the release it came from. Raises
-    ReleaseError (exit 4) or BundleError (exit 2)."""
+def _open(args: argparse.Namespace) -> tuple[VerifiedBundle, str, dict | None, str | None]:
+    """The bundle to serve, the golden file to replay, the release it came from and the replay
+    under load that release carries. Raises ReleaseError (exit 4) or BundleError (exit 2)."""
     digest = check_digest(args.release) if args.release else None
     if digest:
         root = os.path.join(os.path.expanduser(args.releases_dir), digest)
@@ -171,20 +172,21 @@ def _open(args: argparse.Namespace) -> tuple[VerifiedBundle, str, dict | None]:
                                "stage's artifacts/release) or pass --allow-unreleased for a bare bundle")
         bundle = verify_bundle(args.bundle)
         log_event(log, "unreleased_bundle", logging.WARNING, bundle=str(bundle.root))
-        return bundle, args.golden or "reports/golden.json", None
+        return bundle, args.golden or "reports/golden.json", None, None
     opened = open_release(root, public_key=_public_key(args), require_signature=args.require_signature,
                           sigstore_identity=args.signer_identity, sigstore_issuer=args.signer_issuer)
     if digest and opened.record.bundle_digest != digest:
         raise ReleaseError(f"release {root} holds bundle {opened.record.bundle_digest}, not {digest}")
     log_event(log, "release_verified", **opened.describe())
-    return opened.bundle, args.golden or str(opened.golden_path), opened.describe()
+    replayed = str(opened.replay_path) if opened.replay_path else None
+    return opened.bundle, args.golden or str(opened.golden_path), opened.describe(), replayed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
     try:
-        bundle, golden_path, release = _open(args)
+        bundle, golden_path, release, release_replay = _open(args)
     except ReleaseError as exc:
         return _refuse(EXIT_RELEASE_REFUSED, str(exc))
     except BundleError as exc:
@@ -205,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _refuse(EXIT_PARITY_REFUSED, str(exc))
 
     try:
-        replay_summary = _replay_report(args.replay_report, manifest)
+        # a report given on the command line is newer than the one signed into the release
+        replay_summary = _replay_report(args.replay_report or release_replay, manifest)
     except (OSError, ValueError) as exc:
         return _refuse(EXIT_PARITY_REFUSED, f"--replay-report: {exc}")
     engine = _build_engine(args.engine, bundle, args.max_batch, args.batching == "invariant")

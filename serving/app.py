@@ -23,7 +23,8 @@ from serving import handlers
 from serving.errors import APIError, error_response, install_handlers, internal_error
 from serving.logs import log_event, new_request_id, request_id_var
 from serving.metrics import CONTENT_TYPE, ServingMetrics
-from serving.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from serving.protocol import ChatCompletionRequest, CompletionRequest
+from serving.responses import ModelCard, ModelList
 from serving.state import ServingState
 
 log = logging.getLogger(__name__)

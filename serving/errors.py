@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.protocol import ErrorBody, ErrorResponse
+from serving.responses import ErrorBody, ErrorResponse
 
 # OpenAI's error types; any other 4xx is the client's and any 5xx the server's.
 _TYPE_BY_STATUS = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}

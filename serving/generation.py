@@ -23,7 +23,8 @@ from serving.batcher import DoneEvent, Draining, Event, Job, PromptEvent, QueueF
 from serving.errors import APIError, internal_error
 from serving.logprobs import TokenLogprob
 from serving.logs import log_event
-from serving.protocol import ChatCompletionRequest, CompletionRequest, FinishReason, Usage
+from serving.protocol import ChatCompletionRequest, CompletionRequest, FinishReason
+from serving.responses import Usage
 from serving.state import ServingState
 from serving.text import TextAssembler
 

@@ -30,9 +30,10 @@ from serving.generation import (
 )
 from serving.logprobs import TokenLogprob, chat_logprobs, completion_logprobs, token_offsets
 from serving.logs import new_request_id, request_id_var
-from serving.protocol import (
-    ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
-    ChatResponseMessage, CompletionChoice, CompletionRequest, CompletionResponse, DeltaMessage, Usage,
+from serving.protocol import ChatCompletionRequest, CompletionRequest
+from serving.responses import (
+    ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse, ChatResponseMessage, CompletionChoice,
+    CompletionResponse, DeltaMessage, Usage,
 )
 from serving.state import ServingState
 

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from serving.protocol import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
+from serving.responses import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
 
 # OpenAI's stand-in for a log-prob too small to report; JSON has no -Infinity.
 FLOOR = -9999.0

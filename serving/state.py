@@ -15,7 +15,7 @@ from serving.batcher import Batcher
 from serving.logprobs import TokenStrings
 from serving.metrics import ServingMetrics
 from serving.probe import ParityReport
-from serving.protocol import ModelCard
+from serving.responses import ModelCard
 
 
 SYSTEM_PROMPT_APPLIED_TO = "chat requests without a system message"

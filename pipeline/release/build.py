@@ -1,27 +1,32 @@
 """The release stage's work: turn a bundle that passed the gate into a signed release in the
 registry. Fails closed: anything short of a passing gate for this exact bundle is refused.
 
-Reads the bundle, its eval report, gate decision and golden outputs; writes the release
-directory (see record.py for its layout), pushes it to the DVC remote, and returns the record
-and the registry pointer.
+Reads the bundle, its eval report, gate decision and golden outputs; serves the bundle and
+replays every golden item against it under load (release.replay); writes the release directory
+(see record.py for its layout), pushes it to the DVC remote, and returns the record and the
+registry pointer.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.bundle.manifest import FileEntry
 from pipeline.bundle.verify import verify_bundle
 from pipeline.files import atomic_dir, atomic_write_json, atomic_write_text, git_commit, read_json, sha256_file
-from pipeline.params import ReleaseParams
+from pipeline.params import ReleaseParams, ReleaseReplayParams
 from pipeline.release.card import render_card
 from pipeline.release.open import open_release
 from pipeline.release.record import (
-    BUNDLE_DIR, EVIDENCE_FILES, RECORD_NAME, ReleaseError, ReleasePointer, ReleaseRecord, SigningInfo,
+    BUNDLE_DIR, EVIDENCE_FILES, OPTIONAL_EVIDENCE, RECORD_NAME, ReleaseError, ReleasePointer, ReleaseRecord,
+    SigningInfo,
 )
 from pipeline.release.registry import Registry
 from pipeline.release.sign import generate_key, key_fingerprint, sign_release
@@ -59,6 +64,35 @@ def _ensure_key(params: ReleaseParams) -> None:
     generate_key(s.private_key, s.public_key)
 
 
+def replay_under_load(params: ReleaseReplayParams, bundle_dir: Path, golden_path: Path, out: Path) -> dict | None:
+    """Serve the bundle as users will (`python -m serving`, startup checks and parity probe
+    included, in its own process) and replay every golden item through the official client,
+    `params.concurrency` at a time (`python -m serving.replay`). Writes the result to `out`;
+    raises ReleaseError when it could not run, or when an answer differs and the params require
+    identity, naming the items and where they first differ. None when the evaluation generated
+    no greedy answer to replay (a suite of log-likelihood tasks only)."""
+    if not read_json(golden_path).get("prompts"):
+        log.warning("nothing to replay under load: the golden file has no greedy answers")
+        return None
+    cmd = [sys.executable, "-m", "serving.replay", "--serve", str(bundle_dir), "--golden", str(golden_path),
+           "--concurrency", str(params.concurrency), "--out", str(out)]
+    log.info("replaying every golden item against the served bundle at concurrency %d", params.concurrency)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode not in (0, 1) or not out.is_file():
+        raise ReleaseError(f"the replay under load could not run (exit {done.returncode}): "
+                           f"{done.stderr.strip()[-1500:]}", EVIDENCE_FILES["golden"])
+    result = json.loads(out.read_text(encoding="utf-8"))
+    log.info("%s", done.stdout.strip())
+    if result["different"] and params.required:
+        raise ReleaseError(f"served under load, {result['different']} of {result['items']} answers differ from the "
+                           f"evaluated ones; nothing is released (release.replay.required):\n{done.stdout.strip()}",
+                           EVIDENCE_FILES["golden"])
+    if result["different"]:
+        log.warning("releasing with %d of %d served answers different from the evaluated ones "
+                    "(release.replay.required is false)", result["different"], result["items"])
+    return result
+
+
 def release(params: ReleaseParams, bundle_dir: str | Path, eval_path: str | Path, gate_path: str | Path,
             golden_path: str | Path, out_dir: str | Path, repo_root: str | Path = ".",
             now: datetime | None = None) -> tuple[ReleaseRecord, ReleasePointer]:
@@ -78,15 +112,18 @@ def release(params: ReleaseParams, bundle_dir: str | Path, eval_path: str | Path
         shutil.copytree(verified.root, tmp / BUNDLE_DIR)
         for kind, src in (("eval", eval_path), ("gate", gate_path), ("golden", golden_path)):
             shutil.copyfile(src, tmp / EVIDENCE_FILES[kind])
-        card = render_card(manifest, eval_report, gate, base_model=params.card.base_model,
+        replayed = (replay_under_load(params.replay, tmp / BUNDLE_DIR, tmp / EVIDENCE_FILES["golden"],
+                                      tmp / OPTIONAL_EVIDENCE["replay"]) if params.replay.enabled else None)
+        card = render_card(manifest, eval_report, gate, base_model=params.card.base_model, replay=replayed,
                            license=params.card.license, language=list(params.card.language) or None,
                            model_name=params.card.model_name,
                            release={"released_at": released_at, "git_commit": commit, "remote": registry.url,
                                     "public_key": s.public_key if s.method == "key" else None,
                                     **signing.model_dump()})
         atomic_write_text(tmp / EVIDENCE_FILES["card"], card)
+        names = [*EVIDENCE_FILES.values(), *([OPTIONAL_EVIDENCE["replay"]] if replayed else [])]
         evidence = {name: FileEntry(sha256=sha256_file(tmp / name), size=(tmp / name).stat().st_size)
-                    for name in sorted(EVIDENCE_FILES.values())}
+                    for name in sorted(names)}
         record = ReleaseRecord(bundle_digest=digest, evidence=evidence, gate_passed=True, released_at=released_at,
                                git_commit=commit, signing=signing)
         atomic_write_json(tmp / RECORD_NAME, record.model_dump(mode="json"))

@@ -7,8 +7,8 @@ numbers or a verdict for the wrong bundle is worse than no card. Optional report
 are missing (older reports, fixtures) become "not measured" instead of errors. The report is
 read by its own `headline_metric`, so any suite's report renders, older report shapes too.
 
-The front matter is huggingface_hub's ModelCardData (eval results as EvalResult), and the card
-is refused unless it passes the Hub client's offline checks (`check_card_metadata`).
+The front matter is huggingface_hub's ModelCardData (pipeline/release/card_data.py), and the
+card is refused unless it passes the Hub client's offline checks (`check_card_metadata`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from huggingface_hub.repocard_data import eval_results_to_model_index
-from huggingface_hub.utils import HFValidationError, validate_repo_id
-
 from pipeline.bundle.verify import adapter_trained_on, shipped_base_digest
 from pipeline.files import files_digest
+from pipeline.release.card_data import META_ORDER, card_data, check_card_metadata
+from pipeline.release.card_data import get_path as _get
+from pipeline.release.card_data import is_number as _isnum
 
 if TYPE_CHECKING:
     from pipeline.bundle.manifest import Manifest
@@ -33,23 +32,8 @@ if TYPE_CHECKING:
 # marks get the columns the card always showed them.
 _SIDE_COLUMNS = 5
 _LEGACY_SIDE_METRICS = ("format_valid", "hallucination", "list_f1", "exact_match", "nll_per_token")
-# Key order of the front matter (huggingface_hub appends model-index last).
-_META_ORDER = ["base_model", "base_model_relation", "library_name", "license", "pipeline_tag", "tags", "language",
-               "tailgate"]
 _QUANTILES = ("p50", "p90", "p99", "max", "worst5pct_mean")
 _MISSING = "not measured"
-
-
-def _get(d: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(d, dict) or key not in d:
-            return None
-        d = d[key]
-    return d
-
-
-def _isnum(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _f(v: Any, signed: bool = False) -> str:
@@ -108,65 +92,6 @@ def _check(manifest: Manifest, eval_report: dict, gate_report: dict) -> bool:
     return passed
 
 
-def _card_data(m: Manifest, ev: dict, gate: dict, passed: bool, base_model: str | None, license: str,
-               data_digest: str, language: list[str] | None, name: str) -> ModelCardData:
-    """The front matter as huggingface_hub's ModelCardData: Hub fields, the eval results as a
-    model-index, and tailgate's own facts in a `tailgate` block (extra keys the Hub keeps). The
-    curated data is local and has no Hub dataset id, so it has no `datasets` entry: its digest is
-    in the `tailgate` block."""
-    method = m.quantization.method
-    tags = ["lora"] if method == "none" else ["qlora", method, "4-bit", "bitsandbytes"]
-    results = _eval_results(ev)
-    rules = gate.get("rules") or []
-    return ModelCardData(
-        base_model=base_model or None, base_model_relation="adapter" if base_model else None,
-        library_name="peft", license=license, pipeline_tag="text-generation", tags=tags + ["tailgate"],
-        language=list(language) if language else None,
-        eval_results=results or None, model_name=name if results else None,
-        tailgate={
-            "bundle_digest": m.bundle_digest, "gate_verdict": "PASS" if passed else "FAIL", "gate_rules": len(rules),
-            "gate_failed": [r.get("name") for r in rules if not r.get("passed")] or list(gate.get("failed") or []),
-            "eval_bundle_digest": ev["bundle_digest"], "gate_bundle_digest": gate["bundle_digest"],
-            "suite": _get(ev, "suite", "name"), "suite_version": _get(ev, "suite", "version"),
-            "headline_metric": ev.get("headline_metric"),
-            "engine": _get(ev, "engine", "name"), "engine_exact": _get(ev, "engine", "exact"),
-            "engine_batch_invariant": _get(ev, "engine", "batch_invariant"),
-            "curated_data_digest": data_digest.removeprefix("sha256:")})
-
-
-def _eval_results(ev: dict) -> list[EvalResult]:
-    """One result for the whole suite and one per slice (dataset config = slice), headline metric."""
-    metric, suite = ev.get("headline_metric"), _get(ev, "suite", "name")
-    if not metric or not suite:
-        return []
-    entries = [(None, _get(ev, "overall", metric, "mean"))]
-    entries += [(s, _get(ev, "slices", s, metric, "mean")) for s in sorted(ev.get("slices") or {})]
-    return [EvalResult(task_type="text-generation", task_name=suite, dataset_type=suite,
-                       dataset_name=f"{suite} v{_get(ev, 'suite', 'version')}", dataset_config=s,
-                       metric_type=metric, metric_value=round(v, 4), metric_name=f"{metric} ({s or 'overall'})")
-            for s, v in entries if _isnum(v)]
-
-
-def check_card_metadata(text: str) -> ModelCard:
-    """The offline part of the Hub's card checks (ModelCard.validate asks the Hub itself): the
-    front matter parses as model-card metadata, its model-index reads back as the same eval
-    results, and every model or dataset it names is a valid Hub repo id. Raises ValueError."""
-    card = ModelCard(text)  # raises ValueError on front matter or a model-index it cannot read
-    data = card.data
-    for key in ("base_model", "datasets"):  # the fields the Hub resolves as repo ids
-        value = data.get(key)
-        for repo_id in value if isinstance(value, list) else [value] if value else []:
-            try:
-                validate_repo_id(repo_id)
-            except HFValidationError as exc:
-                raise ValueError(f"card metadata {key}: {repo_id!r} is not a Hugging Face Hub id ({exc})") from None
-    if data.eval_results:
-        again = ModelCardData(**{"model-index": eval_results_to_model_index(data.model_name, data.eval_results)})
-        if again.eval_results != data.eval_results or again.model_name != data.model_name:
-            raise ValueError("card metadata: model-index does not round-trip through huggingface_hub's eval results")
-    return card
-
-
 def _summary(m: Manifest, ev: dict, base_model: str | None) -> list[str]:
     lora = m.adapter.lora_config
     targets = lora.get("target_modules")
@@ -184,7 +109,7 @@ def _summary(m: Manifest, ev: dict, base_model: str | None) -> list[str]:
     suite = ev.get("suite") or {}
     items = f" ({suite['items']} items)" if "items" in suite else ""
     invariant = _get(ev, "engine", "batch_invariant")
-    said = {True: "True; served answers under any load are the evaluated ones, `make replay` checks it",
+    said = {True: "True; served answers under any load are the evaluated ones (see Served under load)",
             None: "not recorded"}.get(invariant, str(invariant))
     engine = f"`{_get(ev, 'engine', 'name')}` engine (exact: {_get(ev, 'engine', 'exact')}, batch-invariant: {said})"
     tuned = (f" It was evaluated on the `{suite['name']}` suite v{suite.get('version')}{items} through the "
@@ -354,6 +279,23 @@ def _serve(m: Manifest, release: dict | None) -> list[str]:
             f"{list(m.tokenizer.stop_token_ids)}.", "", *_system_prompt(m)]
 
 
+def _served(replay: dict | None) -> list[str]:
+    """The release-time replay: the evaluation's answers asked of the served bundle under load."""
+    if not replay:
+        return ["## Served under load", "", "Not replayed at release time; `python -m serving.replay --serve "
+                "<release dir>` checks it.", ""]
+    firsts = [f"`{i['id']}` at token {i['first_difference']}" for i in replay.get("per_item") or []
+              if not i.get("identical")][:10]
+    differ = (f"; **{replay['different']} did not** (released with release.replay.required false; first "
+              f"differences: {', '.join(firsts)})" if replay["different"] else "")
+    return ["## Served under load", "", f"Before signing, this bundle was served by `python -m serving` and sent "
+            f"all {replay['items']} evaluated items, {replay['concurrency']} at a time, through the `openai` client: "
+            f"{replay['identical']} of {replay['items']} answers came back token for token as evaluated{differ}. "
+            f"`replay.json` in the release has every item; measured {replay.get('measured_at')} in "
+            f"{replay.get('wall_s')} s, 1-minute load average {(replay.get('load_avg_before') or ['?'])[0]} before "
+            f"and {(replay.get('load_avg_after') or ['?'])[0]} after on {replay.get('cpus')} cores.", ""]
+
+
 def _system_prompt(m: Manifest) -> list[str]:
     text = m.tokenizer.system_prompt
     if text is None:
@@ -391,16 +333,16 @@ def _release(release: dict | None) -> list[str]:
 
 def render_card(manifest: Manifest, eval_report: dict, gate_report: dict, *, base_model: str | None,
                 license: str, datasets_digest: str | None = None, language: list[str] | None = None,
-                model_name: str | None = None, release: dict | None = None) -> str:
+                model_name: str | None = None, release: dict | None = None, replay: dict | None = None) -> str:
     """The release's README.md: YAML front matter (HF model-card metadata) and a markdown body."""
     passed = _check(manifest, eval_report, gate_report)
     datasets_digest = datasets_digest or manifest.provenance.curated_data_digest
     name = model_name or f"tailgate-{manifest.bundle_digest[:12]}"
     body = [f"# {name}", "", *_summary(manifest, eval_report, base_model), *_gate(gate_report, passed),
             *_quantization(manifest), *_results(eval_report), *_tails(eval_report), *_damage(eval_report),
-            *_serve(manifest, release), *_provenance(manifest, datasets_digest), *_release(release)]
-    data = _card_data(manifest, eval_report, gate_report, passed, base_model, license, datasets_digest,
-                      language, name)
-    text = (f"---\n{data.to_yaml(original_order=_META_ORDER)}\n---\n\n"
+            *_serve(manifest, release), *_served(replay), *_provenance(manifest, datasets_digest), *_release(release)]
+    data = card_data(manifest, eval_report, gate_report, passed, base_model, license, datasets_digest,
+                      language, name, replay)
+    text = (f"---\n{data.to_yaml(original_order=META_ORDER)}\n---\n\n"
             + "\n".join(body).rstrip("\n") + "\n")
     return str(check_card_metadata(text))

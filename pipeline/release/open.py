@@ -16,7 +16,8 @@ from pathlib import Path
 from pipeline.bundle.verify import VerifiedBundle, verify_bundle
 from pipeline.files import hash_files
 from pipeline.release.record import (
-    BUNDLE_DIR, EVIDENCE_FILES, RECORD_NAME, SIGNATURE_NAME, TOP_LEVEL, ReleaseError, ReleaseRecord, is_release_dir,
+    BUNDLE_DIR, EVIDENCE_FILES, OPTIONAL_EVIDENCE, RECORD_NAME, SIGNATURE_NAME, TOP_LEVEL, ReleaseError, ReleaseRecord,
+    is_release_dir,
 )
 from pipeline.release.sign import verify_signature
 
@@ -33,6 +34,12 @@ class OpenedRelease:
     @property
     def golden_path(self) -> Path:
         return self.root / EVIDENCE_FILES["golden"]
+
+    @property
+    def replay_path(self) -> Path | None:
+        """The release-time replay under load, when the release carries one (pinned, verified)."""
+        name = OPTIONAL_EVIDENCE["replay"]
+        return self.root / name if name in self.record.evidence else None
 
     def describe(self) -> dict:
         return {"bundle_digest": self.record.bundle_digest, "released_at": self.record.released_at,
@@ -79,9 +86,14 @@ def open_release(root: str | Path, *, public_key: str | Path | None = None, requ
         record = ReleaseRecord.model_validate_json((root / RECORD_NAME).read_bytes())
     except ValueError as exc:
         raise ReleaseError(f"release file {RECORD_NAME!r} is not a release record: {exc}", RECORD_NAME) from None
-    expected = set(EVIDENCE_FILES.values())
-    if set(record.evidence) != expected:
-        raise ReleaseError(f"release record pins {sorted(record.evidence)}, expected {sorted(expected)}", RECORD_NAME)
+    required, optional = set(EVIDENCE_FILES.values()), set(OPTIONAL_EVIDENCE.values())
+    expected = set(record.evidence)
+    if not required <= expected or expected - required - optional:
+        raise ReleaseError(f"release record pins {sorted(record.evidence)}, expected {sorted(required)} "
+                           f"(and optionally {sorted(optional)})", RECORD_NAME)
+    for name in sorted(optional - expected):  # evidence added after the release was made
+        if (root / name).exists():
+            raise ReleaseError(f"release file {name!r} is not pinned by the release record", name)
     for name in sorted(expected):
         if not (root / name).is_file():
             raise ReleaseError(f"release file {name!r} is missing", name)
@@ -95,8 +107,7 @@ def open_release(root: str | Path, *, public_key: str | Path | None = None, requ
     gate = _read_json(root, EVIDENCE_FILES["gate"])
     if not (record.gate_passed and gate.get("passed") is True and not gate.get("failed")):
         raise ReleaseError(f"release {digest[:12]} carries a gate decision that did not pass", EVIDENCE_FILES["gate"])
-    for kind in ("gate", "eval", "golden"):
-        name = EVIDENCE_FILES[kind]
+    for name in [EVIDENCE_FILES[k] for k in ("gate", "eval", "golden")] + sorted(expected & optional):
         got = _read_json(root, name).get("bundle_digest")
         if got != digest:
             raise ReleaseError(f"release file {name!r} is for bundle {str(got)[:12]}, the release is {digest[:12]}",

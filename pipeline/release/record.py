@@ -8,6 +8,9 @@ A release directory holds the bundle exactly as evaluated plus the evidence for 
     eval.json      the evaluation report for this bundle digest
     gate.json      the gate decision for it (must have passed)
     golden.json    golden outputs the serving parity probe replays
+    replay.json    every golden item served by `python -m serving` at release time, several at
+                   a time, compared token for token with the evaluation (absent in releases
+                   made with release.replay.enabled false, or before it existed)
     release.json   the ReleaseRecord: bundle digest + sha256 of every evidence file
     release.sig    the model-signing signature over every file above (absent when unsigned)
 
@@ -33,7 +36,10 @@ SIGNATURE_NAME = "release.sig"
 CARD_NAME = "README.md"
 # evidence kind -> file name at the release root
 EVIDENCE_FILES = {"eval": "eval.json", "gate": "gate.json", "golden": "golden.json", "card": CARD_NAME}
-TOP_LEVEL = frozenset({BUNDLE_DIR, RECORD_NAME, SIGNATURE_NAME, *EVIDENCE_FILES.values()})
+# evidence a release carries when it was produced: pinned by the record like the rest when present
+OPTIONAL_EVIDENCE = {"replay": "replay.json"}
+TOP_LEVEL = frozenset({BUNDLE_DIR, RECORD_NAME, SIGNATURE_NAME, *EVIDENCE_FILES.values(),
+                       *OPTIONAL_EVIDENCE.values()})
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from pathlib import Path
 
+from pipeline.files import atomic_open
 from pipeline.release.record import SIGNATURE_NAME, ReleaseError, SigningInfo
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,14 @@ def generate_key(private_key: str | Path, public_key: str | Path) -> None:
     if private_key.exists():
         raise ReleaseError(f"{private_key} already exists; refusing to overwrite a signing key", str(private_key))
     key = ec.generate_private_key(ec.SECP256R1())
-    private_key.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(private_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    # Public half first: a crash between the two leaves no private key, so the next release
+    # creates a fresh pair instead of refusing to overwrite a key whose public half is missing.
+    with atomic_open(public_key, "wb") as f:
+        f.write(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+    with atomic_open(private_key, "wb", permissions=0o600) as f:
         f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
-    public_key.parent.mkdir(parents=True, exist_ok=True)
-    public_key.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                         serialization.PublicFormat.SubjectPublicKeyInfo))
     log.warning("created signing key %s (public key %s): keep the private key out of the repository and "
                 "give the public key to whoever serves releases", private_key, public_key)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.files import atomic_open, atomic_write_text
 from pipeline.suites.check import SuiteCheck, check_suite
 from pipeline.suites.spec import SuiteError, load_suite
 
@@ -215,7 +216,7 @@ def _suite_yaml(name: str, source: Path, n: int, fields: dict[str, Any], kind: s
     lines = [
         f"# Eval suite scaffolded by `python -m pipeline.suites scaffold` from {source.name} ({n} items).",
         "# Everything below was guessed from the data: review it, then run",
-        f"#   python -m pipeline.suites check <this folder> --params <this folder>/gate.yaml",
+        "#   python -m pipeline.suites check <this folder> --params <this folder>/gate.yaml",
         "# Schema: SuiteSpec in pipeline/suites/spec.py (unknown keys are errors).",
         _line("name", name, "also the prefix of the lm-eval task names"),
         _line("version", 1, "bump whenever items or scoring change; reports carry it"),
@@ -360,8 +361,8 @@ def scaffold_suite(jsonl: str | Path, out_dir: str | Path, name: str | None = No
     written = []
     for rel, content in files.items():
         path = out_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+        with atomic_open(path, "wb") as f:
+            f.write(content if isinstance(content, bytes) else content.encode("utf-8"))
         written.append(path)
 
     suite = load_suite(out_dir)
@@ -370,7 +371,7 @@ def scaffold_suite(jsonl: str | Path, out_dir: str | Path, name: str | None = No
     except SuiteError:
         flips = False  # the check below names the scorer that does not build
     gate_text = _gate_yaml(name, headline, "refusal" in scorers, flips)
-    (out_dir / "gate.yaml").write_text(gate_text, encoding="utf-8")
+    atomic_write_text(out_dir / "gate.yaml", gate_text)
     written.append(out_dir / "gate.yaml")
     gate = GateParams.model_validate(yaml.safe_load(gate_text)["gate"])
     return ScaffoldResult(

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import yaml
 
+from pipeline.files import atomic_write_text
 from pipeline.params import QuantizeParams, TrainParams, load_section
 
 KINDS = ("ddp", "fsdp-qlora")
@@ -127,8 +127,7 @@ def main(argv=None) -> int:
         print(f"launch: {exc}", file=sys.stderr)
         return 1
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        atomic_write_text(args.out, text)
     else:
         sys.stdout.write(text)
     return 0

@@ -54,6 +54,10 @@ def write_adapter(out_dir: str | Path, model, state: dict | None, meta: dict) ->
     state: the full LoRA state dict where the model holds only shards (FSDP), else None."""
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state} if state else {}))
+        # peft's stub card names the base by the path it was loaded from (artifacts/base_q, or
+        # wherever the stage ran), which made the same weights a different bundle digest when
+        # trained from another directory; the release's model card is the card
+        (Path(tmp) / "README.md").unlink(missing_ok=True)
         _canonical_adapter_config(Path(tmp) / "adapter_config.json")
         atomic_write_json(Path(tmp) / TRAINING_META, meta)
 

@@ -37,12 +37,14 @@ def reproduced(tmp_path_factory):
     Tests read it and never change it; one that needs to change it works on a copy
     (`_copy_project`)."""
     root = tmp_path_factory.mktemp("project")
-    for name in ("stages", "pipeline", "eval_suites"):
+    for name in ("stages", "pipeline", "serving", "eval_suites"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     small_raw(root / "data/raw", n=40)
     build_tiny_model_dir(root / "tiny_hf")
-    params_path = tiny_params(root, curate={"max_seq_len_tokens": 4096})
+    # the release stage's replay under load has its own tests (tests/serving/test_release_serving.py,
+    # the triage example); here it would only add a server start to every repro of the chain
+    params_path = tiny_params(root, curate={"max_seq_len_tokens": 4096}, release={"replay": {"enabled": False}})
     registry = tmp_path_factory.mktemp("registry")
     assert _dvc(root, "init", "--no-scm", "-q").returncode == 0
     _dvc(root, "config", "core.analytics", "false")
@@ -123,7 +125,7 @@ def test_a_failing_rule_fails_the_pipeline(reproduced, tmp_path):
 
 
 def _project_copy(root: Path) -> None:
-    for name in ("stages", "pipeline", "eval_suites"):
+    for name in ("stages", "pipeline", "serving", "eval_suites"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     build_tiny_model_dir(root / "tiny_hf")

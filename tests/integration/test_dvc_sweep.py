@@ -46,7 +46,7 @@ def _experiments(shown: list) -> dict[str, dict]:
 def test_a_queued_sweep_over_rank_and_learning_rate_runs_and_compares(tmp_path):
     root = tmp_path / "project"
     root.mkdir()
-    for name in ("stages", "pipeline", "eval_suites"):
+    for name in ("stages", "pipeline", "serving", "eval_suites"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     small_raw(root / "data/raw", n=40)

@@ -205,3 +205,13 @@ def test_model_signing_cli_checks_a_release_without_tailgate_code(pulled, releas
     assert ok.returncode == 0 and "Verification succeeded" in ok.stdout + ok.stderr, ok.stdout + ok.stderr
     _edit_json(pulled / "eval.json", headline_metric="exact_match")
     assert verify().returncode != 0
+
+
+def test_a_replay_added_after_the_release_is_refused(pulled, released):
+    """A release made without a replay (its golden file has nothing to replay) cannot gain one
+    later: an unpinned replay.json is refused by name, even where no key checks the signature."""
+    assert "replay.json" not in released[2].evidence
+    (pulled / "replay.json").write_text(json.dumps({"bundle_digest": released[2].bundle_digest, "different": 0}))
+    with pytest.raises(ReleaseError, match="not pinned by the release record") as exc:
+        open_release(pulled)
+    assert exc.value.path == "replay.json"

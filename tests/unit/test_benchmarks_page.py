@@ -56,6 +56,12 @@ def synthetic() -> dict:
             {"mode": "tailgate server (hf engine)", "concurrency": 8, "tokens_per_s": 50.0, "latency_p50_s": 9.0,
              "latency_p99_s": 20.0, "answers_equal_to_naive": "12/16"}],
             "vllm_not_measured": "vllm is not importable here"},
+        "streaming": {"tokens": 2000, "reps": 5, "loadavg_before": [0.5, 0.5, 0.5], "loadavg_after": [0.6, 0.5, 0.5],
+                      "results": [{"tokenizer": "tiny", "vocab": 384, "tokens": 2000,
+                                   "redecode_old": {"us_per_token": 200.0, "us_per_token_first_10pct": 30.0,
+                                                    "us_per_token_last_10pct": 400.0},
+                                   "decodestream_new": {"us_per_token": 4.0, "us_per_token_first_10pct": 4.0,
+                                                        "us_per_token_last_10pct": 4.0}}]},
         "invariance": {"bundle_digest": "ab" * 32, "compute_dtype": "float32", "max_tokens": 16, "torch_threads": 2,
                        "machine": "x86_64, 2 cores", "prompt_tokens": [300, 900], "load_avg_before": [1.0, 1.0, 1.0],
                        "load_avg_after": [1.0, 1.0, 1.0], "engines": {
@@ -107,6 +113,8 @@ def test_every_benchmark_appears_with_a_headline_and_a_section(tmp_path):
      "40.0% over 1 shapes | <= 25% | **missed**"),
     ("invariance", lambda r: r["engines"]["invariant"]["schedule"].update(bitwise_equal=7), "| yes | yes | met |",
      "| no | yes | **missed** |"),
+    ("streaming", lambda r: r["results"][0]["decodestream_new"].update(us_per_token=8.0), "| 50.00x |",
+     "| 25.00x |"),
 ])
 def test_ratios_follow_the_numbers_they_are_computed_from(tmp_path, name, change, before, after):
     results = synthetic()

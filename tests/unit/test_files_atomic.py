@@ -1,5 +1,6 @@
-"""The one atomic writer (pipeline.files.atomic_open) and the text/JSON writers built on it:
-all or nothing, fsynced file then rename then fsynced directory, no temp file left behind."""
+"""The one atomic writer (pipeline.files.atomic_open), the text/JSON writers built on it and the
+directory variant (atomic_dir): all or nothing, fsynced data then rename then fsynced directory,
+no temp file left behind."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import stat
 
 import pytest
 
-from pipeline.files import atomic_open, atomic_write_json, atomic_write_text
+from pipeline.files import atomic_dir, atomic_open, atomic_write_json, atomic_write_text
 
 
 @pytest.fixture
@@ -114,3 +115,44 @@ def test_binary_mode_and_nothing_but_write_modes(tmp_path, synced):
 def test_text_is_utf8_with_newlines_as_written(tmp_path):
     atomic_write_text(tmp_path / "t.md", "a\nb\r\nç\n")
     assert (tmp_path / "t.md").read_bytes() == "a\nb\r\nç\n".encode("utf-8")
+
+
+def test_a_secret_is_never_readable_by_others(tmp_path, monkeypatch):
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):  # the mode of the temp file at the moment it gets the name
+        seen.append(stat.S_IMODE(os.stat(src).st_mode))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with atomic_open(tmp_path / "release.key", "wb", permissions=0o600) as f:
+        assert stat.S_IMODE(os.fstat(f.fileno()).st_mode) == 0o600  # while half-written too
+        f.write(b"secret")
+    assert seen == [0o600] and stat.S_IMODE((tmp_path / "release.key").stat().st_mode) == 0o600
+
+
+def test_a_directory_lands_with_every_file_synced_before_the_rename(tmp_path, synced):
+    out = tmp_path / "bundle"
+    with atomic_dir(out) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "a.bin").write_bytes(b"a" * 10)  # written the way torch/safetensors write: no fsync
+        (tmp / "sub" / "b.json").write_text("{}")
+    files = {(out / "a.bin").stat().st_ino, (out / "sub" / "b.json").stat().st_ino}
+    dirs = {out.stat().st_ino, (out / "sub").stat().st_ino}
+    rename = synced.index(("replace", str(out)))
+    before = {ino for kind, ino in synced[:rename] if kind == "fsync"}
+    assert files | dirs <= before  # data and entries on disk before the name points at them
+    assert synced[rename + 1:] == [("fsync", tmp_path.stat().st_ino)]  # and the new name after
+    assert _only(out) == ["bundle"]
+
+
+def test_a_failed_directory_leaves_the_old_one(tmp_path):
+    out = tmp_path / "bundle"
+    with atomic_dir(out) as tmp:
+        (tmp / "v1").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "v2").write_text("2")
+            raise RuntimeError("crash half way")
+    assert sorted(p.name for p in out.iterdir()) == ["v1"] and _only(out) == ["bundle"]

@@ -24,10 +24,30 @@ def test_counts_match_the_quantized_base_and_the_trained_adapter(tiny_pipeline):
     stored = measured["bits_per_param"] * measured["quantized_params"] / 8
     # the tiny model's 64-wide layers pad the second constant level: within 1% of the plan
     assert p.terms["quantized_weights"] == pytest.approx(stored, rel=0.01)
+
+
+def test_the_lora_term_is_what_a_real_step_holds(tiny_pipeline):
+    """Adapters, their gradients and AdamW's state, counted from the tensors a real training step
+    leaves behind on the tiny base (not from the planner's own formula)."""
+    import torch
+
+    from pipeline.train.loop import loss_on_labels
+    from pipeline.train.setup import load_trainable, make_optimizer
+
     train = load_section("train", tiny_pipeline["params"])
-    lora_params = tiny_pipeline["train_report"]["trainable_params"]
+    model = load_trainable(tiny_pipeline["base_q"], train)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer, _ = make_optimizer(train, trainable)
+    ids = torch.arange(1, 33).unsqueeze(0)
+    loss, _ = loss_on_labels(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    loss.backward()
+    optimizer.step()
+    held = sum(t.numel() * t.element_size() for p in trainable
+               for t in (p.data, p.grad, *(v for v in optimizer.state[p].values() if v.dim() > 0)))
+    shape = Shape.from_config(read_json(tiny_pipeline["base_q"] / "config.json"))
     planned = plan(shape, Setup(seq_len=64, batch_size=1, lora_r=train.lora_r)).terms["lora_weights_grads_optimizer"]
-    assert planned == lora_params * (4 + 4 + 8)  # fp32 weights and grads, two fp32 AdamW moments
+    assert planned == held
+    assert sum(p.numel() for p in trainable) == tiny_pipeline["train_report"]["trainable_params"]
 
 
 def test_terms_scale_with_the_setup():

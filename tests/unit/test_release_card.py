@@ -423,3 +423,21 @@ def test_a_suite_without_correctness_metrics_says_so(manifest, reports):
     assert ev["damage"]["flip_rate"] is None
     dmg = section(render(manifest, ev, reports[1]), "Quantization damage")
     assert "flip rate: none (the suite declares no correctness metric)" in dmg
+
+
+def test_the_replay_under_load_is_stated_with_what_differed(manifest, reports):
+    ev, gate = reports
+    items = [{"id": f"ev-{k}", "identical": k != 3, "first_difference": None if k != 3 else 17} for k in range(5)]
+    replay = {"items": 5, "identical": 4, "different": 1, "concurrency": 8, "per_item": items, "wall_s": 9.5,
+              "measured_at": "2026-01-01T00:00:00Z", "load_avg_before": [0.2, 0.1, 0.1],
+              "load_avg_after": [1.9, 0.5, 0.2], "cpus": 2}
+    served = section(render(manifest, ev, gate, replay=replay), "Served under load")
+    assert "4 of 5 answers came back token for token as evaluated; **1 did not**" in served
+    assert "`ev-3` at token 17" in served and "load average 0.2 before and 1.9 after on 2 cores" in served
+    clean = section(render(manifest, ev, gate, replay={**replay, "identical": 5, "different": 0,
+                                                       "per_item": [{**i, "identical": True} for i in items]}),
+                    "Served under load")
+    assert "5 of 5 answers came back token for token as evaluated." in clean and "did not" not in clean
+    assert front_matter(render(manifest, ev, gate, replay=replay))["tailgate"]["served_under_load"] == {
+        "items": 5, "identical": 4, "different": 1, "concurrency": 8}
+    assert "Not replayed at release time" in section(render(manifest, ev, gate), "Served under load")

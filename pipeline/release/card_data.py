@@ -1,0 +1,92 @@
+"""The model card's front matter as huggingface_hub's own card data (ModelCardData, EvalResult),
+and the Hub client's offline checks of it: what the Hub reads is built and checked by the Hub's
+library, not assembled as YAML by hand."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.repocard_data import eval_results_to_model_index
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+if TYPE_CHECKING:
+    from pipeline.bundle.manifest import Manifest
+
+# Key order of the front matter (huggingface_hub appends model-index last).
+META_ORDER = ["base_model", "base_model_relation", "library_name", "license", "pipeline_tag", "tags", "language",
+              "tailgate"]
+
+
+def get_path(d: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def card_data(m: Manifest, ev: dict, gate: dict, passed: bool, base_model: str | None, license: str,
+               data_digest: str, language: list[str] | None, name: str, replay: dict | None = None) -> ModelCardData:
+    """The front matter as huggingface_hub's ModelCardData: Hub fields, the eval results as a
+    model-index, and tailgate's own facts in a `tailgate` block (extra keys the Hub keeps). The
+    curated data is local and has no Hub dataset id, so it has no `datasets` entry: its digest is
+    in the `tailgate` block."""
+    method = m.quantization.method
+    tags = ["lora"] if method == "none" else ["qlora", method, "4-bit", "bitsandbytes"]
+    results = eval_results(ev)
+    rules = gate.get("rules") or []
+    return ModelCardData(
+        base_model=base_model or None, base_model_relation="adapter" if base_model else None,
+        library_name="peft", license=license, pipeline_tag="text-generation", tags=tags + ["tailgate"],
+        language=list(language) if language else None,
+        eval_results=results or None, model_name=name if results else None,
+        tailgate={
+            "bundle_digest": m.bundle_digest, "gate_verdict": "PASS" if passed else "FAIL", "gate_rules": len(rules),
+            "gate_failed": [r.get("name") for r in rules if not r.get("passed")] or list(gate.get("failed") or []),
+            "eval_bundle_digest": ev["bundle_digest"], "gate_bundle_digest": gate["bundle_digest"],
+            "suite": get_path(ev, "suite", "name"), "suite_version": get_path(ev, "suite", "version"),
+            "headline_metric": ev.get("headline_metric"),
+            "engine": get_path(ev, "engine", "name"), "engine_exact": get_path(ev, "engine", "exact"),
+            "engine_batch_invariant": get_path(ev, "engine", "batch_invariant"),
+            "served_under_load": ({k: replay[k] for k in ("items", "identical", "different", "concurrency")}
+                                  if replay else None),
+            "curated_data_digest": data_digest.removeprefix("sha256:")})
+
+
+def eval_results(ev: dict) -> list[EvalResult]:
+    """One result for the whole suite and one per slice (dataset config = slice), headline metric."""
+    metric, suite = ev.get("headline_metric"), get_path(ev, "suite", "name")
+    if not metric or not suite:
+        return []
+    entries = [(None, get_path(ev, "overall", metric, "mean"))]
+    entries += [(s, get_path(ev, "slices", s, metric, "mean")) for s in sorted(ev.get("slices") or {})]
+    return [EvalResult(task_type="text-generation", task_name=suite, dataset_type=suite,
+                       dataset_name=f"{suite} v{get_path(ev, 'suite', 'version')}", dataset_config=s,
+                       metric_type=metric, metric_value=round(v, 4), metric_name=f"{metric} ({s or 'overall'})")
+            for s, v in entries if is_number(v)]
+
+
+def check_card_metadata(text: str) -> ModelCard:
+    """The offline part of the Hub's card checks (ModelCard.validate asks the Hub itself): the
+    front matter parses as model-card metadata, its model-index reads back as the same eval
+    results, and every model or dataset it names is a valid Hub repo id. Raises ValueError."""
+    card = ModelCard(text)  # raises ValueError on front matter or a model-index it cannot read
+    data = card.data
+    for key in ("base_model", "datasets"):  # the fields the Hub resolves as repo ids
+        value = data.get(key)
+        for repo_id in value if isinstance(value, list) else [value] if value else []:
+            try:
+                validate_repo_id(repo_id)
+            except HFValidationError as exc:
+                raise ValueError(f"card metadata {key}: {repo_id!r} is not a Hugging Face Hub id ({exc})") from None
+    if data.eval_results:
+        again = ModelCardData(**{"model-index": eval_results_to_model_index(data.model_name, data.eval_results)})
+        if again.eval_results != data.eval_results or again.model_name != data.model_name:
+            raise ValueError("card metadata: model-index does not round-trip through huggingface_hub's eval results")
+    return card
