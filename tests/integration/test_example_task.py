@@ -173,8 +173,11 @@ def _release_and_serve(tmp: Path, params: Path, bundle: Path, reports: Path, dec
 
     (reports / "gate.json").write_text(json.dumps(decision))
     rel = load_section("release", params).model_copy(update={"remote": str(tmp / "registry")})
+    # the release-time replay under load has its own tests (tests/serving/test_release_serving.py);
+    # this test serves the release itself below
     rel = rel.model_copy(update={"signing": rel.signing.model_copy(update={
-        "private_key": str(tmp / "keys/release.key"), "public_key": str(tmp / "keys/release.pub")})})
+        "private_key": str(tmp / "keys/release.key"), "public_key": str(tmp / "keys/release.pub")}),
+        "replay": rel.replay.model_copy(update={"enabled": False})})
     record, _ = release(rel, bundle, reports / "eval.json", reports / "gate.json", reports / "golden.json",
                         tmp / "artifacts/release")
     port = free_port()

@@ -108,11 +108,12 @@ def test_cli_refuses_with_a_clear_message(tmp_path, capsys):
 
 @pytest.mark.parametrize("kind", ["ddp", "fsdp-qlora"])
 def test_committed_configs_are_what_the_generator_makes(kind):
-    """configs/accelerate/ is generator output for params.yaml (2 GPUs); FSDP's with quant_storage set
-    to the compute dtype, as docs/multi-gpu.md tells users to."""
+    """configs/accelerate/ is generator output for params.yaml (2 GPUs); FSDP's for the GPU recipe,
+    bf16 compute with quant_storage bfloat16, as docs/multi-gpu.md tells users to set (the
+    default's float32 compute is for CPUs, where FSDP does not run)."""
     train, quantize = load_section("train", REPO / "params.yaml"), load_section("quantize", REPO / "params.yaml")
     if kind == "fsdp-qlora":
-        quantize = quantize.model_copy(update={"quant_storage": quantize.compute_dtype})
+        quantize = quantize.model_copy(update={"compute_dtype": "bfloat16", "quant_storage": "bfloat16"})
     committed = (COMMITTED / f"{kind}.yaml").read_text()
     assert committed == render(kind, train, quantize, num_processes=2), (
         f"configs/accelerate/{kind}.yaml is stale: regenerate it with python -m pipeline.train.launch")
