@@ -19,6 +19,7 @@ from pipeline.chat import IGNORE_INDEX
 from pipeline.params import TrainParams
 from pipeline.train.checkpoint import Checkpoints
 from pipeline.train.data import TrainingData, batches, collate
+from pipeline.train.guard import check_differentiable
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def validation_loss(model, examples, batch_size: int, pad_id: int, forward=None)
         total += loss.item() * n
         count += n
     model.train()
+    check_differentiable(model, "go on training after validation")
     return total / max(count, 1)
 
 
@@ -105,6 +107,7 @@ def resume(ckpts: Checkpoints | None, ranks, model, optimizer, max_steps: int) -
     # Rank 0 looks first: latest() removes leftovers of killed writes, which must not race.
     if ckpts is not None and (latest := ranks.main_first(ckpts.latest)) is not None:
         run = RunState(**Checkpoints.load(latest, model, optimizer))
+        check_differentiable(model, f"resume from {latest}")
         log.info("resuming from %s (step %d of %d)", latest, run.step, max_steps)
         return run
     return RunState()
@@ -136,6 +139,8 @@ def fit(params: TrainParams, model, optimizer, forward, trainable, ranks, data: 
             step_tokens += int(batch["attention_mask"].sum())
         step_loss, step_tokens = ranks.mean(step_loss), int(ranks.sum(step_tokens))  # over ranks; as is alone
         grad_norm = ranks.clip_grad_norm(trainable, params.max_grad_norm)
+        # the gradients were computed already; a packed layer means they are wrong, so no step
+        check_differentiable(model, f"take optimizer step {step + 1}")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         run.real_tokens += step_tokens
@@ -155,6 +160,7 @@ def fit(params: TrainParams, model, optimizer, forward, trainable, ranks, data: 
                 break
         if (ckpts is not None and ranks.is_main and (step + 1) % params.checkpoint_every_steps == 0
                 and step + 1 < params.max_steps):
+            check_differentiable(model, f"checkpoint step {step + 1}")
             ckpts.save(step + 1, model, optimizer, run.state())
     bar.close()
     return time.perf_counter() - t0

@@ -17,6 +17,7 @@ from pipeline.chat import IGNORE_INDEX
 from pipeline.files import files_digest, read_json, sha256_file
 from pipeline.memory import check_budget, format_plan, plan_training
 from pipeline.params import TrainParams
+from pipeline.train.guard import keep_differentiable
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ def load_trainable(base_dir: Path, params: TrainParams, dtype: torch.dtype | Non
 
     device_map "device" puts it all on device(); None leaves it on the CPU (FSDP moves the shards).
 
+    Every 4-bit layer is kept differentiable (pipeline/train/guard.py): bitsandbytes would
+    otherwise pack it for inference on AVX512-BF16 CPUs at the first validation.
+
     peft's prepare_model_for_kbit_training is deliberately not used: it casts norms and
     embeddings to fp32, so training would compute in a precision serving never runs. The base
     stays exactly as shipped.
@@ -99,6 +103,8 @@ def load_trainable(base_dir: Path, params: TrainParams, dtype: torch.dtype | Non
                       target_modules=resolve_targets(model, params.target_modules), bias="none",
                       task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
+    # validation must not switch a 4-bit layer to bitsandbytes' packed CPU layout (no backward)
+    keep_differentiable(model)
     # Recorded relative to the bundle, so the adapter bytes do not depend on where it was built.
     model.peft_config["default"].base_model_name_or_path = "base_q"
     return model
