@@ -28,6 +28,8 @@ from pipeline.release import Registry, ReleaseError, is_release_dir, open_releas
 from pipeline.release.record import check_digest
 from serving.app import create_app
 from serving.logs import log_event, setup_logging
+from serving.platform_check import PlatformCheck
+from serving.platform_check import check as check_platform
 from serving.probe import PROBE_PROMPTS, ParityError, ParityReport, load_golden, replay
 from serving.server import serve
 from serving.state import build_state
@@ -38,6 +40,7 @@ EXIT_BUNDLE_REFUSED = 2
 EXIT_PARITY_REFUSED = 3
 EXIT_RELEASE_REFUSED = 4
 DEFAULT_RELEASES_DIR = "~/.cache/tailgate/releases"
+DEFAULT_ATTESTATIONS = "attestations"  # where `python -m pipeline.release attest` writes by default
 
 
 def _positive(cast: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -75,6 +78,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--golden", default=None,
                    help="golden outputs the parity probe replays (default: the release's golden.json; for a bare "
                         "bundle, reports/golden.json)")
+    p.add_argument("--attestations", action="append", default=None, metavar="PATH",
+                   help="attestation files, or directories holding them, of the release on other platforms "
+                        "(python -m pipeline.release attest); repeatable (default: ./attestations if it exists; a "
+                        "release pulled by --release also gets those in its registry)")
+    p.add_argument("--require-attested-platform", action="store_true",
+                   help="refuse to serve on a platform the release was neither evaluated nor attested on")
     p.add_argument("--skip-parity-probe", action="store_true",
                    help="serve without replaying the golden outputs; /v1/models and /ready then say so")
     p.add_argument("--allow-parity-mismatch", action="store_true",
@@ -154,9 +163,18 @@ def _public_key(args: argparse.Namespace) -> str | None:
     return default if os.path.isfile(default) else None
 
 
-def _open(args: argparse.Namespace) -> tuple[VerifiedBundle, str, dict | None, str | None]:
-    """The bundle to serve, the golden file to replay, the release it came from and the replay
-    under load that release carries. Raises ReleaseError (exit 4) or BundleError (exit 2)."""
+def _registry_attestations(args: argparse.Namespace, digest: str) -> dict[str, bytes]:
+    try:
+        return Registry.from_name_or_url(args.remote).attestations(digest)
+    except ReleaseError as exc:  # no attestations is a normal state; an unreadable registry is logged
+        log_event(log, "attestations_unreadable", logging.WARNING, reason=str(exc))
+        return {}
+
+
+def _open(args: argparse.Namespace) -> tuple[VerifiedBundle, str, dict | None, str | None, Any]:
+    """The bundle to serve, the golden file to replay, the release it came from, the replay
+    under load that release carries and the opened release (None for a bare bundle). Raises
+    ReleaseError (exit 4) or BundleError (exit 2)."""
     digest = check_digest(args.release) if args.release else None
     if digest:
         root = os.path.join(os.path.expanduser(args.releases_dir), digest)
@@ -172,21 +190,34 @@ def _open(args: argparse.Namespace) -> tuple[VerifiedBundle, str, dict | None, s
                                "stage's artifacts/release) or pass --allow-unreleased for a bare bundle")
         bundle = verify_bundle(args.bundle)
         log_event(log, "unreleased_bundle", logging.WARNING, bundle=str(bundle.root))
-        return bundle, args.golden or "reports/golden.json", None, None
+        return bundle, args.golden or "reports/golden.json", None, None, None
     opened = open_release(root, public_key=_public_key(args), require_signature=args.require_signature,
                           sigstore_identity=args.signer_identity, sigstore_issuer=args.signer_issuer)
     if digest and opened.record.bundle_digest != digest:
         raise ReleaseError(f"release {root} holds bundle {opened.record.bundle_digest}, not {digest}")
     log_event(log, "release_verified", **opened.describe())
     replayed = str(opened.replay_path) if opened.replay_path else None
-    return opened.bundle, args.golden or str(opened.golden_path), opened.describe(), replayed
+    return opened.bundle, args.golden or str(opened.golden_path), opened.describe(), replayed, opened
+
+
+def _check_platform(args: argparse.Namespace, engine, golden, opened) -> PlatformCheck:
+    """This machine's platform against the evaluated one and the release's attestations."""
+    evaluated = golden.platform if golden is not None else (opened.record.platform if opened else None)
+    paths = args.attestations if args.attestations is not None else (
+        [DEFAULT_ATTESTATIONS] if os.path.isdir(DEFAULT_ATTESTATIONS) else [])
+    registry = _registry_attestations(args, opened.record.bundle_digest) if opened and args.release else None
+    result = check_platform(engine, evaluated, opened.root if opened else None, _public_key(args), paths, registry)
+    level = logging.INFO if result.covered else logging.WARNING
+    log_event(log, "platform", level, coverage=result.coverage, detail=result.message(),
+              attested=[a.platform.platform_id for a in result.attested], attestation_problems=result.problems)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
     try:
-        bundle, golden_path, release, release_replay = _open(args)
+        bundle, golden_path, release, release_replay, opened = _open(args)
     except ReleaseError as exc:
         return _refuse(EXIT_RELEASE_REFUSED, str(exc))
     except BundleError as exc:
@@ -212,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         return _refuse(EXIT_PARITY_REFUSED, f"--replay-report: {exc}")
     engine = _build_engine(args.engine, bundle, args.max_batch, args.batching == "invariant")
+    platform = _check_platform(args, engine, golden, opened)
+    if args.require_attested_platform and not platform.covered:
+        return _refuse(EXIT_PARITY_REFUSED, f"--require-attested-platform: {platform.message()}")
     if golden is None:
         parity = ParityReport.skipped()
         log_event(log, "parity_skipped", logging.WARNING, reason="--skip-parity-probe")
@@ -219,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             parity = replay(engine, golden, manifest, limit=args.probe_prompts or None)
         except ParityError as exc:
+            if not platform.coverage == "evaluated":  # name both platforms: the likely cause
+                exc = ParityError(f"{exc}; {platform.message()}")
             if not args.allow_parity_mismatch:
                 return _refuse(EXIT_PARITY_REFUSED, str(exc))
             parity = ParityReport.mismatch_allowed(exc, golden.engine)
@@ -232,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   hint=f"binding beyond this machine without an API key; set {args.api_key_env}")
     state = build_state(engine, manifest, parity, max_batch=args.max_batch, max_queue=args.max_queue,
                         api_key=api_key, request_timeout_s=args.request_timeout_s, release=release,
-                        replay=replay_summary)
+                        replay=replay_summary, platform=platform.as_dict())
     return serve(create_app(state), state, args.host, args.port)
 
 

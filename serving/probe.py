@@ -61,6 +61,7 @@ class GoldenRecord(BaseModel):
 
     bundle_digest: str
     engine: str
+    platform: dict[str, Any] | None = None  # pipeline/platform.py: where these outputs were produced
     prompts: list[GoldenPrompt]
 
 

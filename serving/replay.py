@@ -91,7 +91,11 @@ def replay(golden: dict, client, concurrency: int) -> dict:
         items = list(pool.map(lambda g: _ask(client, info["id"], g), prompts))
     wall = time.perf_counter() - t0
     different = [i for i in items if not i["identical"]]
+    platform = (info.get("platform") or {})
     return {
+        # where the answers were produced and where they were recorded (pipeline/platform.py)
+        "platform": platform.get("serving"),
+        "golden_platform": golden.get("platform"),
         "bundle_digest": golden.get("bundle_digest"),
         "served_bundle_digest": served_digest,
         "golden_engine": golden.get("engine"),
@@ -118,6 +122,10 @@ def summary(result: dict) -> str:
     if result["prompt_ids_mismatched"]:
         lines.append(f"  {result['prompt_ids_mismatched']} prompts encoded differently from the evaluation "
                      "(template or system prompt drift)")
+    here, there = result.get("platform") or {}, result.get("golden_platform") or {}
+    if result["different"] and here.get("platform_id") != there.get("platform_id"):
+        lines.append(f"  evaluated on: {there.get('description', 'not recorded')}")
+        lines.append(f"  served on:    {here.get('description', 'not reported')}")
     for i in result["per_item"]:
         if not i["identical"]:
             lines.append(f"  {i['id']} ({i['slice']}): first difference at token {i['first_difference']} "
@@ -173,6 +181,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--api-key-env", default="TAILGATE_API_KEY",
                    help="environment variable holding the server's API key, if it has one")
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--public-key", help="with --serve: the server checks the release signature with this key "
+                                        "(and requires it)")
+    p.add_argument("--allow-parity-mismatch", action="store_true",
+                   help="with --serve: start the server even if its start-up probe differs, so that every item "
+                        "is replayed and reported (attestation on another platform does this)")
     p.add_argument("--timeout-s", type=float, default=600.0, help="per request")
     p.add_argument("--out", help="write the result record here (JSON)")
     return p.parse_args(argv)
@@ -199,7 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra = ["--max-batch", str(max(8, args.concurrency)), "--batching", args.batching]
             if (Path(args.serve) / "manifest.json").is_file():  # a bare bundle: development only
                 extra += ["--allow-unreleased", "--golden", str(args.golden)]
-            if args.batching == "padded":
+            if args.public_key:
+                extra += ["--public-key", args.public_key, "--require-signature"]
+            if args.batching == "padded" or args.allow_parity_mismatch:
                 # what is measured is how far padded batches drift; the startup probe (a batch of
                 # golden prompts) may already see it
                 extra.append("--allow-parity-mismatch")

@@ -130,6 +130,10 @@ class ModelCard(BaseModel):
                                            "signature status); null for a bundle served with --allow-unreleased.")
     replay: dict[str, Any] | None = Field(None, description="Summary of the last replay of every evaluated item "
                                           "against a live server (python -m serving.replay), when given.")
+    platform: dict[str, Any] | None = Field(None, description="The platform serving computes on, the one the "
+                                            "release was evaluated on, whether they are one class (coverage: "
+                                            "evaluated, attested, not_covered, unknown) and the platforms the "
+                                            "release is attested on.")
 
 
 class ModelList(BaseModel):

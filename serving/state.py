@@ -41,6 +41,8 @@ class ServingState:
     release: dict[str, Any] | None = None
     # The last `python -m serving.replay` of this bundle's evaluated items (--replay-report).
     replay: dict[str, Any] | None = None
+    # This machine's platform against the evaluated one, and the release's attestations.
+    platform: dict[str, Any] | None = None
 
     @property
     def model_id(self) -> str:
@@ -85,16 +87,18 @@ class ServingState:
             parity=self.parity.as_dict(),
             release=self.release,
             replay=self.replay,
+            platform=self.platform,
         )
 
 
 def build_state(engine: TokenizingEngine, manifest: Manifest, parity: ParityReport, *, max_batch: int,
                 max_queue: int, api_key: str | None, request_timeout_s: float,
-                release: dict[str, Any] | None = None, replay: dict[str, Any] | None = None) -> ServingState:
+                release: dict[str, Any] | None = None, replay: dict[str, Any] | None = None,
+                platform: dict[str, Any] | None = None) -> ServingState:
     metrics = ServingMetrics()
     from serving.continuous import supports
 
     batcher = Batcher(engine, metrics, max_batch=max_batch, max_queue=max_queue, continuous=supports(engine))
     return ServingState(engine=engine, manifest=manifest, parity=parity, batcher=batcher, metrics=metrics,
                         api_key=api_key or None, request_timeout_s=request_timeout_s, release=release,
-                        replay=replay)
+                        replay=replay, platform=platform)

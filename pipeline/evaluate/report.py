@@ -19,6 +19,12 @@ def _mean(s: dict, m: str) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def _platform_lines(platform: dict | None) -> list[str]:
+    if not platform:
+        return []
+    return [f"Platform of the shipped pass (the golden outputs hold for it): {platform['description']}.", ""]
+
+
 def render_markdown(report: dict, plots: list[str] = (), plots_rel: str = "plots") -> str:
     head = report["headline_metric"]
     suite = report["suite"]
@@ -31,6 +37,7 @@ def render_markdown(report: dict, plots: list[str] = (), plots_rel: str = "plots
              f"Suite `{suite['name']}` v{suite['version']}, {suite['items']} items, "
              f"engine `{report['engine']['name']}` (exact: {report['engine']['exact']}). "
              f"Headline metric: `{head}`.", "",
+             *_platform_lines(report.get("platform")),
              *_bundle_lines(report.get("bundle")), *_system_lines(suite.get("system_prompt")),
              f"| slice | n | {head} (95% CI) | " + " | ".join(shown) + (" | NLL p50 / p99 |" if has_nll else " |"),
              "|---|---|---|" + "---|" * len(shown) + ("---|" if has_nll else "")]

@@ -29,6 +29,7 @@ from pipeline.evaluate.scoring import (
 )
 from pipeline.files import atomic_write_text, files_digest
 from pipeline.params import EvaluateParams, GateParams
+from pipeline.platform import detect
 from pipeline.suites import EvalItem, Suite, load_suite
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,9 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir:
     log.info("evaluate: shipped precision (%s), %d items", manifest.quantization.method, len(items))
     rows, completions = _pass(engine, suite, items, system, params, budget, scorers, unscored)
     golden = golden_from_evaluation(engine, items, system, completions)
+    # after the pass: bitsandbytes picks its CPU kernel at the first forward, so this is what ran
+    platform = detect(engine.model).as_record()
+    log.info("evaluate: golden outputs hold for platform %s", platform["description"])
     engine_info = {"name": engine.name, "exact": engine.exact, "batch_invariant": engine.batch_invariant,
                    "description": engine.description}
     del engine
@@ -233,6 +237,7 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir:
                   "system_prompt": {"text": system, "source": system_source},
                   "max_new_tokens": budget, "stop": list(suite.spec.generation.stop)},
         "engine": engine_info,
+        "platform": platform,
         "headline_metric": head,
         **aggregate(rows, suite, params, scorers),
     }
@@ -249,6 +254,7 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir:
         report["reference"] = {k: v for k, v in aggregate(ref_rows, suite, params, scorers).items()
                                if k in ("overall", "slices", "nll_per_token", "length_buckets")}
         damage.attach_reference(rows, ref_rows, head)
-    golden_record = {"bundle_digest": manifest.bundle_digest, "engine": engine_info["name"], "prompts": golden}
+    golden_record = {"bundle_digest": manifest.bundle_digest, "engine": engine_info["name"], "platform": platform,
+                     "prompts": golden}
     return report, rows, golden_record
 

@@ -125,7 +125,7 @@ def release(params: ReleaseParams, bundle_dir: str | Path, eval_path: str | Path
         evidence = {name: FileEntry(sha256=sha256_file(tmp / name), size=(tmp / name).stat().st_size)
                     for name in sorted(names)}
         record = ReleaseRecord(bundle_digest=digest, evidence=evidence, gate_passed=True, released_at=released_at,
-                               git_commit=commit, signing=signing)
+                               git_commit=commit, signing=signing, platform=eval_report.get("platform"))
         atomic_write_json(tmp / RECORD_NAME, record.model_dump(mode="json"))
         sign_release(tmp, s.method, private_key=s.private_key, public_key=s.public_key, password=_password(params),
                      sigstore_staging=s.sigstore_staging)

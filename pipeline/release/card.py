@@ -296,6 +296,26 @@ def _served(replay: dict | None) -> list[str]:
             f"and {(replay.get('load_avg_after') or ['?'])[0]} after on {replay.get('cpus')} cores.", ""]
 
 
+def _platform(ev: dict, replay: dict | None) -> list[str]:
+    """Where the golden outputs hold: the platform of the evaluation, and of the release replay."""
+    evaluated = ev.get("platform")
+    if not evaluated:
+        return ["## Platform", "", "Not recorded (an evaluation made before platforms were): the golden outputs "
+                "hold on the machine class that evaluated it, which this release does not name.", ""]
+    lines = ["## Platform", "", "Kernels differ by machine (docs/platforms.md), so the evaluated outputs are "
+             "promised on the platform class that produced them. Evaluated on: "
+             f"{evaluated['description']}.", ""]
+    served = (replay or {}).get("platform")
+    if served:
+        same = served.get("platform_id") == evaluated.get("platform_id")
+        lines += [f"Replayed at release time on: {served['description']}" + (" (the same platform class)." if same
+                  else "."), ""]
+    lines += ["A release is attested on another platform only by replaying every evaluated item there "
+              "(`python -m pipeline.release attest`); each attestation is a signed in-toto statement kept beside "
+              "the release, checked by `python -m serving` at start-up and listed on `/v1/models`.", ""]
+    return lines
+
+
 def _system_prompt(m: Manifest) -> list[str]:
     text = m.tokenizer.system_prompt
     if text is None:
@@ -340,7 +360,7 @@ def render_card(manifest: Manifest, eval_report: dict, gate_report: dict, *, bas
     name = model_name or f"tailgate-{manifest.bundle_digest[:12]}"
     body = [f"# {name}", "", *_summary(manifest, eval_report, base_model), *_gate(gate_report, passed),
             *_quantization(manifest), *_results(eval_report), *_tails(eval_report), *_damage(eval_report),
-            *_serve(manifest, release), *_served(replay), *_provenance(manifest, datasets_digest), *_release(release)]
+            *_serve(manifest, release), *_served(replay), *_platform(eval_report, replay), *_provenance(manifest, datasets_digest), *_release(release)]
     data = card_data(manifest, eval_report, gate_report, passed, base_model, license, datasets_digest,
                       language, name, replay)
     text = (f"---\n{data.to_yaml(original_order=META_ORDER)}\n---\n\n"

@@ -74,6 +74,8 @@ class ReleaseRecord(_R):
     released_at: str = Field(description="UTC time of the release, ISO 8601.")
     git_commit: str | None = Field(description="Commit of the pipeline repository that released it.")
     signing: SigningInfo
+    platform: dict | None = Field(None, description="The platform the evaluation (and so the golden outputs) ran "
+                                  "on (pipeline/platform.py); null in releases made before it was recorded.")
 
 
 class DvcObject(_R):

@@ -29,6 +29,7 @@ from pipeline.release.record import RECORD_NAME, DvcObject, ReleaseError, Releas
 log = logging.getLogger(__name__)
 
 INDEX_PREFIX = ("tailgate", "releases")
+ATTESTATION_PREFIX = ("tailgate", "attestations")  # <prefix>/<bundle_digest>/<name>.intoto.json
 _REMOTE = "registry"  # the remote's name inside the throwaway repositories
 
 
@@ -156,6 +157,31 @@ class Registry:
                 return []
             names = sorted(p for p in fs.ls(index, detail=False) if p.endswith(".json"))
             return [ReleasePointer.model_validate_json(fs.cat_file(p)) for p in names]
+
+    def _attestation_dir(self, repo: Any, digest: str) -> tuple[Any, str]:
+        remote = repo.cloud.get_remote(_REMOTE)
+        return remote.fs, remote.fs.join(remote.path, *ATTESTATION_PREFIX, digest)
+
+    def push_attestation(self, digest: str, path: str | Path) -> str:
+        """Put an attestation file (pipeline/release/attest.py) beside the release of `digest`."""
+        digest = check_digest(digest)
+        with self._repo() as repo:
+            if self._read_pointer(repo, digest) is None:
+                raise ReleaseError(f"bundle {digest} has no release in {self.url} to attest")
+            fs, folder = self._attestation_dir(repo, digest)
+            fs.makedirs(folder, exist_ok=True)
+            target = fs.join(folder, Path(path).name)
+            fs.pipe_file(target, Path(path).read_bytes())
+        return target
+
+    def attestations(self, digest: str) -> dict[str, bytes]:
+        """The attestation files kept beside the release of `digest` (name -> bytes), unverified."""
+        digest = check_digest(digest)
+        with self._repo() as repo:
+            fs, folder = self._attestation_dir(repo, digest)
+            if not fs.exists(folder):
+                return {}
+            return {p: fs.cat_file(p) for p in sorted(fs.ls(folder, detail=False)) if p.endswith(".intoto.json")}
 
     def pull(self, digest: str, dest: str | Path) -> Path:
         """Fetch the release of `digest` into `dest` (which must not exist yet). Pulling checks

@@ -23,22 +23,13 @@ Two defences, both here:
 from __future__ import annotations
 
 
+from pipeline.platform import four_bit_layers, is_packed
+
+__all__ = ["PackedWeightError", "check_differentiable", "four_bit_layers", "is_packed", "keep_differentiable"]
+
+
 class PackedWeightError(RuntimeError):
     """A 4-bit layer of a model being trained is in a state backward cannot go through."""
-
-
-def four_bit_layers(model):
-    """(name, module) of every bitsandbytes 4-bit linear layer; none without bitsandbytes."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError:  # a 16-bit base (quantization: none) on a machine without it
-        return []
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
-
-
-def is_packed(module) -> bool:
-    state = getattr(module.weight, "quant_state", None)
-    return bool(getattr(state, "packing_format_for_cpu", False))
 
 
 def keep_differentiable(model) -> int:

@@ -13,6 +13,7 @@ from pipeline.artifacts import QUANTIZE_REPORT
 from pipeline.base import check_lock
 from pipeline.files import read_json, verify_files
 from pipeline.params import TrainParams
+from pipeline.platform import detect
 from pipeline.train.checkpoint import Checkpoints, run_key
 from pipeline.train.data import load_training_data
 from pipeline.train.distributed import setup as setup_ranks
@@ -75,4 +76,7 @@ def train(params: TrainParams, base_q: str | Path, base_dir: str | Path, data_di
         verify_files(base_q, quant["files"])
     ranks.barrier()
     ranks.close()
-    return train_report(params, run, train_s, meta, memory, n_trainable, len(base_lock["files"]), ranks.key_extra())
+    report = train_report(params, run, train_s, meta, memory, n_trainable, len(base_lock["files"]), ranks.key_extra())
+    # not in training.json (digested): the adapter's bytes are compared across platforms instead
+    report["platform"] = detect(model).as_record()
+    return report

@@ -49,8 +49,11 @@ def served(tiny_pipeline, tmp_path_factory) -> Served:
     system, _ = default_system_prompt(suite, bundle.manifest)
     prompts = golden_outputs(engine, suite.items(), system, GOLDEN_PROMPTS, GOLDEN_MAX_NEW_TOKENS)
     golden_path = tmp_path_factory.mktemp("golden") / "golden.json"
+    from pipeline.platform import detect
+
     golden_path.write_text(json.dumps({"bundle_digest": bundle.manifest.bundle_digest, "engine": engine.name,
-                                       "prompts": prompts}), encoding="utf-8")
+                                       "platform": detect(engine.model).as_record(), "prompts": prompts}),
+                           encoding="utf-8")
     parity = replay(engine, load_golden(golden_path, bundle.manifest), bundle.manifest)
     return Served(bundle=bundle, engine=engine, golden_path=golden_path, parity=parity)
 
