@@ -325,6 +325,9 @@ class GateParams(_Strict):
     """Release rules. Every rule fails closed: a missing value is a failure."""
 
     allow_inexact_engine: bool = Field(False, description="Accept a report produced by an engine not known to be exact.")
+    allow_limited_evaluation: bool = Field(
+        False, description="Accept a report of a limited evaluation (evaluate.limit: a subset of each slice); the "
+        "gate, the card and gate.md then say how much of the suite was run. Off: a partial run never releases.")
     rules: list[GateRule] = Field(default_factory=list, description="Floors and ceilings over report metrics.")
     baseline: str | None = Field(
         None, description="eval.json of the last release, for the regression rules (null: first release, no "

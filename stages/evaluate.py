@@ -20,6 +20,7 @@ from pipeline import cli
 from pipeline.evaluate import evaluate
 from pipeline.evaluate.report import write_reports
 from pipeline.params import load_section
+from pipeline.report_paths import metric_names
 
 
 def main(argv=None) -> int:
@@ -38,7 +39,8 @@ def main(argv=None) -> int:
         gate = load_section("gate", args.params)
         report, rows, golden = evaluate(params, args.bundle, args.reference_base, gate=gate,
                                         unscored_path=args.samples + ".unscored.jsonl")
-        write_reports(report, rows, golden, args.report, args.samples, args.golden, args.plots, args.metrics)
+        named = metric_names([*(r.metric for r in gate.rules), *(r.metric for r in gate.regression)])
+        write_reports(report, rows, golden, args.report, args.samples, args.golden, args.plots, args.metrics, named)
         cli.log.info("evaluate: %s", json.dumps({k: round(v["mean"], 4) for k, v in report["overall"].items()}))
         cli.log.info("worst slice: %s", report["worst_slice"])
 

@@ -1,7 +1,8 @@
 """DVC stage `gate`: apply the release rules; exit non-zero when the release fails.
 
 Reads params `gate`, --report, the --bundle (verified file by file) and the baseline report
-named in params; writes --out (gate.json) and --summary (gate.md).
+named in params; writes --out (gate.json) and --summary (gate.md). On failure it also replaces
+the files named by --supersedes (the last release's record and card) with a not-released record.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pipeline import cli
 from pipeline.bundle.verify import BundleError, verify_bundle
 from pipeline.files import atomic_write_json, atomic_write_text, read_json, sha256_file
 from pipeline.gate import decide, render_markdown
+from pipeline.gate.supersede import mark_not_released
 from pipeline.params import load_section
 
 
@@ -23,6 +25,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="reports/gate.json")
     p.add_argument("--summary", default="reports/gate.md")
     p.add_argument("--metrics", default="reports/metrics/gate.json")
+    p.add_argument("--supersedes", nargs="*", default=[],
+                   help="the release stage's reports (release.json, model_card.md): replaced by a not-released "
+                        "record when the gate fails, so the last release's card is not read as this run's")
 
     def body(args):
         params = load_section("gate", args.params)
@@ -45,6 +50,8 @@ def main(argv=None) -> int:
         atomic_write_json(args.metrics, {"passed": decision["passed"], "failed_rules": len(decision["failed"]),
                                          "rules": len(decision["rules"])})
         if not decision["passed"]:
+            for path in mark_not_released(args.supersedes, decision, args.summary):
+                cli.log.warning("gate failed: %s now says this bundle was not released", path)
             cli.log.error("gate FAILED: %s (see %s)", ", ".join(decision["failed"]), args.summary)
             return 1
         cli.log.info("gate passed: %d rules", len(decision["rules"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Sequence
 
 from pipeline.evaluate.plots import write_csvs, write_pngs
 from pipeline.files import atomic_write_json, atomic_write_text
@@ -25,16 +26,28 @@ def _platform_lines(platform: dict | None) -> list[str]:
     return [f"Platform of the shipped pass (the golden outputs hold for it): {platform['description']}.", ""]
 
 
-def render_markdown(report: dict, plots: list[str] = (), plots_rel: str = "plots") -> str:
+def _items_line(suite: dict) -> str:
+    total = suite.get("suite_items")
+    if total is None or not suite.get("limited"):
+        return f"{suite['items']} items"
+    return (f"{suite['items']} of the suite's {total} items (**limited**: evaluate.limit = "
+            f"{suite.get('limit_per_slice')} per slice)")
+
+
+def render_markdown(report: dict, plots: list[str] = (), plots_rel: str = "plots", named: Sequence[str] = ()) -> str:
+    """`named`: metrics gate rules name; always shown, whatever EXTRA_COLUMNS allows."""
     head = report["headline_metric"]
     suite = report["suite"]
     others = [m for m in report["overall"] if m not in (head, "nll_per_token")]
-    # correctness and lower-is-better metrics first: they are what a gate usually names
+    # what a gate rule names first, then correctness and lower-is-better metrics (what a gate
+    # usually names), then the rest up to EXTRA_COLUMNS
     marked = set(suite.get("correctness_metrics", [])) | set(suite.get("lower_is_better", []))
-    shown = ([m for m in others if m in marked] + [m for m in others if m not in marked])[:EXTRA_COLUMNS]
+    must = [m for m in others if m in set(named)]
+    rest = [m for m in others if m in marked and m not in must] + [m for m in others if m not in marked and m not in must]
+    shown = must + rest[:max(0, EXTRA_COLUMNS - len(must))]
     has_nll = "nll_per_token" in report
     lines = [f"# Evaluation of bundle `{report['bundle_digest'][:16]}`", "",
-             f"Suite `{suite['name']}` v{suite['version']}, {suite['items']} items, "
+             f"Suite `{suite['name']}` v{suite['version']}, {_items_line(suite)}, "
              f"engine `{report['engine']['name']}` (exact: {report['engine']['exact']}). "
              f"Headline metric: `{head}`.", "",
              *_platform_lines(report.get("platform")),
@@ -44,7 +57,8 @@ def render_markdown(report: dict, plots: list[str] = (), plots_rel: str = "plots
     for name, s in sorted(report["slices"].items()):
         h = s.get(head, {"mean": float("nan"), "ci95": [float("nan")] * 2})
         flag = " (too small)" if s["too_small"] else ""
-        cells = [f"{name}{flag}", str(s["n"]), f"{h['mean']:.3f} ({h['ci95'][0]:.3f}-{h['ci95'][1]:.3f})",
+        n = str(s["n"]) if s.get("suite_n", s["n"]) == s["n"] else f"{s['n']} of {s['suite_n']}"
+        cells = [f"{name}{flag}", n, f"{h['mean']:.3f} ({h['ci95'][0]:.3f}-{h['ci95'][1]:.3f})",
                  *(_mean(s, m) for m in shown)]
         if has_nll:
             nll = report["nll_by_slice"].get(name, {})
@@ -52,6 +66,15 @@ def render_markdown(report: dict, plots: list[str] = (), plots_rel: str = "plots
         lines.append("| " + " | ".join(cells) + " |")
     w = report["worst_slice"]
     lines += ["", f"Worst slice by {head}: **{w['slice']}** ({w['mean']:.3f}, n={w['n']})."]
+    kinds: dict[str, list[str]] = {}
+    for m, summary in report["overall"].items():
+        if isinstance(summary, dict) and summary.get("interval"):
+            kinds.setdefault(summary["interval"], []).append(f"`{m}`")
+    if kinds:
+        names = {"clopper-pearson": "exact binomial (Clopper-Pearson; per-item 0/1 values)",
+                 "bca-bootstrap": "BCa bootstrap of the mean"}
+        lines += ["", "95% CIs: " + "; ".join(f"{names.get(k, k)} for {', '.join(v)}" for k, v in sorted(kinds.items()))
+                  + "."]
     hidden = [m for m in others if m not in shown]
     if hidden:
         lines += ["", "Also in eval.json, per slice: " + ", ".join(f"`{m}`" for m in hidden) + "."]
@@ -137,7 +160,8 @@ def headline_metrics(report: dict) -> dict:
 
 
 def write_reports(report: dict, rows: list[dict], golden: dict, report_path: str, samples_path: str,
-                  golden_path: str, plots_dir: str, metrics_path: str) -> None:
+                  golden_path: str, plots_dir: str, metrics_path: str, named: Sequence[str] = ()) -> None:
+    """`named`: the metrics the gate's rules name (shown in eval.md whatever else is folded)."""
     atomic_write_json(report_path, report)
     atomic_write_json(metrics_path, headline_metrics(report))
     atomic_write_text(samples_path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
@@ -147,4 +171,4 @@ def write_reports(report: dict, rows: list[dict], golden: dict, report_path: str
     pngs = write_pngs(report, rows, plots_dir)
     md_path = Path(report_path).with_suffix(".md")
     rel = os.path.relpath(plots_dir.resolve(), md_path.parent.resolve())
-    atomic_write_text(md_path, render_markdown(report, pngs, rel))
+    atomic_write_text(md_path, render_markdown(report, pngs, rel, named))

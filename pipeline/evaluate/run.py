@@ -132,9 +132,12 @@ def aggregate(rows: list[dict], suite: Suite, params: EvaluateParams, scorers: l
     overall, slices = {}, {}
     for m in metrics:
         have = [r for r in rows if m in r]
-        overall[m] = stats.summarize([r[m] for r in have], params.bootstrap_samples, params.seed)
-        for name, s in stats.per_slice(have, m, params.bootstrap_samples, params.seed, suite.spec.min_slice_n).items():
-            slices.setdefault(name, {"n": s["n"], "too_small": s["too_small"]})[m] = {"mean": s["mean"], "ci95": s["ci95"]}
+        interval = stats.interval_for([r[m] for r in have])
+        overall[m] = stats.summarize([r[m] for r in have], params.bootstrap_samples, params.seed, interval)
+        for name, s in stats.per_slice(have, m, params.bootstrap_samples, params.seed, suite.spec.min_slice_n,
+                                       interval).items():
+            slices.setdefault(name, {"n": s["n"], "too_small": s["too_small"]})[m] = {
+                "mean": s["mean"], "ci95": s["ci95"], "interval": s["interval"]}
     head = suite.spec.headline_metric
     headline = {name: {"n": s["n"], "mean": s[head]["mean"], "too_small": s["too_small"]}
                 for name, s in slices.items() if head in s}
@@ -181,12 +184,24 @@ def _pass(engine, suite: Suite, items: list[EvalItem], default_system: str | Non
     return rows, lm.completions
 
 
+def _record_limit(report: dict, suite: Suite, limit: int | None) -> None:
+    """Say everywhere a count appears how much of the suite was evaluated: the suite's size
+    beside the items run, per slice too (the gate refuses a limited run unless allowed)."""
+    full: dict[str, int] = {}
+    for it in suite.items():
+        full[it.slice] = full.get(it.slice, 0) + 1
+    report["suite"].update(suite_items=sum(full.values()), limit_per_slice=limit,
+                           limited=report["suite"]["items"] < sum(full.values()))
+    for name, s in report["slices"].items():
+        s["suite_n"] = full.get(name, s["n"])
+
+
 def prepare(params: EvaluateParams, gate: GateParams | None = None) -> tuple[Suite, list[Scorer]]:
     """Load and check the suite before anything expensive runs; raise SuiteError naming every problem."""
     from pipeline.suites.check import check_suite
 
     suite = load_suite(params.suite)
-    check_suite(suite, gate=gate, damage=params.damage).raise_for_problems()
+    check_suite(suite, gate=gate, damage=params.damage, limit=params.limit).raise_for_problems()
     return suite, build_scorers(suite)
 
 
@@ -241,6 +256,7 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir:
         "headline_metric": head,
         **aggregate(rows, suite, params, scorers),
     }
+    _record_limit(report, suite, params.limit)
     if params.damage:
         if quantized:
             log.info("evaluate: reference precision (16-bit base %s, same adapter)", reference_base_dir)

@@ -1,4 +1,14 @@
-"""Tail statistics: per-slice means with BCa bootstrap CIs, quantiles, worst-k means, length buckets."""
+"""Tail statistics: per-slice means with their 95% CIs, quantiles, worst-k means, length buckets.
+
+Which interval a metric gets depends on what its per-item values are:
+
+- 0/1 values (a per-item correctness verdict): the exact Clopper-Pearson interval for a binomial
+  proportion (scipy). A perfect small slice never looks certain: 10/10 has a lower end of 0.69,
+  40/40 of 0.91, so a floor on `ci_low` needs enough items as well as a good model.
+- anything else (a per-item fraction, a score, an NLL): the BCa bootstrap of the mean.
+
+The report says which one each metric has (`interval`).
+"""
 
 from __future__ import annotations
 
@@ -35,9 +45,33 @@ def bootstrap_ci(values: Sequence[float], samples: int, seed: int, alpha: float 
     return lo, hi
 
 
-def summarize(values: Sequence[float], samples: int, seed: int) -> dict:
-    lo, hi = bootstrap_ci(values, samples, seed)
-    return {"n": len(values), "mean": float(np.mean(values)) if len(values) else None, "ci95": [lo, hi]}
+EXACT, BOOTSTRAP = "clopper-pearson", "bca-bootstrap"
+
+
+def interval_for(values: Sequence[float]) -> str:
+    """The interval a metric gets: exact binomial for 0/1 per-item values, else the bootstrap."""
+    return EXACT if len(values) and all(v in (0.0, 1.0) for v in values) else BOOTSTRAP
+
+
+def binomial_ci(values: Sequence[float], alpha: float = 0.05) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) CI of a proportion of 0/1 values, by scipy."""
+    from scipy.stats import binomtest
+
+    if len(values) == 0:
+        return (float("nan"), float("nan"))
+    ci = binomtest(int(round(sum(values))), len(values)).proportion_ci(confidence_level=1 - alpha, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def summarize(values: Sequence[float], samples: int, seed: int, interval: str | None = None) -> dict:
+    """n, mean and 95% CI; `interval` (EXACT or BOOTSTRAP) defaults to what the values call for."""
+    interval = interval or interval_for(values)
+    if interval == EXACT:
+        lo, hi = binomial_ci(values)
+    else:
+        lo, hi = bootstrap_ci(values, samples, seed)
+    return {"n": len(values), "mean": float(np.mean(values)) if len(values) else None, "ci95": [lo, hi],
+            "interval": interval}
 
 
 def quantiles(values: Sequence[float]) -> dict:
@@ -51,13 +85,17 @@ def quantiles(values: Sequence[float]) -> dict:
             "mean": float(x.mean())}
 
 
-def per_slice(rows: Sequence[dict], metric: str, samples: int, seed: int, min_n: int) -> dict[str, dict]:
+def per_slice(rows: Sequence[dict], metric: str, samples: int, seed: int, min_n: int,
+              interval: str | None = None) -> dict[str, dict]:
+    """Per-slice summaries; `interval` is the metric's over all rows, so a slice whose items all
+    happen to score 0 or 1 on a fractional metric keeps the metric's interval."""
     groups: dict[str, list[float]] = defaultdict(list)
     for r in rows:
         groups[r["slice"]].append(r[metric])
+    interval = interval or interval_for([r[metric] for r in rows])
     out = {}
     for i, (name, vals) in enumerate(sorted(groups.items())):
-        s = summarize(vals, samples, seed + i)
+        s = summarize(vals, samples, seed + i, interval)
         s["too_small"] = len(vals) < min_n
         out[name] = s
     return out

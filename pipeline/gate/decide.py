@@ -47,6 +47,7 @@ def decide(params: GateParams, report: dict, bundle_digest: str | None, *, chat_
                       invariant is True or (params.allow_inexact_engine and invariant is not None),
                       "allowed by allow_inexact_engine" if params.allow_inexact_engine and invariant is not True
                       else "" if invariant is not None else "the report does not say (fails closed)"))
+    rules.append(_complete(report, params.allow_limited_evaluation))
     if not params.rules:
         rules.append(Rule("rules_configured", 0, 1, ">=", False,
                           "gate.rules is empty: a release gated on nothing is refused (fails closed)"))
@@ -56,6 +57,22 @@ def decide(params: GateParams, report: dict, bundle_digest: str | None, *, chat_
     passed = all(r.passed for r in rules)
     return {"passed": passed, "bundle_digest": bundle_digest, "rules": [asdict(r) for r in rules],
             "failed": [r.name for r in rules if not r.passed]}
+
+
+def _complete(report: dict, allowed: bool) -> Rule:
+    """The whole suite was evaluated, or a limited run is explicitly allowed; a report that does
+    not say (made before the suite's size was recorded) fails closed."""
+    items, total = _get(report, "suite", "items"), _get(report, "suite", "suite_items")
+    if not isinstance(items, int) or not isinstance(total, int):
+        return Rule("evaluation_complete", None, "every suite item", "==", False,
+                    "the report does not say how many of the suite's items were evaluated (fails closed)")
+    limit = _get(report, "suite", "limit_per_slice")
+    if items >= total:
+        return Rule("evaluation_complete", f"{items} of {total} items", "every suite item", "==", True, "")
+    return Rule("evaluation_complete", f"{items} of {total} items", "every suite item", "==", allowed,
+                f"evaluate.limit={limit} per slice; " + ("allowed by gate.allow_limited_evaluation" if allowed
+                                                          else "a partial evaluation is refused unless "
+                                                               "gate.allow_limited_evaluation is true"))
 
 
 def _same(name: str, value, expected, note: str) -> Rule:

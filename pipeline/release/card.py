@@ -23,6 +23,7 @@ from pipeline.files import files_digest
 from pipeline.release.card_data import META_ORDER, card_data, check_card_metadata
 from pipeline.release.card_data import get_path as _get
 from pipeline.release.card_data import is_number as _isnum
+from pipeline.report_paths import metric_names
 
 if TYPE_CHECKING:
     from pipeline.bundle.manifest import Manifest
@@ -108,6 +109,10 @@ def _summary(m: Manifest, ev: dict, base_model: str | None) -> list[str]:
         adapter_trained_on(m), f"another base (digest {m.adapter.base_digest})")
     suite = ev.get("suite") or {}
     items = f" ({suite['items']} items)" if "items" in suite else ""
+    if suite.get("limited"):
+        items = (f" (**a limited evaluation: {suite['items']} of its {suite.get('suite_items')} items**, "
+                 f"evaluate.limit = {suite.get('limit_per_slice')} per slice, released under "
+                 "gate.allow_limited_evaluation)")
     invariant = _get(ev, "engine", "batch_invariant")
     said = {True: "True; served answers under any load are the evaluated ones (see Served under load)",
             None: "not recorded"}.get(invariant, str(invariant))
@@ -160,20 +165,29 @@ def _quantization(m: Manifest) -> list[str]:
     return out + ["", "Full `BitsAndBytesConfig`:", "", "```json", json.dumps(c, indent=2, sort_keys=True), "```", ""]
 
 
-def _side_metrics(ev: dict, metric: str, slices: dict) -> list[str]:
+def _side_metrics(ev: dict, metric: str, slices: dict, named: list[str]) -> list[str]:
+    """Every metric a gate rule names, then correctness and lower-is-better ones up to
+    _SIDE_COLUMNS; the rest are pointed to, not hidden."""
     suite = ev.get("suite") or {}
     marked = [*(suite.get("correctness_metrics") or []), *(suite.get("lower_is_better") or [])]
     wanted = [*dict.fromkeys(marked), "nll_per_token"] if marked else _LEGACY_SIDE_METRICS
-    return [k for k in dict.fromkeys(wanted)
-            if k != metric and any(k in s for s in slices.values())][:_SIDE_COLUMNS]
+    present = [k for k in dict.fromkeys([*named, *wanted]) if k != metric and any(k in s for s in slices.values())]
+    must = [k for k in present if k in named]
+    return must + [k for k in present if k not in must][:max(0, _SIDE_COLUMNS - len(must))]
 
 
-def _results(ev: dict) -> list[str]:
+def _n(s: dict) -> str:
+    n, full = s.get("n", "-"), s.get("suite_n")
+    return str(n) if full is None or full == n else f"{n} of {full}"
+
+
+def _results(ev: dict, gate: dict) -> list[str]:
     metric, slices = ev.get("headline_metric"), ev.get("slices") or {}
-    out = ["## Results by slice (95% bootstrap CIs)", ""]
+    out = ["## Results by slice (95% CIs: exact binomial for 0/1 per-item metrics, BCa bootstrap otherwise)", ""]
     if not metric or not slices:
         return out + [f"Per-slice results: {_MISSING}.", ""]
-    side = _side_metrics(ev, metric, slices)
+    named = metric_names(r.get("name", "") for r in gate.get("rules") or [])
+    side = _side_metrics(ev, metric, slices, named)
     worst = _get(ev, "worst_slice", "slice") or min(
         slices, key=lambda k: _get(slices, k, metric, "mean") if _isnum(_get(slices, k, metric, "mean")) else math.inf)
     out += [f"| slice | n | {metric} mean [CI low, CI high] | " + " | ".join(side) + " |",
@@ -181,13 +195,18 @@ def _results(ev: dict) -> list[str]:
     for name in sorted(slices):
         s = slices[name]
         flag = (" **(worst)**" if name == worst else "") + (" (too small)" if s.get("too_small") else "")
-        out.append(f"| {name}{flag} | {s.get('n', '-')} | {_ci(s.get(metric))} | "
+        out.append(f"| {name}{flag} | {_n(s)} | {_ci(s.get(metric))} | "
                    + " | ".join(_f(_get(s, k, "mean")) for k in side) + " |")
     overall = ev.get("overall") or {}
     if metric in overall:
         out.append(f"| overall | {overall[metric].get('n', '-')} | {_ci(overall[metric])} | "
                    + " | ".join(_f(_get(overall, k, "mean")) for k in side) + " |")
-    return out + ["", f"Worst slice: **{worst}** ({metric} {_f(_get(slices, worst, metric, 'mean'))}).", ""]
+    out += ["", f"Worst slice: **{worst}** ({metric} {_f(_get(slices, worst, metric, 'mean'))})."]
+    folded = [k for k in dict.fromkeys(k for s in slices.values() for k, v in s.items() if isinstance(v, dict))
+              if k not in side and k != metric]
+    if folded:
+        out += ["", "Also per slice in `eval.json`: " + ", ".join(f"`{k}`" for k in folded) + "."]
+    return out + [""]
 
 
 def _quantile_line(q: dict | None, signed: bool = False) -> str:
@@ -359,7 +378,7 @@ def render_card(manifest: Manifest, eval_report: dict, gate_report: dict, *, bas
     datasets_digest = datasets_digest or manifest.provenance.curated_data_digest
     name = model_name or f"tailgate-{manifest.bundle_digest[:12]}"
     body = [f"# {name}", "", *_summary(manifest, eval_report, base_model), *_gate(gate_report, passed),
-            *_quantization(manifest), *_results(eval_report), *_tails(eval_report), *_damage(eval_report),
+            *_quantization(manifest), *_results(eval_report, gate_report), *_tails(eval_report), *_damage(eval_report),
             *_serve(manifest, release), *_served(replay), *_platform(eval_report, replay), *_provenance(manifest, datasets_digest), *_release(release)]
     data = card_data(manifest, eval_report, gate_report, passed, base_model, license, datasets_digest,
                       language, name, replay)

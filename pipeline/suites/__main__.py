@@ -46,18 +46,19 @@ def print_check(check: SuiteCheck, out=None) -> None:
 
 
 def _gate_and_damage(params: str | None, no_damage: bool):
-    """(gate params or None, damage flag, problems reading the params file)."""
+    """(gate params or None, damage flag, evaluate.limit, problems reading the params file)."""
     if params is None:
-        return None, not no_damage, []
+        return None, not no_damage, None, []
     from pipeline.params import load_section
 
     try:
         gate = load_section("gate", params)
+        evaluate = load_section("evaluate", params)
         # The report the gate reads has damage only when evaluation ran it.
-        damage = not no_damage and load_section("evaluate", params).damage
+        damage = not no_damage and evaluate.damage
     except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError includes pydantic's ValidationError
-        return None, not no_damage, [f"{params}: {exc}"]
-    return gate, damage, []
+        return None, not no_damage, None, [f"{params}: {exc}"]
+    return gate, damage, evaluate.limit, []
 
 
 def _check(args) -> int:
@@ -71,12 +72,12 @@ def _check(args) -> int:
     if not dirs:
         print("check: name suite folders, or --all FOLDER", file=sys.stderr)
         return 1
-    gate, damage, failed = _gate_and_damage(args.params, args.no_damage)
+    gate, damage, limit, failed = _gate_and_damage(args.params, args.no_damage)
     for problem in failed:
         print(f"params: {problem}")
     for d in dirs:
         try:
-            check = check_suite(load_suite(d), gate=gate, damage=damage)
+            check = check_suite(load_suite(d), gate=gate, damage=damage, limit=limit)
         except (FileNotFoundError, SuiteError) as exc:
             print(f"suite {d}: does not load: {exc}")
             failed.append(str(d))

@@ -141,10 +141,13 @@ def _run_scorers(scorers: list, items: list[EvalItem], check: SuiteCheck) -> Non
     check.metrics = list(writer)
 
 
-def check_suite(suite: Suite, gate: GateParams | None = None, damage: bool = True) -> SuiteCheck:
+def check_suite(suite: Suite, gate: GateParams | None = None, damage: bool = True,
+                limit: int | None = None) -> SuiteCheck:
     """Everything that would stop `suite` from evaluating, or make its report meaningless.
     `gate` (the params' gate section) adds a check that every rule's path will be in the report;
-    `damage` says whether that report will have the damage and reference sections."""
+    `damage` says whether that report will have the damage and reference sections; `limit`
+    (evaluate.limit) is the items per slice evaluation will take, so slice sizes are checked as
+    evaluated."""
     from pipeline.evaluate.scoring import build_scorer
 
     spec = suite.spec
@@ -156,10 +159,15 @@ def check_suite(suite: Suite, gate: GateParams | None = None, damage: bool = Tru
         items = []
     check.items = len(items)
     check.slices = dict(sorted(Counter(it.slice for it in items).items()))
-    small = {k: n for k, n in check.slices.items() if n < spec.min_slice_n}
+    evaluated = {k: min(n, limit) if limit is not None else n for k, n in check.slices.items()}
+    small = {k: n for k, n in evaluated.items() if n < spec.min_slice_n}
     if small:
-        check.warnings.append(f"slices smaller than min_slice_n={spec.min_slice_n} (reported as too small to "
-                              f"trust): {small}")
+        limited = f" as evaluated with evaluate.limit={limit}" if limit is not None else ""
+        check.warnings.append(f"slices smaller than min_slice_n={spec.min_slice_n}{limited} (reported as too small "
+                              f"to trust): {small}")
+    if limit is not None and sum(evaluated.values()) < check.items:
+        check.warnings.append(f"evaluate.limit={limit} evaluates {sum(evaluated.values())} of {check.items} items; the "
+                              "gate refuses a limited evaluation unless gate.allow_limited_evaluation is true")
     _check_tasks(suite, check.problems)
 
     scorers, unbuilt = [], 0
@@ -209,7 +217,7 @@ def skeleton_report(check: SuiteCheck, has_nll: bool, damage: bool) -> dict[str,
     loglikelihood_task, damage when it is off, flips without correctness metrics) are absent,
     so a rule on them is found missing here exactly as the gate would find it missing."""
     n, head = check.items, check.headline
-    slices = {name: {"n": k, "too_small": False,
+    slices = {name: {"n": k, "suite_n": k, "too_small": False,
                      **{m: _summary(k) for m in check.metrics if m in check.slice_metrics.get(name, check.metrics)}}
               for name, k in check.slices.items()}
     nll = {k: 0.0 for k in NLL_KEYS} if has_nll else {}

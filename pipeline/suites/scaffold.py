@@ -297,6 +297,10 @@ def _gate_yaml(name: str, headline: str, refusal: bool, flips: bool) -> str:
         "    # the 95% CI the first evaluation measures (reports/eval.json), then raise as models improve.",
         f"    - {{metric: overall.{headline}, min: 0.0, bound: ci_low}}",
         f"    - {{metric: slices.*.{headline}, min: 0.0, bound: ci_low, note: \"every slice, so the worst one too\"}}",
+        "    # A floor on a slice of a few items means little even on the CI's lower end: every slice the",
+        "    # floors name must have min_slice_n items (suite.yaml) as evaluated. This one is not a 0.0",
+        "    # floor: it fails the first run if a slice is short; add items rather than lowering it.",
+        "    - {metric: slices.*.too_small, max: 0, note: \"every slice has at least min_slice_n items\"}",
     ]
     if refusal:
         rules.append("    - {metric: overall.empty_or_refusal, max: 0.05, note: \"empty answers and refusals\"}")

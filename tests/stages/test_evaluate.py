@@ -35,6 +35,18 @@ def test_per_slice_tails_and_golden(evaluated):
     assert len(rows) == params.limit * 4 == report["suite"]["items"]
     assert {r["slice"] for r in rows} == {"allergy", "common", "interaction", "long"}
     assert sum(s["n"] for s in report["slices"].values()) == len(rows)
+    # ... and says so wherever a count appears: the suite's size, per slice too
+    from pipeline.suites import load_suite
+
+    full = load_suite(REPO / "eval_suites/discharge").items()
+    assert report["suite"]["suite_items"] == len(full) > len(rows) and report["suite"]["limited"] is True
+    assert report["suite"]["limit_per_slice"] == params.limit
+    assert {k: s["suite_n"] for k, s in report["slices"].items()} == {
+        k: sum(it.slice == k for it in full) for k in report["slices"]}
+    # the interval each metric has: exact for the 0/1 ones, bootstrap for fractions
+    for name, summary in report["overall"].items():
+        values = [r[name] for r in rows if name in r]
+        assert summary["interval"] == ("clopper-pearson" if set(values) <= {0.0, 1.0} else "bca-bootstrap"), name
     for s in report["slices"].values():
         lo, hi = s["field_accuracy"]["ci95"]
         assert 0.0 <= lo <= s["field_accuracy"]["mean"] <= hi <= 1.0
@@ -82,7 +94,9 @@ def test_stage_writes_reports(tiny_pipeline, tmp_path):
                "--reference-base", str(tiny_pipeline["base"])])
     assert rc == 0
     assert json.loads((tmp_path / "eval.json").read_text())["suite"]["name"] == "discharge"
-    assert (tmp_path / "eval.md").read_text().startswith("# Evaluation")
+    md = (tmp_path / "eval.md").read_text()
+    assert md.startswith("# Evaluation") and "4 of the suite's 160 items (**limited**" in md
+    assert "95% CIs:" in md
     assert (tmp_path / "plots/eval_slices.csv").read_text().startswith("slice,")
     for png in ("eval_slices.png", "nll_cdf.png", "length_buckets.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,7 +17,8 @@ TEMPLATE = "t" * 64
 GOOD = {
     "bundle_digest": DIGEST,
     "bundle": {"chat_template_sha256": TEMPLATE},
-    "suite": {"name": "discharge", "version": 1},
+    "suite": {"name": "discharge", "version": 1, "items": 80, "suite_items": 80, "limit_per_slice": None,
+              "limited": False},
     "engine": {"name": "hf", "exact": True, "batch_invariant": True},
     "overall": {"field_accuracy": {"mean": 0.8}, "format_valid": {"mean": 0.99}, "hallucination": {"mean": 0.02}},
     "slices": {"common": {"field_accuracy": {"mean": 0.85}}, "long": {"field_accuracy": {"mean": 0.7}}},
@@ -73,6 +74,8 @@ def test_good_report_passes():
     (lambda r: r["damage"].update(worst_slice_drop=0.2), "damage.worst_slice_drop"),
     (lambda r: r.pop("damage"), "damage.delta_nll_per_token.p99"),
     (lambda r: r.pop("damage"), "damage.flip_rate"),
+    (lambda r: r["suite"].update(items=8, limit_per_slice=4, limited=True), "evaluation_complete"),
+    (lambda r: r["suite"].pop("suite_items"), "evaluation_complete"),  # a report that does not say
 ])
 def test_each_failure_fails_closed(mutate, rule):
     report = copy.deepcopy(GOOD)
@@ -137,9 +140,9 @@ def test_todays_discharge_rules_in_path_form_give_the_v1_verdict():
     old_params = yaml.safe_load((V1 / "params_gate_v1.yaml").read_text())["gate"]
     new = decide(load_section("gate", REPO / "params.yaml"), report, report["bundle_digest"],
                  chat_template_sha256=report["bundle"]["chat_template_sha256"])
-    # The v1 engine predates batch invariance (its report does not claim it): that rule, new
-    # since, fails it closed; every rule v1 had gives v1's verdict.
-    assert old["passed"] is True and new["failed"] == ["engine_batch_invariant"]
+    # The v1 report predates batch invariance and the suite-size record (it does not claim
+    # either): those rules, new since, fail it closed; every rule v1 had gives v1's verdict.
+    assert old["passed"] is True and new["failed"] == ["engine_batch_invariant", "evaluation_complete"]
     values = {r["name"]: r["value"] for r in new["rules"]}
     renamed = {"field_accuracy": "overall.field_accuracy", "format_validity": "overall.format_valid",
                "nll_per_token_p99": "nll_per_token.p99", "hallucination_rate": "overall.hallucination",
@@ -160,7 +163,7 @@ def test_todays_discharge_rules_in_path_form_give_the_v1_verdict():
     assert old_params["min_slice_field_accuracy"]["interaction"] < 0.6
     assert decide(strict, report, report["bundle_digest"],
                   chat_template_sha256=report["bundle"]["chat_template_sha256"])["failed"] == [
-        "engine_batch_invariant", "slices.interaction.field_accuracy"]
+        "engine_batch_invariant", "evaluation_complete", "slices.interaction.field_accuracy"]
 
 
 def test_a_batch_variant_engine_fails_unless_allowed():
@@ -254,6 +257,31 @@ def test_stage_exits_nonzero_on_failure(bundle_copy, tmp_path):
     assert json.loads((tmp_path / "gate.json").read_text())["failed"] == ["baseline_present"]
 
 
+def test_a_failed_gate_leaves_no_earlier_release_looking_current(bundle_copy, tmp_path):
+    """The last release's record and card (another bundle, maybe another task) are replaced by a
+    not-released record for this bundle, naming the refusal and the release they described."""
+    from stages.gate import main
+
+    report = tmp_path / "eval.json"
+    report.write_text(json.dumps(_report_for(bundle_copy)))
+    params = tmp_path / "params.yaml"
+    record, card = tmp_path / "release.json", tmp_path / "model_card.md"
+    record.write_text(json.dumps({"bundle_digest": "e" * 64, "gate_passed": True}))
+    card.write_text("# tailgate-eeeeeeeeeeee\n\nAn earlier release of another task.\n")
+    args = [*_stage_args(tmp_path, bundle_copy, report, params), "--supersedes", str(record), str(card)]
+    params.write_text("gate:\n  rules: [{metric: overall.field_accuracy, min: 0.7}]\n")
+    assert main(args) == 0 and "another task" in card.read_text()  # a pass touches nothing
+    params.write_text("gate:\n  rules: [{metric: overall.field_accuracy, min: 0.9}]\n")
+    assert main(args) == 1
+    digest = _report_for(bundle_copy)["bundle_digest"]
+    now = json.loads(record.read_text())
+    assert now == {"status": "not released", "bundle_digest": digest, "gate_failed": ["overall.field_accuracy"],
+                   "gate_summary": str(tmp_path / "gate.md"), "previous_release": "e" * 64}
+    text = card.read_text()
+    assert text.startswith("# Not released") and digest in text and "e" * 64 in text and "another task" not in text
+    assert main(args) == 1 and json.loads(record.read_text())["previous_release"] == "e" * 64  # kept on a rerun
+
+
 def test_stage_refuses_a_report_for_another_bundle(bundle_copy, tmp_path):
     from stages.gate import main
 
@@ -310,9 +338,9 @@ def test_real_fp4_configuration_is_refused_and_its_damage_is_measured():
     # Both reports predate batch invariance, so that rule fails both closed; the metric rules
     # are what tell the configurations apart.
     refused = decide(params, fp4, fp4["bundle_digest"], chat_template_sha256=fp4["bundle"]["chat_template_sha256"])
-    assert refused["failed"] == ["engine_batch_invariant", "slices.allergy.field_accuracy"]
+    assert refused["failed"] == ["engine_batch_invariant", "evaluation_complete", "slices.allergy.field_accuracy"]
     shipped = decide(params, nf4, nf4["bundle_digest"], chat_template_sha256=nf4["bundle"]["chat_template_sha256"])
-    assert shipped["failed"] == ["engine_batch_invariant"]
+    assert shipped["failed"] == ["engine_batch_invariant", "evaluation_complete"]
     worse_tail = fp4["damage"]["delta_nll_per_token"]["p99"] - nf4["damage"]["delta_nll_per_token"]["p99"]
     assert 0 < worse_tail < 0.05
 
@@ -334,9 +362,9 @@ def test_real_post_training_quantized_adapter_is_refused_on_its_damage():
     # same greedy answers, so the same accuracy to the last item.
     assert ptq["reference"]["overall"]["field_accuracy"] == lora16["overall"]["field_accuracy"]
     d = decide(params, ptq, ptq["bundle_digest"], chat_template_sha256=ptq["bundle"]["chat_template_sha256"])
-    # (the report predates batch invariance: that rule fails it closed too)
-    assert d["failed"] == ["engine_batch_invariant", "damage.delta_nll_per_token.p99", "damage.flip_rate",
-                           "damage.worst_slice_drop"]
+    # (the report predates batch invariance and the suite-size record: those fail it closed too)
+    assert d["failed"] == ["engine_batch_invariant", "evaluation_complete", "damage.delta_nll_per_token.p99",
+                           "damage.flip_rate", "damage.worst_slice_drop"]
     rules = {r["name"]: r for r in d["rules"]}
     assert rules["damage.delta_nll_per_token.p99"]["value"] > rules["damage.delta_nll_per_token.p99"]["threshold"]
     assert rules["damage.flip_rate"]["value"] > rules["damage.flip_rate"]["threshold"] > ptq["damage"]["unflip_rate"]
@@ -364,3 +392,27 @@ def test_real_regression_nf4_against_the_16bit_release():
     same = decide(params, baseline, baseline["bundle_digest"],
                   chat_template_sha256=baseline["bundle"]["chat_template_sha256"], baseline=baseline)
     assert not [r for r in same["failed"] if r.startswith("regression.")]
+
+
+def test_a_limited_evaluation_passes_only_when_allowed_and_says_how_much_ran():
+    report = copy.deepcopy(GOOD)
+    report["suite"].update(items=8, limit_per_slice=4, limited=True)
+    refused = _decide(report)
+    rule = next(r for r in refused["rules"] if r["name"] == "evaluation_complete")
+    assert refused["failed"] == ["evaluation_complete"] and rule["value"] == "8 of 80 items"
+    assert "allow_limited_evaluation" in rule["note"] and "evaluate.limit=4" in rule["note"]
+    allowed = _decide(report, PARAMS.model_copy(update={"allow_limited_evaluation": True}))
+    assert allowed["passed"] and "8 of 80 items" in render_markdown(allowed)
+
+
+def test_too_small_and_n_are_gateable():
+    """A floor on a handful of items means little: `too_small` (a flag, read as 0/1) and `n`
+    can be ruled on like any metric."""
+    report = copy.deepcopy(GOOD)
+    report["slices"]["common"].update(n=40, too_small=False)
+    report["slices"]["long"].update(n=6, too_small=True)
+    params = GateParams(rules=[{"metric": "slices.*.too_small", "max": 0}, {"metric": "slices.*.n", "min": 20}])
+    d = _decide(report, params)
+    assert d["failed"] == ["slices.long.too_small", "slices.long.n"]
+    values = {r["name"]: r["value"] for r in d["rules"]}
+    assert values["slices.common.too_small"] == 0.0 and values["slices.long.too_small"] == 1.0

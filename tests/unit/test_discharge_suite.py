@@ -38,8 +38,9 @@ def test_the_v1_report_is_reproduced_item_by_item_and_in_aggregate():
                          "output": r["output"], **new, "nll_per_token": r["nll_per_token"]})
     old = json.loads((V1 / "eval.json").read_text())
     agg = aggregate(rescored, SUITE, EvaluateParams(bootstrap_samples=1000, seed=0), scorers)
-    # every mean and count as v1 had it; the CIs are BCa now (v1's were percentile intervals),
-    # so they are checked for what any CI of a mean must be instead
+    # every mean and count as v1 had it; the CIs are exact binomial (0/1 metrics) or BCa now
+    # (v1's were percentile intervals), so they are checked for what any CI of a mean must be
+    # instead, and the interval each metric has follows its values
     assert _without_ci(agg["overall"]) == _without_ci(old["overall"])
     assert _without_ci(agg["slices"]) == _without_ci(old["slices"])
     assert agg["worst_slice"] == old["worst_slice"] and agg["length_buckets"] == old["length_buckets"]
@@ -47,11 +48,14 @@ def test_the_v1_report_is_reproduced_item_by_item_and_in_aggregate():
                                                if isinstance(v, dict))]:
         lo, hi = summary["ci95"]
         assert lo <= summary["mean"] <= hi
+    for m, summary in agg["overall"].items():
+        binary = {r[m] for r in rescored if m in r} <= {0.0, 1.0}
+        assert summary["interval"] == ("clopper-pearson" if binary else "bca-bootstrap"), m
 
 
 def _without_ci(node):
     if isinstance(node, dict):
-        return {k: _without_ci(v) for k, v in node.items() if k != "ci95"}
+        return {k: _without_ci(v) for k, v in node.items() if k not in ("ci95", "interval")}
     return node
 
 

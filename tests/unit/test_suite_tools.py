@@ -78,7 +78,7 @@ def test_scaffold_json_prompt_completion(tmp_path):
     gate = load_section("gate", out / "gate.yaml")
     metrics = {r.metric for r in gate.rules}
     assert {"overall.json_key_accuracy", "slices.*.json_key_accuracy", "overall.empty_or_refusal",
-            "damage.flip_rate", "damage.worst_slice_drop"} == metrics
+            "damage.flip_rate", "damage.worst_slice_drop", "slices.*.too_small"} == metrics
     assert all(r.bound == "ci_low" for r in gate.rules if r.metric.endswith("json_key_accuracy"))
 
 
