@@ -87,8 +87,11 @@ def replay(golden: dict, client, concurrency: int) -> dict:
                           f"{str(golden.get('bundle_digest'))[:16]}")
     load_before = [round(x, 2) for x in os.getloadavg()]
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        items = list(pool.map(lambda g: _ask(client, info["id"], g), prompts))
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:  # progress on stderr: minutes for a suite
+        items = list(tqdm(pool.map(lambda g: _ask(client, info["id"], g), prompts), total=len(prompts),
+                          desc="replay", unit="item", file=sys.stderr))
     wall = time.perf_counter() - t0
     different = [i for i in items if not i["identical"]]
     platform = (info.get("platform") or {})

@@ -96,12 +96,14 @@ def compare(shipped: list[dict], reference: list[dict], slice_names: list[str], 
 
 
 def attach_reference(rows: list[dict], reference: list[dict], headline: str) -> None:
-    """Put each item's reference output and numbers beside the shipped ones (eval_samples)."""
+    """Put each item's output and numbers under the reference precision (the 16-bit base) beside
+    the shipped ones (eval_samples), named as such: `reference_precision_*`, never to be read as
+    the suite's reference answer (`gold`)."""
     ref = {r["id"]: r for r in reference}
     for r in rows:
         q = ref[r["id"]]
-        r["reference_output"] = q["output"]
+        r["reference_precision_output"] = q["output"]
         if headline in q:
-            r[f"reference_{headline}"] = q[headline]
+            r[f"reference_precision_{headline}"] = q[headline]
         if "nll_per_token" in q:
-            r["reference_nll_per_token"] = q["nll_per_token"]
+            r["reference_precision_nll_per_token"] = q["nll_per_token"]

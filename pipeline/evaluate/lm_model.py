@@ -102,9 +102,20 @@ class TailgateLM(LM):
         bar.close()
         return outputs
 
+    def _scored(self, pairs: list, desc: str, disable: bool) -> list[tuple[float, bool]]:
+        """The engine's log-likelihoods of pairs, a batch at a time with a progress bar (a long
+        phase otherwise silent; each pair is scored alone, so the chunking changes nothing)."""
+        out: list[tuple[float, bool]] = []
+        with tqdm(total=len(pairs), desc=desc, disable=disable, unit="seq") as bar:
+            for start in range(0, len(pairs), self.batch_size):
+                chunk = pairs[start:start + self.batch_size]
+                out.extend(self.engine.loglikelihood(chunk))
+                bar.update(len(chunk))
+        return out
+
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         pairs = [self.split_pair(*req.args) for req in requests]
-        return self.engine.loglikelihood(pairs)
+        return self._scored(pairs, "loglikelihood", disable_tqdm)
 
     def rolling_windows(self, text: str) -> list[tuple[list[int], list[int]]]:
         """lm-eval's own disjoint (context, continuation) windows over the whole text, as its HF
@@ -124,8 +135,8 @@ class TailgateLM(LM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         windows = [self.rolling_windows(req.args[0]) for req in requests]
         flat = [w for ws in windows for w in ws]
-        # All windows of all requests in one call: the engine batches them (batch-invariant).
-        scores = self.engine.loglikelihood(flat) if flat else []
+        # All windows of all requests together: the engine scores each alone (batch-invariant).
+        scores = self._scored(flat, "loglikelihood (rolling)", disable_tqdm) if flat else []
         out, start = [], 0
         for ws in windows:
             out.append(float(sum(lp for lp, _ in scores[start:start + len(ws)])))

@@ -37,7 +37,7 @@ def write_csvs(report: dict, rows: list[dict], plots_dir: Path) -> None:
     # generic column names, so dvc.yaml's plot definition fits any suite's headline metric
     _csv(plots_dir / "eval_slices.csv", ["slice", "headline", "ci_low", "ci_high", "n", "reference_headline"],
          slice_rows)
-    shipped, reference = _nll(rows, "nll_per_token"), _nll(rows, "reference_nll_per_token")
+    shipped, reference = _nll(rows, "nll_per_token"), _nll(rows, "reference_precision_nll_per_token")
     q_rows = [[p, float(np.percentile(shipped, p)), float(np.percentile(reference, p)) if len(reference) else None]
               for p in PERCENTILES] if len(shipped) else []
     _csv(plots_dir / "nll_quantiles.csv", ["percentile", "shipped", "reference"], q_rows)
@@ -90,7 +90,7 @@ def write_pngs(report: dict, rows: list[dict], plots_dir: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     if not any("nll_per_token" in r for r in rows):
         ax.text(0.5, 0.5, "no loglikelihood_task in this suite", ha="center", va="center", transform=ax.transAxes)
-    for key, label in (("nll_per_token", "shipped"), ("reference_nll_per_token", "reference precision")):
+    for key, label in (("nll_per_token", "shipped"), ("reference_precision_nll_per_token", "reference precision")):
         v = _nll(rows, key)
         if len(v):
             ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=label)

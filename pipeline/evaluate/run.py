@@ -99,7 +99,9 @@ def collect(lm, items: list[EvalItem], default_system: str | None, samples: dict
         prompt_ids = encode_prompt(lm.tokenizer, it.prompt_messages(default_system))
         if lm.encode(g["arguments"][0][0]) != prompt_ids:
             raise RuntimeError(f"lm-eval rendered item {it.id} differently from the serving chat encoding")
-        row = {"id": it.id, "slice": it.slice, "prompt_tokens": len(prompt_ids), "output": g["filtered_resps"][0]}
+        # the prompt as sent and the suite's reference answer ("gold"), beside what the model said
+        row = {"id": it.id, "slice": it.slice, "prompt": it.prompt_messages(default_system),
+               "prompt_tokens": len(prompt_ids), "gold": it.reference, "output": g["filtered_resps"][0]}
         if it.id in choice:
             row["option_logprobs"] = list(tasks.option_logprobs(choice[it.id]))
         if it.id in ll:

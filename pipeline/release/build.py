@@ -9,6 +9,7 @@ registry pointer.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -77,15 +78,22 @@ def replay_under_load(params: ReleaseReplayParams, bundle_dir: Path, golden_path
     cmd = [sys.executable, "-m", "serving.replay", "--serve", str(bundle_dir), "--golden", str(golden_path),
            "--concurrency", str(params.concurrency), "--out", str(out)]
     log.info("replaying every golden item against the served bundle at concurrency %d", params.concurrency)
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode not in (0, 1) or not out.is_file():
-        raise ReleaseError(f"the replay under load could not run (exit {done.returncode}): "
-                           f"{done.stderr.strip()[-1500:]}", EVIDENCE_FILES["golden"])
+    # stderr (the server's start-up, the replay's progress) is shown as it comes, and its tail kept
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        tail.append(line)
+    stdout = proc.stdout.read()
+    returncode = proc.wait()
+    if returncode not in (0, 1) or not out.is_file():
+        raise ReleaseError(f"the replay under load could not run (exit {returncode}): "
+                           f"{''.join(tail).strip()[-1500:]}", EVIDENCE_FILES["golden"])
     result = json.loads(out.read_text(encoding="utf-8"))
-    log.info("%s", done.stdout.strip())
+    log.info("%s", stdout.strip())
     if result["different"] and params.required:
         raise ReleaseError(f"served under load, {result['different']} of {result['items']} answers differ from the "
-                           f"evaluated ones; nothing is released (release.replay.required):\n{done.stdout.strip()}",
+                           f"evaluated ones; nothing is released (release.replay.required):\n{stdout.strip()}",
                            EVIDENCE_FILES["golden"])
     if result["different"]:
         log.warning("releasing with %d of %d served answers different from the evaluated ones "

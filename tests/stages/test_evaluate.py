@@ -125,14 +125,14 @@ def test_quantization_damage_is_measured_against_the_16bit_base(evaluated):
     (report, rows, _golden), _ = evaluated
     d = report["damage"]
     assert d["items"] == len(rows) and "bfloat16 base" in d["reference"]
-    deltas = sorted(r["nll_per_token"] - r["reference_nll_per_token"] for r in rows)
+    deltas = sorted(r["nll_per_token"] - r["reference_precision_nll_per_token"] for r in rows)
     assert any(abs(x) > 1e-6 for x in deltas)  # NF4 weights are not the bf16 weights
     assert d["delta_nll_per_token"]["max"] == pytest.approx(deltas[-1])
     assert d["delta_nll_per_token"]["p50"] <= d["delta_nll_per_token"]["p99"] <= d["delta_nll_per_token"]["max"]
     assert 0.0 <= d["flip_rate"] <= 1.0 and d["correctness_pairs"] == 5 * len(rows)  # the five field_* values
     for name, s in d["slices"].items():
         shipped = [r["field_accuracy"] for r in rows if r["slice"] == name]
-        ref = [r["reference_field_accuracy"] for r in rows if r["slice"] == name]
+        ref = [r["reference_precision_field_accuracy"] for r in rows if r["slice"] == name]
         assert s["field_accuracy_drop"] == pytest.approx(sum(ref) / len(ref) - sum(shipped) / len(shipped))
     assert set(report["reference"]["slices"]) == set(report["slices"])
 
