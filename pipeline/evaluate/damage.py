@@ -44,8 +44,10 @@ def check_reference_base(manifest, base_dir: str | Path) -> str:
 
 
 def compare(shipped: list[dict], reference: list[dict], slice_names: list[str], description: str,
-            headline: str, correctness: list[str]) -> dict:
-    """Damage statistics of shipped rows against reference rows (matched by item id)."""
+            headline: str, correctness: list[str], lower_is_better: bool = False) -> dict:
+    """Damage statistics of shipped rows against reference rows (matched by item id). A drop is
+    always a loss of quality: reference minus shipped for a higher-is-better headline, shipped
+    minus reference for a lower-is-better one (an error rate, an NLL)."""
     ref = {r["id"]: r for r in reference}
     missing = [r["id"] for r in shipped if r["id"] not in ref]
     if missing:
@@ -75,8 +77,8 @@ def compare(shipped: list[dict], reference: list[dict], slice_names: list[str], 
         d_nll = [r["nll_per_token"] - ref[r["id"]]["nll_per_token"] for r in s_rows
                  if "nll_per_token" in r and "nll_per_token" in ref[r["id"]]]
         slices[name] = {"n": len(s_rows), f"{headline}_shipped": s_mean, f"{headline}_reference": r_mean,
-                        # positive = quantization lost quality on this slice (for a higher-is-better headline)
-                        f"{headline}_drop": r_mean - s_mean,
+                        # positive = quantization lost quality on this slice, whichever way is better
+                        f"{headline}_drop": (s_mean - r_mean) if lower_is_better else (r_mean - s_mean),
                         "delta_nll_mean": float(np.mean(d_nll)) if d_nll else None}
     out = {
         "reference": description,
@@ -87,6 +89,7 @@ def compare(shipped: list[dict], reference: list[dict], slice_names: list[str], 
         "correctness_pairs": pairs,
         "flipped_items": flipped_items,
         "identical_outputs": identical / len(shipped),
+        "headline_lower_is_better": lower_is_better,
         "slices": slices,
         "worst_slice_drop": max((s[f"{headline}_drop"] for s in slices.values()), default=None),
     }

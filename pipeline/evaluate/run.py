@@ -198,12 +198,22 @@ def _record_limit(report: dict, suite: Suite, limit: int | None) -> None:
         s["suite_n"] = full.get(name, s["n"])
 
 
-def prepare(params: EvaluateParams, gate: GateParams | None = None) -> tuple[Suite, list[Scorer]]:
-    """Load and check the suite before anything expensive runs; raise SuiteError naming every problem."""
+def prepare(params: EvaluateParams, gate: GateParams | None = None,
+            tokenizer_dir: str | Path | None = None) -> tuple[Suite, list[Scorer]]:
+    """Load and check the suite before anything expensive runs; raise SuiteError naming every
+    problem (the bundle's tokenizer, when given, checks the references fit the budget)."""
     from pipeline.suites.check import check_suite
 
     suite = load_suite(params.suite)
-    check_suite(suite, gate=gate, damage=params.damage, limit=params.limit).raise_for_problems()
+    tokenizer = None
+    if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
+    check = check_suite(suite, gate=gate, damage=params.damage, limit=params.limit, tokenizer=tokenizer)
+    for warning in check.warnings:
+        log.warning("suite %s: %s", suite.name, warning)
+    check.raise_for_problems()
     return suite, build_scorers(suite)
 
 
@@ -217,8 +227,8 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir:
     """
     from pipeline.engines.hf import HFEngine
 
-    suite, scorers = prepare(params, gate)
-    bundle = verify_bundle(bundle_dir)
+    bundle = verify_bundle(bundle_dir)  # hashes only: the suite is still checked before any weights load
+    suite, scorers = prepare(params, gate, bundle.root / "tokenizer")
     manifest = bundle.manifest
     quantized = manifest.quantization.method != "none"
     if params.damage and quantized:
@@ -268,7 +278,8 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir:
             description = f"{manifest.quantization.compute_dtype} base (lock {manifest.base.source_sha256[:12]}) + the same adapter"
         else:
             ref_rows, description = rows, "the shipped model itself (its base is not quantized)"
-        report["damage"] = damage.compare(rows, ref_rows, sorted(report["slices"]), description, head, correct)
+        report["damage"] = damage.compare(rows, ref_rows, sorted(report["slices"]), description, head, correct,
+                                          lower_is_better=head in lower)
         report["reference"] = {k: v for k, v in aggregate(ref_rows, suite, params, scorers).items()
                                if k in ("overall", "slices", "nll_per_token", "length_buckets")}
         damage.attach_reference(rows, ref_rows, head)

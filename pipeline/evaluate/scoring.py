@@ -39,10 +39,12 @@ class Output:
 
 class Scorer:
     """Base class. Subclasses set `name`, `metrics` (every output name, in order), `correctness`
-    (the per-item 0/1 ones), `lower_is_better`, `needs_choices`, and implement `score`."""
+    (the per-item 0/1 ones), `lower_is_better`, `needs_choices`, `partial` (the metrics an item
+    may have no value for: n/a, counted in no mean), and implement `score`."""
 
     name: str = ""
     metrics: tuple[str, ...] = ()
+    partial: tuple[str, ...] = ()
     correctness: tuple[str, ...] = ()
     lower_is_better: tuple[str, ...] = ()
     needs_choices: bool = False  # reads Output.option_logprobs (the suite needs a choice_task)
@@ -52,7 +54,7 @@ class Scorer:
 
     def __call__(self, output: Output, item: EvalItem) -> dict[str, float]:
         values = self.score(output, item)
-        if self.metrics and set(values) != set(self.metrics):
+        if self.metrics and not set(self.metrics) - set(self.partial) <= set(values) <= set(self.metrics):
             raise SuiteError(f"scorer {self.name} wrote {sorted(values)} for item {item.id}, but declares "
                              f"{sorted(self.metrics)}")
         for k, v in values.items():
@@ -136,7 +138,12 @@ def load_module(path: str | Path):
 
 
 def _suite_module(suite: Suite, module: str):
-    return load_module(suite.root / f"{module.replace('.', '/')}.py")
+    """The suite's own module, from its folder or, for a suite that includes another, from the
+    first folder of the include chain that has it."""
+    rel = f"{module.replace('.', '/')}.py"
+    roots = getattr(suite, "module_roots", [suite.root])
+    found = next((r / rel for r in roots if (r / rel).is_file()), roots[0] / rel)
+    return load_module(found)
 
 
 class _Prefixed(Scorer):

@@ -73,11 +73,16 @@ def _check(args) -> int:
         print("check: name suite folders, or --all FOLDER", file=sys.stderr)
         return 1
     gate, damage, limit, failed = _gate_and_damage(args.params, args.no_damage)
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=False)
     for problem in failed:
         print(f"params: {problem}")
     for d in dirs:
         try:
-            check = check_suite(load_suite(d), gate=gate, damage=damage, limit=limit)
+            check = check_suite(load_suite(d), gate=gate, damage=damage, limit=limit, tokenizer=tokenizer)
         except (FileNotFoundError, SuiteError) as exc:
             print(f"suite {d}: does not load: {exc}")
             failed.append(str(d))
@@ -103,6 +108,8 @@ def _scaffold(args) -> int:
     if result.system_prompt is not None:
         print(f"  system prompt shared by every item: {result.system_prompt[:60]!r}")
     print(f"  references look like: {result.kind}; scorers: {result.scorers}; headline: {result.headline}")
+    for note in result.notes:
+        print(f"  {note}")
     print(f"  generation.max_new_tokens: {result.max_new_tokens}")
     print(f"  starter gate rules: {result.suite_dir / 'gate.yaml'} (set the floors after the first run)")
     print_check(result.check)
@@ -123,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--all", action="append", metavar="FOLDER", help="check every suite in FOLDER (*/suite.yaml)")
     ck.add_argument("--params", help="params.yaml: validate its gate section and check every rule's metric "
                                      "path against what the suite produces")
+    ck.add_argument("--tokenizer", help="a tokenizer folder (artifacts/base, or a bundle's tokenizer/): warn about "
+                                        "reference answers longer than generation.max_new_tokens")
     ck.add_argument("--no-damage", action="store_true", help="the report will have no damage section "
                                                              "(evaluate.damage off)")
     return parser

@@ -43,6 +43,8 @@ class SuiteCheck:
     # slice -> the metrics its items' references produce (a scorer may write a metric for some
     # items only, e.g. a recall over the feared slice): the report has it in those slices only
     slice_metrics: dict[str, list[str]] = field(default_factory=dict)
+    # metric -> how many items' references produce it (a metric some items are n/a for has fewer)
+    metric_items: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -105,6 +107,8 @@ def _run_scorers(scorers: list, items: list[EvalItem], check: SuiteCheck) -> Non
                 errors.setdefault(f"{type(exc).__name__}: {exc}", []).append(it)
                 continue
             in_slice = check.slice_metrics.setdefault(it.slice, [])
+            for k in values:
+                check.metric_items[k] = check.metric_items.get(k, 0) + 1
             for k, v in values.items():
                 if k not in in_slice:
                     in_slice.append(k)
@@ -141,13 +145,21 @@ def _run_scorers(scorers: list, items: list[EvalItem], check: SuiteCheck) -> Non
     check.metrics = list(writer)
 
 
+# what the report writes beside the metrics of a slice or a summary: a metric of that name would
+# be shadowed or misread by a gate path
+REPORT_FIELDS = frozenset({"n", "suite_n", "too_small", "mean", "ci95", "interval"})
+# report sections whose values are all in [0, 1]: a floor above 1 or a ceiling below 0 never passes
+_UNIT_RANGE_DAMAGE = ("flip_rate", "unflip_rate", "identical_outputs")
+
+
 def check_suite(suite: Suite, gate: GateParams | None = None, damage: bool = True,
-                limit: int | None = None) -> SuiteCheck:
+                limit: int | None = None, tokenizer=None) -> SuiteCheck:
     """Everything that would stop `suite` from evaluating, or make its report meaningless.
     `gate` (the params' gate section) adds a check that every rule's path will be in the report;
     `damage` says whether that report will have the damage and reference sections; `limit`
     (evaluate.limit) is the items per slice evaluation will take, so slice sizes are checked as
-    evaluated."""
+    evaluated; `tokenizer` (the bundle's) lets it check the reference answers fit the generation
+    budget."""
     from pipeline.evaluate.scoring import build_scorer
 
     spec = suite.spec
@@ -196,6 +208,21 @@ def check_suite(suite: Suite, gate: GateParams | None = None, damage: bool = Tru
     if scorers and items and spec.headline_metric not in check.metrics:
         check.problems.append(f"headline_metric {spec.headline_metric!r} is not produced by any scorer; "
                               f"metrics: {check.metrics}")
+    elif scorers and items and not unbuilt and check.metric_items.get(spec.headline_metric, 0) < len(items):
+        check.problems.append(f"headline_metric {spec.headline_metric!r} is produced for "
+                              f"{check.metric_items.get(spec.headline_metric, 0)} of {len(items)} items: the worst "
+                              "slice and the length buckets need it on every item (pick a metric every item has)")
+    for m in check.metrics:
+        if "." in m or m in REPORT_FIELDS:
+            check.problems.append(f"metric name {m!r} " + ("contains '.', which gate paths split on" if "." in m else
+                                  "collides with a field the report writes beside every metric") +
+                                  " (rename it, or give its scorer a `prefix:`)")
+    if tokenizer is not None and items:
+        budget = spec.generation.max_new_tokens
+        long = [it for it in items if len(tokenizer.encode(it.reference, add_special_tokens=False)) > budget]
+        if long:
+            check.warnings.append(f"{len(long)} reference answers are longer than generation.max_new_tokens={budget} "
+                                  f"tokens, so no model can produce them whole within the budget: {_ids(long)}")
     if gate is not None and (unbuilt or not items):
         # Without every item and scorer the skeleton would lack slices and metrics, and each
         # rule would be reported missing for a reason already listed above.
@@ -279,6 +306,16 @@ def _check_gate(gate: GateParams, check: SuiteCheck, suite: Suite, damage: bool)
     named = [(f"gate rule {i} ({r.metric}, {'min' if r.min is not None else 'max'} "
               f"{r.min if r.min is not None else r.max})", r.metric, r.bound) for i, r in enumerate(gate.rules)]
     named += [(f"gate regression rule {i} ({r.metric})", r.metric, "mean") for i, r in enumerate(gate.regression)]
+    for i, r in enumerate(gate.rules):
+        parts = r.metric.split(".")
+        parts = parts[1:] if parts[0] == "reference" else parts
+        scorer_metric = ((parts[0] == "overall" and len(parts) == 2 and parts[1] in check.metrics)
+                         or (parts[0] == "slices" and len(parts) == 3 and parts[2] in check.metrics))
+        unit = scorer_metric or (parts[0] == "damage" and len(parts) == 2 and parts[1] in _UNIT_RANGE_DAMAGE)
+        if unit and ((r.min is not None and r.min > 1.0) or (r.max is not None and r.max < 0.0)):
+            check.problems.append(f"gate rule {i} ({r.metric}, {'min' if r.min is not None else 'max'} "
+                                  f"{r.min if r.min is not None else r.max}) can never pass: the report gives "
+                                  f"{parts[-1]} in [0, 1] (a percentage threshold? write 0.4, not 40)")
     for label, path, bound in named:
         # One problem per rule and reason: `slices.*.typo` is one mistake, not one per slice.
         missing: dict[str, list[str]] = {}

@@ -60,6 +60,7 @@ class ScaffoldResult:
     headline: str
     max_new_tokens: int
     files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # what was kept or left out, and why
     check: SuiteCheck | None = None
 
     @property
@@ -174,8 +175,10 @@ def _propose(refs: list[str], has_options: bool, has_schema: bool) -> tuple[str,
     labels = None
     if refs and all(o is not None for o in objects):
         kind, headline = "json", "json_key_accuracy"
-        common = [k for k in objects[0] if all(k in o for o in objects[1:])]
-        match: Any = {"scorer": "json_match", "keys": common} if 0 < len(common) <= MAX_JSON_KEYS else "json_match"
+        # every key any reference has, in order of first appearance: a key only the feared slice
+        # carries (a security flag) is the one a per-key metric is for; it is n/a on the rest
+        keys = list(dict.fromkeys(k for o in objects for k in o))
+        match: Any = {"scorer": "json_match", "keys": keys} if 0 < len(keys) <= MAX_JSON_KEYS else "json_match"
         scorers: list[Any] = ["json_valid", match, "refusal"]
     elif short and 2 <= len(distinct) <= MAX_LABELS and len(distinct) < len(refs):
         # Repetition is what makes a short answer a label: 15 distinct one-word answers over 15
@@ -191,6 +194,24 @@ def _propose(refs: list[str], has_options: bool, has_schema: bool) -> tuple[str,
         scorers.append("choice")
         headline = "choice_accuracy"
     return kind, scorers, headline, labels
+
+
+def _key_notes(refs: list[str]) -> list[str]:
+    """Which JSON keys got a per-key metric, and how many references have each."""
+    objects = [o for o in (_json_object(r) for r in refs) if o is not None]
+    counts: dict[str, int] = {}
+    for o in objects:
+        for k in o:
+            counts[k] = counts.get(k, 0) + 1
+    if len(counts) > MAX_JSON_KEYS:
+        return [f"no per-key metrics: the references have {len(counts)} keys (more than {MAX_JSON_KEYS}); list the "
+                "ones that matter under json_match's `keys:`"]
+    every = [k for k, n in counts.items() if n == len(objects)]
+    some = [f"{k} ({n} of {len(objects)} references; n/a on the others)" for k, n in counts.items() if n < len(objects)]
+    out = [f"per-key metrics for every key a reference has: {', '.join(every) or '-'} (in every reference)"]
+    if some:
+        out.append("also for keys only some references have: " + ", ".join(some))
+    return out
 
 
 def _y(value: Any) -> str:
@@ -293,8 +314,10 @@ def _task_yaml(task: str, output_type: str) -> str:
 
 def _gate_yaml(name: str, headline: str, refusal: bool, flips: bool) -> str:
     rules = [
-        "    # Floors start at 0.0 so the first run passes: set each to just below the lower end of",
-        "    # the 95% CI the first evaluation measures (reports/eval.json), then raise as models improve.",
+        "    # Floors start at 0.0 and ceilings at their loosest, so the first run passes on quality: set",
+        "    # each from what the first evaluation measures (reports/eval.json; a floor just below the",
+        "    # lower end of its 95% CI), then tighten as models improve. The slice-size rule below is the",
+        "    # one exception.",
         f"    - {{metric: overall.{headline}, min: 0.0, bound: ci_low}}",
         f"    - {{metric: slices.*.{headline}, min: 0.0, bound: ci_low, note: \"every slice, so the worst one too\"}}",
         "    # A floor on a slice of a few items means little even on the CI's lower end: every slice the",
@@ -304,11 +327,13 @@ def _gate_yaml(name: str, headline: str, refusal: bool, flips: bool) -> str:
     ]
     if refusal:
         rules.append("    - {metric: overall.empty_or_refusal, max: 0.05, note: \"empty answers and refusals\"}")
-    rules.append("    # Quantization damage: the same suite on the 16-bit base with the same adapter.")
+    rules.append("    # Quantization damage: the same suite on the 16-bit base with the same adapter. Loosest")
+    rules.append("    # values first (a first run on a small model moves a slice by more than 0.1); then set each")
+    rules.append("    # just above what the first run measured (reports/eval.json, damage).")
     if flips:
-        rules.append("    - {metric: damage.flip_rate, max: 0.15, note: \"right under reference precision, "
+        rules.append("    - {metric: damage.flip_rate, max: 1.0, note: \"right under reference precision, "
                      "wrong as shipped\"}")
-    rules.append(f"    - {{metric: damage.worst_slice_drop, max: 0.1, note: \"largest per-slice {headline} drop\"}}")
+    rules.append(f"    - {{metric: damage.worst_slice_drop, max: 1.0, note: \"largest per-slice {headline} drop\"}}")
     return "\n".join([
         f"# Starter release rules for suite {name}: paste the `gate:` block into params.yaml (or check",
         "# them as they are: python -m pipeline.suites check <suite> --params <suite>/gate.yaml).",
@@ -348,6 +373,7 @@ def scaffold_suite(jsonl: str | Path, out_dir: str | Path, name: str | None = No
     fields = _detect_fields(records)
     refs = [r for r in (_reference(rec, fields) for rec in records) if r is not None]
     kind, scorers, headline, labels = _propose(refs, fields["options_field"] is not None, schema is not None)
+    notes = _key_notes(refs) if kind == "json" else []
     longest = max((_words(r) for r in refs), default=0)
     max_new_tokens = max(32, math.ceil(2 * longest / 32) * 32)
 
@@ -382,6 +408,6 @@ def scaffold_suite(jsonl: str | Path, out_dir: str | Path, name: str | None = No
         suite_dir=out_dir, name=name, format=fields["format"], prompt_field=fields["prompt_field"],
         completion_field=fields["completion_field"], id_field=fields["id_field"], slice_field=fields["slice_field"],
         options_field=fields["options_field"], system_prompt=fields["system_prompt"], kind=kind, scorers=scorers,
-        headline=headline, max_new_tokens=max_new_tokens, files=written,
+        headline=headline, max_new_tokens=max_new_tokens, files=written, notes=notes,
         check=check_suite(suite, gate=gate, damage=True))
 

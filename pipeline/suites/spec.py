@@ -17,6 +17,7 @@ Variants may `include:` another suite.yaml and override keys.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -164,8 +165,11 @@ def _item(spec: SuiteSpec, rec: Any, where: str) -> EvalItem:
 
 
 class Suite:
-    def __init__(self, root: Path, spec: SuiteSpec):
+    def __init__(self, root: Path, spec: SuiteSpec, module_roots: list[Path] | None = None):
         self.root, self.spec = root, spec
+        # where the suite's own Python modules (scorers.py) are found: its folder, then the
+        # folders of the suites it includes
+        self.module_roots = list(module_roots or [root])
 
     @property
     def name(self) -> str:
@@ -236,18 +240,34 @@ class Suite:
             raise SuiteError(f"{path}: cannot read the suite's JSON Schema ({exc})") from None
 
 
+# Keys holding a path relative to the suite folder: an included file's values are relative to
+# the folder that declares them, so they are rebased onto the including suite's folder.
+_PATH_KEYS = ("data", "json_schema", "task_dir")
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return {**base, **{k: v for k, v in over.items() if k != "include"}}
 
 
-def _read_spec(path: Path, depth: int = 0) -> dict[str, Any]:
+def _read_spec(path: Path, depth: int = 0) -> tuple[dict[str, Any], list[Path]]:
+    """The merged spec of `path` and every suite it includes, with the included files' relative
+    paths resolved against the file that declares them; and the folders of the chain, the
+    including one first (where a suite's own scorer modules are looked up, in that order)."""
     if depth > 4:
         raise SuiteError(f"{path}: include chain too deep")
     data = yaml.safe_load(path.read_text()) or {}
+    roots = [path.parent]
     if "include" in data:
         parent = (path.parent / data["include"]).resolve()
-        data = _merge(_read_spec(parent, depth + 1), data)
-    return data
+        if not parent.is_file():
+            raise SuiteError(f"{path}: include {data['include']!r} not found (resolved against {path.parent}: "
+                             f"{parent})")
+        base, parent_roots = _read_spec(parent, depth + 1)
+        for key in _PATH_KEYS:
+            if isinstance(base.get(key), str) and key not in data:
+                base[key] = os.path.relpath(parent.parent / base[key], path.parent)
+        data, roots = _merge(base, data), roots + parent_roots
+    return data, roots
 
 
 def load_suite(suite_dir: str | Path) -> Suite:
@@ -256,12 +276,13 @@ def load_suite(suite_dir: str | Path) -> Suite:
     if not spec_path.exists():
         raise FileNotFoundError(f"{spec_path} not found")
     try:
-        spec = SuiteSpec.model_validate(_read_spec(spec_path))
+        data, roots = _read_spec(spec_path)
+        spec = SuiteSpec.model_validate(data)
     except ValueError as exc:
         if isinstance(exc, SuiteError):
             raise
         raise SuiteError(f"{spec_path}: {exc}") from None
-    return Suite(suite_dir, spec)
+    return Suite(suite_dir, spec, module_roots=roots)
 
 
 def load_all_suites(suites_dir: str | Path) -> list[Suite]:

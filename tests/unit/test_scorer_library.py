@@ -244,7 +244,7 @@ def test_json_match_values(json_suite):
     good = match(json_suite, {**PERSON, "name": "  ADA   lovelace", "age": 36.0})
     assert good["json_object_match"] == 1.0 and good["json_key_accuracy"] == 1.0
     assert good["key_name"] == good["key_age"] == 1.0
-    assert good["key_tags_list"] == 1.0  # absent from the reference and from the answer
+    assert "key_tags_list" not in good  # absent from the reference: n/a, not a free 1
 
     wrong_type = match(json_suite, {**PERSON, "age": "36"})
     assert wrong_type["key_age"] == 0.0 and wrong_type["json_key_accuracy"] == 0.75
@@ -252,7 +252,8 @@ def test_json_match_values(json_suite):
     missing = match(json_suite, {k: v for k, v in PERSON.items() if k != "age"})
     assert missing["json_key_accuracy"] == 0.75 and missing["json_object_match"] == 0.0 and missing["key_age"] == 0.0
     extra = match(json_suite, {**PERSON, "Tags-List": []})
-    assert extra["json_key_accuracy"] == 0.8 and extra["json_object_match"] == 0.0 and extra["key_tags_list"] == 0.0
+    assert extra["json_key_accuracy"] == 0.8 and extra["json_object_match"] == 0.0 and "key_tags_list" not in extra
+    assert "key_tags_list" not in match(json_suite, "no JSON at all")  # n/a whatever the answer
     assert match(json_suite, "Here:\n```json\n" + json.dumps(PERSON) + "\n```")["json_object_match"] == 1.0
     assert match(json_suite, [PERSON])["json_key_accuracy"] == 0.0
     assert match(json_suite, json.dumps(PERSON)[:-10])["json_key_accuracy"] == 0.0
@@ -361,6 +362,24 @@ def test_contains_conditions(text_suite):
     assert ok("iron and steel", must_from="must") == 1.0
     assert ok("iron and steel", must_not_from="banned") == 0.0
     assert ok("iron only", must_from="must", must_not_from="banned") == 1.0
+
+
+def test_contains_must_from_is_na_where_the_item_has_nothing_to_require(tmp_path):
+    """A null must_from field gives no value: an item that cannot fail must not dilute the mean
+    (or the flip rate) of the items that can; it shows up in the report's n instead."""
+    from pipeline.evaluate.stats import summarize
+
+    suite = make_suite(tmp_path, [{"completion": "escalate: security", "must": ["security"]},
+                                  {"completion": "routine", "must": None}])
+    scorer = build_scorer(suite, {"scorer": "contains", "must_from": "must", "correctness": ["contains_ok"]})
+    tail, common = suite.items()
+    assert scorer(Output("nothing relevant"), tail) == {"contains_ok": 0.0}
+    assert scorer(Output("anything"), common) == {}
+    values = [v for it in (tail, common) for v in scorer(Output("nothing relevant"), it).values()]
+    assert summarize(values, 50, 0)["n"] == 1 and summarize(values, 50, 0)["mean"] == 0.0
+    # a null must_not_from still means nothing is forbidden: the item is scored
+    banned = build_scorer(suite, {"scorer": "contains", "must": ["e"], "must_not_from": "must"})
+    assert banned(Output("routine"), common) == {"contains_ok": 1.0}
 
 
 def test_contains_name_and_correctness(text_suite):

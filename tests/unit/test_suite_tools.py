@@ -201,3 +201,44 @@ def test_check_cli_exit_codes(tmp_path, label_suite, capsys):
     out = capsys.readouterr().out
     assert "suite sentiment" in out and "suite broken" in out and "not found" in out
     assert main(["check", "--all", str(tmp_path / "sentiment" / "tasks")]) == 1
+
+
+def test_the_starter_gate_passes_any_first_run_on_quality(label_suite):
+    """Its promise: floors at 0.0 and ceilings at their loosest, so a first run passes whatever
+    its quality; only the slice-size rule may stop it."""
+    from pipeline.gate.rules import apply_rule
+
+    gate = load_section("gate", label_suite / "gate.yaml")
+    assert any(r.metric == "slices.*.too_small" for r in gate.rules)
+    for rule in gate.rules:
+        if rule.metric.endswith("too_small"):
+            continue
+        worst = 0.0 if rule.min is not None else 1.0  # every metric and damage figure here is in [0, 1]
+        report = {"overall": {}, "slices": {"s": {}}, "damage": {}}
+        parts = rule.metric.split(".")
+        node = report
+        for part in parts[:-1]:
+            node = node.setdefault("s" if part == "*" else part, {})
+        node[parts[-1]] = {"mean": worst, "ci95": [worst, worst]}
+        assert all(r.passed for r in apply_rule(rule, report)), rule
+
+
+def test_a_key_only_the_tail_has_gets_its_own_metric(tmp_path, capsys):
+    """A held-out JSON file whose security flag appears on the security slice only: scaffold and
+    check give it a per-key metric there (n/a elsewhere, so its n is that slice's), and say so."""
+    records = [{"id": f"t{i}", "category": "security" if i < 6 else "billing", "input": f"Ticket {i}.",
+                "output": json.dumps({"queue": "sec" if i < 6 else "billing", "priority": "P1" if i < 6 else "P3",
+                                      **({"security_incident": True} if i < 6 else {})})}
+               for i in range(14)]
+    src = _write_jsonl(tmp_path / "tickets.jsonl", records)
+    assert main(["scaffold", str(src), "--out", str(tmp_path / "tickets")]) == 0
+    printed = capsys.readouterr().out
+    assert "security_incident (6 of 14 references; n/a on the others)" in printed
+    suite = load_suite(tmp_path / "tickets")
+    match = next(s for s in suite.spec.scorers if isinstance(s, dict) and s.get("scorer") == "json_match")
+    assert match["keys"] == ["queue", "priority", "security_incident"]
+    check = check_suite(suite, damage=True)
+    assert check.ok, check.problems
+    assert "key_security_incident" in check.slice_metrics["security"]
+    assert "key_security_incident" not in check.slice_metrics["billing"]
+    assert check.metric_items["key_security_incident"] == 6 and check.metric_items["key_queue"] == 14

@@ -135,6 +135,7 @@ class JsonMatch(Scorer):
         self.key_metrics = [f"key_{metric_suffix(k)}" for k in keys]
         self.metrics = ("json_key_accuracy", "json_object_match", *self.key_metrics)
         self.correctness = ("json_object_match", *self.key_metrics)
+        self.partial = tuple(self.key_metrics)  # n/a on an item whose reference lacks the key
 
     def _reference(self, item: EvalItem) -> dict:
         found, ref = extract_json(item.reference, scan=False)
@@ -152,8 +153,9 @@ class JsonMatch(Scorer):
     def score(self, output: Output, item: EvalItem) -> dict[str, float]:
         ref = self._reference(item)
         found, ans = extract_json(output.text, objects_only=True)
+        listed = {m for k, m in zip(self.keys, self.key_metrics) if k in ref}
         if not found or not isinstance(ans, dict):
-            return {m: 0.0 for m in self.metrics}
+            return {m: 0.0 for m in self.metrics if m not in self.key_metrics or m in listed}
         ref_keys = [k for k in ref if k not in self.ignore]
         extra = sum(1 for k in ans if k not in ref and k not in self.ignore)
         right = sum(1 for k in ref_keys if k in ans and self._same(ans[k], ref[k]))
@@ -161,8 +163,10 @@ class JsonMatch(Scorer):
         out = {"json_key_accuracy": right / denominator if denominator else 1.0,
                "json_object_match": float(right == len(ref_keys) and extra == 0)}
         for k, metric in zip(self.keys, self.key_metrics):
-            # A listed key absent from this item's reference is right when the answer omits it too.
-            out[metric] = float(self._same(ans[k], ref[k]) if k in ref and k in ans else k not in ref and k not in ans)
+            # A key this item's reference lacks is n/a here: counting an omission as right would
+            # dilute the key's figure on the slice where it matters with items that cannot fail.
+            if k in ref:
+                out[metric] = float(k in ans and self._same(ans[k], ref[k]))
         return out
 
 
@@ -181,8 +185,8 @@ def json_match(suite: Suite, *, keys: list[str] | None = None, normalize: list[s
       json_object_match (correctness): 1 when every reference key is right and nothing is
         added.
       key_<k> (correctness), one per key listed in `keys` (name lower-cased, characters outside
-        [a-z0-9_] become `_`): 1 when the key is present and right; for an item whose
-        reference lacks the key, 1 when the answer lacks it too.
+        [a-z0-9_] become `_`): 1 when the key is present and right; n/a (no value, in no mean)
+        for an item whose reference lacks the key, so the report's n counts the items that have it.
       An answer without a JSON object scores 0 on all of them.
 
     Options:

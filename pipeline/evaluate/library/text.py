@@ -49,7 +49,8 @@ _METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 class Contains(Scorer):
     """`<name>` (default `contains_ok`): 1 when every stated condition on the answer holds: each
     `must` string and each per-item `must_from` string occurs, no `must_not` / `must_not_from`
-    string occurs, each `regex` matches somewhere and no `must_not_regex` matches."""
+    string occurs, each `regex` matches somewhere and no `must_not_regex` matches. With
+    `must_from`, an item whose field is null gets no value (n/a)."""
 
     def __init__(self, name: str, must: list[str], must_not: list[str], regex: list[re.Pattern],
                  must_not_regex: list[re.Pattern], must_from: str | None, must_not_from: str | None,
@@ -62,6 +63,7 @@ class Contains(Scorer):
         self.must_not = [self._fold(s) for s in must_not]
         self.regex, self.must_not_regex = regex, must_not_regex
         self.must_from, self.must_not_from = must_from, must_not_from
+        self.partial = (name,) if must_from is not None else ()
 
     def _fold(self, text: str) -> str:
         return text if self.case_sensitive else text.casefold()
@@ -82,6 +84,10 @@ class Contains(Scorer):
         return [self._fold(v) for v in value]
 
     def score(self, output: Output, item: EvalItem) -> dict[str, float]:
+        if self.must_from is not None and self.must_from in item.record and item.record[self.must_from] is None:
+            # nothing this item must mention: n/a, not a free pass that would dilute the mean
+            # and the flip rate with items that cannot fail
+            return {}
         must = self.must + self._record_strings(item, self.must_from)
         must_not = self.must_not + self._record_strings(item, self.must_not_from)
         folded = self._fold(output.text)
@@ -109,8 +115,9 @@ def contains(suite: Suite, *, must: list[str] = (), must_not: list[str] = (), re
       regex: regular expressions (Python `re` syntax) that must each match somewhere.
       must_not_regex: regular expressions none of which may match.
       must_from / must_not_from: the name of a field of each item's record holding a string or
-        a list of strings: per-item `must` / `must_not` strings (a null field means none; an
-        item without the field is a suite error).
+        a list of strings: per-item `must` / `must_not` strings. A null `must_from` makes the
+        item n/a for this metric (nothing to require, so no value, rather than a 1 that cannot
+        fail); a null `must_not_from` means none; an item without the field is a suite error.
       case_sensitive: false (default) compares casefolded text and matches regexes with
         re.IGNORECASE.
       name: the output's name (letters, digits, underscores), e.g. to use two contains
