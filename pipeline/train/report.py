@@ -53,7 +53,10 @@ def write_adapter(out_dir: str | Path, model, state: dict | None, meta: dict) ->
     """The adapter (safetensors), its canonical config and training.json, atomically.
     state: the full LoRA state dict where the model holds only shards (FSDP), else None."""
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state} if state else {}))
+        # save_embedding_layers=False: the adapter never resizes the vocabulary (the tokenizer is
+        # the base's), and peft's "auto" asks the Hub whether it did (a network call offline)
+        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False,
+                              **({"state_dict": state} if state else {}))
         # peft's stub card names the base by the path it was loaded from (artifacts/base_q, or
         # wherever the stage ran), which made the same weights a different bundle digest when
         # trained from another directory; the release's model card is the card

@@ -143,3 +143,19 @@ def test_a_resumed_run_is_checked_before_its_first_step(tiny_pipeline, tmp_path)
                                                                                  layer.weight.quant_state)
     with pytest.raises(PackedWeightError, match="resume from"):
         resume(ckpts, Ranks(), model, optimizer, params.max_steps)
+
+
+def test_writing_the_adapter_asks_no_hub(trainable, tmp_path, monkeypatch):
+    """peft's default save asks the Hub whether the vocabulary changed ("Unable to fetch remote
+    file" offline): the adapter is written without that question, and with the same bytes."""
+    import peft.utils.save_and_load as save_and_load
+
+    from pipeline.train.report import write_adapter
+
+    def no_network(*_args, **_kwargs):
+        raise AssertionError("the adapter save asked the Hub")
+
+    monkeypatch.setattr(save_and_load, "check_file_exists_on_hf_hub", no_network)
+    model, _data = trainable
+    write_adapter(tmp_path / "adapter", model, None, {"test": True})
+    assert (tmp_path / "adapter/adapter_model.safetensors").is_file()
