@@ -93,18 +93,28 @@ def kernel_check(bundle_dir: str, golden: dict, n: int) -> dict:
     from pipeline.bundle.verify import verify_bundle
     from pipeline.engines.base import GenerationRequest, SamplingParams
     from pipeline.engines.hf import HFEngine
-    from pipeline.platform import four_bit_layers
+    from pipeline.platform import four_bit_layers, is_packed
 
     if not bf.has_avx512bf16():
         return {"skipped": "this CPU has no AVX512-BF16: bitsandbytes has no packed kernel here"}
     bundle = verify_bundle(bundle_dir)
     prompts = golden["prompts"][:n]
     reqs = [GenerationRequest(g["prompt_ids"], SamplingParams(max_new_tokens=g["max_new_tokens"])) for g in prompts]
+    import bitsandbytes.nn.modules as bnb_modules
+
     answers = {}
+    probe = bnb_modules.has_avx512bf16
     for kernel, packed in (("cpu-packed-bf16", True), ("cpu-dequantize", False)):
-        engine = HFEngine.from_bundle(bundle)
-        for _name, layer in four_bit_layers(engine.model):
-            layer.support_avx512bf16_for_cpu = packed
+        # Linear4bit reads the CPU probe when it is built, and the engine's first forward (its
+        # self-check) already converts: the probe is answered before the model loads
+        bnb_modules.has_avx512bf16 = (lambda: True) if packed else (lambda: False)
+        try:
+            engine = HFEngine.from_bundle(bundle)
+        finally:
+            bnb_modules.has_avx512bf16 = probe
+        layers = four_bit_layers(engine.model)
+        if any(is_packed(m) for _n, m in layers) != packed:
+            raise RuntimeError(f"the {kernel} arm did not get that kernel")
         t0 = time.perf_counter()
         answers[kernel] = ([c.token_ids for c in engine.generate(reqs)], time.perf_counter() - t0)
         del engine
@@ -138,6 +148,7 @@ def compare(a_rev: str, a_label: str, b_label: str) -> dict:
         "eval": _eval(ev_a, ev_b),
         "golden": _golden(_at(a_rev, "reports/golden.json"), _at(None, "reports/golden.json")),
         "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

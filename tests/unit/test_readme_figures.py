@@ -56,6 +56,7 @@ B_SERVE, B_SERVE_OLD = RESULTS + "serving.json", RESULTS + "serving_vllm.json"
 B_SERVE_PREV = RESULTS + "serving_830a1561.json"  # the run before the batch-invariant engine, with vLLM
 B_REPLAY, B_REPLAY_PAD, B_INV = (RESULTS + n for n in ("replay.json", "replay_padded.json", "invariance.json"))
 FP32 = EXP + "fp32_compute/"
+PDIFF = RESULTS + "platform_diff.json"
 # Result files kept under another name when a later run took theirs: their load is in run.json
 # under the benchmark's name.
 RENAMED: dict[str, str] = {}
@@ -366,6 +367,26 @@ FIGURES: list[Figure] = [
     Figure("pipeline/evaluate/stats.py", "a perfect slice of 10 items has a lower end of {lo:.2f}",
            lambda _d: {"lo": _exact_low(10)}),
     # ---- Numbers from our run --------------------------------------------------------------
+    Figure(PDIFF, "(`b21820eb` there, `{b}` here), and {golden.identical_answers} of the {golden.items} golden answers "
+                  "are the same token for token (the others first differ at token "
+                  "{golden.first_difference_median_token:.0f} in the median); field accuracy {now:.3f} against "
+                  "{then:.3f} there",
+           lambda d: {"b": d["bundle_digest"][1][:8], "now": d["eval"]["overall"][1], "then": d["eval"]["overall"][0],
+                      **_assert(d["bundle_digest"][0].startswith("b21820eb") and not d["identical"]["adapter"]
+                                and d["bundle_digest"][1] == load(EVAL)["bundle_digest"])}),
+    Figure(PDIFF, "The NF4 base and the curated data are byte-identical (the same DVC hashes). Training agrees to "
+                  "within {mx:.1e} in the loss at every one of the {train.steps} steps, and the validation loss ends "
+                  "at {vb:.4f} against {va:.4f}",
+           lambda d: {"mx": d["train"]["max_abs_loss_diff"], "vb": d["train"]["val_loss_b"][-1]["val_loss"],
+                      "va": d["train"]["val_loss_a"][-1]["val_loss"],
+                      **_assert(d["identical"]["quantized_base"] and d["identical"]["curated_data"])}),
+    Figure(PDIFF, "generating {kernel_check.items} golden prompts with bitsandbytes' packed bf16 kernel (what this "
+                  "CPU runs by default, and what evaluated and served it) and again with the dequantize-then-matmul "
+                  "kernel every other CPU runs gives {kernel_check.identical_answers} of {kernel_check.items} "
+                  "identical answers (the packed run reproduced all {kernel_check.packed_equals_golden} golden ones",
+           lambda d: _assert(d["kernel_check"]["packed_equals_golden"] == d["kernel_check"]["items"])),
+    loaded(PDIFF, "`benchmarks/results/platform_diff.json` was written on a loaded machine, 1-minute load average "
+                  "{before} to {after} on {cores} cores"),
     Figure(EVAL, "These figures are the committed reports of bundle `{d}` (`reports/`)",
            lambda d: {"d": d["bundle_digest"][:8]}),
     Figure(EVAL, "on a {platform.cpu_vendor} CPU with AVX512-BF16 and AMX (ATen {platform.torch_cpu_capability}, "
