@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import httpx
+import yaml
 import pytest
 
 from pipeline.platform import Platform, detect
@@ -175,3 +176,23 @@ def test_an_attested_platform_is_served_and_models_lists_it(epyc_release, attest
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0
+
+
+def test_the_attest_command_pulls_by_digest_and_pushes_beside_the_release(tiny_pipeline, served, here, tmp_path,
+                                                                          capsys, monkeypatch):
+    """`python -m pipeline.release attest <digest>` as documented: pulled from the registry,
+    replayed here, the attestation written and put in the registry, where serving finds it."""
+    from pipeline.release.__main__ import main as release_main
+
+    params, digest, root = _release(tiny_pipeline, served, tmp_path / "own")  # a registry of its own
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"release": json.loads(params.model_dump_json())}))
+    monkeypatch.chdir(tmp_path)  # the attestation's default place is ./attestations
+    assert release_main(["--params", str(params_file), "attest", digest, "--concurrency", "4"]) == 0
+    out = capsys.readouterr().out
+    written = tmp_path / "attestations" / f"{digest[:16]}-{here.platform_id}.intoto.json"
+    assert written.is_file() and str(written.name) in out
+    in_registry = Registry.from_name_or_url(params.remote).attestations(digest)
+    assert [p.rsplit("/", 1)[-1] for p in in_registry] == [written.name]
+    good, problems = collect(in_registry, params.signing.public_key, root)
+    assert not problems and good[0].platform.platform_id == here.platform_id
