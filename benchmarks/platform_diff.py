@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from serving.replay import first_difference
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -46,13 +48,6 @@ def _out_md5(lock: dict, stage: str, path: str) -> str | None:
         if out["path"] == path:
             return out.get("md5")
     return None
-
-
-def _first_difference(a: list[int], b: list[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def _train(a: dict, b: dict) -> dict:
@@ -78,7 +73,7 @@ def _eval(a: dict, b: dict) -> dict:
 def _golden(a: dict, b: dict) -> dict:
     pa, pb = {g["id"]: g for g in a["prompts"]}, {g["id"]: g for g in b["prompts"]}
     common = sorted(set(pa) & set(pb))
-    firsts = [_first_difference(pa[i]["token_ids"], pb[i]["token_ids"]) for i in common]
+    firsts = [first_difference(pa[i]["token_ids"], pb[i]["token_ids"]) for i in common]
     differ = [f for f in firsts if f is not None]
     same_prompt = sum(pa[i]["prompt_ids"] == pb[i]["prompt_ids"] for i in common)
     return {"items": len(common), "same_prompt_ids": same_prompt, "identical_answers": len(common) - len(differ),
@@ -119,7 +114,7 @@ def kernel_check(bundle_dir: str, golden: dict, n: int) -> dict:
         answers[kernel] = ([c.token_ids for c in engine.generate(reqs)], time.perf_counter() - t0)
         del engine
     (packed_ids, packed_s), (deq_ids, deq_s) = answers["cpu-packed-bf16"], answers["cpu-dequantize"]
-    firsts = [_first_difference(a, b) for a, b in zip(packed_ids, deq_ids)]
+    firsts = [first_difference(a, b) for a, b in zip(packed_ids, deq_ids)]
     differ = [f for f in firsts if f is not None]
     golden_same = sum(g["token_ids"] == a for g, a in zip(prompts, packed_ids))
     return {"items": len(prompts), "identical_answers": len(prompts) - len(differ),
