@@ -161,16 +161,11 @@ def test_triage_example_runs_the_whole_pipeline_by_params_alone(tmp_path):
 
 
 def _release_and_serve(tmp: Path, params: Path, bundle: Path, reports: Path, decision: dict, system: str) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-
     import httpx
 
     from pipeline.params import load_section
     from pipeline.release.build import release
-    from tests.serving.conftest import free_port, wait_ready
+    from tests.serving.conftest import free_port, serving_process, wait_ready
 
     (reports / "gate.json").write_text(json.dumps(decision))
     rel = load_section("release", params).model_copy(update={"remote": str(tmp / "registry")})
@@ -181,13 +176,9 @@ def _release_and_serve(tmp: Path, params: Path, bundle: Path, reports: Path, dec
         "replay": rel.replay.model_copy(update={"enabled": False})})
     record, _ = release(rel, bundle, reports / "eval.json", reports / "gate.json", reports / "golden.json",
                         tmp / "artifacts/release")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "serving", "--bundle", str(tmp / "artifacts/release"),
-                             "--public-key", str(tmp / "keys/release.pub"), "--require-signature",
-                             "--port", str(port)], cwd=REPO, env={**os.environ, "TAILGATE_API_KEY": ""},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
+    args = ["--bundle", str(tmp / "artifacts/release"), "--public-key", str(tmp / "keys/release.pub"),
+            "--require-signature"]
+    with serving_process(args, free_port(), cwd=REPO) as (proc, url):
         assert wait_ready(proc, url, 180).json()["parity"]["status"] == "passed"
         [card] = httpx.get(f"{url}/v1/models").json()["data"]
         assert card["bundle_digest"] == record.bundle_digest and card["system_prompt"]["text"] == system
@@ -198,9 +189,3 @@ def _release_and_serve(tmp: Path, params: Path, bundle: Path, reports: Path, dec
             **ask, "messages": [{"role": "system", "content": system}, *ask["messages"]]}).json()
         assert bare["usage"] == pinned["usage"]  # the pinned prompt was applied: same prompt tokens
         assert bare["choices"][0]["message"]["content"] == pinned["choices"][0]["message"]["content"]
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()

@@ -8,9 +8,14 @@ so several servers can share it); each test module starts the servers it needs w
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -85,6 +90,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def serving_process(args: list[str], port: int, cwd: str | Path | None = None):
+    """`python -m serving ARGS --port PORT` in its own process, without an API key; yields
+    (process, base URL). Leaving the block sends SIGTERM (the server drains) and waits; a server
+    still running after a failure is killed. The caller asserts on the exit code."""
+    proc = subprocess.Popen([sys.executable, "-m", "serving", *args, "--port", str(port)], cwd=cwd,
+                            env={**os.environ, "TAILGATE_API_KEY": ""}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def wait_ready(proc, url: str, timeout_s: float = 120.0):

@@ -10,24 +10,20 @@ makes this machine, whatever it is, the "other" platform.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import httpx
-import yaml
 import pytest
+import yaml
 
+from pipeline.files import sha256_file
 from pipeline.platform import Platform, detect
 from pipeline.release import Registry, ReleaseError
 from pipeline.release.attest import attest, collect, payload, verify
 from pipeline.release.build import release
 from pipeline.release.record import RECORD_NAME
-from pipeline.files import sha256_file
 from serving.__main__ import EXIT_PARITY_REFUSED, main
 from tests.releases import make_evidence, release_params
-from tests.serving.conftest import free_port, wait_ready
+from tests.serving.conftest import free_port, serving_process, wait_ready
 
 EPYC = {"cpu_vendor": "AuthenticAMD", "cpu_model": "AMD EPYC 7B13", "cpu_isa": ["avx2", "fma"],
         "torch_cpu_capability": "AVX2", "onednn_max_isa": None, "gpu": None, "kernel_4bit": "cpu-dequantize"}
@@ -68,9 +64,10 @@ def attested(epyc_release, here, tmp_path_factory):
     return path, result
 
 
-def _serve_args(params, root, *extra, port: int = 1):
+def _serve_args(params, root, *extra, port: int | None = 1):
+    """Arguments of `python -m serving` for the release at root (port None: the caller adds it)."""
     return ["--bundle", str(root), "--public-key", params.signing.public_key, "--require-signature",
-            "--port", str(port), *extra]
+            *(["--port", str(port)] if port is not None else []), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -155,13 +152,8 @@ def test_the_registry_keeps_attestations_beside_the_release(epyc_release, attest
 def test_an_attested_platform_is_served_and_models_lists_it(epyc_release, attested, here):
     params, _digest, root = epyc_release
     path, _ = attested
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "serving", *_serve_args(
-                                params, root, "--require-attested-platform", "--attestations", str(path.parent),
-                                port=port)], env={**os.environ, "TAILGATE_API_KEY": ""},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
+    args = _serve_args(params, root, "--require-attested-platform", "--attestations", str(path.parent), port=None)
+    with serving_process(args, free_port()) as (proc, url):
         assert wait_ready(proc, url, 180).status_code == 200
         [card] = httpx.get(f"{url}/v1/models").json()["data"]
         p = card["platform"]
@@ -169,12 +161,6 @@ def test_an_attested_platform_is_served_and_models_lists_it(epyc_release, attest
         assert p["evaluated"]["cpu_vendor"] == "AuthenticAMD" and any(d.startswith("cpu_vendor") or
                                                                       d.startswith("cpu_isa") for d in p["differences"])
         assert [a["platform_id"] for a in p["attested"]] == [here.platform_id]
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0
 
 

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -20,7 +16,7 @@ from pipeline.release.build import release
 from pipeline.release.record import CARD_NAME, SIGNATURE_NAME
 from serving.__main__ import EXIT_RELEASE_REFUSED, main
 from tests.releases import make_evidence, release_params
-from tests.serving.conftest import free_port, wait_ready
+from tests.serving.conftest import free_port, serving_process, wait_ready
 from tests.tamper import flip_byte
 
 
@@ -39,14 +35,9 @@ def test_a_fresh_directory_serves_a_signed_release_by_digest(registry_release, t
     params, digest, _ = registry_release
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    port = free_port()
-    env = {**os.environ, "TAILGATE_API_KEY": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "serving", "--release", digest, "--remote", params.remote,
-                             "--releases-dir", str(fresh / "releases"), "--public-key", params.signing.public_key,
-                             "--require-signature", "--port", str(port)],
-                            cwd=fresh, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
+    args = ["--release", digest, "--remote", params.remote, "--releases-dir", str(fresh / "releases"),
+            "--public-key", params.signing.public_key, "--require-signature"]
+    with serving_process(args, free_port(), cwd=fresh) as (proc, url):
         ready = wait_ready(proc, url, 180)
         assert ready.status_code == 200 and ready.json()["parity"]["status"] == "passed"
         [card] = httpx.get(f"{url}/v1/models").json()["data"]
@@ -57,12 +48,6 @@ def test_a_fresh_directory_serves_a_signed_release_by_digest(registry_release, t
         r = httpx.post(f"{url}/v1/chat/completions", timeout=60,
                        json={"model": card["id"], "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0
     assert (fresh / "releases" / digest / SIGNATURE_NAME).is_file()  # pulled where it was told
 
