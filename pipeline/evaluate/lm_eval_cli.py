@@ -3,9 +3,9 @@
     tailgate-lm-eval --model tailgate --model_args bundle=artifacts/bundle \
         --tasks my_task --include_path my_tasks/ --apply_chat_template
 
-A suite's own task YAMLs read the prompts the evaluate stage renders (`{{prompt}}`); for a run
-by hand, point a task at raw items (e.g. `doc_to_text: "{{messages[1].content}}"`) and let
-lm-eval apply the chat template (tests/serving/test_lm_eval_client.py does).
+`python -m pipeline.suites tasks <suite> --out my_tasks/` writes a suite's tasks, as evaluation
+builds them from suite.yaml, over the items' unrendered user turns: lm-eval applies the chat
+template (tests/serving/test_lm_eval_client.py runs it).
 
 Every argument is lm-eval's (`run`, `ls`, `validate` and the rest work unchanged). The wrapper
 exists because lm-eval 0.4 finds models only in its own fixed table: it has no plugin or

@@ -3,6 +3,7 @@
     python -m pipeline.suites scaffold held_out.jsonl --out eval_suites/mytask [--schema s.json]
     python -m pipeline.suites check eval_suites/mytask --params params.yaml
     python -m pipeline.suites check --all eval_suites
+    python -m pipeline.suites tasks eval_suites/mytask --out my_tasks/   # lm-eval task YAMLs, for runs by hand
 
 Exit code 0 when every suite is free of problems, 1 otherwise (warnings never fail).
 """
@@ -116,6 +117,30 @@ def _scaffold(args) -> int:
     return 1 if result.problems else 0
 
 
+def _tasks(args) -> int:
+    """The lm-eval tasks evaluation builds from suite.yaml, written as YAML files with the items
+    beside them (the last user turn as `prompt`, unrendered: lm-eval or the server applies the
+    chat template), for `lm_eval --include_path <out> --apply_chat_template`."""
+    from pipeline.evaluate.tasks import task_configs, write_plain
+    from pipeline.files import atomic_write_text
+
+    try:
+        suite = load_suite(args.suite)
+        items = suite.items()
+    except (SuiteError, FileNotFoundError) as exc:
+        print(f"tasks: {exc}", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = (args.out / f"{suite.name}_items.jsonl").resolve()
+    write_plain(items, data)
+    configs = task_configs(suite, data, args.max_new_tokens or suite.spec.generation.max_new_tokens)
+    for config in configs.values():
+        atomic_write_text(args.out / f"{config['task']}.yaml", yaml.safe_dump(config, sort_keys=False))
+    print(f"wrote {len(configs)} lm-eval task(s) of suite {suite.name} ({len(items)} items) to {args.out}: "
+          f"{', '.join(c['task'] for c in configs.values())}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.suites", description="Scaffold and check eval suites.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,12 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
                                         "reference answers longer than generation.max_new_tokens")
     ck.add_argument("--no-damage", action="store_true", help="the report will have no damage section "
                                                              "(evaluate.damage off)")
+    tk = sub.add_parser("tasks", help="write the lm-eval task YAMLs evaluation builds from suite.yaml, with the "
+                                      "items, for running lm-eval by hand (e.g. against a live server)")
+    tk.add_argument("suite", help="suite folder (holding suite.yaml)")
+    tk.add_argument("--out", type=Path, required=True, help="folder to write <task>.yaml files and the items into")
+    tk.add_argument("--max-new-tokens", type=int, help="generation budget (default: the suite's)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return _check(args) if args.command == "check" else _scaffold(args)
+    return {"check": _check, "scaffold": _scaffold, "tasks": _tasks}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Check a suite before a release depends on it: `check_suite(suite, gate)`.
 
-Evaluation fails late and expensively (after minutes of generation) on a suite whose task YAML
-is missing or whose scorer raises; and a scorer that marks a reference answer wrong silently
+Evaluation fails late and expensively (after minutes of generation) on a suite whose items or
+scorers are broken; and a scorer that marks a reference answer wrong silently
 caps every model's score, so its flips and floors mean nothing. The check runs every scorer on
 every reference answer instead, which costs no model at all, and collects every problem rather
 than stopping at the first, so one run tells a suite author everything to fix.
@@ -57,27 +57,18 @@ class SuiteCheck:
 
 
 def _check_tasks(suite: Suite, problems: list[str]) -> None:
-    # what evaluation itself requires of each task, read with the same (lm-eval's) loader
-    from pipeline.evaluate.tasks import OUTPUT_TYPES, read_task
+    # Evaluation builds every task from suite.yaml; a task YAML left beside it would look like
+    # configuration (a filter, a metric, a data path) while changing nothing: a trap, so refused.
+    from pipeline.evaluate.tasks import OUTPUT_TYPES
 
-    for attr, kind in OUTPUT_TYPES.items():
+    for attr in OUTPUT_TYPES:
         name = getattr(suite.spec, attr)
-        if name is None:
-            continue
-        path = suite.task_path(name)
-        if not path.is_file():
-            problems.append(f"{attr} {name!r}: task file {path} not found")
-            continue
-        try:
-            task = read_task(path)
-        except (OSError, ValueError, ImportError, AttributeError, yaml.YAMLError) as exc:
-            problems.append(f"{attr} {name!r}: {path} does not parse as an lm-eval task YAML ({exc})")
-            continue
-        if task.get("output_type") != kind:
-            problems.append(f"{attr} {name!r}: {path} has output_type {task.get('output_type')!r}, needs {kind!r}")
-        if "task" in task and task["task"] != name:
-            # TaskManager finds tasks by their `task:` name, not the file name.
-            problems.append(f"{attr} {name!r}: {path} declares task {task['task']!r}")
+        for folder in ("tasks", "."):
+            path = suite.root / folder / f"{name}.yaml"
+            if name is not None and path.is_file():
+                problems.append(f"{attr} {name!r}: {path} is never read: evaluation builds the task from suite.yaml "
+                                "(generation budget, stop strings, greedy); delete the file, and change the suite "
+                                "instead")
 
 
 def _ids(items: list[EvalItem]) -> str:

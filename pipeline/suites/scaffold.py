@@ -5,9 +5,6 @@ suite folder a user can review and edit rather than write from nothing:
 
     <out_dir>/suite.yaml            commented; fields, slices, scorers and headline as detected
     <out_dir>/data/test.jsonl       the input, byte for byte (its sha is what the suite versions)
-    <out_dir>/tasks/<name>.yaml     lm-eval generate_until over evaluation's rendered items
-    <out_dir>/tasks/<name>_nll.yaml loglikelihood of the reference (per-example NLL tails)
-    <out_dir>/tasks/<name>_choice.yaml  multiple_choice, only when items carry options
     <out_dir>/gate.yaml             a starter `gate:` block for params.yaml
     <out_dir>/schema.json           the user's JSON Schema, when one is given
 
@@ -190,9 +187,14 @@ def _propose(refs: list[str], has_options: bool, has_schema: bool) -> tuple[str,
         scorers = ["rouge_l", "chrf", "refusal"] + (["exact_match"] if short else [])
     if has_schema:
         scorers.insert(1 if kind == "json" else 0, "json_schema")
-    if has_options:
+    if has_options or kind == "label":
+        # log-likelihood over the options (a label task's are its labels) is a second view; the
+        # headline stays what serving returns, the generated answer
         scorers.append("choice")
-        headline = "choice_accuracy"
+        if kind != "label":
+            if "exact_match" not in scorers:
+                scorers.append("exact_match")
+            headline = "exact_match"
     return kind, scorers, headline, labels
 
 
@@ -269,47 +271,14 @@ def _suite_yaml(name: str, source: Path, n: int, fields: dict[str, Any], kind: s
     lines += ["generation:",
               f"  {_line('max_new_tokens', max_new_tokens, f'longest reference ~{longest} words x 2, to a multiple of 32')}",
               f"  {_line('stop', [], 'strings that end an answer')}",
-              _line("generate_task", name, f"tasks/{name}.yaml"),
-              _line("loglikelihood_task", f"{name}_nll", f"tasks/{name}_nll.yaml: per-example NLL tails")]
-    if fields["options_field"]:
-        lines.append(_line("choice_task", f"{name}_choice", f"tasks/{name}_choice.yaml"))
-    lines += [_line("task_dir", "tasks"),
-              _line("min_slice_n", 20, "smaller slices are flagged as too small to trust, never hidden")]
+              "# lm-eval tasks, built from this file at evaluation (no task YAMLs to keep in step):",
+              _line("generate_task", name, "the model writes each answer, greedy"),
+              _line("loglikelihood_task", f"{name}_nll", "the reference's NLL: per-example tails")]
+    if fields["options_field"] or kind == "label":
+        lines.append(_line("choice_task", f"{name}_choice", "log-likelihood over each item's options"
+                           + ("" if fields["options_field"] else " (the labels)")))
+    lines.append(_line("min_slice_n", 20, "smaller slices are flagged as too small to trust, never hidden"))
     return "\n".join(lines) + "\n"
-
-
-_TASK_HEAD = """\
-# {what}
-# Evaluation renders the suite's items (prompt through the bundle's chat template, reference,
-# options, answer_index) into a JSONL and repoints data_files at it; the path below is a
-# placeholder that keeps the file loadable by lm-eval on its own.
-task: {task}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: {output_type}
-doc_to_text: "{{{{prompt}}}}"
-"""
-
-
-def _task_yaml(task: str, output_type: str) -> str:
-    what = {"generate_until": "Generation: the model writes each answer (greedy; evaluation fills until and "
-                              "max_gen_toks from suite.yaml).",
-            "loglikelihood": "Log-likelihood of the reference answer under the model (per-example NLL tails).",
-            "multiple_choice": "Multiple choice: the log-likelihood of each of the item's options."}[output_type]
-    text = _TASK_HEAD.format(what=what, task=task, data=DATA_FILE, output_type=output_type)
-    if output_type == "generate_until":
-        text += ('doc_to_target: "{{reference}}"\ngeneration_kwargs:\n  until: []\n  do_sample: false\n'
-                 "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
-    elif output_type == "loglikelihood":
-        text += ('doc_to_target: "{{reference}}"\ntarget_delimiter: ""\n'
-                 "metric_list:\n  - metric: perplexity\n    aggregation: perplexity\n    higher_is_better: false\n")
-    else:
-        text += ('doc_to_choice: "{{options}}"\ndoc_to_target: "{{answer_index}}"\ntarget_delimiter: ""\n'
-                 "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
-    return text + "metadata:\n  version: 1\n"
 
 
 def _gate_yaml(name: str, headline: str, refusal: bool, flips: bool) -> str:
@@ -381,11 +350,7 @@ def scaffold_suite(jsonl: str | Path, out_dir: str | Path, name: str | None = No
         "suite.yaml": _suite_yaml(name, jsonl, len(records), fields, kind, scorers, headline, labels,
                                   schema is not None, max_new_tokens, longest),
         DATA_FILE: data_bytes,
-        f"tasks/{name}.yaml": _task_yaml(name, "generate_until"),
-        f"tasks/{name}_nll.yaml": _task_yaml(f"{name}_nll", "loglikelihood"),
     }
-    if fields["options_field"]:
-        files[f"tasks/{name}_choice.yaml"] = _task_yaml(f"{name}_choice", "multiple_choice")
     if schema_text is not None:
         files["schema.json"] = schema_text
     written = []

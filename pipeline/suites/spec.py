@@ -68,13 +68,19 @@ class SuiteSpec(_Strict):
         description="Library scorer names, `module:function` from the suite folder (`scorers:my_check` = "
         "`scorers.py`), or mappings {scorer: name, <options>, prefix:, correctness:, lower_is_better:}.")
     json_schema: str | None = Field(None, description="JSON Schema file (relative to the suite) for the json_schema scorer.")
-    labels: list[str] | None = Field(None, description="The label set, for the label scorer.")
+    labels: list[str] | None = Field(None, description="The label set, for the label scorer; also the options of "
+                                     "choice scoring for items that list none.")
     generation: GenerationSpec = Field(default_factory=GenerationSpec, description="How answers are generated.")
-    generate_task: str = Field(description="lm-eval generate_until task name (tasks/<name>.yaml).")
+    # The tasks are built from this file at evaluation (pipeline/evaluate/tasks.py): no task
+    # YAMLs to keep in step with it. The names are lm-eval's task names in its outputs.
+    generate_task: str = Field(description="Name of the lm-eval generate_until task evaluation builds: the model "
+                               "writes each answer, greedy, with `generation`'s budget and stop strings.")
     loglikelihood_task: str | None = Field(
-        None, description="lm-eval loglikelihood task scoring the reference answer (per-example NLL tails).")
-    choice_task: str | None = Field(None, description="lm-eval multiple_choice task over each item's options.")
-    task_dir: str = Field("tasks", description="Folder of lm-eval task YAMLs, for TaskManager(include_path=...).")
+        None, description="Name of the lm-eval loglikelihood task scoring the reference answer (per-example NLL "
+        "tails); null = none.")
+    choice_task: str | None = Field(
+        None, description="Name of the lm-eval multiple_choice task over each item's options (the suite's `labels` "
+        "where an item lists none); null = none.")
     min_slice_n: int = Field(20, description="Slices with fewer items are flagged as too small to trust.")
     length_buckets_tokens: list[int] = Field(
         default_factory=lambda: [256, 384, 512, 768],
@@ -153,6 +159,9 @@ def _item(spec: SuiteSpec, rec: Any, where: str) -> EvalItem:
         if reference not in options:
             raise SuiteError(f"{where}: the reference answer {reference!r} is not one of its options")
         options = tuple(options)
+    elif spec.labels is not None and reference in spec.labels:
+        # a label task's options are its labels: choice scoring needs no per-item list
+        options = tuple(spec.labels)
     if spec.slice_field is None:
         slice_name = "all"
     elif spec.slice_field not in rec or rec[spec.slice_field] in (None, ""):
@@ -176,15 +185,8 @@ class Suite:
         return self.spec.name
 
     @property
-    def task_dir(self) -> Path:
-        return self.root / self.spec.task_dir
-
-    @property
     def data_path(self) -> Path:
         return self.root / self.spec.data
-
-    def task_path(self, task: str) -> Path:
-        return self.task_dir / f"{task}.yaml"
 
     @cached_property
     def _items(self) -> list[EvalItem]:
@@ -242,7 +244,7 @@ class Suite:
 
 # Keys holding a path relative to the suite folder: an included file's values are relative to
 # the folder that declares them, so they are rebased onto the including suite's folder.
-_PATH_KEYS = ("data", "json_schema", "task_dir")
+_PATH_KEYS = ("data", "json_schema")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -277,6 +279,10 @@ def load_suite(suite_dir: str | Path) -> Suite:
         raise FileNotFoundError(f"{spec_path} not found")
     try:
         data, roots = _read_spec(spec_path)
+        if "task_dir" in data:
+            raise SuiteError(f"{spec_path}: `task_dir` is gone: evaluation builds the lm-eval tasks from suite.yaml "
+                             "and reads no task YAMLs; delete the key and the task files (`python -m pipeline.suites "
+                             "tasks <suite> --out DIR` writes the built configs for running lm-eval by hand)")
         spec = SuiteSpec.model_validate(data)
     except ValueError as exc:
         if isinstance(exc, SuiteError):

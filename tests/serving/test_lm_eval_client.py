@@ -24,24 +24,24 @@ MAX_GEN = 8
 LIMIT = 3
 
 
-def _task() -> dict:
-    """The suite's generation task over its raw items (the evaluate stage hands it rendered
-    prompts instead; here lm-eval applies the chat template on both sides)."""
-    config = yaml.safe_load((SUITE / "tasks/discharge_summary.yaml").read_text())
-    config.update(doc_to_text="{{messages[1].content}}", doc_to_target="{{messages[2].content}}")
-    config["dataset_kwargs"] = {"data_files": {"test": str(SUITE / "data/test.jsonl")}}
-    config["generation_kwargs"] = {**config["generation_kwargs"], "max_gen_toks": MAX_GEN}
-    return config
+def _task(folder) -> dict:
+    """The suite's generation task as `python -m pipeline.suites tasks` writes it: over the
+    unrendered items, for lm-eval to apply the chat template on both sides (the evaluate stage
+    hands it rendered prompts instead)."""
+    from pipeline.suites.__main__ import main
+
+    assert main(["tasks", str(SUITE), "--out", str(folder), "--max-new-tokens", str(MAX_GEN)]) == 0
+    return yaml.safe_load((folder / "discharge_summary.yaml").read_text())
 
 
-def _evaluate(model, model_args=None) -> tuple[dict, dict]:
+def _evaluate(model, folder, model_args=None) -> tuple[dict, dict]:
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     from pipeline.suites import load_suite
 
-    out = simple_evaluate(model=model, model_args=model_args, tasks=[_task()],
-                          task_manager=TaskManager(include_path=str(SUITE / "tasks"), include_defaults=False), apply_chat_template=True,
+    out = simple_evaluate(model=model, model_args=model_args, tasks=[_task(folder)],
+                          task_manager=TaskManager(include_path=str(folder), include_defaults=False), apply_chat_template=True,
                           system_instruction=load_suite(SUITE).spec.system_prompt, log_samples=True, limit=LIMIT,
                           bootstrap_iters=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0)
     samples = {s["doc"]["id"]: s["filtered_resps"][0] for s in out["samples"]["discharge_summary"]}
@@ -49,16 +49,17 @@ def _evaluate(model, model_args=None) -> tuple[dict, dict]:
 
 
 @pytest.mark.slow
-def test_lm_eval_chat_client_against_the_server_agrees_with_in_process(served, start_server):
+def test_lm_eval_chat_client_against_the_server_agrees_with_in_process(served, start_server, tmp_path):
     from pipeline.evaluate.lm_model import TailgateLM
     from pipeline.evaluate.scoring import Output, build_scorer
     from pipeline.suites import load_suite
 
     srv = start_server(max_batch=1)
-    through_server, server_out = _evaluate("local-chat-completions", {
+    through_server, server_out = _evaluate("local-chat-completions", tmp_path / "tasks", {
         "base_url": f"{srv.url}/v1/chat/completions", "model": srv.state.model_id,
         "tokenizer_backend": None, "num_concurrent": 1, "max_retries": 1, "max_gen_toks": MAX_GEN})
-    in_process, local_out = _evaluate(TailgateLM(engine=served.engine, batch_size=1, max_gen_toks=MAX_GEN))
+    in_process, local_out = _evaluate(TailgateLM(engine=served.engine, batch_size=1, max_gen_toks=MAX_GEN),
+                                      tmp_path / "tasks")
     assert len(server_out) == LIMIT and set(server_out) == set(local_out)
     assert server_out == local_out  # tolerance 0 unbatched
     assert through_server["exact_match,none"] == in_process["exact_match,none"]
@@ -155,8 +156,7 @@ def test_lm_eval_command_line_runs_the_bundle_engine(tiny_pipeline, tmp_path):
     """`tailgate-lm-eval --model tailgate --model_args bundle=...` is lm-eval's CLI with our
     model registered; the samples it logs are the engine's greedy outputs."""
     tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "discharge_summary.yaml").write_text(yaml.safe_dump(_task()))
+    _task(tasks)  # the documented `python -m pipeline.suites tasks` output, used as lm-eval reads it
     cmd = [sys.executable, "-m", "pipeline.evaluate.lm_eval_cli", "run", "--model", "tailgate",
            "--model_args", f"bundle={tiny_pipeline['bundle']},max_gen_toks={MAX_GEN}", "--batch_size", "2",
            "--tasks", "discharge_summary", "--include_path", str(tasks), "--limit", "2",

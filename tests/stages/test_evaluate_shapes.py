@@ -1,6 +1,7 @@
 """evaluate on a task of another shape, by configuration alone: prompt/completion items with a
-label answer and per-item options, library scorers only, a multiple-choice task scored by
-log-likelihood through lm-eval, no suite system prompt (the bundle's pinned one applies)."""
+label answer and no per-item options (the labels are the options), library scorers only, a
+multiple-choice task scored by log-likelihood through lm-eval, every task built from suite.yaml
+(the folder has no task YAML), no suite system prompt (the bundle's pinned one applies)."""
 
 from __future__ import annotations
 
@@ -20,24 +21,12 @@ def _suite(root):
     items = []
     for i in range(6):
         answer = LABELS[i % 3]
-        items.append({"id": f"c-{i}", "slice": "easy" if i < 3 else "hard", "options": LABELS,
+        # no per-item options: the suite's labels are the choice task's options
+        items.append({"id": f"c-{i}", "slice": "easy" if i < 3 else "hard",
                       "prompt": f"Claim {i}: amount {100 * (i + 1)} for treatment {i}. Decide: approve, refer or decline.",
                       "completion": answer})
     (root / "data").mkdir()
     (root / "data/test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
-    tasks = root / "tasks"
-    tasks.mkdir()
-    common = {"dataset_path": "json", "dataset_kwargs": {"data_files": {"test": "data/test.jsonl"}},
-              "test_split": "test", "doc_to_text": "{{prompt}}", "metadata": {"version": 1}}
-    (tasks / "claims.yaml").write_text(yaml.safe_dump({
-        "task": "claims", **common, "output_type": "generate_until", "doc_to_target": "{{reference}}",
-        "generation_kwargs": {"until": [], "do_sample": False}}))
-    (tasks / "claims_nll.yaml").write_text(yaml.safe_dump({
-        "task": "claims_nll", **common, "output_type": "loglikelihood", "doc_to_target": "{{reference}}",
-        "target_delimiter": ""}))
-    (tasks / "claims_choice.yaml").write_text(yaml.safe_dump({
-        "task": "claims_choice", **common, "output_type": "multiple_choice", "doc_to_choice": "{{options}}",
-        "doc_to_target": "{{answer_index}}", "target_delimiter": ""}))
     (root / "suite.yaml").write_text(yaml.safe_dump({
         "name": "claims", "version": 1, "data": "data/test.jsonl", "format": "prompt_completion",
         "headline_metric": "choice_accuracy", "labels": LABELS, "min_slice_n": 3,

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipeline.params import GateParams, load_section
-from pipeline.suites import load_suite
+from pipeline.suites import SuiteError, load_suite
 from pipeline.suites.check import check_suite
 from pipeline.suites.scaffold import scaffold_suite
 from pipeline.suites.__main__ import main
@@ -69,12 +69,9 @@ def test_scaffold_json_prompt_completion(tmp_path):
     spec = load_suite(out).spec
     assert spec.prompt_field == "input" and spec.completion_field == "output" and spec.json_schema == "schema.json"
     assert spec.generation.max_new_tokens % 32 == 0 and spec.generation.max_new_tokens >= 32
-    gen = yaml.safe_load((out / "tasks/extract.yaml").read_text())
-    nll = yaml.safe_load((out / "tasks/extract_nll.yaml").read_text())
-    assert gen["output_type"] == "generate_until" and gen["doc_to_text"] == "{{prompt}}"
-    assert gen["generation_kwargs"] == {"until": [], "do_sample": False}
-    assert nll["output_type"] == "loglikelihood" and nll["target_delimiter"] == ""
-    assert not (out / "tasks/extract_choice.yaml").exists()
+    # no task YAMLs: the tasks are built from suite.yaml at evaluation
+    assert not (out / "tasks").exists() and (spec.generate_task, spec.loglikelihood_task) == ("extract", "extract_nll")
+    assert spec.choice_task is None
     gate = load_section("gate", out / "gate.yaml")
     metrics = {r.metric for r in gate.rules}
     assert {"overall.json_key_accuracy", "slices.*.json_key_accuracy", "overall.empty_or_refusal",
@@ -87,19 +84,21 @@ def test_scaffold_labels_with_a_detected_slice(tmp_path, label_suite):
     assert (spec.prompt_field, spec.completion_field) == ("text", "label")
     assert spec.slice_field == "source"  # not a named slice field: the string field with few values
     assert spec.labels == ["negative", "neutral", "positive"] and spec.headline_metric == "label_accuracy"
-    assert spec.scorers == ["label"] and spec.choice_task is None
-    check = check_suite(load_suite(label_suite))
+    # choice scoring over the labels, with no per-item options; the headline stays the generated label
+    assert spec.scorers == ["label", "choice"] and spec.choice_task == "sentiment_choice"
+    suite = load_suite(label_suite)
+    assert all(it.options == ("negative", "neutral", "positive") for it in suite.items())
+    check = check_suite(suite)
     assert check.problems == [] and check.slices == {"mail": 6, "web": 6}
-    assert "label_accuracy" in check.correctness
+    assert {"label_accuracy", "choice_accuracy"} <= set(check.correctness)
 
 
 def test_scaffold_choice_items(tmp_path):
     recs = [{**r, "options": ["negative", "neutral", "positive"]} for r in _label_records()]
     res = scaffold_suite(_write_jsonl(tmp_path / "mc.jsonl", recs), tmp_path / "mc")
-    assert res.options_field == "options" and "choice" in res.scorers and res.headline == "choice_accuracy"
-    task = yaml.safe_load((tmp_path / "mc/tasks/mc_choice.yaml").read_text())
-    assert task["output_type"] == "multiple_choice" and task["doc_to_choice"] == "{{options}}"
-    assert task["doc_to_target"] == "{{answer_index}}"
+    # the headline is the generated answer (what serving returns), not the choice score
+    assert res.options_field == "options" and "choice" in res.scorers and res.headline == "label_accuracy"
+    assert load_suite(tmp_path / "mc").spec.choice_task == "mc_choice"
     assert res.problems == [], res.problems
 
 
@@ -110,7 +109,7 @@ def test_scaffold_free_text_chat(tmp_path):
     assert res.system_prompt == _chat_records()[0]["messages"][0]["content"]
     assert load_suite(tmp_path / "notes").spec.system_prompt == res.system_prompt
     assert res.kind == "free_text" and res.scorers == ["rouge_l", "chrf", "refusal"] and res.headline == "rouge_l"
-    assert res.name == "meet_notes" and (tmp_path / "notes/tasks/meet_notes_nll.yaml").is_file()
+    assert res.name == "meet_notes" and load_suite(tmp_path / "notes").spec.loglikelihood_task == "meet_notes_nll"
     # rouge_l/chrf are not correctness metrics: no flips to count, so no flip-rate rule.
     gate = load_section("gate", tmp_path / "notes/gate.yaml")
     assert "damage.flip_rate" not in {r.metric for r in gate.rules}
@@ -145,16 +144,42 @@ def test_a_scorer_that_marks_references_wrong_is_named(label_suite):
         check.raise_for_problems()
 
 
-def test_missing_task_and_wrong_output_type_and_bad_items(label_suite):
-    (label_suite / "tasks/sentiment_nll.yaml").unlink()
-    gen = label_suite / "tasks/sentiment.yaml"
-    gen.write_text(gen.read_text().replace("output_type: generate_until", "output_type: loglikelihood"))
+def test_a_leftover_task_yaml_and_bad_items_are_problems(label_suite):
+    """A task YAML beside suite.yaml would look like configuration and change nothing."""
+    (label_suite / "tasks").mkdir()
+    (label_suite / "tasks/sentiment.yaml").write_text("task: sentiment\nfilter_list: []\n")
     with open(label_suite / "data/test.jsonl", "a") as f:
         f.write('{"text": "no label here", "source": "web"}\n')
     problems = check_suite(load_suite(label_suite)).problems
-    assert any("sentiment_nll" in p and "not found" in p for p in problems), problems
-    assert any("output_type 'loglikelihood'" in p and "generate_until" in p for p in problems), problems
+    assert any("sentiment.yaml is never read" in p and "generate_task" in p for p in problems), problems
     assert any(p.startswith("items do not load") for p in problems), problems
+
+
+def test_task_dir_is_refused_with_the_way_forward(label_suite):
+    spec = label_suite / "suite.yaml"
+    spec.write_text(spec.read_text() + "task_dir: tasks\n")
+    with pytest.raises(SuiteError, match="task_dir` is gone.*pipeline.suites tasks"):
+        load_suite(label_suite)
+
+
+def test_tasks_are_built_from_suite_yaml_and_exported_as_lm_eval_reads_them(label_suite, tmp_path):
+    from pipeline.evaluate.tasks import task_configs
+
+    suite = load_suite(label_suite)
+    configs = task_configs(suite, tmp_path / "items.jsonl", 24)
+    gen, choice = configs["generate_task"], configs["choice_task"]
+    assert gen["generation_kwargs"] == {"until": list(suite.spec.generation.stop), "max_gen_toks": 24,
+                                        "do_sample": False}
+    assert choice["output_type"] == "multiple_choice" and choice["doc_to_choice"] == "{{options}}"
+    assert main(["tasks", str(label_suite), "--out", str(tmp_path / "out")]) == 0
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert written == {"sentiment.yaml", "sentiment_nll.yaml", "sentiment_choice.yaml", "sentiment_items.jsonl"}
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=str(tmp_path / "out"), include_defaults=False)
+    assert {"sentiment", "sentiment_nll", "sentiment_choice"} <= set(tm.all_tasks)
+    first = json.loads((tmp_path / "out/sentiment_items.jsonl").read_text().splitlines()[0])
+    assert first["prompt"] == suite.items()[0].prompt and first["options"] == ["negative", "neutral", "positive"]
 
 
 def test_gate_rules_must_name_metrics_and_slices_the_report_has(label_suite):

@@ -80,7 +80,7 @@ def test_an_included_suite_resolves_its_paths_against_its_own_folder(tmp_path):
     base = load_suite(parent)
     assert suite.spec.name == "discharge_strict" and suite.spec.min_slice_n == 30
     assert [it.id for it in suite.items()] == [it.id for it in base.items()]
-    assert suite.task_dir.resolve() == base.task_dir.resolve()
+    assert suite.data_path.resolve() == base.data_path.resolve()
     check = check_suite(suite, damage=True)
     assert check.ok, check.problems  # suite-local scorers (scorers.py) found in the included folder
     assert check.metrics == check_suite(base, damage=True).metrics
