@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 from pipeline.bundle.verify import BundleError, VerifiedBundle, verify_bundle
 from pipeline.params import ReleaseSigningParams
 from pipeline.release import Registry, ReleaseError, is_release_dir, open_release
+from pipeline.release.open import open_from_registry
 from pipeline.release.record import check_digest
 from serving.app import create_app
 from serving.logs import log_event, setup_logging
@@ -64,7 +65,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="release registry: a DVC remote name from this repository's DVC config, or a URL/path "
                         "(default: $TAILGATE_RELEASE_REMOTE, else the remote named 'releases')")
     p.add_argument("--releases-dir", default=os.environ.get("TAILGATE_RELEASES_DIR", DEFAULT_RELEASES_DIR),
-                   help=f"where pulled releases are kept (default: $TAILGATE_RELEASES_DIR, else {DEFAULT_RELEASES_DIR})")
+                   help="where pulled releases are kept, verified again each time one is opened; a copy that fails is "
+                        "moved aside to DIGEST.failed-TIME and pulled again, once (default: $TAILGATE_RELEASES_DIR, "
+                        f"else {DEFAULT_RELEASES_DIR})")
     p.add_argument("--public-key", default=os.environ.get("TAILGATE_RELEASE_PUBLIC_KEY"),
                    help="PEM public key the release signature is checked with (default: "
                         "$TAILGATE_RELEASE_PUBLIC_KEY, else the release stage's key if this is its repository)")
@@ -176,13 +179,7 @@ def _open(args: argparse.Namespace) -> tuple[VerifiedBundle, str, dict | None, s
     under load that release carries and the opened release (None for a bare bundle). Raises
     ReleaseError (exit 4) or BundleError (exit 2)."""
     digest = check_digest(args.release) if args.release else None
-    if digest:
-        root = os.path.join(os.path.expanduser(args.releases_dir), digest)
-        if not os.path.isdir(root):
-            Registry.from_name_or_url(args.remote).pull(digest, root)
-    elif is_release_dir(args.bundle):
-        root = args.bundle
-    else:
+    if not digest and not is_release_dir(args.bundle):
         if args.require_signature:
             raise ReleaseError(f"{args.bundle} is a bare bundle, not a signed release; --require-signature refuses it")
         if not args.allow_unreleased:
@@ -191,10 +188,13 @@ def _open(args: argparse.Namespace) -> tuple[VerifiedBundle, str, dict | None, s
         bundle = verify_bundle(args.bundle)
         log_event(log, "unreleased_bundle", logging.WARNING, bundle=str(bundle.root))
         return bundle, args.golden or "reports/golden.json", None, None, None
-    opened = open_release(root, public_key=_public_key(args), require_signature=args.require_signature,
-                          sigstore_identity=args.signer_identity, sigstore_issuer=args.signer_issuer)
-    if digest and opened.record.bundle_digest != digest:
-        raise ReleaseError(f"release {root} holds bundle {opened.record.bundle_digest}, not {digest}")
+    checks = dict(public_key=_public_key(args), require_signature=args.require_signature,
+                  sigstore_identity=args.signer_identity, sigstore_issuer=args.signer_issuer)
+    if digest:  # the cached copy is verified every time; a bad one is set aside and pulled again
+        opened = open_from_registry(lambda: Registry.from_name_or_url(args.remote), digest, args.releases_dir,
+                                    **checks)
+    else:
+        opened = open_release(args.bundle, **checks)
     log_event(log, "release_verified", **opened.describe())
     replayed = str(opened.replay_path) if opened.replay_path else None
     return opened.bundle, args.golden or str(opened.golden_path), opened.describe(), replayed, opened

@@ -4,22 +4,34 @@ Order matters: the signature (when a key is given) is checked first, over every 
 release record and the evidence it pins; then the gate verdict and digests; and last the
 bundle itself through `verify_bundle`, which hashes every weight against the manifest. Nothing
 is built here; callers build engines from the VerifiedBundle only after this returns.
+
+`open_from_registry` opens a release by bundle digest through a local cache (serving's
+--release): a copy lands in the cache only after it verified, and is verified again whenever
+it is opened; a cached copy that fails is moved aside and pulled again, once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from pipeline.bundle.verify import VerifiedBundle, verify_bundle
 from pipeline.files import hash_files
 from pipeline.release.record import (
     BUNDLE_DIR, EVIDENCE_FILES, OPTIONAL_EVIDENCE, RECORD_NAME, SIGNATURE_NAME, TOP_LEVEL, ReleaseError, ReleaseRecord,
-    is_release_dir,
+    check_digest, is_release_dir,
 )
 from pipeline.release.sign import verify_signature
+
+if TYPE_CHECKING:
+    from pipeline.release.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +130,86 @@ def open_release(root: str | Path, *, public_key: str | Path | None = None, requ
         raise ReleaseError(f"the bundle in release {digest[:12]} has digest {bundle.manifest.bundle_digest[:12]}",
                            f"{BUNDLE_DIR}/manifest.json")
     return OpenedRelease(root=root, record=record, bundle=bundle, signature=signature)
+
+
+# -- a release by digest, through a local cache ----------------------------------------------------
+# A cached copy is trusted for nothing: it is verified every time it is opened, like any
+# release directory. One that fails is moved aside (kept for inspection, never deleted) and
+# pulled once more, so a bad pull or a disk fault cannot poison every later start.
+
+def _open_as(root: Path, digest: str, **checks) -> OpenedRelease:
+    opened = open_release(root, **checks)
+    if opened.record.bundle_digest != digest:  # the directory name is not trusted either
+        raise ReleaseError(f"release {root} holds bundle {opened.record.bundle_digest}, not {digest}")
+    return opened
+
+
+def _moved(opened: OpenedRelease, root: Path) -> OpenedRelease:
+    return replace(opened, root=root, bundle=replace(opened.bundle, root=root / BUNDLE_DIR))
+
+
+def _move_aside(root: Path) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = root.with_name(f"{root.name}.failed-{stamp}-{uuid.uuid4().hex[:6]}")
+    os.rename(root, aside)
+    return aside
+
+
+def _check_settings(public_key, require_signature: bool, sigstore_identity, sigstore_issuer) -> None:
+    """Faults of the command line, not of any copy: refused before a cached copy is blamed for them."""
+    if public_key is not None and not Path(public_key).is_file():
+        raise ReleaseError(f"public key {public_key} not found", str(public_key))
+    if require_signature and public_key is None and not (sigstore_identity and sigstore_issuer):
+        raise ReleaseError("a signature is required but no public key (or Sigstore identity) was given to check it")
+
+
+def open_from_registry(registry: "Registry | Callable[[], Registry]", digest: str, cache_dir: str | Path, *,
+                       public_key: str | Path | None = None, require_signature: bool = False,
+                       sigstore_identity: str | None = None, sigstore_issuer: str | None = None) -> OpenedRelease:
+    """The release of `digest`, from `cache_dir/<digest>` when the copy there verifies, else
+    pulled from `registry` (an instance, or a function making one, called only when a pull is
+    needed) into a temporary directory beside the cache, verified there exactly as it will be
+    served, and only then renamed into place. Raises ReleaseError saying which copy failed."""
+    from pipeline.release.registry import Registry
+
+    digest = check_digest(digest)
+    checks = dict(public_key=public_key, require_signature=require_signature, sigstore_identity=sigstore_identity,
+                  sigstore_issuer=sigstore_issuer)
+    _check_settings(**checks)
+    cache_dir = Path(cache_dir).expanduser().absolute()
+    root = cache_dir / digest
+    cached_fault = ""
+    if root.exists() or root.is_symlink():
+        try:
+            return _open_as(root, digest, **checks)
+        except (ValueError, OSError) as exc:  # ReleaseError, BundleError, or a file that cannot be read
+            aside = _move_aside(root)
+            cached_fault = (f"the cached copy failed verification: {exc}; it was moved aside to {aside} (kept for "
+                            "inspection; delete it when done) and the release pulled again")
+            log.warning("release %s: %s", digest[:12], cached_fault)
+    reg = registry if isinstance(registry, Registry) else registry()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".pulling-{digest[:12]}-{uuid.uuid4().hex[:8]}"
+    then = f"{cached_fault}; then " if cached_fault else ""
+    try:
+        try:
+            reg.pull(digest, tmp)
+        except ReleaseError as exc:
+            raise ReleaseError(f"{then}{exc}" if then else str(exc), exc.path) from None
+        try:
+            opened = _open_as(tmp, digest, **checks)
+        except (ValueError, OSError) as exc:
+            raise ReleaseError(f"{then}the copy pulled from {reg.url} failed verification: {exc}; nothing was "
+                               "cached. The remote's copy is at fault: push the release again from the repository "
+                               "that made it, or serve from another remote", getattr(exc, "path", None)) from None
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not root.is_dir():  # not a concurrent start that got there first: a real failure
+                raise
+            log.info("release %s: another process cached it first; opening that copy", digest[:12])
+            return _open_as(root, digest, **checks)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("release %s pulled from %s, verified and cached in %s", digest[:12], reg.url, root)
+    return _moved(opened, root)

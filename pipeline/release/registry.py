@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
+import json
 import logging
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,6 +34,8 @@ log = logging.getLogger(__name__)
 INDEX_PREFIX = ("tailgate", "releases")
 ATTESTATION_PREFIX = ("tailgate", "attestations")  # <prefix>/<bundle_digest>/<name>.intoto.json
 _REMOTE = "registry"  # the remote's name inside the throwaway repositories
+_FIX_REMOTE = ("push the release again from the repository that made it (rerun the release stage: only what the "
+               "remote lacks is uploaded), or serve from another remote that holds it")
 
 
 def remote_config(name: str, repo_root: str | Path = ".") -> dict[str, Any]:
@@ -68,6 +73,20 @@ def _link_or_copy(src: str, dst: str) -> None:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
         shutil.copy2(src, dst)
+
+
+def _md5_file(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _name_files(entries: list[dict]) -> str:
+    shown = ", ".join(repr(e["relpath"]) for e in entries[:5])
+    more = f" and {len(entries) - 5} more" if len(entries) > 5 else ""
+    return f"{len(entries)} file{'s' if len(entries) != 1 else ''} ({shown}{more})"
 
 
 class Registry:
@@ -114,7 +133,10 @@ class Registry:
         return remote.fs, remote.fs.join(remote.path, *INDEX_PREFIX, f"{digest}.json")
 
     def push(self, release_dir: str | Path, record: ReleaseRecord) -> ReleasePointer:
-        """Upload a release directory and index it under its bundle digest."""
+        """Upload a release directory and index it under its bundle digest, all or nothing: the
+        index entry is written last (and atomically), only once every object is in the remote, so
+        a push that stops midway leaves no release visible by its digest; pushing again uploads
+        only what is missing and completes it."""
         release_dir = Path(release_dir)
         digest = check_digest(record.bundle_digest)
         with self._repo() as repo:
@@ -123,15 +145,30 @@ class Registry:
             stage = repo.add(str(work))[0]
             out = stage.outs[0]
             obj = DvcObject(md5=out.hash_info.value, size=out.meta.size, nfiles=out.meta.nfiles)
-            repo.push(remote=_REMOTE)
+            try:
+                repo.push(remote=_REMOTE)
+            except Exception as exc:  # DVC raises its own error types per remote kind
+                raise ReleaseError(f"push of release {digest[:12]} to {self.url} did not finish: {exc}. No release "
+                                   "is visible under its digest (the index entry is written last); push again to "
+                                   "complete it (only the missing files are uploaded)") from None
             pointer = ReleasePointer(bundle_digest=digest, dvc=obj,
                                      record_sha256=sha256_file(release_dir / RECORD_NAME),
                                      released_at=record.released_at)
+            # DVC reports a push as done from its own bookkeeping; the index must not point at
+            # objects the remote does not hold, so look before writing it.
+            missing = self._missing_blobs(repo, self._listing(repo, pointer))
+            if missing:
+                raise ReleaseError(f"push of release {digest[:12]} to {self.url} did not finish: "
+                                   f"{_name_files(missing)} not in the remote after the upload; push again")
             fs, path = self._index_path(repo, digest)
             fs.makedirs(fs.parent(path), exist_ok=True)
             if fs.exists(path):
                 log.warning("bundle %s was released before; the index now points at this release", digest[:12])
-            fs.pipe_file(path, (pointer.model_dump_json(indent=2) + "\n").encode())
+            # Temp name then move: a reader sees the old entry or the new one, never a torn one,
+            # and list() skips the temp name (it does not end in .json).
+            tmp = fs.join(fs.parent(path), f".{digest}.{uuid.uuid4().hex}.tmp")
+            fs.pipe_file(tmp, (pointer.model_dump_json(indent=2) + "\n").encode())
+            fs.mv(tmp, path)
         log.info("pushed release %s to %s (%d files, %.1f MB)", digest[:12], self.url, obj.nfiles, obj.size / 1e6)
         return pointer
 
@@ -151,12 +188,15 @@ class Registry:
 
     def list(self) -> list[ReleasePointer]:
         with self._repo() as repo:
-            fs, path = self._index_path(repo, "0" * 64)
-            index = fs.parent(path)
-            if not fs.exists(index):
-                return []
-            names = sorted(p for p in fs.ls(index, detail=False) if p.endswith(".json"))
-            return [ReleasePointer.model_validate_json(fs.cat_file(p)) for p in names]
+            return self._list(repo)
+
+    def _list(self, repo: Any) -> list[ReleasePointer]:
+        fs, path = self._index_path(repo, "0" * 64)
+        index = fs.parent(path)
+        if not fs.exists(index):
+            return []
+        names = sorted(p for p in fs.ls(index, detail=False) if p.endswith(".json"))
+        return [ReleasePointer.model_validate_json(fs.cat_file(p)) for p in names]
 
     def _attestation_dir(self, repo: Any, digest: str) -> tuple[Any, str]:
         remote = repo.cloud.get_remote(_REMOTE)
@@ -183,19 +223,108 @@ class Registry:
                 return {}
             return {p: fs.cat_file(p) for p in sorted(fs.ls(folder, detail=False)) if p.endswith(".intoto.json")}
 
+    # -- telling one fault from another: each gets its own message --------------------------
+
+    def _check_registry(self, repo: Any) -> None:
+        """Refuse a registry that is not there or cannot be read, before anything is looked up in it."""
+        remote = repo.cloud.get_remote(_REMOTE)
+        fs, root = remote.fs, remote.path
+        try:
+            if not fs.exists(root):
+                raise ReleaseError(f"release registry {self.url} does not exist: check --remote (or the DVC remote's "
+                                   "url); a registry is created by the first release pushed to it")
+            if not fs.isdir(root):
+                raise ReleaseError(f"release registry {self.url} is not a directory, so it holds no releases: check "
+                                   "--remote (or the DVC remote's url)")
+            fs.ls(root, detail=False)
+        except ReleaseError:
+            raise
+        except Exception as exc:  # permissions, credentials, network: whatever the remote kind raises
+            raise ReleaseError(f"release registry {self.url} cannot be read: {type(exc).__name__}: {exc}") from None
+
+    def _not_released(self, repo: Any, digest: str) -> ReleaseError:
+        self._check_registry(repo)
+        try:
+            others = self._list(repo)
+        except ValueError:
+            others = []
+        if not others:
+            return ReleaseError(f"release registry {self.url} holds no releases at all (no {'/'.join(INDEX_PREFIX)}/ "
+                                f"index entries), so bundle {digest} is not in it: check that --remote names the "
+                                "registry the release stage pushed to")
+        newest = max(others, key=lambda p: p.released_at)
+        return ReleaseError(f"bundle {digest} has no release in {self.url}, which holds {len(others)} other "
+                            f"release{'s' if len(others) != 1 else ''} (newest: {newest.bundle_digest[:12]}, released "
+                            f"{newest.released_at}): this bundle was never released there (only a bundle that passed "
+                            "the gate is), or its push did not finish (the index entry is written last); check the "
+                            "digest, or push it again")
+
+    def _listing(self, repo: Any, pointer: ReleasePointer) -> list[dict]:
+        """The release directory's file list as DVC stored it ({relpath, md5} per file), checked
+        against its own md5 (its name), so a damaged listing is not trusted for anything else."""
+        odb = repo.cloud.get_remote_odb(_REMOTE)
+        path = odb.oid_to_path(pointer.dvc.md5)
+        digest = pointer.bundle_digest[:12]
+        if not odb.fs.exists(path):
+            raise ReleaseError(f"release {digest} in {self.url} is incomplete: the listing of its files is missing "
+                               f"from the remote ({path}); {_FIX_REMOTE}", path)
+        raw = odb.fs.cat_file(path)
+        if hashlib.md5(raw, usedforsecurity=False).hexdigest() != pointer.dvc.md5.removesuffix(".dir"):
+            raise ReleaseError(f"release {digest} in {self.url} is corrupted: the listing of its files ({path}) does "
+                               f"not match its md5; delete that object from the remote, then {_FIX_REMOTE}", path)
+        try:
+            entries = json.loads(raw)
+            return [{"relpath": str(e["relpath"]), "md5": str(e["md5"])} for e in entries]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ReleaseError(f"release {digest} in {self.url}: the listing of its files ({path}) is unreadable: "
+                               f"{exc}", path) from None
+
+    def _missing_blobs(self, repo: Any, listing: list[dict]) -> list[dict]:
+        odb = repo.cloud.get_remote_odb(_REMOTE)
+        return [e for e in listing if not odb.fs.exists(odb.oid_to_path(e["md5"]))]
+
+    def _check_pulled(self, repo: Any, pointer: ReleasePointer, listing: list[dict], root: Path) -> None:
+        """What DVC brought back is what was pushed: every listed file, by md5 (DVC does not
+        check that on download), and the release record the index entry names."""
+        odb = repo.cloud.get_remote_odb(_REMOTE)
+        digest = pointer.bundle_digest[:12]
+        bad = [e for e in listing if not (root / e["relpath"]).is_file() or _md5_file(root / e["relpath"]) != e["md5"]]
+        if bad:
+            blobs = "; ".join(f"{e['relpath']!r} is stored as {odb.oid_to_path(e['md5'])}" for e in bad[:5])
+            raise ReleaseError(f"the remote's copy of release {digest} in {self.url} is corrupted: {_name_files(bad)} "
+                               f"differ from the md5 the release lists ({blobs}); nothing was cached. Delete "
+                               f"{'that object' if len(bad) == 1 else 'those objects'} from the remote, then "
+                               f"{_FIX_REMOTE}", bad[0]["relpath"])
+        if sha256_file(root / RECORD_NAME) != pointer.record_sha256:
+            raise ReleaseError(f"the index entry of release {digest} in {self.url} names another release record "
+                               f"than the one stored ({RECORD_NAME}); {_FIX_REMOTE}", RECORD_NAME)
+
     def pull(self, digest: str, dest: str | Path) -> Path:
-        """Fetch the release of `digest` into `dest` (which must not exist yet). Pulling checks
-        nothing but DVC's own hashes; the caller opens the result with `open_release`."""
+        """Fetch the release of `digest` into `dest` (which must not exist yet). Every file is
+        checked against the md5 DVC listed for it when it was pushed, and the release record
+        against the index entry; `dest` appears whole and checked, or not at all. Signature,
+        evidence and bundle are the caller's to check, with `open_release`."""
         from dvc.repo import Repo
 
         digest, dest = check_digest(digest), Path(dest)
         if dest.exists():
             raise ReleaseError(f"{dest} already exists; open it instead of pulling again", str(dest))
         with self._repo() as repo:
-            pointer = self._read_pointer(repo, digest)
+            try:
+                pointer = self._read_pointer(repo, digest)
+            except ReleaseError:
+                raise
+            except Exception:  # the index could not be looked at: say why the registry is at fault
+                self._check_registry(repo)
+                raise
             if pointer is None:
-                raise ReleaseError(f"bundle {digest} has no release in {self.url}: it was never released there (only "
-                                   "a bundle that passed the gate is), so it is not served from it")
+                raise self._not_released(repo, digest)
+            listing = self._listing(repo, pointer)
+            missing = self._missing_blobs(repo, listing)
+            if missing:
+                raise ReleaseError(f"release {digest[:12]} in {self.url} is incomplete: {_name_files(missing)} "
+                                   f"missing from the remote; nothing was pulled. {_FIX_REMOTE[0].upper()}"
+                                   f"{_FIX_REMOTE[1:]}", missing[0]["relpath"])
             root = Path(repo.root_dir)
             out = {"md5": pointer.dvc.md5, "size": pointer.dvc.size, "nfiles": pointer.dvc.nfiles,
                    "hash": "md5", "path": digest}
@@ -205,9 +334,9 @@ class Registry:
                     fresh.pull(remote=_REMOTE)
             except Exception as exc:  # DVC raises its own error types per remote kind
                 raise ReleaseError(f"could not pull release {digest[:12]} from {self.url}: {exc}") from None
+            self._check_pulled(repo, pointer, listing, root / digest)
             with atomic_dir(dest) as tmp:  # dest appears whole or not at all
                 for child in (root / digest).iterdir():
                     shutil.move(str(child), tmp / child.name)
         log.info("pulled release %s from %s into %s", digest[:12], self.url, dest)
         return dest
-
