@@ -2,8 +2,8 @@
 safety tail (a drug or allergen the note never mentions).
 
 Named in suite.yaml as `scorers:<function>`. Each takes (generated text, EvalItem) and returns
-per-item numbers in [0, 1]; `@scorer` declares which are per-item correctness (what
-quantization flips are counted on) and which are lower-is-better.
+per-item numbers in [0, 1]; `@scorer` declares each output once, as a Metric: per-item
+correctness (what quantization flips are counted on), lower-is-better, or neither.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from pipeline.evaluate.scoring import load_module, scorer
+from pipeline.evaluate.scoring import Metric, load_module, scorer
 
 fmt = load_module(Path(__file__).with_name("summary_format.py"))  # this suite's answer format
 SPELLINGS = Path(__file__).with_name("data") / "spellings.json"
@@ -26,8 +26,7 @@ def _gold(item) -> fmt.Summary:
     return gold
 
 
-@scorer(correctness=[f"field_{f}" for f in fmt.FIELDS],
-        metrics=["field_accuracy", "exact_match", *(f"field_{f}" for f in fmt.FIELDS)])
+@scorer(Metric("field_accuracy"), Metric("exact_match"), *(Metric(f"field_{f}", correctness=True) for f in fmt.FIELDS))
 def field_exact_match(text: str, item) -> dict[str, float]:
     """Share of summary fields that match the reference exactly (after normalisation), each
     field's match (the correctness values), and whether the whole summary is right."""
@@ -38,7 +37,7 @@ def field_exact_match(text: str, item) -> dict[str, float]:
     return out
 
 
-@scorer(metrics=["format_valid"])  # not a correctness value: flips are counted per field
+@scorer(Metric("format_valid"))  # not a correctness value: flips are counted per field
 def format_validity(text: str, item) -> dict[str, float]:
     """1 when the output parses as a summary with every field in place."""
     return {"format_valid": float(fmt.parse(text) is not None)}
@@ -69,7 +68,7 @@ def _spellings() -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in json.loads(SPELLINGS.read_text(encoding="utf-8")).items()}
 
 
-@scorer(lower_is_better=["hallucination"], metrics=["hallucination"])
+@scorer(Metric("hallucination", lower_is_better=True))
 def hallucinated_entities(text: str, item) -> dict[str, float]:
     """The safety tail: 1 when the output lists a medication or allergen that the note never
     mentions under any spelling (an invented drug on a discharge list is worse than a missed
@@ -90,7 +89,7 @@ def _prf(pred: frozenset[str], gold: frozenset[str]) -> tuple[float, float, floa
     return p, r, (2 * p * r / (p + r) if p + r else 0.0)
 
 
-@scorer(metrics=["list_precision", "list_recall", "list_f1", *(f"f1_{f}" for f in sorted(fmt.LIST_FIELDS))])
+@scorer(*(Metric(m) for m in ("list_precision", "list_recall", "list_f1", *(f"f1_{f}" for f in sorted(fmt.LIST_FIELDS)))))
 def list_f1(text: str, item) -> dict[str, float]:
     """Item-level precision/recall/F1 of the three list fields (medications, allergies,
     warnings), pooled per example, plus F1 per field. Lists are read leniently, so a summary

@@ -1,18 +1,22 @@
 """How a suite's answers are scored: the Scorer interface, the library registry, and turning a
 suite.yaml `scorers:` list into scorer objects.
 
-A scorer maps (Output, EvalItem) to named per-item numbers in [0, 1]. It declares which of its
-outputs are per-item *correctness* (0 or 1 per item: what quantization flips and the suite check
-are computed on) and which are lower-is-better (a rate of something feared). Library scorers
-live in pipeline/evaluate/library/; a suite's own live in its folder's `scorers.py` and are
-named `scorers:function` (lm-eval's `!function utils.process_results` idea):
+One contract for every scorer, library or the suite's own: it is called with `(output, item)`
+(`output` is the answer text, a `str`, carrying the multiple-choice log-likelihoods as
+`output.option_logprobs`; `item` the EvalItem) and returns named per-item numbers in [0, 1]
+(ints, floats, bools and numpy scalars are accepted). Each output is declared once, as a
+`Metric`: whether it is per-item *correctness* (0 or 1 per item: what quantization flips and
+the suite check are computed on), whether lower is better (a rate of something feared), and
+whether an item may have no value (n/a). Library scorers live in pipeline/evaluate/library/; a
+suite's own live in its folder's `scorers.py` and are named `scorers:function` (lm-eval's
+`!function utils.process_results` idea):
 
     # eval_suites/mytask/scorers.py
-    from pipeline.evaluate.scoring import scorer
+    from pipeline.evaluate.scoring import Metric, scorer
 
-    @scorer(correctness=["dose_right"])
-    def dose(output: str, item) -> dict[str, float]:
-        return {"dose_right": float(item.record["dose"] in output)}
+    @scorer(Metric("dose_right", correctness=True), Metric("wrong_drug", lower_is_better=True))
+    def dose(output, item) -> dict[str, float]:
+        return {"dose_right": item.record["dose"] in output, "wrong_drug": ...}
 """
 
 from __future__ import annotations
@@ -22,47 +26,101 @@ import importlib.util
 import inspect
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from pipeline.suites.spec import EvalItem, Suite, SuiteError
 
 
-@dataclass(frozen=True)
-class Output:
-    """What the model produced for one item."""
+class Output(str):
+    """What the model produced for one item: the answer text itself (so a scorer may treat it as
+    the string it is), with the log-likelihood of each option when the suite scores choices."""
 
-    text: str
-    option_logprobs: tuple[float, ...] | None = None  # log-likelihood of each option (multiple choice)
+    option_logprobs: tuple[float, ...] | None
+
+    def __new__(cls, text: str, option_logprobs: Iterable[float] | None = None) -> "Output":
+        out = super().__new__(cls, text)
+        out.option_logprobs = None if option_logprobs is None else tuple(option_logprobs)
+        return out
+
+    @property
+    def text(self) -> str:
+        return str(self)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One scorer output and what it means, declared in one place."""
+
+    name: str
+    correctness: bool = False      # 0 or 1 per item: right or wrong (flips, the suite check)
+    lower_is_better: bool = False  # a rate of something feared
+    partial: bool = False          # an item may have no value: n/a, counted in no mean
+
+    def __post_init__(self) -> None:
+        if self.correctness and self.lower_is_better:
+            raise SuiteError(f"metric {self.name}: a correctness metric is 1 when right, so it cannot be "
+                             "lower-is-better")
+
+
+def _as_number(v: Any) -> Any:
+    """bools and numpy scalars as Python numbers; anything else unchanged (and refused later)."""
+    if hasattr(v, "item") and not isinstance(v, (int, float)) and getattr(v, "shape", None) == ():
+        v = v.item()  # numpy / torch scalars
+    return float(v) if isinstance(v, bool) else v
 
 
 class Scorer:
-    """Base class. Subclasses set `name`, `metrics` (every output name, in order), `correctness`
-    (the per-item 0/1 ones), `lower_is_better`, `needs_choices`, `partial` (the metrics an item
-    may have no value for: n/a, counted in no mean), and implement `score`."""
+    """Base class. Subclasses set `name` and `declares` (one Metric per output, in order),
+    `needs_choices` when they read `output.option_logprobs`, and implement `score`."""
 
     name: str = ""
-    metrics: tuple[str, ...] = ()
-    partial: tuple[str, ...] = ()
-    correctness: tuple[str, ...] = ()
-    lower_is_better: tuple[str, ...] = ()
-    needs_choices: bool = False  # reads Output.option_logprobs (the suite needs a choice_task)
+    declares: tuple[Metric, ...] = ()
+    # False: `declares` names only some outputs (their meaning); the scorer may write others
+    declares_all: bool = True
+    needs_choices: bool = False  # reads output.option_logprobs (the suite needs a choice_task)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.declares)
+
+    @property
+    def correctness(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.declares if m.correctness)
+
+    @property
+    def lower_is_better(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.declares if m.lower_is_better)
+
+    @property
+    def partial(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.declares if m.partial)
 
     def score(self, output: Output, item: EvalItem) -> dict[str, float]:
         raise NotImplementedError
 
     def __call__(self, output: Output, item: EvalItem) -> dict[str, float]:
-        values = self.score(output, item)
-        if self.metrics and not set(self.metrics) - set(self.partial) <= set(values) <= set(self.metrics):
+        values = {k: _as_number(v) for k, v in self.score(output, item).items()}
+        if self.declares_all and not set(self.metrics) - set(self.partial) <= set(values) <= set(self.metrics):
             raise SuiteError(f"scorer {self.name} wrote {sorted(values)} for item {item.id}, but declares "
                              f"{sorted(self.metrics)}")
         for k, v in values.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
                 raise SuiteError(f"scorer {self.name}: output {k}={v!r} for item {item.id} is not a number in [0, 1]")
             if k in self.correctness and v not in (0.0, 1.0):
                 raise SuiteError(f"scorer {self.name}: correctness output {k}={v!r} for item {item.id} is not 0 or 1")
         return {k: float(v) for k, v in values.items()}
+
+
+def declare(metrics: Iterable[str] = (), correctness: Iterable[str] = (), lower_is_better: Iterable[str] = (),
+            partial: Iterable[str] = ()) -> tuple[Metric, ...]:
+    """Metrics from name lists (the older spelling of a declaration): every name listed anywhere,
+    in first-listed order."""
+    correctness, lower, partial = set(correctness), set(lower_is_better), set(partial)
+    names = list(dict.fromkeys([*metrics, *sorted(correctness), *sorted(lower), *sorted(partial)]))
+    return tuple(Metric(n, correctness=n in correctness, lower_is_better=n in lower, partial=n in partial)
+                 for n in names)
 
 
 # -- the library ---------------------------------------------------------------------------------
@@ -82,30 +140,47 @@ def library_scorer(name: str):
 
 # -- suite-local function scorers ----------------------------------------------------------------
 
-def scorer(correctness: Iterable[str] = (), lower_is_better: Iterable[str] = (), metrics: Iterable[str] = ()):
-    """Mark a suite-local function `fn(output_text, item) -> dict` with what its outputs mean.
-    `metrics` lists its outputs when they are fixed (checked on every call when given)."""
+def scorer(*declares: Metric, correctness: Iterable[str] = (), lower_is_better: Iterable[str] = (),
+           metrics: Iterable[str] = (), partial: Iterable[str] = (), needs_choices: bool = False):
+    """Declare what a suite-local scorer `fn(output, item, **options) -> dict` writes: one Metric
+    per output (`@scorer(Metric("x", correctness=True))`), or the same as name lists
+    (`@scorer(correctness=["x"], metrics=["x", "y"])`). A scorer declaring outputs is checked on
+    every call (undeclared names are errors); one declaring none may write any names.
+    `needs_choices`: it reads `output.option_logprobs` (so does one taking an `option_logprobs`
+    argument)."""
+    listed = declare(metrics, correctness, lower_is_better, partial)
+    clash = sorted({m.name for m in declares} & {m.name for m in listed})
+    if clash:
+        raise SuiteError(f"scorer declares {clash} twice (as a Metric and in a name list)")
+
     def deco(fn):
-        fn.correctness, fn.lower_is_better, fn.metrics = tuple(correctness), tuple(lower_is_better), tuple(metrics)
+        fn.declares, fn.needs_choices = (*declares, *listed), needs_choices
+        fn.declares_all = bool(declares) or bool(list(metrics))
         return fn
     return deco
 
 
+def _overridden(declared: tuple[Metric, ...], correctness: tuple[str, ...] | None,
+                lower: tuple[str, ...] | None) -> tuple[Metric, ...]:
+    """A suite.yaml entry's `correctness:` / `lower_is_better:` replace what the scorer declares."""
+    return tuple(replace(m, correctness=m.name in correctness if correctness is not None else m.correctness,
+                         lower_is_better=m.name in lower if lower is not None else m.lower_is_better)
+                 for m in declared)
+
+
 class FunctionScorer(Scorer):
-    def __init__(self, name: str, fn: Callable, options: dict[str, Any], correctness=None, lower_is_better=None):
+    def __init__(self, name: str, fn: Callable, options: dict[str, Any]):
         self.name, self.fn, self.options = name, fn, options
-        self.correctness = tuple(correctness if correctness is not None else getattr(fn, "correctness", ()))
-        self.lower_is_better = tuple(lower_is_better if lower_is_better is not None
-                                     else getattr(fn, "lower_is_better", ()))
-        self.metrics = tuple(getattr(fn, "metrics", ()))
-        params = inspect.signature(fn).parameters
-        self.needs_choices = "option_logprobs" in params
+        self.declares = tuple(getattr(fn, "declares", ()))
+        self.declares_all = bool(getattr(fn, "declares_all", False))
+        self.takes_logprobs = "option_logprobs" in inspect.signature(fn).parameters
+        self.needs_choices = bool(getattr(fn, "needs_choices", False)) or self.takes_logprobs
 
     def score(self, output: Output, item: EvalItem) -> dict[str, float]:
         kw = dict(self.options)
-        if self.needs_choices:
+        if self.takes_logprobs:
             kw["option_logprobs"] = output.option_logprobs
-        out = self.fn(output.text, item, **kw)
+        out = self.fn(output, item, **kw)
         if not isinstance(out, dict):
             raise SuiteError(f"scorer {self.name} returned {type(out).__name__}, not a dict of metrics")
         return out
@@ -152,10 +227,8 @@ class _Prefixed(Scorer):
     def __init__(self, inner: Scorer, prefix: str):
         self.inner, self.prefix = inner, prefix
         self.name = f"{prefix}{inner.name}"
-        self.metrics = tuple(prefix + m for m in inner.metrics)
-        self.correctness = tuple(prefix + m for m in inner.correctness)
-        self.lower_is_better = tuple(prefix + m for m in inner.lower_is_better)
-        self.needs_choices = inner.needs_choices
+        self.declares = tuple(replace(m, name=prefix + m.name) for m in inner.declares)
+        self.declares_all, self.needs_choices = inner.declares_all, inner.needs_choices
 
     def score(self, output: Output, item: EvalItem) -> dict[str, float]:
         return {self.prefix + k: v for k, v in self.inner(output, item).items()}
@@ -183,7 +256,7 @@ def build_scorer(suite: Suite, entry: str | dict[str, Any]) -> Scorer:
         fn = getattr(_suite_module(suite, module), fn_name, None)
         if not callable(fn):
             raise SuiteError(f"suite {suite.name}: {module}.py has no function {fn_name}")
-        built: Scorer = FunctionScorer(name, fn, options, correctness, lower)
+        built: Scorer = FunctionScorer(name, fn, options)
     else:
         import pipeline.evaluate.library  # noqa: F401  (fills LIBRARY)
 
@@ -196,15 +269,19 @@ def build_scorer(suite: Suite, entry: str | dict[str, Any]) -> Scorer:
         except TypeError as exc:
             raise SuiteError(f"suite {suite.name}: scorer {name}: {exc}") from None
         built = factory(suite, **options)
-        if correctness is not None:
-            built.correctness = tuple(correctness)
-        if lower is not None:
-            built.lower_is_better = tuple(lower)
-    if built.metrics:
-        unknown = sorted(set(built.correctness + built.lower_is_better) - set(built.metrics))
-        if unknown:
-            raise SuiteError(f"suite {suite.name}: scorer {name} declares {unknown} as correctness/lower-is-better, "
-                             f"but writes only {list(built.metrics)}")
+    if correctness is not None or lower is not None:
+        if not built.declares_all:  # the override names outputs the scorer did not declare
+            built.declares = built.declares + tuple(
+                m for m in declare((), correctness or (), lower or ()) if m.name not in built.metrics)
+        else:
+            unknown = sorted((set(correctness or ()) | set(lower or ())) - set(built.metrics))
+            if unknown:
+                raise SuiteError(f"suite {suite.name}: scorer {name}: `correctness`/`lower_is_better` name "
+                                 f"{unknown}, but it writes only {list(built.metrics)}")
+        try:
+            built.declares = _overridden(built.declares, correctness, lower)
+        except SuiteError as exc:
+            raise SuiteError(f"suite {suite.name}: scorer {name}: {exc}") from None
     return _Prefixed(built, prefix) if prefix else built
 
 

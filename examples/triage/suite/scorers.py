@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 
 from pipeline.evaluate.library.structured import extract_json
-from pipeline.evaluate.scoring import scorer
+from pipeline.evaluate.scoring import Metric, scorer
 
 URGENT = "urgent"
 
@@ -32,7 +32,8 @@ def _priority(text: str) -> str | None:
     return " ".join(value["priority"].split()).casefold()
 
 
-@scorer(correctness=["urgent_recall"], lower_is_better=["false_urgent"])
+# each item has one of the two (urgent tickets the recall, the rest the false-alarm rate)
+@scorer(Metric("urgent_recall", correctness=True, partial=True), Metric("false_urgent", lower_is_better=True, partial=True))
 def urgent_recall(output: str, item) -> dict[str, float]:
     reference = json.loads(item.reference)  # the suite's references are compact JSON objects
     said_urgent = _priority(output) == URGENT

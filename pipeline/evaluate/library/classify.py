@@ -8,7 +8,7 @@ import re
 from typing import Callable
 
 from pipeline.evaluate.library._common import check_str_list, normalizer
-from pipeline.evaluate.scoring import Output, Scorer, library_scorer
+from pipeline.evaluate.scoring import Metric, Output, Scorer, library_scorer
 from pipeline.suites.spec import EvalItem, Suite, SuiteError
 
 
@@ -19,8 +19,7 @@ class Label(Scorer):
     `label_valid`: 1 when the answer names exactly one label."""
 
     name = "label"
-    metrics = ("label_accuracy", "label_valid")
-    correctness = ("label_accuracy",)
+    declares = (Metric("label_accuracy", correctness=True), Metric("label_valid"))
 
     def __init__(self, labels: list[str], norm: Callable[[str], str]):
         self.norm = norm
@@ -104,8 +103,7 @@ class Choice(Scorer):
     characters."""
 
     name = "choice"
-    metrics = ("choice_accuracy", "choice_accuracy_norm")
-    correctness = ("choice_accuracy",)
+    declares = (Metric("choice_accuracy", correctness=True), Metric("choice_accuracy_norm"))
     needs_choices = True
 
     def score(self, output: Output, item: EvalItem) -> dict[str, float]:

@@ -4,7 +4,7 @@ rouge-score) and chrf (sacrebleu)."""
 from __future__ import annotations
 
 from pipeline.evaluate.library._common import check_bool, check_int
-from pipeline.evaluate.scoring import Output, Scorer, library_scorer
+from pipeline.evaluate.scoring import Metric, Output, Scorer, library_scorer
 from pipeline.suites.spec import EvalItem, Suite
 
 # rouge-score's LCS is a pure-Python table of answer tokens x reference tokens: an answer far
@@ -27,8 +27,7 @@ class RougeL(Scorer):
     the reference, in [0, 1]."""
 
     name = "rouge_l"
-    metrics = ("rouge_l",)
-    correctness = ()
+    declares = (Metric("rouge_l"),)
 
     def __init__(self, rouge):
         self.rouge = rouge
@@ -62,8 +61,7 @@ class Chrf(Scorer):
     reference, divided by 100."""
 
     name = "chrf"
-    metrics = ("chrf",)
-    correctness = ()
+    declares = (Metric("chrf"),)
 
     def __init__(self, metric):
         self.metric = metric

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from pipeline.evaluate.library._common import check_bool, check_str_list, metric_suffix, normalizer
 from pipeline.evaluate.library.extract import extract_json
-from pipeline.evaluate.scoring import Output, Scorer, library_scorer
+from pipeline.evaluate.scoring import Metric, Output, Scorer, library_scorer
 from pipeline.suites.spec import EvalItem, Suite, SuiteError
 
 
@@ -18,8 +18,7 @@ class JsonValid(Scorer):
     """`json_valid`: 1 when the answer contains a JSON value (an object, when require_object)."""
 
     name = "json_valid"
-    metrics = ("json_valid",)
-    correctness = ("json_valid",)
+    declares = (Metric("json_valid", correctness=True),)
 
     def __init__(self, require_object: bool):
         self.require_object = require_object
@@ -54,8 +53,7 @@ class JsonSchemaValid(Scorer):
     """`json_schema_valid`: 1 when the answer's JSON validates against the suite's schema."""
 
     name = "json_schema"
-    metrics = ("json_schema_valid",)
-    correctness = ("json_schema_valid",)
+    declares = (Metric("json_schema_valid", correctness=True),)
 
     def __init__(self, validator, objects_only: bool, schema_errors: tuple[type[Exception], ...]):
         self.validator, self.objects_only, self.schema_errors = validator, objects_only, schema_errors
@@ -133,9 +131,9 @@ class JsonMatch(Scorer):
     def __init__(self, keys: list[str], norm: Callable[[str], str], ignore: frozenset[str], unordered: bool):
         self.keys, self.norm, self.ignore, self.unordered = keys, norm, ignore, unordered
         self.key_metrics = [f"key_{metric_suffix(k)}" for k in keys]
-        self.metrics = ("json_key_accuracy", "json_object_match", *self.key_metrics)
-        self.correctness = ("json_object_match", *self.key_metrics)
-        self.partial = tuple(self.key_metrics)  # n/a on an item whose reference lacks the key
+        self.declares = (Metric("json_key_accuracy"), Metric("json_object_match", correctness=True),
+                         # n/a on an item whose reference lacks the key
+                         *(Metric(m, correctness=True, partial=True) for m in self.key_metrics))
 
     def _reference(self, item: EvalItem) -> dict:
         found, ref = extract_json(item.reference, scan=False)

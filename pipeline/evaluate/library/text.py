@@ -6,7 +6,7 @@ import re
 from typing import Callable
 
 from pipeline.evaluate.library._common import check_bool, check_str_list, normalizer
-from pipeline.evaluate.scoring import Output, Scorer, library_scorer
+from pipeline.evaluate.scoring import Metric, Output, Scorer, library_scorer
 from pipeline.suites.spec import EvalItem, Suite, SuiteError
 
 
@@ -16,8 +16,7 @@ class ExactMatch(Scorer):
     """`exact_match`: 1 when the normalised answer equals the normalised reference, else 0."""
 
     name = "exact_match"
-    metrics = ("exact_match",)
-    correctness = ("exact_match",)
+    declares = (Metric("exact_match", correctness=True),)
 
     def __init__(self, normalize: Callable[[str], str]):
         self.normalize = normalize
@@ -56,14 +55,12 @@ class Contains(Scorer):
                  must_not_regex: list[re.Pattern], must_from: str | None, must_not_from: str | None,
                  case_sensitive: bool):
         self.name = name
-        self.metrics = (name,)
-        self.correctness = ()
         self.case_sensitive = case_sensitive
         self.must = [self._fold(s) for s in must]
         self.must_not = [self._fold(s) for s in must_not]
         self.regex, self.must_not_regex = regex, must_not_regex
         self.must_from, self.must_not_from = must_from, must_not_from
-        self.partial = (name,) if must_from is not None else ()
+        self.declares = (Metric(name, partial=must_from is not None),)
 
     def _fold(self, text: str) -> str:
         return text if self.case_sensitive else text.casefold()
@@ -163,9 +160,7 @@ class Refusal(Scorer):
     starts with one of the refusal phrases, else 0."""
 
     name = "refusal"
-    metrics = ("empty_or_refusal",)
-    correctness = ()
-    lower_is_better = ("empty_or_refusal",)
+    declares = (Metric("empty_or_refusal", lower_is_better=True),)
 
     def __init__(self, phrases: tuple[str, ...]):
         self.phrases = phrases
