@@ -1,29 +1,38 @@
 """gate stage: release rules over the eval report of the exact bundle. Fails closed.
 
-Reads: params `gate`; the eval report; the bundle (verified: digest and chat template);
-the baseline report named in params, if any.
+Reads: params `gate`; the eval report and its per-item scores; the bundle (verified: digest
+and chat template); the baseline (pipeline/gate/baseline.py: by default the latest release of
+the same suite), already resolved by the caller.
 Writes (via the stage): `reports/gate.json` with every rule's value, threshold and verdict,
 and `reports/gate.md`, one screen saying why the release passed or failed.
 
 The fixed rules: the bundle verifies, the report describes this bundle and its chat template,
 and the engine that produced it is exact (unless explicitly allowed). The rest are the
 suite's own, from params (`gate.rules`, pipeline/gate/rules.py): floors and ceilings on any
-report metric by path, and budgets against a baseline release. A rule whose value is missing
-fails; a gate with no rules fails.
+report metric by path, and budgets against a baseline release, compared item by item where
+both sides have per-item scores (pipeline/gate/regression.py). A rule whose value is missing
+fails; a gate with no rules fails. gate.json records the baseline, the comparison and this
+run's per-item scores (what the next gate compares with once this bundle is released).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
-from pipeline.gate.rules import Rule, apply_regression, apply_rule
+from pipeline.gate.baseline import NO_PREVIOUS, Baseline
+from pipeline.gate.items import ItemScores
+from pipeline.gate.regression import regression_rules
+from pipeline.gate.rules import Rule, apply_rule
 from pipeline.params import GateParams
 
 
 def decide(params: GateParams, report: dict, bundle_digest: str | None, *, chat_template_sha256: str | None = None,
-           bundle_error: str | None = None, baseline: dict | None = None) -> dict:
+           bundle_error: str | None = None, baseline: Baseline | dict | None = None,
+           items: ItemScores | None = None, items_error: str | None = None) -> dict:
     """Apply every rule. bundle_digest and chat_template_sha256 come from the verified bundle
-    being released; bundle_error is why it failed verification (then nothing can pass)."""
+    being released; bundle_error is why it failed verification (then nothing can pass).
+    baseline: the resolved Baseline (a bare eval report dict is a baseline without per-item
+    scores); items: this run's per-item scores, or items_error saying why there are none."""
     rules = [
         Rule("bundle_verified", bundle_error or "ok", "ok", "==", bundle_error is None,
              "every file matches the manifest" if bundle_error is None else "the bundle failed verification"),
@@ -53,10 +62,30 @@ def decide(params: GateParams, report: dict, bundle_digest: str | None, *, chat_
                           "gate.rules is empty: a release gated on nothing is refused (fails closed)"))
     for rule in params.rules:
         rules += apply_rule(rule, report)
-    rules += _regression_rules(params, report, baseline)
+    baseline = _as_baseline(params, baseline)
+    if items_error is not None:
+        rules.append(Rule("item_scores_match_report", None, "the report's items", "==", False,
+                          f"{items_error} (fails closed)"))
+    regression, comparison = regression_rules(params, report, baseline, items, items_error)
+    rules += regression
     passed = all(r.passed for r in rules)
     return {"passed": passed, "bundle_digest": bundle_digest, "rules": [asdict(r) for r in rules],
-            "failed": [r.name for r in rules if not r.passed]}
+            "failed": [r.name for r in rules if not r.passed], "baseline": baseline.describe(),
+            "comparison": comparison, "items": items.to_json() if items is not None else None}
+
+
+def _as_baseline(params: GateParams, baseline: Baseline | dict | None) -> Baseline:
+    if isinstance(baseline, Baseline):
+        return baseline
+    spec = params.baseline
+    if isinstance(baseline, dict):
+        return Baseline("file", spec=spec, bundle_digest=baseline.get("bundle_digest"), eval=baseline,
+                        note="an eval report without per-item scores: compared by means against the budgets")
+    if spec is not None and spec.strip().lower() == "none":
+        return Baseline("off", spec=spec, note="gate.baseline is none: the regression check is turned off")
+    if spec is not None:
+        return Baseline("file", spec=spec, error="the baseline report named in params is missing or unreadable")
+    return Baseline("none", note=NO_PREVIOUS)
 
 
 def _complete(report: dict, allowed: bool) -> Rule:
@@ -87,23 +116,6 @@ def _get(d: dict, *path):
             return None
         d = d[key]
     return d
-
-
-def _regression_rules(params: GateParams, report: dict, baseline: dict | None) -> list[Rule]:
-    """Each named metric of the last release's report may move by at most its budget."""
-    if params.baseline is None:
-        return []
-    if baseline is None:
-        return [Rule("baseline_present", None, params.baseline, "==", False,
-                     "the baseline report named in params is missing or unreadable (fails closed)")]
-    same = (_get(baseline, "suite", "name"), _get(baseline, "suite", "version"))
-    rules = [Rule("baseline_suite_matches", f"{_get(report, 'suite', 'name')} v{_get(report, 'suite', 'version')}",
-                  f"{same[0]} v{same[1]}", "==",
-                  same == (_get(report, "suite", "name"), _get(report, "suite", "version")),
-                  "regressions are only meaningful on the same suite version")]
-    for rule in params.regression:
-        rules += apply_regression(rule, report, baseline)
-    return rules
 
 
 def _short(v) -> str:

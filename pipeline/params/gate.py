@@ -54,7 +54,21 @@ class GateParams(_Strict):
         "gate, the card and gate.md then say how much of the suite was run. Off: a partial run never releases.")
     rules: list[GateRule] = Field(default_factory=list, description="Floors and ceilings over report metrics.")
     baseline: str | None = Field(
-        None, description="eval.json of the last release, for the regression rules (null: first release, no "
-        "regression rules run). Its sha256 is recorded in gate.json.")
+        None, description="What the regression rules compare with. null (default): the latest release of the "
+        "same suite (name and version; else the suite's latest at another version, on the items both share) in the "
+        "registry release.remote names, skipping this bundle's own release; none found means no regression check, "
+        "and gate.json and the card say so. `none`: the check is turned off. A 64-hex bundle digest: that release. "
+        "A path: a release directory, or an eval.json (per-item scores from an eval_samples.jsonl or gate.json "
+        "beside it). Its digest and sha256 are recorded in gate.json and on the card.")
     regression: list[GateRegressionRule] = Field(
-        default_factory=list, description="Budgets against the baseline, per named metric.")
+        default_factory=list, description="Budgets against the baseline, per named metric. With per-item scores on "
+        "both sides (every release made since releases carry them) `overall.<m>` and `slices.<s|*>.<m>` are "
+        "compared item by item on the common items; other paths, and baselines without per-item scores, by means.")
+    regression_alpha: float | None = Field(
+        0.05, gt=0.0, lt=1.0, description="A paired worsening whose one-sided p-value (McNemar's exact test for 0/1 "
+        "metrics, paired bootstrap otherwise), Holm-adjusted over every paired test of the gate, is below this "
+        "fails its rule even within budget. null: budgets only.")
+    regression_bootstrap_samples: int = Field(
+        2000, ge=100, description="Resamples of the paired bootstrap for continuous metrics (its p-value is at "
+        "least 1/(samples+1)).")
+    regression_seed: int = Field(0, description="Seed of the paired bootstrap, so a rerun gives the same p-values.")
