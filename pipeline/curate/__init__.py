@@ -15,7 +15,8 @@ slice. The run and the writer live in pipeline/curate/run.py; the checks and the
 pipeline/curate/process.py; what the run and each slice may lose, in pipeline/curate/limits.py.
 """
 
-from pipeline.curate.limits import NO_SLICE, CurationFailed, QuarantineTooLarge, SliceLossTooLarge
+from pipeline.curate.limits import NO_SLICE, CurationFailed, QuarantineTooLarge, SliceLimitUnknown, SliceLossTooLarge
 from pipeline.curate.run import curate, write_curated
 
-__all__ = ["NO_SLICE", "CurationFailed", "QuarantineTooLarge", "SliceLossTooLarge", "curate", "write_curated"]
+__all__ = ["NO_SLICE", "CurationFailed", "QuarantineTooLarge", "SliceLimitUnknown", "SliceLossTooLarge", "curate",
+           "write_curated"]

@@ -69,12 +69,12 @@ def params_digest(params: CurateParams) -> str:
     return digest_json(params.model_dump(mode="json"))
 
 
-def own_rejection(c: Checked, p: CurateParams) -> v.Rejected | None:
+def own_rejection(c: Checked, p: CurateParams, index) -> v.Rejected | None:
     """The first check the record fails on its own content, or None (it then waits for the
     global checks). Same functions, same order as Curator._verdict."""
     if c.rejected:
         return v.Rejected(*c.rejected)
-    return content_rejection(c, p) or contamination_rejection(c, p)
+    return content_rejection(c, p) or contamination_rejection(c, p, index)
 
 
 # ---------------------------------------------------------------- summaries on disk
@@ -85,7 +85,7 @@ def encode(item: Item, c: Checked, file_index: int) -> dict:
     out = {"file": file_index, "source": item.source, "line": item.line, "raw_fields": item.raw_fields()}
     for f in fields(Checked):
         val = getattr(c, f.name)
-        if val is None or (f.name == "leaks" and not val):
+        if val is None or (f.name in ("leaks", "prompt_leaks") and not val):
             continue
         if f.name == "record":
             val = val._asdict()
@@ -111,9 +111,11 @@ def decode(obj: dict) -> tuple[Item, Checked]:
     if (pii := obj.get("pii")) is not None:
         c.pii = Counter(pii)
     c.n_tokens, c.split, c.slice = obj.get("n_tokens"), obj.get("split"), obj.get("slice")
+    c.val_draw = obj.get("val_draw")
     if (digest := obj.get("digest")) is not None:
         c.digest = bytes.fromhex(digest)
     c.leaks = [(ref, share) for ref, share in obj.get("leaks", ())]
+    c.prompt_leaks = list(obj.get("prompt_leaks", ()))
     if (mh := obj.get("minhash")) is not None:
         c.minhash = np.frombuffer(base64.b64decode(mh), dtype="<u8").astype(np.uint64)
     return Item(obj["source"], obj["line"], quarantine_raw=obj["raw_fields"]), c
@@ -190,7 +192,7 @@ class CurateChecks(BaseFilter):
         verdicts: list[bool | tuple[bool, str]] = []
         for doc, item, c in zip(batch, items, checker.check_batch(items)):
             summary = encode(item, c, doc.metadata.pop(_FILE))
-            if (rej := own_rejection(c, p)) is not None:
+            if (rej := own_rejection(c, p, checker.eval_index)) is not None:
                 summary.update(reason=rej.reason, detail=rej.detail)  # for people; the reduce decides again
                 verdicts.append((False, rej.reason))
             else:

@@ -4,8 +4,12 @@ Exact: a 16-byte blake2b digest of the (scrubbed) roles and contents, so memory 
 bytes per kept record whatever the record size. Byte-exact on purpose: a copy that differs
 only in whitespace or case is a near duplicate and is reported as one.
 
-Near: MinHash LSH from datasketch over word n-grams (shingles) of all messages. Each record's
-MinHash queries the index of kept records; a candidate counts only when the estimated Jaccard
+Near: MinHash LSH from datasketch over word n-grams (shingles) of the user and assistant turns
+(text.SIGNATURE_ROLES: a system turn that every record shares would make short records look
+alike). A record with fewer words than the n-gram size is one shingle, its whole word sequence,
+so two short records are near duplicates only when their words are the same; an empty shingle
+set would give every such record a MinHash equal to every other's. Each record's MinHash queries
+the index of kept records; a candidate counts only when the estimated Jaccard
 similarity reaches the threshold (LSH buckets are approximate in both directions), and only
 kept records are inserted, so a cluster is one kept representative plus the near copies it
 caused to be quarantined.
@@ -15,10 +19,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from typing import Sequence
 
 import numpy as np
+import xxhash
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
+from pipeline.curate.text import Grams, ngram_hashes, normalise
 from pipeline.params import CurateNearDupParams
 
 _MINHASH_SEED = 1  # fixed: the permutations, hence every estimate, must be the same on every run
@@ -33,6 +40,19 @@ def content_digest(messages: list[dict]) -> bytes:
             h.update(len(part).to_bytes(8, "little"))
             h.update(part)
     return h.digest()
+
+
+def shingles(grams: Grams, n: int, turns: Sequence[str] = ()) -> np.ndarray:
+    """The near-duplicate shingles of a record's signature turns: their word n-grams, or the whole
+    word sequence as one shingle when it is shorter than n, or, with no words at all (only
+    punctuation), the hash of the turns' whitespace- and case-normalised text."""
+    words = grams.words()
+    if len(words) >= n:
+        return grams.all(n)
+    if len(words):
+        return ngram_hashes(words, len(words))
+    text = "\n".join(normalise(t) for t in turns)
+    return np.array([xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))], dtype=np.uint64)
 
 
 class ExactDedup:

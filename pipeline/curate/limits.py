@@ -4,8 +4,12 @@ A global quarantine share hides where the records went. The filters hit the fear
 first (long inputs share filler text with each other and with eval items; rare cases are
 templated alike, so they look like near duplicates), and a run that keeps 90% of its records
 can still have stripped a tail slice bare. So every slice (the records' `slice` field) is
-counted on its own, in and out, per reason, and a slice that loses more than
-`max_slice_loss_fraction` of its records fails the stage (or warns, `on_slice_loss`).
+counted on its own, in and out, per reason, and a slice that loses more than its limit fails
+the stage (or warns, `on_slice_loss`). The limit is one number for every slice or one per
+slice (`max_slice_loss_fraction: {"*": 0.5, outage: 0.0, common: 0.8}`): a protected tail at
+0, a templated common slice allowed to lose more of its near-identical records. A limit for a
+slice that no input record has fails the stage whatever on_slice_loss says: a misspelt name
+would otherwise protect nothing, silently.
 
 Every failure names the reason that took most of the records and the param that controls
 that reason (REASON_PARAMS), so the fix starts from the message, not from the code.
@@ -80,6 +84,11 @@ class QuarantineTooLarge(CurationFailed):
         super().__init__(report, "; ".join([msg, *also]))
 
 
+class SliceLimitUnknown(CurationFailed):
+    def __init__(self, report: dict, problems: list[str]):
+        super().__init__(report, "; ".join(problems))
+
+
 class SliceLossTooLarge(CurationFailed):
     def __init__(self, report: dict, problems: list[str]):
         super().__init__(report, "; ".join(problems) + " (set curate.on_slice_loss: warn to keep the run, "
@@ -108,8 +117,8 @@ class SliceTally:
         else:
             self.kept[slice_name][split] += 1
 
-    def table(self) -> dict[str, dict]:
-        """slice -> counts, named slices sorted, the unknown-slice bucket last."""
+    def table(self, params: CurateParams) -> dict[str, dict]:
+        """slice -> counts and loss limit, named slices sorted, the unknown-slice bucket last."""
         names = sorted(n for n in self.kept if n != NO_SLICE) + ([NO_SLICE] if NO_SLICE in self.kept else [])
         out = {}
         for name in names:
@@ -118,43 +127,54 @@ class SliceTally:
             out[name] = {"input": n_kept + n_lost, "kept": n_kept, "train": kept.get("train", 0),
                          "val": kept.get("val", 0), "quarantined": n_lost,
                          "loss_fraction": n_lost / (n_kept + n_lost),
+                         "max_loss_fraction": None if name == NO_SLICE else params.slice_loss_limit(name),
                          "reasons": {r: lost[r] for r in v.REASONS if lost.get(r)}}
         return out
 
 
 def slice_loss(slices: dict[str, dict], params: CurateParams) -> dict:
-    """The limit, the action, and every slice over the limit with the reason that took most of it."""
+    """The limits, the action, every slice over its limit with the reason that took most of it,
+    and the slices a per-slice limit names that no input record has."""
     flagged = []
     for name, s in slices.items():
-        if name == NO_SLICE or s["loss_fraction"] <= params.max_slice_loss_fraction:
+        if name == NO_SLICE or s["loss_fraction"] <= s["max_loss_fraction"]:
             continue
         top = dominant(Counter(s["reasons"]))
         flagged.append({"slice": name, "input": s["input"], "quarantined": s["quarantined"],
-                        "loss_fraction": s["loss_fraction"], "reason": top, "reason_count": s["reasons"][top],
-                        "controlled_by": REASON_PARAMS[top]})
+                        "loss_fraction": s["loss_fraction"], "limit": s["max_loss_fraction"], "reason": top,
+                        "reason_count": s["reasons"][top], "controlled_by": REASON_PARAMS[top]})
     judged = {n: s for n, s in slices.items() if n != NO_SLICE}
     worst = max(judged, key=lambda n: (judged[n]["loss_fraction"], n), default=None)
-    return {"max_slice_loss_fraction": params.max_slice_loss_fraction, "on_slice_loss": params.on_slice_loss,
+    limits = params.max_slice_loss_fraction
+    unknown = sorted(n for n in limits if n != "*" and n not in judged) if isinstance(limits, dict) else []
+    return {"max_slice_loss_fraction": limits, "on_slice_loss": params.on_slice_loss,
             "not_judged": NO_SLICE, "worst_slice": worst,
             "worst_loss_fraction": judged[worst]["loss_fraction"] if worst is not None else 0.0,
-            "flagged": flagged}
+            "flagged": flagged, "unknown_slices": unknown}
 
 
-def describe(f: dict, limit: float) -> str:
+def describe(f: dict) -> str:
     return (f"slice {f['slice']!r} lost {f['quarantined']} of its {f['input']} records ({f['loss_fraction']:.1%}), "
-            f"over curate.max_slice_loss_fraction {limit:g}: most by {f['reason']} ({f['reason_count']}), "
+            f"over its curate.max_slice_loss_fraction {f['limit']:g}: most by {f['reason']} ({f['reason_count']}), "
             f"controlled by {f['controlled_by']}")
 
 
 def enforce(report: dict, params: CurateParams) -> None:
     """Raise CurationFailed when the run or a slice lost more than its limit (a slice only warns
-    with on_slice_loss: warn). The report already holds the counts and the flags either way."""
-    problems = [describe(f, params.max_slice_loss_fraction) for f in report["slice_loss"]["flagged"]]
+    with on_slice_loss: warn), or a per-slice limit names a slice the input lacks. The report
+    already holds the counts and the flags either way."""
+    sl = report["slice_loss"]
+    problems = [describe(f) for f in sl["flagged"]]
     if params.on_slice_loss == "warn":
         for p in problems:
             log.warning("curate: %s (curate.on_slice_loss: warn, so the run goes on)", p)
         problems = []
+    unknown = [f"curate.max_slice_loss_fraction names slice {n!r}, which no input record has (slices: "
+               f"{', '.join(n for n in report['slices'] if n != NO_SLICE) or 'none'}); fix or remove the name"
+               for n in sl.get("unknown_slices", ())]
     if report["quarantine_fraction"] > params.max_quarantine_fraction:
-        raise QuarantineTooLarge(report, problems)
+        raise QuarantineTooLarge(report, unknown + problems)
+    if unknown:
+        raise SliceLimitUnknown(report, unknown + problems)
     if problems:
         raise SliceLossTooLarge(report, problems)

@@ -1,7 +1,7 @@
 """The checks, in order, each with its reason code; the stateless part on worker processes.
 
 validate -> PII scrub -> quality heuristics -> length under the chat template -> exact dup ->
-decontamination -> near dup. The order gives each bad record its most specific reason: a
+decontamination (n-grams and exact prompts) -> near dup. The order gives each bad record its most specific reason: a
 copy of an eval item with one word changed is eval_contamination, not near_duplicate; a
 record that differs from another only in a scrubbed phone number is an exact duplicate.
 
@@ -44,8 +44,9 @@ class Outcome(NamedTuple):
     item: Item
     record: v.Record | None        # the (scrubbed) record when kept
     rejected: v.Rejected | None
-    split: str | None              # "train" or "val" for a kept record
+    split: str | None              # "train" or "val" by the record's hash draw (run.py may move it to val)
     slice: str                     # the record's slice, NO_SLICE when rejected before it could be read
+    draw: float | None = None      # that draw, for a kept record (pipeline/curate/split.py)
 
 
 def batches(items: Iterable[Item]) -> Iterator[list[Item]]:
@@ -85,12 +86,22 @@ def content_rejection(c: Checked, p: CurateParams) -> v.Rejected | None:
     return None
 
 
-def contamination_rejection(c: Checked, p: CurateParams) -> v.Rejected | None:
-    """eval_contamination when the record contains eval items, else None."""
-    if not c.leaks:
+def leaked_refs(c: Checked) -> list[str]:
+    """Every eval item the record leaks, exact prompt matches first, each once."""
+    return list(dict.fromkeys([*c.prompt_leaks, *(ref for ref, _ in c.leaks)]))
+
+
+def contamination_rejection(c: Checked, p: CurateParams, index: EvalIndex) -> v.Rejected | None:
+    """eval_contamination when the record contains eval items, else None; the detail names the
+    items (suite/id), their slices and how each was found."""
+    if not (c.leaks or c.prompt_leaks):
         return None
-    named = ", ".join(f"{ref} ({share:.0%} of its {p.decontam.ngram}-grams)" for ref, share in c.leaks[:3])
-    more = f" and {len(c.leaks) - 3} more" if len(c.leaks) > 3 else ""
+    how: dict[str, list[str]] = {ref: ["its prompt, exactly"] for ref in c.prompt_leaks}
+    for ref, share in c.leaks:
+        how.setdefault(ref, []).append(f"{share:.0%} of its {p.decontam.ngram}-grams")
+    refs = leaked_refs(c)
+    named = ", ".join(f"{index.describe(ref)}: {' and '.join(how[ref])}" for ref in refs[:3])
+    more = f" and {len(refs) - 3} more" if len(refs) > 3 else ""
     return v.Rejected(v.EVAL_CONTAMINATION, f"contains eval item(s) {named}{more}")
 
 
@@ -110,7 +121,9 @@ class Curator:
         self.examples: dict[str, dict] = {}
         self.pii_counts: Counter[str] = Counter()
         self.pii_records = 0
-        self.leaked: Counter[str] = Counter()
+        self.leaked: Counter[str] = Counter()          # eval item -> training records holding it
+        self.leaked_by_prompt: set[str] = set()        # eval items found as a record's exact prompt
+        self.leak_records: Counter[tuple[str, str]] = Counter()  # (suite, eval slice) -> records leaking it
         self.kept_refs: list[str] = []                 # "file:line" of each kept record, by kept index
         self.lengths_before = array("I")               # tokens of every record that reached tokenization
         self.lengths_after = array("I")                # tokens of every kept record
@@ -149,7 +162,7 @@ class Curator:
             self.reasons[rej.reason] += 1
             self.examples.setdefault(rej.reason, {"source": item.source, "line": item.line, "detail": rej.detail})
             return Outcome(item, None, rej, None, slice_name)
-        return Outcome(item, c.record, None, split, slice_name)
+        return Outcome(item, c.record, None, split, slice_name, c.val_draw)
 
     def _verdict(self, item: Item, c: Checked) -> str:
         """The split of a kept record; raises Rejected with the first check it fails."""
@@ -166,8 +179,11 @@ class Curator:
         n = c.n_tokens
         if (first := self.exact.seen(c.digest)) is not None:
             raise v.Rejected(v.EXACT_DUPLICATE, f"same content as {self.kept_refs[first]}")
-        if (rej := contamination_rejection(c, p)) is not None:
-            self.leaked.update(ref for ref, _ in c.leaks)
+        if (rej := contamination_rejection(c, p, self.eval_index)) is not None:
+            refs = leaked_refs(c)
+            self.leaked.update(refs)
+            self.leaked_by_prompt.update(c.prompt_leaks)
+            self.leak_records.update({self.eval_index.where[ref] for ref in refs if ref in self.eval_index.where})
             raise rej
         sketch = None
         if self.near is not None:
@@ -190,6 +206,22 @@ class Curator:
         pipeline/curate/cluster.py), given in input order: the same decisions as `run`."""
         for item, c in checked:
             yield self._decide(item, c)
+
+    def leaks_per_eval_slice(self) -> dict:
+        """suite -> eval slice -> items, how many leaked (and how many of those by exact prompt),
+        training records quarantined for them, and items no check can detect."""
+        out: dict[str, dict] = {}
+        for suite, s in self.eval_index.stats["per_suite"].items():
+            out[suite] = {name: {"items": sl["items"], "leaked_items": 0, "leaked_by_prompt": 0,
+                                 "training_records": self.leak_records.get((suite, name), 0),
+                                 "undetectable_items": sl["undetectable_items"]}
+                          for name, sl in s["slices"].items()}
+        for ref in self.leaked:
+            if ref in self.eval_index.where:
+                suite, name = self.eval_index.where[ref]
+                out[suite][name]["leaked_items"] += 1
+                out[suite][name]["leaked_by_prompt"] += ref in self.leaked_by_prompt
+        return out
 
     def near_dup_summary(self) -> dict:
         return self.near.summary(self.kept_refs) if self.near is not None else {"enabled": False}

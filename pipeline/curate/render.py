@@ -136,25 +136,51 @@ def _slices(report: dict) -> list[str]:
     slices over it (a global share hides a tail slice stripped bare)."""
     if "slices" not in report:  # a report from before per-slice counts
         return []
-    lines = ["", "## Per slice", "", "| slice | in | train | val | quarantined | loss | reasons |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["", "## Per slice", "", "| slice | in | train | val | quarantined | loss | reasons | loss limit |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, s in report["slices"].items():
         why = ", ".join(f"{r} {n}" for r, n in s["reasons"].items()) or "-"
+        limit = s.get("max_loss_fraction")
         lines.append(f"| {name} | {s['input']:,} | {s['train']:,} | {s['val']:,} | {s['quarantined']:,} "
-                     f"| {s['loss_fraction']:.1%} | {why} |")
+                     f"| {s['loss_fraction']:.1%} | {why} | {'-' if limit is None else f'{limit:.0%}'} |")
     sl = report["slice_loss"]
-    lines += ["", f"Slice loss limit {sl['max_slice_loss_fraction']:.0%} (curate.max_slice_loss_fraction), "
-              f"on_slice_loss: {sl['on_slice_loss']}; `{sl['not_judged']}` holds records rejected before their "
-              "slice could be read and is left to max_quarantine_fraction."]
+    limits = sl["max_slice_loss_fraction"]
+    said = (f"Slice loss limit {limits:.0%}" if not isinstance(limits, dict) else
+            "Slice loss limits per slice (column `loss limit`)")
+    lines += ["", f"{said} (curate.max_slice_loss_fraction), on_slice_loss: {sl['on_slice_loss']}; "
+              f"`{sl['not_judged']}` holds records rejected before their slice could be read and is left to "
+              "max_quarantine_fraction."]
+    lines += _validation(report)
+    for name in sl.get("unknown_slices", ()):
+        lines += ["", f"- **FAILED**: curate.max_slice_loss_fraction names slice `{name}`, which no input record has."]
     if not sl["flagged"]:
         worst = f" (worst: {sl['worst_slice']}, {sl['worst_loss_fraction']:.1%})" if sl["worst_slice"] else ""
-        return lines + [f"No slice over the limit{worst}."]
+        return lines + ["", f"No slice over its limit{worst}."]
     verdict = "**FAILED**" if sl["on_slice_loss"] == "fail" else "**WARNING**"
     lines.append("")
     for f in sl["flagged"]:
+        limit = f" (limit {f['limit']:.0%})" if "limit" in f else ""
         lines.append(f"- {verdict}: slice `{f['slice']}` lost {f['quarantined']} of {f['input']} "
-                     f"({f['loss_fraction']:.1%}), most by `{f['reason']}` ({f['reason_count']}); "
+                     f"({f['loss_fraction']:.1%}){limit}, most by `{f['reason']}` ({f['reason_count']}); "
                      f"controlled by {f['controlled_by']}.")
+    return lines
+
+
+def _validation(report: dict) -> list[str]:
+    """How the validation split came about: the hash draw, and the slices it left short."""
+    val = report.get("validation")
+    if val is None:  # a report from before the per-slice top-up
+        return []
+    topped = {n: s["topped_up"] for n, s in val["slices"].items() if s["topped_up"]}
+    line = (f"Validation: {val['drawn']:,} records drawn at val_fraction {val['val_fraction']:g}; "
+            f"every slice gets at least {val['min_val_records_per_slice']} "
+            "(curate.min_val_records_per_slice, at most half its kept records)")
+    line += ("; topped up: " + ", ".join(f"{n} +{k}" for n, k in topped.items()) + ".") if topped else \
+        "; no slice needed a top-up."
+    lines = ["", line]
+    if val["slices_without_val"]:
+        lines.append("Slices with no validation record: " + ", ".join(f"`{n}`" for n in val["slices_without_val"])
+                     + ".")
     return lines
 
 
@@ -181,7 +207,8 @@ def _dups_and_leaks(report: dict) -> list[str]:
     else:
         lines.append("- Near-duplicates: **off** (curate.near_dup.enabled).")
     leaked = report["leaked_eval_items"]
-    lines.append(f"- Decontamination (word {dc['ngram']}-grams against {dc['eval_items']} eval items): "
+    exact = " and exact prompts" if dc.get("exact_prompt", {}).get("enabled") else ""
+    lines.append(f"- Decontamination (word {dc['ngram']}-grams{exact} against {dc['eval_items']} eval items): "
                  f"{report['reasons'][v.EVAL_CONTAMINATION]} records removed, {len(leaked)} eval items leaked"
                  + (":" if leaked else "."))
     per_suite = dc.get("per_suite", {})
@@ -189,6 +216,16 @@ def _dups_and_leaks(report: dict) -> list[str]:
         lines.append("  - boilerplate n-grams per suite: " + ", ".join(
             f"{name} {s['boilerplate_ngrams']} ({s['items']} items, {s['undetectable_items']} undetectable)"
             for name, s in per_suite.items()))
+    per_slice = report.get("leaks_per_eval_slice")
+    if per_slice:
+        lines += ["", "Leaks per eval slice (items leaked, of them by exact prompt; training records removed; "
+                  "items no check can detect):", "", "| suite | slice | items | leaked | by prompt | records "
+                  "| undetectable |", "|---|---|---|---|---|---|---|"]
+        for suite, slices in per_slice.items():
+            for name, s in slices.items():
+                lines.append(f"| {suite} | {name} | {s['items']} | {s['leaked_items']} | {s['leaked_by_prompt']} "
+                             f"| {s['training_records']} | {s['undetectable_items']} |")
+        lines.append("")
     for item, n in list(leaked.items())[:20]:
         lines.append(f"  - `{item}`: {n} training record{'s' if n > 1 else ''} (see quarantine.jsonl)")
     if len(leaked) > 20:

@@ -23,6 +23,7 @@ from pipeline.curate.limits import SliceTally, enforce, slice_loss
 from pipeline.curate.process import Curator, Outcome
 from pipeline.curate.readers import Reader, match_files
 from pipeline.curate.report import length_histogram, length_stats, stage_counts
+from pipeline.curate.split import ValTopUp
 from pipeline.files import atomic_dir, atomic_write_json, digest_json, sha256_file
 from pipeline.params import CurateParams
 
@@ -55,23 +56,46 @@ def write_curated(params: CurateParams, curator: Curator, outcomes: Iterable[Out
     """Write the outcomes (every record read, in input order) as train/val/quarantine/meta under
     out_dir, atomically, and return the report. `reader` is read for its `blank_lines` and
     `bom_stripped` counts once the outcomes are exhausted (pipeline/curate/cluster.py passes the
-    sums over its shards)."""
+    sums over its shards).
+
+    Kept rows go to a scratch file first: which ones go to val is known only once every record
+    is in (pipeline/curate/split.py tops up the slices the hash draw left short), and a second
+    pass then writes train and val, each in input order."""
     slices: dict[str, Counter[str]] = {"train": Counter(), "val": Counter()}
     tally = SliceTally()
+    topup = ValTopUp(params)
     n_records = 0
+    drawn = bytearray()  # per kept record: 1 when the draw put it in val
+    kept_slices: list[str] = []  # per kept record: its slice (one shared str per name)
+    names: dict[str, str] = {}
     with atomic_dir(out_dir) as tmp:
-        files = {name: open(tmp / f"{name}.jsonl", "w", encoding="utf-8") for name in ("train", "val", "quarantine")}
-        try:
+        scratch = tmp / "kept.part"
+        with open(tmp / "quarantine.jsonl", "w", encoding="utf-8") as quarantine, \
+                open(scratch, "w", encoding="utf-8") as kept:
             progress = tqdm(total=None, unit="rec", desc="curate", disable=None)
             for out in outcomes:
                 n_records += 1
-                _write(out, files, slices)
-                tally.add(out.slice, out.split, out.rejected.reason if out.rejected is not None else None)
+                if out.rejected is not None:
+                    quarantine.write(_quarantine_line(out))
+                    tally.add(out.slice, None, out.rejected.reason)
+                else:
+                    kept.write(_kept_line(out))
+                    topup.add(len(drawn), out.record.slice, out.split, out.draw)
+                    drawn.append(out.split == "val")
+                    kept_slices.append(names.setdefault(out.record.slice, out.record.slice))
                 progress.update()
             progress.close()
-        finally:
-            for f in files.values():
-                f.close()
+        promoted = topup.promotions()
+        to_val = {i for idx in promoted.values() for i in idx}
+        with open(scratch, encoding="utf-8") as kept, open(tmp / "train.jsonl", "w", encoding="utf-8") as train, \
+                open(tmp / "val.jsonl", "w", encoding="utf-8") as val:
+            for i, line in enumerate(kept):
+                split = "val" if drawn[i] or i in to_val else "train"
+                (val if split == "val" else train).write(line)
+                name = kept_slices[i]
+                slices[split][name] += 1
+                tally.add(name, split, None)
+        scratch.unlink()
         digests = {name: sha256_file(tmp / f"{name}.jsonl") for name in ("train", "val")}
         meta = {"max_seq_len_tokens": params.max_seq_len_tokens, "digest": digest_json(digests),
                 "files": digests, "tokenizer_chat_template_sha256": hashlib.sha256(
@@ -81,7 +105,7 @@ def write_curated(params: CurateParams, curator: Curator, outcomes: Iterable[Out
     kept = sum(sum(c.values()) for c in slices.values())
     rejected = sum(curator.reasons.values())
     assert kept + rejected == n_records, "every input record must be accounted for"
-    per_slice = tally.table()
+    per_slice = tally.table(params)
     assert sum(s["input"] for s in per_slice.values()) == n_records, "every record counts in one slice"
     report = {
         "input_files": input_files,
@@ -98,7 +122,9 @@ def write_curated(params: CurateParams, curator: Curator, outcomes: Iterable[Out
         "near_dup": curator.near_dup_summary(),
         "decontam": curator.eval_index.stats,
         "leaked_eval_items": dict(sorted(curator.leaked.items())),
+        "leaks_per_eval_slice": curator.leaks_per_eval_slice(),
         "splits": {s: {"total": sum(c.values()), "slices": dict(sorted(c.items()))} for s, c in slices.items()},
+        "validation": topup.summary(promoted),
         "slices": per_slice,
         "slice_loss": slice_loss(per_slice, params),
         "length_tokens": length_stats(curator.lengths_after),
@@ -112,15 +138,13 @@ def write_curated(params: CurateParams, curator: Curator, outcomes: Iterable[Out
     return report
 
 
-def _write(out: Outcome, files: dict, slices: dict[str, Counter[str]]) -> None:
+def _quarantine_line(out: Outcome) -> str:
     item = out.item
-    if out.rejected is not None:
-        entry = {"source": item.source, "line": item.line, "reason": out.rejected.reason,
-                 "detail": out.rejected.detail, **item.raw_fields()}
-        files["quarantine"].write(_jsonl(entry))
-        return
-    rec, split = out.record, out.split
-    row = {"id": rec.id if rec.id is not None else f"{item.source}:{item.line}", "slice": rec.slice,
-           "messages": rec.messages}
-    files[split].write(_jsonl(row, sort_keys=True))
-    slices[split][rec.slice] += 1
+    return _jsonl({"source": item.source, "line": item.line, "reason": out.rejected.reason,
+                   "detail": out.rejected.detail, **item.raw_fields()})
+
+
+def _kept_line(out: Outcome) -> str:
+    item, rec = out.item, out.record
+    return _jsonl({"id": rec.id if rec.id is not None else f"{item.source}:{item.line}", "slice": rec.slice,
+                   "messages": rec.messages}, sort_keys=True)

@@ -22,6 +22,12 @@ _MUL = 0x9E3779B97F4A7C15
 _INV = pow(_MUL, -1, 2**64)
 _WORD_CACHE_MAX = 1 << 20  # distinct words remembered; past that, words are hashed each time
 
+# The turns that near-duplicate and decontamination signatures are computed on. A system turn is
+# left out: it is usually one instruction every record shares (curate.system puts the same one
+# before every prompt/completion record), and in short records it outweighed the content, so
+# 406 of 430 short tickets became "near duplicates" of each other through it alone.
+SIGNATURE_ROLES = ("user", "assistant")
+
 
 class _WordHashes(dict):
     """UTF-8 word -> stable 64-bit hash (xxh3; unlike hash() it is the same in every process),
@@ -91,6 +97,14 @@ def word_hashes(text: str) -> np.ndarray:
     return np.fromiter(map(_word_hash.__getitem__, ws), dtype=np.uint64, count=len(ws))
 
 
+def sequence_key(word_h: np.ndarray) -> int | None:
+    """64-bit key of a whole word sequence (None for no words): two texts get the same key when
+    they are equal up to case, whitespace and punctuation."""
+    if not len(word_h):
+        return None
+    return xxhash.xxh3_64_intdigest(np.ascontiguousarray(word_h, dtype="<u8").tobytes())
+
+
 def ngram_hashes(word_h: np.ndarray, n: int) -> np.ndarray:
     """uint64 hash of every contiguous word n-gram (empty when there are fewer than n words).
 
@@ -131,6 +145,10 @@ class Grams:
         if n not in self._cache:
             self._cache[n] = ngram_hashes(self._words, n)
         return self._cache[n]
+
+    def words(self) -> np.ndarray:
+        """The word hashes of all messages, in order."""
+        return self._words
 
     def per_message(self, n: int) -> list[np.ndarray]:
         grams, off = self.all(n), self._offsets

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.params.common import _Strict
+
+
+DEFAULT_SLICE_LOSS_FRACTION = 0.5  # what a slice that a per-slice mapping does not name (and no `*`) may lose
 
 
 class CuratePiiParams(_Strict):
@@ -45,7 +48,8 @@ class CurateQualityParams(_Strict):
 
 
 class CurateNearDupParams(_Strict):
-    """Near-duplicate removal with MinHash LSH (datasketch) over word n-grams of all messages."""
+    """Near-duplicate removal with MinHash LSH (datasketch) over word n-grams of the user and
+    assistant turns (a system turn, usually shared by every record, is left out)."""
 
     enabled: bool = Field(True, description="Quarantine records whose estimated Jaccard to a kept one reaches threshold.")
     threshold: float = Field(
@@ -56,7 +60,8 @@ class CurateNearDupParams(_Strict):
 
 
 class CurateDecontamParams(_Strict):
-    """Removal of training records that contain eval items (n-gram overlap, as lm-eval's decontamination)."""
+    """Removal of training records that contain eval items: n-gram overlap (as lm-eval's
+    decontamination) and exact prompt matches, on the user and assistant turns."""
 
     ngram: int = Field(13, ge=4, description="Word n-gram size (lm-eval's default is 13).")
     max_eval_item_share: float = Field(
@@ -65,6 +70,11 @@ class CurateDecontamParams(_Strict):
     min_overlap_fraction: float = Field(
         0.5, gt=0.0, le=1.0, description="A record leaks an eval item when it contains at least this share of the "
         "item's remaining n-grams (default data: clean records at most 0.20, verbatim copies 1.0).")
+    exact_prompt: bool = Field(
+        True, description="Also quarantine a record whose user turn (or whose opening user turns) equals an eval "
+        "item's prompt up to case, whitespace and punctuation, whatever its length: a prompt of a few words has no "
+        "n-gram of `ngram` words to match. Prompts shared by more than max_eval_item_share of a suite's items "
+        "(and by more than one) identify no item and are not matched.")
 
 
 class CurateParams(_Strict):
@@ -86,7 +96,15 @@ class CurateParams(_Strict):
     pii: CuratePiiParams = Field(default_factory=CuratePiiParams, description="PII scrubbing.")
     near_dup: CurateNearDupParams = Field(default_factory=CurateNearDupParams, description="Near-duplicate removal.")
     decontam: CurateDecontamParams = Field(default_factory=CurateDecontamParams, description="Eval decontamination.")
-    val_fraction: float = Field(0.03, ge=0.0, lt=0.5, description="Share of curated records held out for validation loss.")
+    val_fraction: float = Field(
+        0.03, ge=0.0, lt=0.5, description="Share of curated records held out for validation loss, drawn per record "
+        "from a hash of its content and `seed` (a record keeps its split when other records change). 0 = no "
+        "validation split at all.")
+    min_val_records_per_slice: int = Field(
+        1, ge=0, description="Every slice gets at least this many validation records (when val_fraction > 0): a "
+        "slice the hash draw left short takes the kept training records of lowest hash, never more than half "
+        "of the slice's kept records, so a small tail is in the validation loss too. Deterministic; counts per "
+        "slice in the report (`validation`).")
     seed: int = Field(20261123, description="Seed of the deterministic train/val split.")
     workers: int = Field(
         0, ge=0, description="Processes running the per-record checks (tokenization, heuristics, hashing); 0 = one "
@@ -94,16 +112,41 @@ class CurateParams(_Strict):
     max_quarantine_fraction: float = Field(
         0.25, gt=0.0, le=1.0, description="Fail the stage when more than this share of input records is rejected."
     )
-    max_slice_loss_fraction: float = Field(
-        0.5, gt=0.0, le=1.0, description="A slice (the records' `slice` field) that loses more than this share of its "
-        "records to the quarantine fails the stage (or warns, see on_slice_loss), naming the slice and the reason "
-        "that took most of it: the feared tails are what filters strip first.")
+    max_slice_loss_fraction: float | dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        0.5, description="A slice (the records' `slice` field) that loses more than this share of its records to "
+        "the quarantine fails the stage (or warns, see on_slice_loss), naming the slice and the reason that took "
+        "most of it: the feared tails are what filters strip first. One number for every slice, or a mapping "
+        "slice -> limit with `*` for the slices it does not name (0.5 when absent), e.g. {'*': 0.5, outage: 0.0, "
+        "common: 0.8}: 0 protects a tail from losing any record. A named slice that no input record has fails the "
+        "stage (a misspelt name would protect nothing).")
     on_slice_loss: Literal["fail", "warn"] = Field(
         "fail", description="What a slice over max_slice_loss_fraction does: fail the stage, or log a warning and "
         "flag it in the report.")
+
+    @field_validator("max_slice_loss_fraction")
+    @classmethod
+    def _slice_limits(cls, v: float | dict[str, float]) -> float | dict[str, float]:
+        if isinstance(v, dict):
+            for name in v:
+                if not name.strip():
+                    raise ValueError("curate.max_slice_loss_fraction: a slice name is empty")
+                if name == "(none)":  # pipeline.curate.limits.NO_SLICE: not a slice, judged by max_quarantine_fraction
+                    raise ValueError("curate.max_slice_loss_fraction: '(none)' holds records whose slice could not be "
+                                     "read and is not a slice; curate.max_quarantine_fraction limits it")
+            return dict(sorted(v.items()))
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"curate.max_slice_loss_fraction {v} is not a share between 0 and 1")
+        return v
 
     @model_validator(mode="after")
     def _lengths_ordered(self) -> "CurateParams":
         if self.min_seq_len_tokens >= self.max_seq_len_tokens:
             raise ValueError("curate.min_seq_len_tokens must be below curate.max_seq_len_tokens")
         return self
+
+    def slice_loss_limit(self, slice_name: str) -> float:
+        """The loss limit of one slice: its own, else the mapping's `*`, else the single number."""
+        v = self.max_slice_loss_fraction
+        if isinstance(v, dict):
+            return v.get(slice_name, v.get("*", DEFAULT_SLICE_LOSS_FRACTION))
+        return v

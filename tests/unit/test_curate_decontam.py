@@ -47,7 +47,8 @@ def test_shared_filler_is_boilerplate_for_its_own_suite_whatever_the_other_suite
     record = _grams(f"{filler} and then a training answer of its own")
     assert {ref for ref, _ in pooled.leaks(record)} >= {f"small/{i}" for i in range(N_SMALL)}  # the old false alarm
     assert [ref for ref, _ in per_suite.leaks(record)] == ["big/0"]  # rare in big: still that item's text
-    stats = per_suite.stats["per_suite"]
+    stats = {name: {k: s[k] for k in ("items", "boilerplate_ngrams", "undetectable_items")}
+             for name, s in per_suite.stats["per_suite"].items()}
     assert stats["small"] == {"items": N_SMALL, "boilerplate_ngrams": 60 - P.ngram + 1, "undetectable_items": 0}
     assert stats["big"] == {"items": N_BIG, "boilerplate_ngrams": 0, "undetectable_items": 0}
     assert per_suite.stats["boilerplate_ngrams"] == 60 - P.ngram + 1 and pooled.stats["boilerplate_ngrams"] == 0
@@ -88,8 +89,12 @@ def test_from_suites_reads_prompt_turns_and_reference_per_suite(tmp_path: Path):
                                                  {"role": "assistant", "content": answer}]})
         (root / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     index = EvalIndex.from_suites(P, tmp_path)
-    direct = EvalIndex(P, items, suites)
+    # the prompt (its one user turn, not the chat item's system turn) is matched exactly too
+    direct = EvalIndex(P, items, suites, prompts=[[texts[0]] for _, texts in items],
+                       slices=[index.where[ref][1] for ref, _ in items])
     assert sorted(index.refs) == sorted(direct.refs) and set(index.stats["per_suite"]) == {"big", "small"}
+    assert index.stats["exact_prompt"] == {"enabled": True, "prompts": N_SMALL + N_BIG, "boilerplate_prompts": 0}
+    assert sorted(index.prompt_owner) == sorted(direct.prompt_owner)
     assert index.stats["per_suite"] == direct.stats["per_suite"]
     assert [ref for ref, _ in index.leaks(_grams(filler))] == ["big/0"]
     prompt, answer = items[N_SMALL + 5][1]  # the reference answer is indexed with the prompt
