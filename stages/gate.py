@@ -1,8 +1,10 @@
 """DVC stage `gate`: apply the release rules; exit non-zero when the release fails.
 
-Reads params `gate`, --report, the --bundle (verified file by file) and the baseline report
-named in params; writes --out (gate.json) and --summary (gate.md). On failure it also replaces
-the files named by --supersedes (the last release's record and card) with a not-released record.
+Reads params `gate` (the registry and key the baseline is looked up with among them), --report,
+--samples (its per-item scores), the --bundle (verified file by file) and the baseline
+(pipeline/gate/baseline.py); writes --out (gate.json) and --summary (gate.md). On failure it
+also replaces the files named by --supersedes (the last release's record and card) with a
+not-released record.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from pathlib import Path
 
 from pipeline import cli
 from pipeline.bundle.verify import BundleError, verify_bundle
-from pipeline.files import atomic_write_json, atomic_write_text, read_json, sha256_file
+from pipeline.files import atomic_write_json, atomic_write_text, read_json
 from pipeline.gate import decide, render_markdown
+from pipeline.gate.baseline import resolve
+from pipeline.gate.items import ItemScoresError, read_samples
 from pipeline.gate.supersede import mark_not_released
 from pipeline.params import load_section
 
@@ -25,6 +29,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="reports/gate.json")
     p.add_argument("--summary", default="reports/gate.md")
     p.add_argument("--metrics", default="reports/metrics/gate.json")
+    p.add_argument("--samples", default=None, help="per-item scores (default: eval_samples.jsonl beside --report)")
+    p.add_argument("--baseline-cache", default=None,
+                   help="evidence of baseline releases read before (default: .tailgate/cache/gate_baselines "
+                        "beside --params)")
     p.add_argument("--supersedes", nargs="*", default=[],
                    help="the release stage's reports (release.json, model_card.md): replaced by a not-released "
                         "record when the gate fails, so the last release's card is not read as this run's")
@@ -38,13 +46,20 @@ def main(argv=None) -> int:
         except (BundleError, FileNotFoundError) as exc:
             error = str(exc)  # recorded as the failing bundle_verified rule, not a traceback
         report = read_json(args.report) if Path(args.report).exists() else {}
-        baseline = None
-        if params.baseline and Path(params.baseline).is_file():
-            baseline = read_json(params.baseline)
+        samples = Path(args.samples) if args.samples else Path(args.report).with_name("eval_samples.jsonl")
+        items = items_error = None
+        if samples.is_file():
+            try:
+                items = read_samples(samples, report)
+            except ItemScoresError as exc:
+                items_error = str(exc)
+        root = Path(args.params).absolute().parent  # where the gate.registry name resolves (.dvc/config)
+        key = root / params.registry_public_key if params.registry_public_key else None
+        baseline = resolve(params, digest, report.get("suite") or {}, remote=params.registry, repo_root=root,
+                           cache_dir=args.baseline_cache or root / ".tailgate/cache/gate_baselines", public_key=key)
+        cli.log.info("baseline: %s", baseline.describe()["note"] or baseline.bundle_digest)
         decision = decide(params, report, digest, chat_template_sha256=template, bundle_error=error,
-                          baseline=baseline)
-        if baseline is not None:
-            decision["baseline_sha256"] = sha256_file(params.baseline)
+                          baseline=baseline, items=items, items_error=items_error)
         atomic_write_json(args.out, decision)
         atomic_write_text(args.summary, render_markdown(decision))
         atomic_write_json(args.metrics, {"passed": decision["passed"], "failed_rules": len(decision["failed"]),

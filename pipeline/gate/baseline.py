@@ -2,7 +2,8 @@
 
 `gate.baseline` decides where it comes from:
 
-- null (the default): the registry the release stage pushes to (`release.remote`) is asked for
+- null (the default): the registry the release stage pushes to (`gate.registry`, kept equal to
+  `release.remote`) is asked for
   its releases, newest first; the first of the same suite name and version is the baseline (when
   there is none, the newest of the same suite name at another version, compared on the items
   both versions share). The candidate's own release is skipped, so a rerun of a released bundle
@@ -74,7 +75,7 @@ def resolve(params: GateParams, candidate_digest: str | None, suite: dict, *, re
         if _DIGEST.match(spec.strip().lower()):
             registry = _registry(remote, repo_root)
             if registry is None:
-                raise LookupError(f"gate.baseline names release {spec[:12]}, but release.remote {remote!r} is not "
+                raise LookupError(f"gate.baseline names release {spec[:12]}, but gate.registry {remote!r} is not "
                                   "a registry here")
             pointer = registry.pointer(spec.strip().lower())
             if pointer is None:
@@ -100,7 +101,7 @@ def _registry(remote: str | None, repo_root: str | Path):
 def _latest(candidate: str | None, suite: dict, remote, repo_root, cache_dir, public_key) -> Baseline:
     registry = _registry(remote, repo_root)
     if registry is None:
-        return Baseline("none", note=f"{NO_PREVIOUS} (no release registry configured: release.remote {remote!r})")
+        return Baseline("none", note=f"{NO_PREVIOUS} (no release registry configured here: gate.registry {remote!r})")
     pointers = sorted(registry.list(), key=lambda p: (p.released_at, p.bundle_digest), reverse=True)
     other_version = None
     for pointer in pointers:

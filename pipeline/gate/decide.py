@@ -24,6 +24,7 @@ from pipeline.gate.items import ItemScores
 from pipeline.gate.regression import regression_rules
 from pipeline.gate.rules import Rule, apply_rule
 from pipeline.params import GateParams
+from pipeline.release.card_data import comparison_lines
 
 
 def decide(params: GateParams, report: dict, bundle_digest: str | None, *, chat_template_sha256: str | None = None,
@@ -139,4 +140,5 @@ def render_markdown(decision: dict) -> str:
     for r in decision["rules"]:
         lines.append(f"| {r['name']} | {_short(r['value'])} | {r['op']} {_short(r['threshold'])} "
                      f"| {'pass' if r['passed'] else '**FAIL**'} | {r['note']} |")
-    return "\n".join(lines) + "\n"
+    lines += ["", *comparison_lines(decision, "## Against the baseline")]
+    return "\n".join(lines).rstrip("\n") + "\n"

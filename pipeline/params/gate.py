@@ -60,6 +60,14 @@ class GateParams(_Strict):
         "and gate.json and the card say so. `none`: the check is turned off. A 64-hex bundle digest: that release. "
         "A path: a release directory, or an eval.json (per-item scores from an eval_samples.jsonl or gate.json "
         "beside it). Its digest and sha256 are recorded in gate.json and on the card.")
+    registry: str | None = Field(
+        "releases", description="Where the default baseline is looked up: the release registry, as a DVC remote "
+        "name from .dvc/config or a URL/path; keep it equal to release.remote (the gate reads only its own "
+        "section). null: no registry, so no previous release.")
+    registry_public_key: str | None = Field(
+        ".tailgate/signing/release.pub", description="Public key a pulled baseline release's signature is checked "
+        "with (release.signing.public_key); a missing file or null: its evidence hashes are still checked against "
+        "the registry's record, the signature is not.")
     regression: list[GateRegressionRule] = Field(
         default_factory=list, description="Budgets against the baseline, per named metric. With per-item scores on "
         "both sides (every release made since releases carry them) `overall.<m>` and `slices.<s|*>.<m>` are "

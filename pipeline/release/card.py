@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.bundle.verify import adapter_trained_on, shipped_base_digest
 from pipeline.files import files_digest
-from pipeline.release.card_data import META_ORDER, card_data, check_card_metadata
+from pipeline.release.card_data import META_ORDER, card_data, check_card_metadata, comparison_lines
 from pipeline.release.card_data import get_path as _get
 from pipeline.release.card_data import is_number as _isnum
 from pipeline.report_paths import metric_names
@@ -378,6 +378,7 @@ def render_card(manifest: Manifest, eval_report: dict, gate_report: dict, *, bas
     datasets_digest = datasets_digest or manifest.provenance.curated_data_digest
     name = model_name or f"tailgate-{manifest.bundle_digest[:12]}"
     body = [f"# {name}", "", *_summary(manifest, eval_report, base_model), *_gate(gate_report, passed),
+            *comparison_lines(gate_report),
             *_quantization(manifest), *_results(eval_report, gate_report), *_tails(eval_report), *_damage(eval_report),
             *_serve(manifest, release), *_served(replay), *_platform(eval_report, replay), *_provenance(manifest, datasets_digest), *_release(release)]
     data = card_data(manifest, eval_report, gate_report, passed, base_model, license, datasets_digest,

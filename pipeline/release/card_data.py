@@ -52,6 +52,7 @@ def card_data(m: Manifest, ev: dict, gate: dict, passed: bool, base_model: str |
             "eval_bundle_digest": ev["bundle_digest"], "gate_bundle_digest": gate["bundle_digest"],
             "suite": get_path(ev, "suite", "name"), "suite_version": get_path(ev, "suite", "version"),
             "headline_metric": ev.get("headline_metric"),
+            "baseline_digest": get_path(gate, "baseline", "bundle_digest"),
             "engine": get_path(ev, "engine", "name"), "engine_exact": get_path(ev, "engine", "exact"),
             "engine_batch_invariant": get_path(ev, "engine", "batch_invariant"),
             "served_under_load": ({k: replay[k] for k in ("items", "identical", "different", "concurrency")}
@@ -90,3 +91,49 @@ def check_card_metadata(text: str) -> ModelCard:
         if again.eval_results != data.eval_results or again.model_name != data.model_name:
             raise ValueError("card metadata: model-index does not round-trip through huggingface_hub's eval results")
     return card
+
+
+def _p(v: Any) -> str:
+    if not is_number(v):
+        return "-"
+    return f"{v:.2g}" if v < 0.001 else f"{v:.3f}"
+
+
+def comparison_lines(gate: dict, heading: str = "## Against the previous release") -> list[str]:
+    """The regression comparison a gate decision records (pipeline/gate/regression.py), for
+    gate.md and the model card: which baseline, then per metric and slice baseline vs now, the
+    items that flipped each way, the p-value and the verdict. A decision made before baselines
+    were recorded renders as not recorded."""
+    base, comp = gate.get("baseline"), gate.get("comparison") or {}
+    out = [heading, ""]
+    if not isinstance(base, dict):
+        return out + ["Baseline: not recorded (a gate decision made before baselines were).", ""]
+    if not base.get("bundle_digest") and not base.get("sha256"):
+        return out + [f"Baseline: none. {str(base.get('note') or '').capitalize()}.", ""]
+    suite = base.get("suite") or {}
+    digests = ", ".join(f"{name} sha256 `{h}`" for name, h in sorted((base.get("sha256") or {}).items()))
+    out += [f"Baseline: bundle `{base.get('bundle_digest')}` ({base.get('source')}"
+            + (f", released {base['released_at']}" if base.get("released_at") else "")
+            + (f", `{base['spec']}`" if base.get("spec") else "")
+            + f"), suite {suite.get('name')} v{suite.get('version')}; {digests}.", ""]
+    if base.get("note"):
+        out += [f"{base['note'][0].upper()}{base['note'][1:]}.", ""]
+    if not comp.get("paired"):
+        return out
+    alpha = comp.get("alpha")
+    out += [f"Compared item by item on {comp.get('common_items')} items both runs scored "
+            f"({comp.get('only_baseline')} only in the baseline, {comp.get('only_now')} only now"
+            + (f", {comp['slice_changed']} in another slice now" if comp.get("slice_changed") else "")
+            + "). 0/1 metrics: McNemar's exact test on the items that flipped; others: paired bootstrap of the "
+            f"mean difference. One-sided p-values, Holm-adjusted over the {len(comp.get('rows') or [])} tests; "
+            f"a rule fails past its budget" + (f" or at adjusted p < {alpha}." if alpha else "."), "",
+            "| metric | n | baseline | now | worse | better | p (Holm) | budget | verdict |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in comp.get("rows") or []:
+        def f(v: Any) -> str:
+            return f"{v:.3f}" if is_number(v) else "-"
+        out.append(f"| {r.get('metric')} | {r.get('n')} | {f(r.get('baseline'))} | {f(r.get('now'))} | "
+                   f"{r.get('worse')} | {r.get('better')} | {_p(r.get('p_value'))} ({_p(r.get('p_adjusted'))}) | "
+                   f"{r.get('direction')} <= {r.get('budget')} | {'pass' if r.get('passed') else '**FAIL**'} |")
+    return out + ["", "worse/better: items right -> wrong / wrong -> right (0/1 metrics), or whose value fell / "
+                  "rose (others), in the direction the budget guards.", ""]
