@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.curate import NO_SLICE, QuarantineTooLarge, SliceLossTooLarge, curate
+from pipeline.curate import NO_SLICE, QuarantineTooLarge, SliceLimitUnknown, SliceLossTooLarge, curate
 from pipeline.params import CurateParams
 from tests.conftest import build_tiny_model_dir
 
@@ -159,3 +159,47 @@ def test_a_slice_at_the_limit_passes(task, tmp_path):
     report = curate(_params(max_slice_loss_fraction=0.6), task["raw"], task["suites"], task["tok"],
                     tmp_path / "out")  # "more than" the limit fails; exactly at it does not
     assert report["slice_loss"]["flagged"] == [] and report["slice_loss"]["worst_loss_fraction"] == 0.6
+
+
+def test_per_slice_limits_protect_a_tail_at_0_and_let_a_templated_slice_lose_more(task, tmp_path):
+    limits = {"*": 0.5, "tail": 0.7, "common": 0.0}
+    with pytest.raises(SliceLossTooLarge) as err:
+        curate(_params(max_slice_loss_fraction=limits), task["raw"], task["suites"], task["tok"], tmp_path / "out")
+    msg = str(err.value)
+    # common lost its one malformed record: over its 0; tail lost 60%, under its own 0.7
+    assert "slice 'common' lost 1 of its 31 records (3.2%), over its curate.max_slice_loss_fraction 0" in msg
+    assert "'tail'" not in msg
+    report = err.value.report
+    assert [(f["slice"], f["limit"]) for f in report["slice_loss"]["flagged"]] == [("common", 0.0)]
+    assert {n: s["max_loss_fraction"] for n, s in report["slices"].items()} == \
+        {"common": 0.0, "tail": 0.7, NO_SLICE: None}
+    assert report["slice_loss"]["max_slice_loss_fraction"] == {"*": 0.5, "common": 0.0, "tail": 0.7}
+    # a slice the mapping does not name takes `*`; without `*`, the documented 0.5
+    ok = curate(_params(max_slice_loss_fraction={"tail": 0.6}), task["raw"], task["suites"], task["tok"],
+                tmp_path / "ok")
+    assert ok["slice_loss"]["flagged"] == [] and ok["slices"]["common"]["max_loss_fraction"] == 0.5
+    with pytest.raises(SliceLossTooLarge, match="slice 'tail'"):
+        curate(_params(max_slice_loss_fraction={"*": 0.55}), task["raw"], task["suites"], task["tok"], tmp_path / "x")
+
+
+def test_a_limit_for_a_slice_the_input_lacks_fails_even_with_warn(task, tmp_path):
+    with pytest.raises(SliceLimitUnknown) as err:
+        curate(_params(max_slice_loss_fraction={"*": 0.9, "tial": 0.0}, on_slice_loss="warn"), task["raw"],
+               task["suites"], task["tok"], tmp_path / "out")
+    assert "names slice 'tial', which no input record has (slices: common, tail)" in str(err.value)
+    assert err.value.report["slice_loss"]["unknown_slices"] == ["tial"]
+
+
+def test_the_stage_reads_per_slice_limits_from_params_yaml_and_shows_them(task, tmp_path):
+    from stages.curate import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("curate:\n  max_seq_len_tokens: 4096\n  workers: 1\n"
+                      "  max_slice_loss_fraction: {'*': 0.5, tail: 0.75}\n")
+    reports = tmp_path / "reports"
+    rc = main(["--params", str(params), "--raw", str(task["raw"]), "--suites", str(task["suites"]),
+               "--tokenizer", str(task["tok"]), "--out", str(tmp_path / "out"),
+               "--report", str(reports / "curate.json"), "--metrics", str(reports / "metrics.json")])
+    assert rc == 0
+    md = (reports / "curate.md").read_text()
+    assert "| tail | 10 |" in md and md.count("| 75% |") == 1 and "Slice loss limits per slice" in md
