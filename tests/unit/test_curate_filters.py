@@ -12,7 +12,8 @@ import pytest
 from pipeline.curate import quality
 from pipeline.curate import validate as v
 from pipeline.curate.decontam import EvalIndex
-from pipeline.curate.dedup import MinHasher, NearDedup
+from pipeline.curate.checks import signature
+from pipeline.curate.dedup import MinHasher, NearDedup, shingles
 from pipeline.curate.text import Grams, word_hashes
 from pipeline.params import CurateDecontamParams, CurateNearDupParams, CurateParams
 from tests.conftest import REPO
@@ -37,6 +38,11 @@ def _grams(messages) -> Grams:
     return Grams([word_hashes(m["content"]) for m in messages])
 
 
+def _signature(messages) -> Grams:
+    """What the stage compares across records: the user and assistant turns."""
+    return signature(messages, [word_hashes(m["content"]) for m in messages])
+
+
 def test_quality_defaults_reject_no_clean_record(raw):
     records, defects = raw
     for lineno, messages in records.items():
@@ -49,7 +55,7 @@ def test_decontam_defaults_catch_every_eval_copy_and_no_clean_record(raw):
     index = EvalIndex.from_suites(P.decontam, REPO / "eval_suites")
     assert index.stats["boilerplate_ngrams"] > 0  # the shared instruction line is ignored
     for lineno, messages in records.items():
-        leaks = index.leaks(_grams(messages).all(P.decontam.ngram))
+        leaks = index.leaks(_signature(messages).all(P.decontam.ngram))
         if lineno in defects and defects[lineno]["kind"] == "eval_copy":
             item = re.search(r"ev-\d+", defects[lineno]["detail"]).group(0)
             assert leaks and leaks[0][0] == f"discharge/{item}", (lineno, leaks)
@@ -65,7 +71,7 @@ def test_near_dup_defaults_catch_every_planted_pair_and_no_clean_pair(raw):
     for lineno, messages in records.items():
         if defects.get(lineno, {}).get("kind") in ("exact_duplicate", "eval_copy", "over_long"):
             continue  # other checks take these before near-dup runs
-        sketch = near.sketch(hasher.values(_grams(messages).all(P.near_dup.ngram)))
+        sketch = near.sketch(hasher.values(shingles(_signature(messages), P.near_dup.ngram)))
         if (hit := near.match(sketch)) is not None:
             matched[lineno] = kept[hit[0]]
         else:
