@@ -36,9 +36,10 @@ def main(argv=None) -> int:
             write_reports(exc.report, args.report, None, plots)
             raise
         write_reports(report, args.report, args.metrics, plots)
-        cli.log.info("curate: %d lines -> %d kept (train %d, val %d), %d quarantined", report["input_lines"],
-                     report["kept"], report["splits"]["train"]["total"], report["splits"]["val"]["total"],
-                     report["rejected"])
+        cli.log.info("curate: %d lines -> %d kept (train %d, val %d of which %d topped up for slices the draw left "
+                     "short), %d quarantined (%d eval items leaked)", report["input_lines"], report["kept"],
+                     report["splits"]["train"]["total"], report["splits"]["val"]["total"],
+                     report["validation"]["topped_up"], report["rejected"], len(report["leaked_eval_items"]))
 
     return cli.run(body, p, argv)
 

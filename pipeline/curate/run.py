@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from array import array
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -66,8 +67,8 @@ def write_curated(params: CurateParams, curator: Curator, outcomes: Iterable[Out
     topup = ValTopUp(params)
     n_records = 0
     drawn = bytearray()  # per kept record: 1 when the draw put it in val
-    kept_slices: list[str] = []  # per kept record: its slice (one shared str per name)
-    names: dict[str, str] = {}
+    kept_slices = array("I")  # per kept record: its slice, as an index into slice_names
+    slice_ids: dict[str, int] = {}
     with atomic_dir(out_dir) as tmp:
         scratch = tmp / "kept.part"
         with open(tmp / "quarantine.jsonl", "w", encoding="utf-8") as quarantine, \
@@ -82,17 +83,18 @@ def write_curated(params: CurateParams, curator: Curator, outcomes: Iterable[Out
                     kept.write(_kept_line(out))
                     topup.add(len(drawn), out.record.slice, out.split, out.draw)
                     drawn.append(out.split == "val")
-                    kept_slices.append(names.setdefault(out.record.slice, out.record.slice))
+                    kept_slices.append(slice_ids.setdefault(out.record.slice, len(slice_ids)))
                 progress.update()
             progress.close()
         promoted = topup.promotions()
         to_val = {i for idx in promoted.values() for i in idx}
+        slice_names = sorted(slice_ids, key=slice_ids.__getitem__)
         with open(scratch, encoding="utf-8") as kept, open(tmp / "train.jsonl", "w", encoding="utf-8") as train, \
                 open(tmp / "val.jsonl", "w", encoding="utf-8") as val:
             for i, line in enumerate(kept):
                 split = "val" if drawn[i] or i in to_val else "train"
                 (val if split == "val" else train).write(line)
-                name = kept_slices[i]
+                name = slice_names[kept_slices[i]]
                 slices[split][name] += 1
                 tally.add(name, split, None)
         scratch.unlink()
