@@ -103,9 +103,10 @@ def _latest(candidate: str | None, suite: dict, remote, repo_root, cache_dir, pu
     if registry is None:
         return Baseline("none", note=f"{NO_PREVIOUS} (no release registry configured here: gate.registry {remote!r})")
     pointers = sorted(registry.list(), key=lambda p: (p.released_at, p.bundle_digest), reverse=True)
-    other_version = None
+    other_version, itself = None, False
     for pointer in pointers:
         if pointer.bundle_digest == candidate:
+            itself = True
             continue
         folder = _fetch(registry, pointer, cache_dir, public_key)
         theirs = read_json(folder / "eval.json").get("suite") or {}
@@ -120,7 +121,9 @@ def _latest(candidate: str | None, suite: dict, remote, repo_root, cache_dir, pu
         found.note = (f"no earlier release of {suite.get('name')} v{suite.get('version')}; the latest release of "
                       f"the suite at another version, compared on the items both versions share")
         return found
-    return Baseline("none", note=f"{NO_PREVIOUS} (no earlier release of suite {suite.get('name')} in the registry)")
+    why = (f"the registry's only release of suite {suite.get('name')} is this bundle itself" if itself else
+           f"no release of suite {suite.get('name')} in the registry")
+    return Baseline("none", note=f"{NO_PREVIOUS} ({why})")
 
 
 def _cached(folder: Path, pointer) -> bool:
