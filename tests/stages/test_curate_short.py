@@ -127,7 +127,8 @@ def test_records_shorter_than_the_shingle_are_near_duplicates_only_of_the_same_w
                {"id": "d", "slice": "s", "prompt": "?!", "completion": "..."},
                {"id": "e", "slice": "s", "prompt": "!?", "completion": ",,,"}]
     _write(tmp_path / "raw/r.jsonl", records)
-    _suite(tmp_path / "suites/tickets", [{"id": "e0", "slice": "x", "prompt": "unrelated words here", "completion": "x"}])
+    _suite(tmp_path / "suites/tickets",
+           [{"id": "e0", "slice": "x", "prompt": "unrelated words here", "completion": "x"}])
     out = tmp_path / "out"
     curate(_params(system), tmp_path / "raw", tmp_path / "suites", tok, out)
     reasons = {q["line"]: q["reason"] for q in _lines(out / "quarantine.jsonl")}
@@ -172,7 +173,8 @@ def leak_task(tmp_path_factory) -> dict:
             "leak_lines": {n + k + 1: item for k, (_, item) in enumerate(leaks)}, "n": len(records)}
 
 
-def test_a_short_eval_item_copied_into_a_user_turn_is_quarantined_naming_item_and_slice(tok, system, leak_task, tmp_path):
+def test_a_short_eval_item_copied_into_a_user_turn_is_quarantined_naming_item_and_slice(tok, system, leak_task,
+                                                                                       tmp_path):
     out = tmp_path / "out"
     report = curate(_params(system), leak_task["raw"], leak_task["suites"], tok, out)
     quarantined = {q["line"]: q for q in _lines(out / "quarantine.jsonl")}
