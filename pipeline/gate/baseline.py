@@ -103,10 +103,9 @@ def _latest(candidate: str | None, suite: dict, remote, repo_root, cache_dir, pu
     if registry is None:
         return Baseline("none", note=f"{NO_PREVIOUS} (no release registry configured here: gate.registry {remote!r})")
     pointers = sorted(registry.list(), key=lambda p: (p.released_at, p.bundle_digest), reverse=True)
-    other_version, itself = None, False
+    other_version = None
     for pointer in pointers:
         if pointer.bundle_digest == candidate:
-            itself = True
             continue
         folder = _fetch(registry, pointer, cache_dir, public_key)
         theirs = read_json(folder / "eval.json").get("suite") or {}
@@ -121,9 +120,9 @@ def _latest(candidate: str | None, suite: dict, remote, repo_root, cache_dir, pu
         found.note = (f"no earlier release of {suite.get('name')} v{suite.get('version')}; the latest release of "
                       f"the suite at another version, compared on the items both versions share")
         return found
-    why = (f"the registry's only release of suite {suite.get('name')} is this bundle itself" if itself else
-           f"no release of suite {suite.get('name')} in the registry")
-    return Baseline("none", note=f"{NO_PREVIOUS} ({why})")
+    # The same words whether or not this bundle's own release is there: its release must not
+    # change its gate.json (DVC would release it again).
+    return Baseline("none", note=f"{NO_PREVIOUS} (no other release of suite {suite.get('name')} in the registry)")
 
 
 def _cached(folder: Path, pointer) -> bool:
