@@ -13,11 +13,8 @@ import sys
 from pathlib import Path
 
 from pipeline import cli
-from pipeline.bundle.verify import BundleError, verify_bundle
-from pipeline.files import atomic_write_json, atomic_write_text, read_json
-from pipeline.gate import decide, render_markdown
-from pipeline.gate.baseline import resolve
-from pipeline.gate.items import ItemScoresError, read_samples
+from pipeline.files import atomic_write_json, atomic_write_text
+from pipeline.gate import render_markdown, run_gate
 from pipeline.gate.supersede import mark_not_released
 from pipeline.params import load_section
 
@@ -39,27 +36,10 @@ def main(argv=None) -> int:
 
     def body(args):
         params = load_section("gate", args.params)
-        digest = template = error = None
-        try:
-            manifest = verify_bundle(args.bundle).manifest
-            digest, template = manifest.bundle_digest, manifest.tokenizer.chat_template_sha256
-        except (BundleError, FileNotFoundError) as exc:
-            error = str(exc)  # recorded as the failing bundle_verified rule, not a traceback
-        report = read_json(args.report) if Path(args.report).exists() else {}
-        samples = Path(args.samples) if args.samples else Path(args.report).with_name("eval_samples.jsonl")
-        items = items_error = None
-        if samples.is_file():
-            try:
-                items = read_samples(samples, report)
-            except ItemScoresError as exc:
-                items_error = str(exc)
-        root = Path(args.params).absolute().parent  # where the gate.registry name resolves (.dvc/config)
-        key = root / params.registry_public_key if params.registry_public_key else None
-        baseline = resolve(params, digest, report.get("suite") or {}, remote=params.registry, repo_root=root,
-                           cache_dir=args.baseline_cache or root / ".tailgate/cache/gate_baselines", public_key=key)
-        cli.log.info("baseline: %s", baseline.describe()["note"] or baseline.bundle_digest)
-        decision = decide(params, report, digest, chat_template_sha256=template, bundle_error=error,
-                          baseline=baseline, items=items, items_error=items_error)
+        root = Path(args.params).absolute().parent  # where gate.registry resolves (.dvc/config)
+        decision = run_gate(params, args.report, args.bundle, repo_root=root,
+                            samples_path=args.samples or Path(args.report).with_name("eval_samples.jsonl"),
+                            cache_dir=args.baseline_cache or root / ".tailgate/cache/gate_baselines")
         atomic_write_json(args.out, decision)
         atomic_write_text(args.summary, render_markdown(decision))
         atomic_write_json(args.metrics, {"passed": decision["passed"], "failed_rules": len(decision["failed"]),

@@ -108,8 +108,8 @@ def _gate(w: dict, name: str, out: Path, evaluated: str | None = None, **gate) -
         params = out / "params.yaml"
         params.write_text(yaml.safe_dump(data, sort_keys=False))
     ev = w[evaluated or name]
-    code = main(["--params", str(params), "--report", str(ev / "eval.json"), "--bundle", str(w["tmp"] / f"bundle_{name}"),
-                 "--out", str(out / "gate.json"), "--summary", str(out / "gate.md"), "--metrics", str(out / "m.json"),
+    code = main(["--params", str(params), "--report", str(ev / "eval.json"),
+                 "--bundle", str(w["tmp"] / f"bundle_{name}"), "--out", str(out / "gate.json"), "--summary", str(out / "gate.md"), "--metrics", str(out / "m.json"),
                  "--baseline-cache", str(w["tmp"] / "cache")])
     return code, json.loads((out / "gate.json").read_text()), (out / "gate.md").read_text()
 
