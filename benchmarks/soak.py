@@ -250,6 +250,33 @@ def verdict(run: dict, baseline_s: float, rss_tolerance: float) -> dict:
             "rss_change": round(change, 4)}
 
 
+def page(r: dict) -> tuple[list[tuple[str, str, str, str]], list[str]]:
+    """RESULTS.md's headline rows (measure, measured, target, verdict) and section for a result."""
+    def ok(v: bool) -> str:
+        return "pass" if v else "FAIL"
+
+    c, st = r["checks"], r["stats"]
+    sent = sum(v for k, v in st.items() if ":" in k)
+    greedy = st.get("greedy_equal", 0) + st.get("greedy_mismatch", 0)
+    rows = [
+        (f"{r['minutes']:g} min soak at concurrency {r['concurrency']}: 5xx responses", str(r["client_5xx"]), "0",
+         ok(c["no_5xx"])),
+        ("soak: RSS at the end vs after the warm-up", f"{r['rss_change']:+.1%}", f"within {r['rss_tolerance']:.0%}",
+         ok(c["rss_stable"])),
+        ("soak: greedy answers equal to the request alone", f"{st.get('greedy_equal', 0)}/{greedy}", "all",
+         ok(c["greedy_equal_to_alone"])),
+        ("soak: request slots held after the load", f"queue {r['end_metrics']['queue_depth']:g}, in engine "
+         f"{r['end_metrics']['in_flight']:g}", "0, 0", ok(c["no_leaked_request_slots"])),
+    ]
+    lines = [f"{sent} requests in {r['minutes']:g} minutes, {r['concurrency']} at a time, mix per 10: "
+             + ", ".join(f"{k} {n}" for k, n in r["mix_per_10_requests"].items()) + ". By kind and status: "
+             + ", ".join(f"{k} {v}" for k, v in st.items() if ":" in k) + ".",
+             f"\nRSS {r['rss_baseline_mib']:.0f} MiB after {r['rss_baseline_at_s'] / 60:.1f} min, {r['rss_end_mib']:.0f} "
+             f"MiB at the end (sampled every {r['sample_s']:g} s); load average {r['load_avg_before']} before, "
+             f"{r['load_avg_after']} after. Bundle {r.get('bundle_digest', '?')[:12]}."]
+    return rows, lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__.splitlines()[0])
     p.add_argument("--release", default="artifacts/release", help="release directory to serve (the release stage's)")

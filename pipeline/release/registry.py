@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 INDEX_PREFIX = ("tailgate", "releases")
 ATTESTATION_PREFIX = ("tailgate", "attestations")  # <prefix>/<bundle_digest>/<name>.intoto.json
 _REMOTE = "registry"  # the remote's name inside the throwaway repositories
-_FIX_REMOTE = ("push the release again from the repository that made it (rerun the release stage: only what the "
-               "remote lacks is uploaded), or serve from another remote that holds it")
+_FIX_REMOTE = ("push the release again from the repository that made it (`dvc repro --force --single-item release`; "
+               "only what the remote lacks is uploaded), or serve from another remote that holds it")
 
 
 def remote_config(name: str, repo_root: str | Path = ".") -> dict[str, Any]:

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from benchmarks.soak import page
 from pipeline.release.build import release
 from tests.conftest import REPO
 from tests.releases import make_evidence, release_params
@@ -45,3 +46,5 @@ def test_a_one_minute_soak_passes_with_every_kind_of_request(tiny_release, tmp_p
     assert len(result["samples"]) >= 12 and result["samples"][-1]["t_s"] >= 60  # every 5 s for a minute
     assert abs(result["rss_end_mib"] - result["rss_baseline_mib"]) <= 0.10 * result["rss_baseline_mib"]
     assert result["server_exit_code"] == 0 and result["parity"] == "passed"
+    rows, lines = page(result)  # what RESULTS.md shows for it
+    assert [r[3] for r in rows] == ["pass"] * 4 and f"{result['client_5xx']}" == rows[0][1] == "0"
