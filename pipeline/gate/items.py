@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.files import digest_json
+
 # Means in the report and means recomputed here add the same floats in another order.
 _MEAN_TOLERANCE = 1e-9
 
@@ -27,6 +29,9 @@ class ItemScores:
     ids: list[str]
     slices: list[str]
     metrics: dict[str, list[float | None]]
+    # per item, a hash of its prompt and reference: an id whose item was rewritten in a new suite
+    # version is not the same item (None: not recorded)
+    contents: list[str] | None = None
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -40,9 +45,15 @@ class ItemScores:
     def slice_of(self, item_id: str) -> str:
         return self.slices[self._index[item_id]]
 
+    def content_of(self, item_id: str) -> str | None:
+        return None if self.contents is None else self.contents[self._index[item_id]]
+
     def to_json(self) -> dict:
-        return {"ids": list(self.ids), "slices": list(self.slices),
-                "metrics": {m: list(self.metrics[m]) for m in sorted(self.metrics)}}
+        out = {"ids": list(self.ids), "slices": list(self.slices),
+               "metrics": {m: list(self.metrics[m]) for m in sorted(self.metrics)}}
+        if self.contents is not None:
+            out["contents"] = list(self.contents)
+        return out
 
     @classmethod
     def from_json(cls, data: object, where: str) -> "ItemScores":
@@ -59,7 +70,11 @@ class ItemScores:
             if not isinstance(col, list) or len(col) != n or not all(_number_or_none(v) for v in col):
                 raise ItemScoresError(f"{where}: item scores of {m!r} are not {n} numbers (or nulls)")
             metrics[m] = [None if v is None else float(v) for v in col]
-        return cls([str(i) for i in data["ids"]], [str(s) for s in data["slices"]], metrics)
+        contents = data.get("contents")
+        if contents is not None and (not isinstance(contents, list) or len(contents) != n
+                                     or not all(isinstance(c, str) for c in contents)):
+            raise ItemScoresError(f"{where}: item contents are not {n} strings")
+        return cls([str(i) for i in data["ids"]], [str(s) for s in data["slices"]], metrics, contents)
 
 
 def _number_or_none(v: object) -> bool:
@@ -76,7 +91,7 @@ def read_samples(path: str | Path, report: dict) -> ItemScores:
     """The report's per-item metrics from an eval_samples.jsonl, checked against the report."""
     path = Path(path)
     wanted = report_metrics(report)
-    ids, slices, cols = [], [], {m: [] for m in wanted}
+    ids, slices, contents, cols = [], [], [], {m: [] for m in wanted}
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -92,6 +107,7 @@ def read_samples(path: str | Path, report: dict) -> ItemScores:
             raise ItemScoresError(f"{path}:{n}: a sample needs a string id and slice")
         ids.append(row["id"])
         slices.append(row["slice"])
+        contents.append(digest_json({"prompt": row.get("prompt"), "gold": row.get("gold")})[:16])
         for m in wanted:
             v = row.get(m)
             if isinstance(v, bool):
@@ -102,7 +118,7 @@ def read_samples(path: str | Path, report: dict) -> ItemScores:
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise ItemScoresError(f"{path}: item ids repeat: {', '.join(dup)}")
-    scores = ItemScores(ids, slices, cols)
+    scores = ItemScores(ids, slices, cols, contents)
     check_against_report(scores, report, str(path))
     return scores
 

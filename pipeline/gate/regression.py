@@ -51,11 +51,20 @@ def regression_rules(params: GateParams, report: dict, baseline: Baseline, now: 
         return rules + [Rule("item_scores_present", None, "per-item scores of this run", "==", False,
                              f"{why}: the paired comparison needs them (fails closed)")], \
             {"paired": False, "note": why, "rows": []}
-    common = sorted(set(now.ids) & set(baseline.items.ids))
+    shared = sorted(set(now.ids) & set(baseline.items.ids))
+    # an id whose prompt or reference changed (a rewritten item in a new suite version) is not
+    # the same item; a side that did not record contents cannot tell, and its ids are trusted
+    def rewritten(i: str) -> bool:
+        ours, theirs = now.content_of(i), baseline.items.content_of(i)
+        return ours is not None and theirs is not None and ours != theirs
+
+    changed = [i for i in shared if rewritten(i)]
+    common = [i for i in shared if not rewritten(i)]
     only_then = len(set(baseline.items.ids) - set(now.ids))
     only_now = len(set(now.ids) - set(baseline.items.ids))
     rules.append(Rule("baseline_common_items", len(common), 1, ">=", bool(common),
                       f"{len(common)} items in both runs; {only_then} only in the baseline, {only_now} only now"
+                      + (f", {len(changed)} rewritten (same id, another prompt or reference)" if changed else "")
                       + ("" if common else "; nothing to compare (set gate.baseline: none to release without a "
                                            "regression check)")))
     comparisons: list[Comparison] = []
@@ -76,6 +85,6 @@ def regression_rules(params: GateParams, report: dict, baseline: Baseline, now: 
         rules.append(Rule(f"regression.{c.metric}", c.worsening, c.budget, "<=", c.passed, c.reason))
     moved = sum(1 for i in common if now.slice_of(i) != baseline.items.slice_of(i))
     block = {"paired": True, "common_items": len(common), "only_baseline": only_then, "only_now": only_now,
-             "slice_changed": moved, "alpha": params.regression_alpha, "correction": "holm",
+             "rewritten": len(changed), "slice_changed": moved, "alpha": params.regression_alpha, "correction": "holm",
              "note": baseline.note, "rows": [c.as_dict() for c in comparisons]}
     return rules, block

@@ -123,6 +123,7 @@ def comparison_lines(gate: dict, heading: str = "## Against the previous release
     alpha = comp.get("alpha")
     out += [f"Compared item by item on {comp.get('common_items')} items both runs scored "
             f"({comp.get('only_baseline')} only in the baseline, {comp.get('only_now')} only now"
+            + (f", {comp['rewritten']} rewritten under the same id and left out" if comp.get("rewritten") else "")
             + (f", {comp['slice_changed']} in another slice now" if comp.get("slice_changed") else "")
             + "). 0/1 metrics: McNemar's exact test on the items that flipped; others: paired bootstrap of the "
             f"mean difference. One-sided p-values, Holm-adjusted over the {len(comp.get('rows') or [])} tests; "

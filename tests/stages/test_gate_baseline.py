@@ -186,9 +186,11 @@ def test_a_new_suite_version_is_compared_on_the_common_items_only(world, release
     code, d, summary = _gate(world, "again", tmp_path, evaluated="again_v2")
     assert code == 0, d["failed"]
     c = d["comparison"]
-    assert (c["common_items"], c["only_baseline"], c["only_now"]) == (24, 8, 8)
-    assert {r["n"] for r in c["rows"] if r["metric"].startswith("slices.")} == {12}
-    assert "another version" in d["baseline"]["note"] and "24 items both runs scored" in summary
+    assert (c["common_items"], c["only_baseline"], c["only_now"], c["rewritten"]) == (23, 8, 8, 1)
+    assert {r["metric"]: r["n"] for r in c["rows"]} == {"overall.exact_match": 23, "slices.north.exact_match": 11,
+                                                         "slices.south.exact_match": 12}
+    assert "another version" in d["baseline"]["note"] and "23 items both runs scored" in summary
+    assert "1 rewritten under the same id" in summary
 
 
 def test_the_released_bundle_is_never_its_own_baseline(world, released, tmp_path):
