@@ -102,7 +102,11 @@ def _latest(candidate: str | None, suite: dict, remote, repo_root, cache_dir, pu
     registry = _registry(remote, repo_root)
     if registry is None:
         return Baseline("none", note=f"{NO_PREVIOUS} (no release registry configured here: gate.registry {remote!r})")
-    pointers = sorted(registry.list(), key=lambda p: (p.released_at, p.bundle_digest), reverse=True)
+    # A local registry nothing was pushed to yet (a fresh clone's) holds no releases. The note
+    # below reads the same as for one holding only this bundle: its own first release must not
+    # change its gate.json.
+    fresh = "://" not in registry.url and not Path(registry.url).exists()
+    pointers = [] if fresh else sorted(registry.list(), key=lambda p: (p.released_at, p.bundle_digest), reverse=True)
     other_version = None
     for pointer in pointers:
         if pointer.bundle_digest == candidate:
@@ -120,8 +124,6 @@ def _latest(candidate: str | None, suite: dict, remote, repo_root, cache_dir, pu
         found.note = (f"no earlier release of {suite.get('name')} v{suite.get('version')}; the latest release of "
                       f"the suite at another version, compared on the items both versions share")
         return found
-    # The same words whether or not this bundle's own release is there: its release must not
-    # change its gate.json (DVC would release it again).
     return Baseline("none", note=f"{NO_PREVIOUS} (no other release of suite {suite.get('name')} in the registry)")
 
 
