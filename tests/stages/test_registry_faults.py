@@ -120,6 +120,24 @@ def test_a_bad_remote_is_refused_then_a_good_one_serves_the_same_digest(released
     assert open_release(cache / digest, public_key=params.signing.public_key, require_signature=True)
 
 
+def test_a_consistent_but_unsigned_remote_copy_is_verified_before_it_lands(released, copy_of_registry, tmp_path):
+    """A remote whose objects match their md5s but not the signature (the release re-pushed
+    after an edit): caught in the temporary directory by the signature check, nothing cached."""
+    params, digest, out = released
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    (edited / "README.md").write_text("# a card nobody signed\n")
+    Registry({"url": str(copy_of_registry)}).push(edited, open_release(out).record)
+    cache = tmp_path / "releases"
+    with pytest.raises(ReleaseError) as exc:
+        open_from_registry(Registry({"url": str(copy_of_registry)}), digest, cache,
+                           public_key=params.signing.public_key, require_signature=True)
+    msg = str(exc.value)
+    assert msg.startswith(f"the copy pulled from {copy_of_registry} failed verification: signature check failed")
+    assert "changed since signing: README.md" in msg and "nothing was cached" in msg and exc.value.path == "README.md"
+    assert list(cache.iterdir()) == []
+
+
 def test_a_bad_cached_copy_is_moved_aside_and_pulled_again(released, tmp_path, caplog):
     params, digest, _ = released
     cache = tmp_path / "releases"
