@@ -32,6 +32,8 @@ def regression_rules(params: GateParams, report: dict, baseline: Baseline, now: 
                       f"{baseline.error} (fails closed)")], {"paired": False, "note": baseline.error, "rows": []})
     if baseline.eval is None:
         return [], {"paired": False, "note": baseline.note, "rows": []}
+    if not params.regression:
+        return [], {"paired": False, "note": "gate.regression names no budgets: nothing compared", "rows": []}
     ours, theirs = _suite(report), _suite(baseline.eval)
     label = f"{theirs[0]} v{theirs[1]}"
     paired = baseline.items is not None

@@ -165,3 +165,14 @@ def test_an_eval_json_with_its_samples_beside_it_is_a_paired_baseline(tmp_path):
     none = resolve(GateParams(), "c" * 64, {"name": "discharge", "version": 1}, remote=None, repo_root=tmp_path,
                    cache_dir=tmp_path / "cache", public_key=None)
     assert none.eval is None and none.note.startswith("no previous release: no regression check")
+
+
+def test_no_budgets_compare_nothing_and_say_so():
+    then_report, then_items = _report_and_items({"common": [1] * 40})
+    now_report, now_items = _report_and_items({"common": [0] * 40})
+    params = GateParams.model_validate({**BUDGETS.model_dump(), "regression": []})
+    d = decide(params, now_report, GOOD["bundle_digest"], chat_template_sha256=TEMPLATE,
+               baseline=Baseline("registry", bundle_digest="b" * 64, eval=then_report, items=then_items),
+               items=now_items)
+    assert d["passed"] and d["comparison"]["note"].startswith("gate.regression names no budgets")
+    assert not [r for r in d["rules"] if r["name"].startswith(("regression.", "baseline_"))]
