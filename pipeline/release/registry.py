@@ -7,6 +7,11 @@ DVC itself (any remote DVC supports: a local directory by default, S3 and others
 from a throwaway no-SCM DVC repository in a temporary directory. That keeps the release
 independent of the pipeline repository's lock (the release stage runs inside `dvc repro`) and
 lets a fresh directory with nothing but the remote URL pull a release.
+
+A push is all or nothing: the index entry is written last, atomically, and only once every
+object is in the remote. A pull checks every file against the md5 DVC listed for it (DVC does
+not, on download), and tells the faults apart: no registry, no such release, an object missing,
+an object corrupted, each with its own message saying what to do.
 """
 
 from __future__ import annotations
@@ -196,7 +201,13 @@ class Registry:
         if not fs.exists(index):
             return []
         names = sorted(p for p in fs.ls(index, detail=False) if p.endswith(".json"))
-        return [ReleasePointer.model_validate_json(fs.cat_file(p)) for p in names]
+        out = []
+        for name in names:
+            try:
+                out.append(ReleasePointer.model_validate_json(fs.cat_file(name)))
+            except ValueError as exc:  # ReleaseError is a ValueError too: callers that caught one still do
+                raise ReleaseError(f"registry index entry {name} is unreadable: {exc}", name) from None
+        return out
 
     def _attestation_dir(self, repo: Any, digest: str) -> tuple[Any, str]:
         remote = repo.cloud.get_remote(_REMOTE)
@@ -244,10 +255,7 @@ class Registry:
 
     def _not_released(self, repo: Any, digest: str) -> ReleaseError:
         self._check_registry(repo)
-        try:
-            others = self._list(repo)
-        except ValueError:
-            others = []
+        others = self._list(repo)
         if not others:
             return ReleaseError(f"release registry {self.url} holds no releases at all (no {'/'.join(INDEX_PREFIX)}/ "
                                 f"index entries), so bundle {digest} is not in it: check that --remote names the "
