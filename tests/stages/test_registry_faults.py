@@ -172,6 +172,23 @@ def test_a_bad_cache_and_a_bad_remote_name_both_copies(released, copy_of_registr
     assert not (cache / digest).exists() and not [p for p in cache.iterdir() if p.name.startswith(".pulling")]
 
 
+def test_two_starts_pulling_at_once_both_open_one_cached_copy(released, tmp_path):
+    """Another server caches the release while this one is pulling it: the rename into place
+    finds the directory taken, this copy is dropped and the other one opened (and verified)."""
+    params, digest, _ = released
+    cache = tmp_path / "releases"
+
+    class Racing(Registry):
+        def pull(self, digest, dest):
+            super().pull(digest, cache / digest)  # the other start wins the race
+            return super().pull(digest, dest)
+
+    opened = open_from_registry(Racing({"url": params.remote}), digest, cache, public_key=params.signing.public_key,
+                                require_signature=True)
+    assert opened.root == cache / digest and opened.signature == "verified"
+    assert [p.name for p in cache.iterdir()] == [digest]  # our temporary copy is gone
+
+
 def test_a_missing_key_is_not_blamed_on_the_cache(released, tmp_path):
     params, digest, _ = released
     cache = tmp_path / "releases"
