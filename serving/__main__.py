@@ -10,6 +10,11 @@ record, evidence and gate verdict; then the bundle, file by file, before any wei
 (exit 2 naming the file); the golden file is checked against the bundle digest before the
 engine is built, and replayed after (exit 3 naming the prompt and the first differing token);
 only then does the OpenAI-compatible API listen, on 127.0.0.1 unless told otherwise.
+
+A release served by digest is checked the same way at every start, from --releases-dir: a pull
+lands there only once it verified, and a cached copy that no longer verifies is moved aside
+(DIGEST.failed-TIME, kept) and pulled again, once; any refusal of it exits 4 and says whether
+the cached copy or the remote's copy failed.
 """
 
 from __future__ import annotations
