@@ -16,7 +16,7 @@ from pipeline.gate.items import ItemScores
 from pipeline.gate.paired import Comparison, compare_metric, judge
 from pipeline.gate.rules import Rule, apply_regression
 from pipeline.params import GateParams
-from pipeline.report_paths import expand
+from pipeline.report_paths import expand, read_value
 
 
 def _suite(report: dict) -> tuple:
@@ -47,7 +47,7 @@ def regression_rules(params: GateParams, report: dict, baseline: Baseline, now: 
     if not paired:
         for rule in params.regression:
             rules += apply_regression(rule, report, baseline.eval)
-        return rules, {"paired": False, "note": baseline.note, "rows": []}
+        return rules, {"paired": False, "note": baseline.note, "rows": _means_rows(params, report, baseline.eval)}
     if now is None:
         why = now_error or "this run's per-item scores are missing"
         return rules + [Rule("item_scores_present", None, "per-item scores of this run", "==", False,
@@ -90,3 +90,28 @@ def regression_rules(params: GateParams, report: dict, baseline: Baseline, now: 
              "rewritten": len(changed), "slice_changed": moved, "alpha": params.regression_alpha, "correction": "holm",
              "note": baseline.note, "rows": [c.as_dict() for c in comparisons]}
     return rules, block
+
+
+def _means_rows(params: GateParams, report: dict, then: dict) -> list[dict]:
+    """The unpaired comparison as rows for gate.md and the card (the verdicts are apply_regression's
+    rules: the same arithmetic, a missing value fails)."""
+    rows = []
+    for rule in params.regression:
+        direction = "drop" if rule.max_drop is not None else "rise"
+        budget = rule.max_drop if rule.max_drop is not None else rule.max_rise
+        for path, node in expand(then, rule.metric):
+            now_node = expand(report, path)[0][1]
+            a, b = read_value(node), read_value(now_node)
+            worse = None if a is None or b is None else (a - b if direction == "drop" else b - a)
+            n = _count(report, path, now_node)
+            rows.append(Comparison(path, "means", n, a, b, 0, 0, worse, budget, direction,
+                                   passed=worse is not None and worse <= budget).as_dict())
+    return rows
+
+
+def _count(report: dict, path: str, node) -> int:
+    """Items behind a metric: its own n, else its slice's (per-slice summaries keep n once)."""
+    if isinstance(node, dict) and isinstance(node.get("n"), int):
+        return node["n"]
+    parent = expand(report, path.rsplit(".", 1)[0])[0][1] if "." in path else None
+    return parent["n"] if isinstance(parent, dict) and isinstance(parent.get("n"), int) else 0

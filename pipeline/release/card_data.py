@@ -118,23 +118,33 @@ def comparison_lines(gate: dict, heading: str = "## Against the previous release
             + f"), suite {suite.get('name')} v{suite.get('version')}; {digests}.", ""]
     if base.get("note"):
         out += [f"{base['note'][0].upper()}{base['note'][1:]}.", ""]
-    if not comp.get("paired"):
+    rows, paired = comp.get("rows") or [], comp.get("paired")
+    if not paired and not rows:
         return out
-    alpha = comp.get("alpha")
-    out += [f"Compared item by item on {comp.get('common_items')} items both runs scored "
-            f"({comp.get('only_baseline')} only in the baseline, {comp.get('only_now')} only now"
-            + (f", {comp['rewritten']} rewritten under the same id and left out" if comp.get("rewritten") else "")
-            + (f", {comp['slice_changed']} in another slice now" if comp.get("slice_changed") else "")
-            + "). 0/1 metrics: McNemar's exact test on the items that flipped; others: paired bootstrap of the "
-            f"mean difference. One-sided p-values, Holm-adjusted over the {len(comp.get('rows') or [])} tests; "
-            f"a rule fails past its budget" + (f" or at adjusted p < {alpha}." if alpha else "."), "",
-            "| metric | n | baseline | now | worse | better | p (Holm) | budget | verdict |",
+    if paired:
+        alpha = comp.get("alpha")
+        out += [f"Compared item by item on {comp.get('common_items')} items both runs scored "
+                f"({comp.get('only_baseline')} only in the baseline, {comp.get('only_now')} only now"
+                + (f", {comp['rewritten']} rewritten under the same id and left out" if comp.get("rewritten") else "")
+                + (f", {comp['slice_changed']} in another slice now" if comp.get("slice_changed") else "")
+                + "). 0/1 metrics: McNemar's exact test on the items that flipped; others: paired bootstrap of "
+                f"the mean difference. One-sided p-values, Holm-adjusted over the {len(rows)} tests; a rule fails "
+                "past its budget" + (f" or at adjusted p < {alpha}." if alpha else "."), ""]
+    else:
+        out += ["Compared by means, not item by item: no flips are counted and no test is run; a rule fails past "
+                "its budget.", ""]
+    out += ["| metric | n | baseline | now | worse | better | p (Holm) | budget | verdict |",
             "|---|---|---|---|---|---|---|---|---|"]
-    for r in comp.get("rows") or []:
-        def f(v: Any) -> str:
-            return f"{v:.3f}" if is_number(v) else "-"
-        out.append(f"| {r.get('metric')} | {r.get('n')} | {f(r.get('baseline'))} | {f(r.get('now'))} | "
-                   f"{r.get('worse')} | {r.get('better')} | {_p(r.get('p_value'))} ({_p(r.get('p_adjusted'))}) | "
+    for r in rows:
+        flips = (f"{r.get('worse')} | {r.get('better')} | {_p(r.get('p_value'))} ({_p(r.get('p_adjusted'))})"
+                 if paired else "- | - | -")
+        out.append(f"| {r.get('metric')} | {r.get('n')} | {_f3(r.get('baseline'))} | {_f3(r.get('now'))} | {flips} | "
                    f"{r.get('direction')} <= {r.get('budget')} | {'pass' if r.get('passed') else '**FAIL**'} |")
-    return out + ["", "worse/better: items right -> wrong / wrong -> right (0/1 metrics), or whose value fell / "
-                  "rose (others), in the direction the budget guards.", ""]
+    if paired:
+        out += ["", "worse/better: items right -> wrong / wrong -> right (0/1 metrics), or whose value fell / rose "
+                "(others), in the direction the budget guards."]
+    return out + [""]
+
+
+def _f3(v: Any) -> str:
+    return f"{v:.3f}" if is_number(v) else "-"

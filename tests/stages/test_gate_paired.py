@@ -146,6 +146,12 @@ def test_decide_fails_closed_without_this_runs_items_and_falls_back_to_means_wit
     old = Baseline("registry", bundle_digest="b" * 64, eval=then_report, note="no per-item scores")
     d = decide(BUDGETS, now_report, GOOD["bundle_digest"], chat_template_sha256=TEMPLATE, baseline=old)
     assert d["passed"] and d["comparison"]["paired"] is False
+    rows = {r["metric"]: r for r in d["comparison"]["rows"]}
+    assert rows["slices.common.field_accuracy"]["test"] == "means" and rows["slices.common.field_accuracy"]["n"] == 40
+    from pipeline.release.card_data import comparison_lines
+
+    shown = "\n".join(comparison_lines(d))
+    assert "Compared by means, not item by item" in shown and "| slices.common.field_accuracy | 40 | 1.000" in shown
     other = copy.deepcopy(then_report)
     other["suite"]["version"] = 2  # means over another version's items compare nothing
     d = decide(BUDGETS, now_report, GOOD["bundle_digest"], chat_template_sha256=TEMPLATE,
