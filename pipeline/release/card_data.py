@@ -114,7 +114,7 @@ def comparison_lines(gate: dict, heading: str = "## Against the previous release
     digests = ", ".join(f"{name} sha256 `{h}`" for name, h in sorted((base.get("sha256") or {}).items()))
     out += [f"Baseline: bundle `{base.get('bundle_digest')}` ({base.get('source')}"
             + (f", released {base['released_at']}" if base.get("released_at") else "")
-            + (f", `{base['spec']}`" if base.get("spec") else "")
+            + (f", `{base['spec']}`" if base.get("spec") and base["spec"] != base.get("bundle_digest") else "")
             + f"), suite {suite.get('name')} v{suite.get('version')}; {digests}.", ""]
     if base.get("note"):
         out += [f"{base['note'][0].upper()}{base['note'][1:]}.", ""]
