@@ -64,6 +64,10 @@ BENCHMARKS: tuple[Bench, ...] = (
           BUNDLE, quick_args=("--prompts", "2", "--max-tokens", "4", "--steps", "3")),
     Bench("serving", "Serving vs naive generate (and vLLM CPU)", "benchmarks.serving", BUNDLE,
           quick_args=("--requests", "2", "--max-tokens", "8")),
+    Bench("soak", "Soak: an hour of mixed load at concurrency 8", "benchmarks.soak",
+          (("artifacts/release/release.json", "dvc repro release"),),
+          quick_args=("--minutes", "1", "--sample-s", "5", "--baseline-minutes", "0.25"),
+          full_args=("--minutes", "60", "--server-arg=--require-signature")),
 )
 NAMES = tuple(b.name for b in BENCHMARKS)
 

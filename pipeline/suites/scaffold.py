@@ -281,7 +281,8 @@ def _suite_yaml(name: str, source: Path, n: int, fields: dict[str, Any], kind: s
     return "\n".join(lines) + "\n"
 
 
-def _gate_yaml(name: str, headline: str, refusal: bool, flips: bool) -> str:
+def _gate_yaml(name: str, headline: str, refusal: bool, correctness: list[str], lower: list[str]) -> str:
+    flips = bool(correctness)
     rules = [
         "    # Floors start at 0.0 and ceilings at their loosest, so the first run passes on quality: set",
         "    # each from what the first evaluation measures (reports/eval.json; a floor just below the",
@@ -309,9 +310,27 @@ def _gate_yaml(name: str, headline: str, refusal: bool, flips: bool) -> str:
         "gate:",
         "  rules:",
         *rules,
-        "  baseline: null   # the last release's eval.json, for regression budgets",
-        "  regression: []",
+        "  # Regression against the last release: null = the latest release of this suite in gate.registry",
+        "  # (the first has none: \"no previous release: no regression check\"); none = off; or a digest / path.",
+        "  baseline: null",
+        "  registry: releases                                  # keep equal to release.remote",
+        "  registry_public_key: .tailgate/signing/release.pub  # = release.signing.public_key",
+        "  regression_alpha: 0.05   # a worsening significant at this level (paired test, Holm) fails too",
+        "  # Day-one budgets: compared item by item with the previous release (McNemar's exact test on",
+        "  # flipped items, a paired bootstrap otherwise). A drop the overall mean hides shows in its slice.",
+        "  regression:",
+        *_regression_rules(headline, correctness, lower),
     ]) + "\n"
+
+
+def _regression_rules(headline: str, correctness: list[str], lower: list[str]) -> list[str]:
+    def rule(metric: str) -> str:
+        name = metric.rsplit(".", 1)[-1]
+        return f"    - {{metric: {metric}, " + ("max_rise: 0.03}" if name in lower else "max_drop: 0.05}")
+
+    rules = [rule(f"overall.{headline}"), rule(f"slices.*.{headline}")]
+    rules += [rule(f"overall.{m}") for m in [*correctness, *lower] if m != headline]
+    return rules
 
 
 def _suite_name(name: str) -> str:
@@ -362,10 +381,12 @@ def scaffold_suite(jsonl: str | Path, out_dir: str | Path, name: str | None = No
 
     suite = load_suite(out_dir)
     try:
-        flips = any(s.correctness for s in build_scorers(suite))
+        built = build_scorers(suite)
     except SuiteError:
-        flips = False  # the check below names the scorer that does not build
-    gate_text = _gate_yaml(name, headline, "refusal" in scorers, flips)
+        built = []  # the check below names the scorer that does not build
+    correctness = list(dict.fromkeys(m for sc in built for m in sc.correctness))
+    lower = list(dict.fromkeys(m for sc in built for m in sc.lower_is_better))
+    gate_text = _gate_yaml(name, headline, "refusal" in scorers, correctness, lower)
     atomic_write_text(out_dir / "gate.yaml", gate_text)
     written.append(out_dir / "gate.yaml")
     gate = GateParams.model_validate(yaml.safe_load(gate_text)["gate"])

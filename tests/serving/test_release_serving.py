@@ -52,17 +52,22 @@ def test_a_fresh_directory_serves_a_signed_release_by_digest(registry_release, t
     assert (fresh / "releases" / digest / SIGNATURE_NAME).is_file()  # pulled where it was told
 
 
-def test_tampered_pulled_release_is_refused_naming_the_file(registry_release, tmp_path, no_weights, capsys):
+def test_a_tampered_cached_release_is_set_aside_and_pulled_again(registry_release, tmp_path, no_weights, capsys):
+    """The cache is verified whenever it is opened: a changed file is named, the copy is moved
+    aside for inspection, and a fresh copy is pulled and verified; only then are weights built
+    (the tripwire)."""
     params, digest, _ = registry_release
     root = Registry.from_name_or_url(params.remote).pull(digest, tmp_path / "releases" / digest)
     victim = next((root / "bundle/adapter").glob("*.safetensors"))
     victim.chmod(0o644)
     flip_byte(victim)
-    code = main(["--release", digest, "--remote", params.remote, "--releases-dir", str(tmp_path / "releases"),
-                 "--public-key", params.signing.public_key, "--require-signature", "--port", "1"])
+    with pytest.raises(AssertionError, match="engine was built"):
+        main(["--release", digest, "--remote", params.remote, "--releases-dir", str(tmp_path / "releases"),
+              "--public-key", params.signing.public_key, "--require-signature", "--port", "1"])
     err = capsys.readouterr().err
-    assert code == EXIT_RELEASE_REFUSED, err
-    assert "changed since signing: bundle/adapter/" in err
+    assert "the cached copy failed verification" in err and "changed since signing: bundle/adapter/" in err
+    [aside] = (tmp_path / "releases").glob(f"{digest}.failed-*")
+    assert str(aside) in err and open_release(root, public_key=params.signing.public_key, require_signature=True)
 
 
 def test_unsigned_release_is_refused_when_a_signature_is_required(registry_release, tmp_path, no_weights, capsys):

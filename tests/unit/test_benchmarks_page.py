@@ -28,6 +28,16 @@ def _arm(disk, runtime, load_peak, train_live, train_default, planned):
 def synthetic() -> dict:
     """One small result per benchmark, in the shape each benchmark writes."""
     return {
+        "soak": {"minutes": 60.0, "concurrency": 8, "sample_s": 60.0, "rss_tolerance": 0.1,
+                 "mix_per_10_requests": {"chat": 3, "stream": 2, "completion": 2, "disconnect": 1, "oversize": 1,
+                                         "malformed": 1},
+                 "stats": {"chat:200": 30, "stream:200": 20, "completion:200": 20, "disconnect:200": 10,
+                           "oversize:400": 10, "malformed:400": 10, "greedy_equal": 70},
+                 "checks": {"no_5xx": True, "every_answer_as_expected": True, "no_leaked_request_slots": True,
+                            "rss_stable": True, "greedy_equal_to_alone": True},
+                 "client_5xx": 0, "rss_change": 0.02, "rss_baseline_mib": 1000.0, "rss_baseline_at_s": 300.0,
+                 "rss_end_mib": 1020.0, "end_metrics": {"queue_depth": 0.0, "in_flight": 0.0, "server_5xx": 0.0},
+                 "load_avg_before": [0.1, 0.1], "load_avg_after": [2.0, 2.0], "bundle_digest": "ab" * 32},
         "verify": {"median_verify_bundle_s": 0.1, "median_sha256sum_s": 0.3, "total_mb": 135.0, "files": 11,
                    "largest_file_mb": 112.0, "reps": 7},
         "noop_repro": {"median_s": {"repro": 4.0, "status": 2.0, "version": 1.0},

@@ -77,6 +77,15 @@ def test_scaffold_json_prompt_completion(tmp_path):
     assert {"overall.json_key_accuracy", "slices.*.json_key_accuracy", "overall.empty_or_refusal",
             "damage.flip_rate", "damage.worst_slice_drop", "slices.*.too_small"} == metrics
     assert all(r.bound == "ci_low" for r in gate.rules if r.metric.endswith("json_key_accuracy"))
+    # day-one regression budgets: the headline overall and per slice, every correctness metric, the
+    # feared rates as ceilings on their rise; compared with the latest release (baseline: null)
+    budgets = {r.metric: (r.max_drop, r.max_rise) for r in gate.regression}
+    assert budgets == {"overall.json_key_accuracy": (0.05, None), "slices.*.json_key_accuracy": (0.05, None),
+                       "overall.json_valid": (0.05, None), "overall.json_schema_valid": (0.05, None),
+                       "overall.json_object_match": (0.05, None), "overall.key_name": (0.05, None),
+                       "overall.key_age": (0.05, None), "overall.key_ward": (0.05, None),
+                       "overall.empty_or_refusal": (None, 0.03)}
+    assert gate.baseline is None and gate.registry == "releases"
 
 
 def test_scaffold_labels_with_a_detected_slice(tmp_path, label_suite):
