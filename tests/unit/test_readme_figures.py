@@ -423,8 +423,8 @@ FIGURES: list[Figure] = [
                   "({tp:.1f} M trainable parameters); loss {loss_first10_mean:.2f} -> {loss_last10_mean:.2f} (mean of "
                   "first/last 10 steps), val loss {val[0].val_loss:.3f} -> {val[1].val_loss:.3f}; "
                   "**{train_time_s:.0f} s**, {real_tokens_per_s:.0f} real (non-padding) tokens/s, peak RSS {rss:.1f} "
-                  "GiB, in one uninterrupted run with nothing else on the machine (`train.json` records no load "
-                  "average); optimizer `{optimizer}` (CPU); the memory plan of its "
+                  "GiB, in one uninterrupted run, the machine shared with other work for its first minutes (`train.json` "
+                  "records no load average); optimizer `{optimizer}` (CPU); the memory plan of its "
                   "largest batch ({memory_plan.batch_size} x {memory_plan.seq_len} tokens) logged first, "
                   "{memory_plan.planned_gib:.2f} GiB against a {memory_plan.budget_gib:.0f} GiB budget",
            lambda d: {"n": len(d["steps"]), "tp": d["trainable_params"] / 1e6, "rss": gib(d["peak_rss_mb"]),
@@ -746,7 +746,7 @@ FIGURES: list[Figure] = [
                       "c": _inv(d, "invariant")["generation"]["batches"][-1]["wall_s"],
                       "e": _inv(d, "padded")["generation"]["batches"][-1]["wall_s"]}),
     # ---- Your own task -------------------------------------------------------------------
-    Figure(CURATE, "`curate.max_slice_loss_fraction` ({slice_loss.max_slice_loss_fraction:g})"),
+    Figure(CURATE, "`curate.max_slice_loss_fraction` is `{slice_loss.max_slice_loss_fraction:g}` for every slice"),
     Figure(PARAMS, "`curate.min_seq_len_tokens` (the default {curate.min_seq_len_tokens} counts the chat template"),
     Figure(TRIAGE + "train.json", "the {n}-step default training ({train_time_s:.0f} s, {real_tokens_per_s:.0f} real "
                                   "tokens/s, {dtype} compute on a CPU without bf16 kernels, machine shared with other "
