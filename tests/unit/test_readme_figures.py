@@ -39,7 +39,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = ("README.md", "docs/curate-cluster.md", "docs/multi-gpu.md", "docs/platforms.md")
+DOCS = ("README.md", "docs/curate-cluster.md", "docs/multi-gpu.md", "docs/platforms.md", "docs/exports.md")
 RESULTS = "benchmarks/results/"
 RUN_RECORD = RESULTS + "run.json"
 LOADED_SHARE = 0.5  # 1-minute load average / cores, before the measurement, from which a machine is loaded
@@ -57,6 +57,7 @@ B_SERVE_PREV = RESULTS + "serving_830a1561.json"  # the run before the batch-inv
 B_REPLAY, B_REPLAY_PAD, B_INV = (RESULTS + n for n in ("replay.json", "replay_padded.json", "invariance.json"))
 FP32 = EXP + "fp32_compute/"
 PDIFF = RESULTS + "platform_diff.json"
+B_EXPORT = RESULTS + "export_merged.json"
 # Result files kept under another name when a later run took theirs: their load is in run.json
 # under the benchmark's name.
 RENAMED: dict[str, str] = {}
@@ -745,6 +746,12 @@ FIGURES: list[Figure] = [
                       "b": _inv(d, "padded")["generation"]["alone_s"],
                       "c": _inv(d, "invariant")["generation"]["batches"][-1]["wall_s"],
                       "e": _inv(d, "padded")["generation"]["batches"][-1]["wall_s"]}),
+    # ---- docs/exports.md ------------------------------------------------------------------
+    *[Figure(B_EXPORT, "| " + row + " | {d} | {eq} of {n} | {same} of {items} |", lambda d, row=row: _export_row(d, row), doc="docs/exports.md")
+      for row in ("merged export, float32", "merged export, bfloat16",
+                  "adapter merged into the 16-bit base (usual recipe)", "shipped, as this host runs it")],
+    loaded(B_EXPORT, "`benchmarks/results/export_merged.json` was written on a loaded machine, 1-minute load "
+                     "average {before} to {after} on {cores} cores", doc="docs/exports.md"),
     # ---- Your own task -------------------------------------------------------------------
     Figure(CURATE, "`curate.max_slice_loss_fraction` is `{slice_loss.max_slice_loss_fraction:g}` for every slice"),
     Figure(PARAMS, "`curate.min_seq_len_tokens` (the default {curate.min_seq_len_tokens} counts the chat template"),
@@ -841,6 +848,13 @@ def card_replay() -> dict:
     assert digest == load(EVAL)["bundle_digest"]
     return {"d": digest[:8], "i": int(m.group(3)), "n": int(m.group(4)), "c": int(m.group(2)),
             "w": float(m.group(5)), "b": m.group(6), "a": m.group(7), "cores": m.group(8)}
+
+
+def _export_row(data: dict, row: str) -> dict:
+    r = data["against_shipped_dequantize_path"][row]
+    x = r["max_abs_logit_diff"]
+    shown = f"{x:.1e}" if x < 0.01 else fmt(x, ".2f") if x < 10 else fmt(x, ".1f")
+    return {"d": shown, "eq": r["greedy_tokens_equal"], "n": r["greedy_tokens"], "same": r["items_identical"]}
 
 
 def _no_load(data: dict) -> dict:
@@ -945,6 +959,7 @@ NOT_MEASURED = {
     "docs/curate-cluster.md": ("1, 2 GB", "04:00:00, 16 GB", "time 02:00:00"),
     "docs/multi-gpu.md": (),
     "docs/platforms.md": ("bitsandbytes 0.50",),
+    "docs/exports.md": (),
 }
 # what a measured number looks like in prose: a decimal, or a number with a unit of measure
 MEASURED_LOOKING = re.compile(r"(?<![\w.])(?:\d[\d,]*\.\d+(?:e-?\d+)?|\d+e-\d+|\d[\d,]*(?:\.\d+)?x(?![\w])"
