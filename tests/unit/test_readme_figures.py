@@ -58,6 +58,7 @@ B_REPLAY, B_REPLAY_PAD, B_INV = (RESULTS + n for n in ("replay.json", "replay_pa
 FP32 = EXP + "fp32_compute/"
 PDIFF = RESULTS + "platform_diff.json"
 B_EXPORT = RESULTS + "export_merged.json"
+B_SOAK = RESULTS + "soak.json"
 # Result files kept under another name when a later run took theirs: their load is in run.json
 # under the benchmark's name.
 RENAMED: dict[str, str] = {}
@@ -746,6 +747,20 @@ FIGURES: list[Figure] = [
                       "b": _inv(d, "padded")["generation"]["alone_s"],
                       "c": _inv(d, "invariant")["generation"]["batches"][-1]["wall_s"],
                       "e": _inv(d, "padded")["generation"]["batches"][-1]["wall_s"]}),
+    # ---- Serving: the soak ------------------------------------------------------------------
+    Figure(B_SOAK, "**An hour under load**: `python -m benchmarks --only soak` served the default release at "
+                   "concurrency {concurrency} for {minutes:g} minutes of mixed requests: {sent:,} requests (chat "
+                   "{stats[chat:200]}, streaming {stats[stream:200]}, completions {stats[completion:200]}, streams "
+                   "dropped after the first chunk {stats[disconnect:200]}, all 200; oversize prompts "
+                   "{stats[oversize:400]} and malformed JSON {stats[malformed:400]}, all 400), {client_5xx} 5xx, "
+                   "{stats[greedy_equal]} of {greedy} greedy answers token for token equal to the same request sent "
+                   "alone, queue and in-flight back to 0 at the end, RSS {first:.0f} MiB at the start, "
+                   "{rss_baseline_mib:.0f} MiB after {base_min:.0f} minutes, {rss_end_mib:.0f} MiB at the end "
+                   "({change}; peak {peak:.0f} MiB) (`benchmarks/results/soak.json`; 1-minute load average "
+                   "{load_avg_before[0]} before and {load_avg_after[0]} after on {machine.cpu_count} cores, and the "
+                   "test suite and a fresh-clone CI run shared the machine for about half of the hour)",
+           lambda d: {**_soak(d), **_assert(d["passed"] and d["end_metrics"]["queue_depth"] == 0
+                                            and d["end_metrics"]["in_flight"] == 0)}),
     # ---- docs/exports.md ------------------------------------------------------------------
     *[Figure(B_EXPORT, "| " + row + " | {d} | {eq} of {n} | {same} of {items} |", lambda d, row=row: _export_row(d, row), doc="docs/exports.md")
       for row in ("merged export, float32", "merged export, bfloat16",
@@ -848,6 +863,13 @@ def card_replay() -> dict:
     assert digest == load(EVAL)["bundle_digest"]
     return {"d": digest[:8], "i": int(m.group(3)), "n": int(m.group(4)), "c": int(m.group(2)),
             "w": float(m.group(5)), "b": m.group(6), "a": m.group(7), "cores": m.group(8)}
+
+
+def _soak(d: dict) -> dict:
+    st = d["stats"]
+    return {"sent": sum(v for k, v in st.items() if ":" in k), "greedy": st["greedy_equal"] + st.get("greedy_mismatch", 0),
+            "first": d["samples"][0]["rss_mib"], "peak": max(x["rss_mib"] for x in d["samples"]),
+            "base_min": d["rss_baseline_at_s"] / 60, "change": f"{d['rss_change'] * 100:+.1f}%"}
 
 
 def _export_row(data: dict, row: str) -> dict:
