@@ -6,7 +6,8 @@ about what asking (`dvc status`) costs. Both are timed on the repository as it i
 the page cache warm), median of --reps. `dvc --version` is timed too: the floor every dvc
 command pays to start Python and import DVC.
 
-Only a pipeline that is already up to date is timed. When `dvc status` reports anything stale
+Only a pipeline that is already up to date is timed (a stage DVC reruns on every repro by design,
+`always_changed`, is part of the no-op's cost). When `dvc status` reports anything else stale
 (before the first rep or before any later one) nothing is reproduced: the result records what
 was stale and why it was not timed, since a "no-op" repro would then rebuild real stages. After
 the run, dvc.lock must be byte-identical: a no-op repro that rewrote it would not be a no-op.
@@ -56,9 +57,11 @@ def timed(cmd: list[str], repo: Path) -> tuple[float, str]:
 
 
 def status(dvc: str, repo: Path) -> float:
-    """Time `dvc status --json`; raise Stale when it lists anything."""
+    """Time `dvc status --json`; raise Stale when it lists anything but a stage that runs on every
+    repro by design (`always_changed`: the gate, which asks the registry for its baseline). Such a
+    stage is part of what a no-op repro costs."""
     wall, out = timed([dvc, "status", "--json"], repo)
-    stale = json.loads(out or "{}")
+    stale = {k: v for k, v in json.loads(out or "{}").items() if v != ["always changed"]}
     if stale:
         raise Stale(json.dumps(stale)[:2000])
     return wall
