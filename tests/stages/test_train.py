@@ -111,7 +111,9 @@ def test_report_measures_the_run(tiny_pipeline):
     assert len(report["steps"]) == params.max_steps
     assert report["real_tokens"] == sum(s["tokens"] for s in report["steps"]) > 0
     # the rate is the tokens over the seconds it reports, not a separate timer
-    assert report["real_tokens_per_s"] == pytest.approx(report["real_tokens"] / report["train_time_s"], rel=0.01)
+    # (train_time_s is rounded to 0.01 s, which on the tiny model's sub-second run is itself ~1%)
+    t, rate = report["train_time_s"], report["real_tokens_per_s"]
+    assert report["real_tokens"] / (t + 0.005) * 0.999 <= rate <= report["real_tokens"] / max(t - 0.005, 1e-3) * 1.001
     # the peak held at least the quantized weights it trained on (a unit slip would not)
     weights = sum(f.stat().st_size for f in tiny_pipeline["base_q"].glob("*.safetensors"))
     assert report["peak_rss_mb"] * 2**20 >= weights
