@@ -65,7 +65,7 @@ def _check_tasks(suite: Suite, problems: list[str]) -> None:
         name = getattr(suite.spec, attr)
         for folder in ("tasks", "."):
             path = suite.root / folder / f"{name}.yaml"
-            if name is not None and path.is_file():
+            if name is not None and path.is_file() and path.name != "suite.yaml":
                 problems.append(f"{attr} {name!r}: {path} is never read: evaluation builds the task from suite.yaml "
                                 "(generation budget, stop strings, greedy); delete the file, and change the suite "
                                 "instead")
