@@ -100,3 +100,16 @@ def test_the_command_exports_and_refuses_a_tampered_bundle(tiny_pipeline, bundle
     (bundle_copy / "tokenizer/chat_template.jinja").write_text("{{ messages }}")
     assert main(["merged", "--bundle", str(bundle_copy), "--out", str(tmp_path / "bad")]) == 1
     assert "tokenizer/chat_template.jinja" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_a_layer_already_packed_for_the_bf16_cpu_kernel_is_refused(tiny_pipeline, tmp_path, monkeypatch):
+    """On AVX512-BF16 hosts bitsandbytes repacks a 4-bit layer at its first eval forward, and
+    dequantizing a repacked weight does not give the loaded tensor. Simulated here, so the
+    refusal is tested on every host class (an AVX2 host never packs)."""
+    import pipeline.export.merged as merged
+    from pipeline.export import ExportError
+
+    monkeypatch.setattr(merged, "is_packed", lambda layer: True)
+    with pytest.raises(ExportError, match="packed CPU layout"):
+        export_merged(tiny_pipeline["bundle"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
