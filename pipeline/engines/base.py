@@ -50,13 +50,17 @@ class Engine(Protocol):
     max_context_tokens: int
     stop_token_ids: tuple[int, ...]
 
-    def generate(self, requests: Sequence[GenerationRequest], on_token: TokenCallback | None = None) -> list[Completion]:
-        """Generate for a batch of requests (each with its own sampling parameters)."""
+    def generate(self, requests: Sequence[GenerationRequest], on_token: TokenCallback | None = None, *,
+                 max_live: int | None = None,
+                 on_finish: Callable[[int, Completion], None] | None = None) -> list[Completion]:
+        """Generate for requests (each with its own sampling parameters), at most max_live
+        decoding at once where the engine schedules; on_finish(i, completion) as each ends."""
         ...
 
-    def loglikelihood(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, bool]]:
+    def loglikelihood(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 8,
+                      progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
         """For each (context_ids, continuation_ids): sum of continuation log-probs and whether
-        greedy decoding would have produced the continuation."""
+        greedy decoding would have produced the continuation; progress(n) as n more are done."""
         ...
 
 
@@ -69,3 +73,15 @@ def check_requests(requests: Sequence[GenerationRequest], max_context_tokens: in
         if len(r.prompt_ids) + r.sampling.max_new_tokens > max_context_tokens:
             raise ValueError(f"prompt ({len(r.prompt_ids)} tokens) + max_new_tokens "
                              f"({r.sampling.max_new_tokens}) exceeds the context ({max_context_tokens})")
+
+
+def memory_share(share: float, cap_bytes: int) -> int:
+    """share of this machine's physical memory, at most cap_bytes (0 where it cannot be read):
+    the default budget of a cache that only ever trades memory for speed."""
+    import os
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+    return int(min(total * share, cap_bytes))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -28,12 +28,17 @@ log = logging.getLogger(__name__)
 
 
 def load_model(base_dir: Path, adapter_dir: Path | None, dtype: torch.dtype | None = None):
-    """Load a base (pre-quantized or 16-bit) and attach the adapter unmerged, in eval mode."""
+    """Load a base (pre-quantized or 16-bit) and attach the adapter unmerged, in eval mode; on a
+    CPU its 4-bit layers dequantize (once) rather than pack (pipeline/engines/dequant.py)."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": dtype} if dtype is not None else {}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(base_dir, trust_remote_code=False, device_map={"": device}, **kwargs)
+    if device == "cpu":
+        from pipeline.engines.dequant import prepare_for_inference
+
+        prepare_for_inference(model)  # before the first forward: one 4-bit kernel on every CPU
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -46,7 +51,8 @@ class HFEngine:
     name = "hf"
 
     def __init__(self, model, tokenizer, *, max_context_tokens: int, stop_token_ids: Sequence[int],
-                 exact: bool = True, description: str = "", batch_invariant: bool = True):
+                 exact: bool = True, description: str = "", batch_invariant: bool = True,
+                 prefix_cache_bytes: int = 0):
         self.model = model
         self.tokenizer = tokenizer
         self.max_context_tokens = max_context_tokens
@@ -65,13 +71,19 @@ class HFEngine:
 
             self._stepper = RowwiseRunner(model, self.pad_id)
         else:
+            prefix_cache_bytes = 0  # the padded path prefills prompts together: nothing to reuse
             from pipeline.engines.padded import PaddedStepper
 
             self._stepper = PaddedStepper(model, self.device)
+        from pipeline.engines.prefix import PrefixCache
+
+        # Evaluation keeps prefilled prompts (a prompt is generated from, then scored after);
+        # serving keeps none (0).
+        self.prefixes = PrefixCache(prefix_cache_bytes)
 
     @classmethod
     def from_bundle(cls, bundle, precision: str = "shipped", reference_base_dir: str | Path | None = None,
-                    batch_invariant: bool = True):
+                    batch_invariant: bool = True, prefix_cache_bytes: int = 0):
         """Build from a VerifiedBundle. precision=reference swaps in the 16-bit base (evaluation's
         quantization-damage comparison); everything else stays the bundle's."""
         from transformers import AutoTokenizer
@@ -89,7 +101,7 @@ class HFEngine:
         model = load_model(base_dir, bundle.root / "adapter", dtype)
         return cls(model, tokenizer, max_context_tokens=m.inference.max_context_tokens,
                    stop_token_ids=m.tokenizer.stop_token_ids,
-                   batch_invariant=batch_invariant,
+                   batch_invariant=batch_invariant, prefix_cache_bytes=prefix_cache_bytes,
                    description=f"{precision} precision, bundle {m.bundle_digest[:12]}, "
                                + ("batch-invariant" if batch_invariant else "padded batches (not batch-invariant)"))
 
@@ -147,14 +159,25 @@ class HFEngine:
         return tok, float(logprobs[tok])
 
     @torch.inference_mode()
-    def generate(self, requests: Sequence[GenerationRequest], on_token: TokenCallback | None = None) -> list[Completion]:
+    def generate(self, requests: Sequence[GenerationRequest], on_token: TokenCallback | None = None, *,
+                 max_live: int | None = None, on_finish: Callable[[int, Completion], None] | None = None,
+                 ) -> list[Completion]:
+        """Complete every request. The batch-invariant path keeps at most max_live rows decoding
+        (default: all), admitting the next request as soon as a row finishes, so every decode
+        pass stays full; on_finish(i, completion) is called as each one ends. Neither changes a
+        token: each row's arithmetic is its own."""
         if not requests:
             return []
         check_requests(requests, self.max_context_tokens)
         with self.lock:
             if self.batch_invariant:
-                return self._generate_stepped(requests, on_token)
-            return self._generate_padded(requests, on_token)
+                done = self._generate_stepped(requests, on_token, max_live or len(requests), on_finish)
+            else:
+                done = self._generate_padded(requests, on_token)
+                for i, c in enumerate(done):
+                    if on_finish is not None:
+                        on_finish(i, c)
+            return done
 
     def _generators(self, requests):
         gens = []
@@ -166,39 +189,66 @@ class HFEngine:
             gens.append(g)
         return gens
 
-    def _generate_stepped(self, requests, on_token):
-        """Each prompt prefilled alone, then decode steps over the rows still running: the
-        arithmetic of serving's continuous batching, so a request's tokens are the same here,
-        there, alone or under load."""
+    def _prefilled(self, prompt_ids: Sequence[int]):
+        """(sequence, (1, vocab) next-token logits) of a prompt prefilled alone: a copy of the
+        kept prefill when there is one (the same numbers), else a fresh prefill, kept."""
+        hit = self.prefixes.get(prompt_ids)
+        if hit is not None:
+            return hit
+        seq, logits = self._stepper.start(prompt_ids, False)
+        self.prefixes.put(prompt_ids, seq, logits)
+        return seq, logits
+
+    def _generate_stepped(self, requests, on_token, max_live: int, on_finish):
+        """Each prompt prefilled alone, then decode steps over the rows still running, the next
+        request admitted as a row finishes: the arithmetic of serving's continuous batching, so
+        a request's tokens are the same here, there, alone or under load."""
         gens = self._generators(requests)
         stops = [set(r.sampling.stop_token_ids or self.stop_token_ids) for r in requests]
         results = [Completion() for _ in requests]
-        seqs, logits = [], []
-        for r in requests:
-            seq, lg = self._stepper.start(r.prompt_ids, False)
-            seqs.append(seq)
-            logits.append(lg[-1])
-        live = list(range(len(requests)))
+        seqs: dict[int, object] = {}
+        logits: dict[int, torch.Tensor] = {}
+        waiting = iter(range(len(requests)))
+        live: list[int] = []
+
+        def admit():
+            while len(live) < max_live:
+                i = next(waiting, None)
+                if i is None:
+                    return
+                seqs[i], lg = self._prefilled(requests[i].prompt_ids)
+                logits[i] = lg[-1]
+                live.append(i)
+
+        admit()
         while live:
             feed = []
-            for j, i in enumerate(live):
+            for i in live:
                 r, c = requests[i], results[i]
-                if len(c.token_ids) >= r.sampling.max_new_tokens:
-                    continue  # finish_reason stays "length"
-                tok, lp = self.choose(logits[j], r, gens[i])
-                if tok in stops[i]:
-                    c.finish_reason = "stop"
-                    continue
-                c.token_ids.append(tok)
-                c.logprobs.append(lp)
-                if on_token is not None and on_token(i, tok, lp) is False:
-                    c.finish_reason = "cancelled"
-                    continue
-                if len(c.token_ids) < r.sampling.max_new_tokens:  # no pass for a token nobody reads
+                tok = None
+                if len(c.token_ids) < r.sampling.max_new_tokens:  # else finish_reason stays "length"
+                    tok, lp = self.choose(logits[i], r, gens[i])
+                    if tok in stops[i]:
+                        c.finish_reason, tok = "stop", None
+                    else:
+                        c.token_ids.append(tok)
+                        c.logprobs.append(lp)
+                        if on_token is not None and on_token(i, tok, lp) is False:
+                            c.finish_reason, tok = "cancelled", None
+                        elif len(c.token_ids) >= r.sampling.max_new_tokens:
+                            tok = None  # no pass for a token nobody reads
+                if tok is None:
+                    del seqs[i], logits[i]  # its cache is freed as it finishes
+                    if on_finish is not None:
+                        on_finish(i, c)
+                else:
                     feed.append((i, tok))
-            live = [i for i, _ in feed]
+            live[:] = [i for i, _ in feed]
             if live:
-                logits = self._stepper.step([seqs[i] for i in live], [t for _, t in feed])
+                out = self._stepper.step([seqs[i] for i in live], [t for _, t in feed])
+                for j, i in enumerate(live):
+                    logits[i] = out[j]
+            admit()
         return results
 
     def _generate_padded(self, requests, on_token):
@@ -253,22 +303,34 @@ class HFEngine:
     # -- scoring ------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def loglikelihood(self, pairs, batch_size: int = 8) -> list[tuple[float, bool]]:
-        results: list[tuple[float, bool]] = []
+    def loglikelihood(self, pairs, batch_size: int = 8, progress: Callable[[int], None] | None = None
+                      ) -> list[tuple[float, bool]]:
+        """(sum of the continuation's log-probs, whether greedy decoding gives it) per pair;
+        progress(n) is called as n more pairs are done."""
         with self.lock:
-            for start in range(0, len(pairs), batch_size):
-                results.extend(self._score_batch(pairs[start:start + batch_size]))
-        return results
+            return [(float(sum(lp)), greedy) for lp, greedy in self._scored(pairs, batch_size, progress)]
 
     def token_logprobs(self, pairs, batch_size: int = 8) -> list[list[float]]:
         """Per-token log-probs of each continuation (evaluation's per-example NLL)."""
-        out: list[list[float]] = []
         with self.lock, torch.inference_mode():
-            for start in range(0, len(pairs), batch_size):
-                out.extend(lp for lp, _ in self._score_tokens(pairs[start:start + batch_size]))
-        return out
+            return [lp for lp, _ in self._scored(pairs, batch_size, None)]
 
-    def _score_tokens(self, pairs):
+    def _scored(self, pairs, batch_size: int, progress):
+        if not self.batch_invariant:
+            out = []
+            for start in range(0, len(pairs), batch_size):
+                out.extend(self._score_tokens(pairs[start:start + batch_size]))
+                if progress is not None:
+                    progress(len(pairs[start:start + batch_size]))
+            return out
+        return self._score_tokens(pairs, progress)
+
+    def _score_tokens(self, pairs, progress=None):
+        """Each continuation scored after its context: the context prefilled alone (once for
+        every continuation that shares it, and not at all when it is kept from an earlier
+        prefill), then the continuation run over a copy of its cache as one pass. Pairs are
+        taken context by context, the kept ones first, so what is kept is used before it is
+        pushed out; the numbers do not depend on the order, the grouping or what is kept."""
         if any(not len(c) for c, _ in pairs):
             raise ValueError("empty context: the first token has nothing to be predicted from")
         for c, x in pairs:
@@ -277,13 +339,28 @@ class HFEngine:
                                  f"({self.max_context_tokens})")
         if not self.batch_invariant:
             return self._score_tokens_padded(pairs)
-        rows = []
-        for ctx, cont in pairs:
-            # Alone and unpadded: the same pass whatever else is scored in the batch.
-            lp = torch.log_softmax(self._stepper.score(list(ctx) + list(cont), len(cont)).float(), dim=-1).cpu()
-            target = torch.tensor(list(cont))
-            chosen = lp.gather(-1, target[:, None]).squeeze(-1)
-            rows.append((chosen.tolist(), bool((lp.argmax(-1) == target).all())))
+        if any(not len(x) for _, x in pairs):
+            raise ValueError("empty continuation: nothing to score")
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (ctx, _cont) in enumerate(pairs):
+            groups.setdefault(tuple(ctx), []).append(i)
+        order = sorted(groups, key=lambda c: -self.prefixes.recency(c))  # stable: the rest keep their order
+        rows: list = [None] * len(pairs)
+        for ctx in order:
+            seq, first = self._prefilled(ctx)
+            for n, i in enumerate(groups[ctx]):
+                cont = list(pairs[i][1])
+                logits = first
+                if len(cont) > 1:
+                    # the last use may extend the sequence itself; the others extend a copy
+                    own = seq if n == len(groups[ctx]) - 1 else seq.copy()
+                    logits = torch.cat([first, self._stepper.logits(self._stepper.extend(own, cont[:-1]))])
+                lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+                target = torch.tensor(cont)
+                chosen = lp.gather(-1, target[:, None]).squeeze(-1)
+                rows[i] = (chosen.tolist(), bool((lp.argmax(-1) == target).all()))
+            if progress is not None:
+                progress(len(groups[ctx]))
         return rows
 
     def _score_tokens_padded(self, pairs):
@@ -311,6 +388,3 @@ class HFEngine:
             greedy = bool((step_lp.argmax(-1) == target).all())
             rows.append((chosen.tolist(), greedy))
         return rows
-
-    def _score_batch(self, pairs):
-        return [(float(sum(lp)), greedy) for lp, greedy in self._score_tokens(pairs)]

@@ -17,6 +17,9 @@ How, structurally rather than by measurement:
   that attention skips, more are split into several passes. Every matmul of a decode step
   therefore has the same shape whatever the load, and a matmul never mixes rows, so each row's
   result is bitwise what it would be alone.
+- A scored continuation runs as one pass over a copy of its context's cache, the context
+  prefilled alone as a prompt is (so one prefill serves every option of a choice item, and the
+  generation's prefill serves the reference answer's NLL: pipeline/engines/prefix.py).
 - The output head runs on blocks of exactly `DECODE_WIDTH` hidden rows everywhere (decode, the
   prefill's last position, prompt log-probs, scoring), so a position's logits do not depend
   on which other positions were asked for.
@@ -69,6 +72,23 @@ class Sequence:
         self.lengths[layer] = end
         return buf_k[:, :, :end], buf_v[:, :, :end]
 
+    def copy(self, trim: bool = False) -> "Sequence":
+        """An independent copy: laid out as a fresh sequence of this length would be (capacity
+        in KV_BLOCKs, so extending it runs on the same strides as extending a fresh prefill),
+        or with `trim` exactly as long as it is (to keep: the prefix cache's stored form)."""
+        n = self.length
+        cap = n if trim else -(-n // KV_BLOCK) * KV_BLOCK
+        twin = Sequence(len(self.keys))
+        for layer, (k, v) in enumerate(zip(self.keys, self.values)):
+            if k is None:
+                continue
+            twin.keys[layer] = k.new_empty(1, k.shape[1], cap, k.shape[3])
+            twin.values[layer] = v.new_empty(1, v.shape[1], cap, v.shape[3])
+            twin.keys[layer][:, :, :n] = k[:, :, :n]
+            twin.values[layer][:, :, :n] = v[:, :, :n]
+        twin.lengths = list(self.lengths)
+        return twin
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
 
@@ -98,9 +118,14 @@ def rowwise_attention(module, query, key, value, attention_mask, scaling=None, d
             continue
         k, v = seq.append(module.layer_idx, key[i:i + 1], value[i:i + 1])
         if q_len > 1 and k.shape[2] != q_len:
-            raise NotImplementedError("a multi-token pass must start from an empty cache (no chunked prefill)")
-        o = F.scaled_dot_product_attention(query[i:i + 1], k, v, is_causal=q_len > 1, scale=scaling,
-                                           enable_gqa=gqa)
+            # A chunk over a cached prefix (scoring a continuation): query j sits at position
+            # k_len - q_len + j and sees every key up to it. SDPA's is_causal would align the
+            # mask to the top left instead.
+            mask = torch.ones(q_len, k.shape[2], dtype=torch.bool, device=query.device).tril(k.shape[2] - q_len)
+            o = F.scaled_dot_product_attention(query[i:i + 1], k, v, attn_mask=mask, scale=scaling, enable_gqa=gqa)
+        else:
+            o = F.scaled_dot_product_attention(query[i:i + 1], k, v, is_causal=q_len > 1, scale=scaling,
+                                               enable_gqa=gqa)
         out[i] = o[0].transpose(0, 1)
     return out, None
 
@@ -179,16 +204,23 @@ class RowwiseRunner:
         out = self.decoder(input_ids=ids, position_ids=pos, use_cache=False, tailgate_rows=[seq])
         return out.last_hidden_state[0]
 
+    def extend(self, seq: Sequence, token_ids: Seq[int]) -> torch.Tensor:
+        """Run token_ids as one pass over a sequence's cache (a continuation scored after its
+        context); returns their (len, hidden) final states. Only ever applied to a sequence of
+        its own (a copy of a cached prompt), so nothing running beside it sees the pass."""
+        if not seq.length:
+            raise ValueError("extend needs a prefilled sequence; prefill an empty one")
+        self._check()
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
+        pos = torch.arange(seq.length, seq.length + ids.shape[1], device=self.device)[None, :]
+        out = self.decoder(input_ids=ids, position_ids=pos, use_cache=False, tailgate_rows=[seq])
+        return out.last_hidden_state[0]
+
     def start(self, prompt_ids: Seq[int], all_positions: bool = False) -> tuple[Sequence, torch.Tensor]:
         """A new sequence prefilled with the prompt, and its last (or every) position's logits."""
         seq = self.new_sequence()
         hidden = self.prefill(seq, prompt_ids)
         return seq, self.logits(hidden if all_positions else hidden[-1:])
-
-    def score(self, token_ids: Seq[int], n_last: int) -> torch.Tensor:
-        """Logits that predict each of the last n_last tokens (a throwaway sequence)."""
-        hidden = self.prefill(self.new_sequence(), token_ids)
-        return self.logits(hidden[len(token_ids) - n_last - 1:-1])
 
     def step(self, seqs: Seq[Sequence], token_ids: Seq[int]) -> torch.Tensor:
         return self.decode(seqs, token_ids)

@@ -290,7 +290,9 @@ class VLLMEngine:
                                + ("batch-invariant" if invariant else "not batch-invariant"),
                    batch_invariant=invariant, batch_invariance_detail=detail)
 
-    def generate(self, requests: Sequence[GenerationRequest], on_token: TokenCallback | None = None) -> list[Completion]:
+    def generate(self, requests: Sequence[GenerationRequest], on_token: TokenCallback | None = None, *,
+                 max_live: int | None = None, on_finish=None) -> list[Completion]:
+        """max_live is the hf engine's admission bound; vLLM's scheduler decides its own."""
         from vllm import SamplingParams
 
         if not requests:
@@ -303,9 +305,11 @@ class VLLMEngine:
         for row, (req, out) in enumerate(zip(requests, outputs)):
             results.append(completion_from_output(out.outputs[0], set(req.sampling.stop_token_ids or self.stop_token_ids),
                                                   row, on_token))
+            if on_finish is not None:
+                on_finish(row, results[-1])
         return results
 
-    def loglikelihood(self, pairs, batch_size: int = 8) -> list[tuple[float, bool]]:
+    def loglikelihood(self, pairs, batch_size: int = 8, progress=None) -> list[tuple[float, bool]]:
         """Sum of continuation log-probs and whether each token was the model's top choice,
         from vLLM's prompt log-probs (rank 1 = greedy).
 
@@ -333,6 +337,8 @@ class VLLMEngine:
                 total += lp.logprob
                 greedy &= lp.rank == 1
             results.append((total, greedy))
+        if progress is not None:
+            progress(len(results))
         return results
 
 

@@ -84,34 +84,29 @@ class TailgateLM(LM):
             prompts.append((ids, until, SamplingParams(
                 max_new_tokens=max_new, temperature=temperature, seed=0 if temperature else None,
                 stop_token_ids=self.engine.stop_token_ids)))
-        # Longest first: similar lengths share a batch and an OOM shows up on the first batch.
+        # Longest first: an OOM shows up at once. All requests go to the engine together, at
+        # most batch_size decoding at a time and the next admitted as one finishes, so no decode
+        # pass waits on the longest answer of a fixed batch (the engine is batch-invariant: the
+        # tokens are those of each request alone).
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i][0]))
         outputs: list[str] = [""] * len(prompts)
-        bar = tqdm(total=len(prompts), desc="generate", disable=disable_tqdm, unit="item")
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            done = self.engine.generate([GenerationRequest(prompts[i][0], prompts[i][2]) for i in idx])
-            for i, completion in zip(idx, done):
-                self.completions[tuple(prompts[i][0])] = (prompts[i][2], completion)
-                text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
-                for stop in prompts[i][1]:
-                    if stop and stop in text:
-                        text = text[: text.index(stop)]
-                outputs[i] = text
-            bar.update(len(idx))
-        bar.close()
+        with tqdm(total=len(prompts), desc="generate", disable=disable_tqdm, unit="item") as bar:
+            done = self.engine.generate([GenerationRequest(prompts[i][0], prompts[i][2]) for i in order],
+                                        max_live=self.batch_size, on_finish=lambda _j, _c: bar.update(1))
+        for i, completion in zip(order, done):
+            self.completions[tuple(prompts[i][0])] = (prompts[i][2], completion)
+            text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+            for stop in prompts[i][1]:
+                if stop and stop in text:
+                    text = text[: text.index(stop)]
+            outputs[i] = text
         return outputs
 
     def _scored(self, pairs: list, desc: str, disable: bool) -> list[tuple[float, bool]]:
-        """The engine's log-likelihoods of pairs, a batch at a time with a progress bar (a long
-        phase otherwise silent; each pair is scored alone, so the chunking changes nothing)."""
-        out: list[tuple[float, bool]] = []
+        """The engine's log-likelihoods of pairs, all at once (so pairs sharing a context share
+        its prefill, whatever order lm-eval sends them in) with a progress bar."""
         with tqdm(total=len(pairs), desc=desc, disable=disable, unit="seq") as bar:
-            for start in range(0, len(pairs), self.batch_size):
-                chunk = pairs[start:start + self.batch_size]
-                out.extend(self.engine.loglikelihood(chunk))
-                bar.update(len(chunk))
-        return out
+            return self.engine.loglikelihood(pairs, batch_size=self.batch_size, progress=bar.update)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         pairs = [self.split_pair(*req.args) for req in requests]

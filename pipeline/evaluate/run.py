@@ -226,6 +226,7 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir:
     `damage` section. A bundle whose base is not quantized is its own reference.
     """
     from pipeline.engines.hf import HFEngine
+    from pipeline.engines.prefix import default_budget as prefix_budget
 
     bundle = verify_bundle(bundle_dir)  # hashes only: the suite is still checked before any weights load
     suite, scorers = prepare(params, gate, bundle.root / "tokenizer")
@@ -239,7 +240,10 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir:
     system, system_source = default_system_prompt(suite, manifest)
     budget = params.max_new_tokens or suite.spec.generation.max_new_tokens
     unscored = Path(unscored_path) if unscored_path is not None else None
-    engine = HFEngine.from_bundle(bundle)
+    # Prompts are kept once prefilled (the generation's prefill serves the reference answer's
+    # NLL and every option of a choice item); a copy computes what a fresh prefill would.
+    keep = prefix_budget()
+    engine = HFEngine.from_bundle(bundle, prefix_cache_bytes=keep)
     log.info("evaluate: shipped precision (%s), %d items", manifest.quantization.method, len(items))
     rows, completions = _pass(engine, suite, items, system, params, budget, scorers, unscored)
     golden = golden_from_evaluation(engine, items, system, completions)
@@ -272,7 +276,8 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir:
     if params.damage:
         if quantized:
             log.info("evaluate: reference precision (16-bit base %s, same adapter)", reference_base_dir)
-            ref_engine = HFEngine.from_bundle(bundle, precision="reference", reference_base_dir=reference_base_dir)
+            ref_engine = HFEngine.from_bundle(bundle, precision="reference", reference_base_dir=reference_base_dir,
+                                              prefix_cache_bytes=keep)
             ref_rows, _ = _pass(ref_engine, suite, items, system, params, budget, scorers, unscored)
             del ref_engine
             description = f"{manifest.quantization.compute_dtype} base (lock {manifest.base.source_sha256[:12]}) + the same adapter"

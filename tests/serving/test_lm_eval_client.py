@@ -74,9 +74,12 @@ def test_lm_eval_chat_client_against_the_server_agrees_with_in_process(served, s
     assert served_ok and float(served_ok[0].rsplit(" ", 1)[1]) == LIMIT
 
 
-class OnePairAtATime:
-    """The same engine, scoring one (context, continuation) pair per forward pass, as the server
-    does (each prompt is its own prefill): the unbatched reference the server must equal."""
+class WholePrompt:
+    """The same engine, scoring each (context, continuation) as the server computes prompt
+    log-probs: context and continuation prefilled together as one prompt, every position's
+    logits kept. (Evaluation's own scoring prefills the context alone and runs the continuation
+    over its cache, so options share the context's prefill: the same model, another summation
+    order, compared below with a tolerance.)"""
 
     def __init__(self, engine) -> None:
         self.engine = engine
@@ -84,8 +87,18 @@ class OnePairAtATime:
     def __getattr__(self, name: str):
         return getattr(self.engine, name)
 
-    def loglikelihood(self, pairs):
-        return [self.engine.loglikelihood([pair])[0] for pair in pairs]
+    def loglikelihood(self, pairs, **_kwargs):
+        import torch
+
+        out = []
+        for ctx, cont in pairs:
+            with self.engine.lock, torch.inference_mode():
+                _, every = self.engine.start(list(ctx) + list(cont), all_positions=True)
+            lp = torch.log_softmax(every[len(ctx) - 1:-1].float(), dim=-1)
+            target = torch.tensor(list(cont))
+            chosen = lp.gather(-1, target[:, None]).squeeze(-1).tolist()
+            out.append((float(sum(chosen)), bool((lp.argmax(-1) == target).all())))
+        return out
 
 
 def _loglikelihood_task(served, tmp_path) -> dict:
@@ -131,8 +144,9 @@ def test_lm_eval_completions_client_loglikelihood_agrees_with_in_process(served,
     """lm-eval's `local-completions` model scores a log-likelihood task through /v1/completions
     (echo + logprobs: it sends token ids, several prompts per request, max_tokens 1, and reads
     token_logprobs / top_logprobs from the context length on). Stated tolerance: 0 against the
-    same engine scoring one pair per forward pass, which is what the server computes; against
-    TailgateLM's default batched scoring (left-padded bf16 batches of 8), 1e-2 nats a sample."""
+    same engine's prompt log-probs of context + continuation as one prompt, which is what the
+    server computes; against evaluation's scoring (the context prefilled alone, the continuation
+    run over its cache; bf16 on the tiny model), 1e-2 nats a sample."""
     from pipeline.evaluate.lm_model import TailgateLM
 
     srv = start_server()
@@ -140,13 +154,13 @@ def test_lm_eval_completions_client_loglikelihood_agrees_with_in_process(served,
     through_server = _scores("local-completions", task, batch_size=3, model_args={
         "base_url": f"{srv.url}/v1/completions", "model": srv.state.model_id, "tokenizer_backend": "huggingface",
         "tokenizer": str(served.bundle.root / "tokenizer"), "num_concurrent": 1, "max_retries": 1})
-    unbatched = _scores(TailgateLM(engine=OnePairAtATime(served.engine)), task)
+    unbatched = _scores(TailgateLM(engine=WholePrompt(served.engine)), task)
     batched = _scores(TailgateLM(engine=served.engine), task)
     assert len(through_server) == 6 and set(through_server) == set(unbatched) == set(batched)
     assert through_server == unbatched  # exact, is_greedy included
     assert sum(greedy for _, greedy in through_server.values()) >= 2  # the engine's own continuations
     worst = max(abs(through_server[k][0] - batched[k][0]) for k in batched)
-    print(f"\nlm-eval through the server vs batched in-process: max |delta ll| = {worst:.2e} nats")
+    print(f"\nlm-eval through the server vs evaluation's scoring: max |delta ll| = {worst:.2e} nats")
     assert worst <= 1e-2
     assert [g for _, g in through_server.values()] == [g for _, g in batched.values()]
 

@@ -165,14 +165,17 @@ def test_prompt_logprobs_and_scoring_do_not_depend_on_the_batch(engine):
     together = engine.token_logprobs(pairs)
     for pair, got in zip(pairs, together):
         assert engine.token_logprobs([pair])[0] == got
-    # the prompt's own logits, asked for every position, score it exactly as scoring does
+    # the prompt's own logits, asked for every position (the server's echo), agree with scoring
+    # (the context prefilled alone, the continuation run over its cache): the same model summed
+    # in another order, so to a tolerance, not bit for bit
     ids = _ids(engine, TEXTS[1])
     with torch.inference_mode():
         _, every = engine.start(ids, all_positions=True)
         _, last = engine.start(ids)
     assert torch.equal(every[-1], last[0])  # asking for prompt log-probs does not move the answer
     lp = torch.log_softmax(every[:-1].float(), dim=-1).gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
-    assert lp.tolist() == engine.token_logprobs([(ids[:1], ids[1:])])[0]
+    scored = engine.token_logprobs([(ids[:1], ids[1:])])[0]
+    assert max(abs(a - b) for a, b in zip(lp.tolist(), scored)) < 2e-2
 
 
 def test_the_padded_engine_is_not_batch_invariant(tiny_pipeline):

@@ -27,9 +27,9 @@ class RecordingEngine:
     def __getattr__(self, name):
         return getattr(self._engine, name)
 
-    def loglikelihood(self, pairs):
+    def loglikelihood(self, pairs, **kwargs):
         self.calls.append([(list(c), list(x)) for c, x in pairs])
-        return self._engine.loglikelihood(pairs)
+        return self._engine.loglikelihood(pairs, **kwargs)
 
 
 @pytest.fixture(scope="module")
