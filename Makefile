@@ -61,9 +61,13 @@ replay: $(STAMP)
 # Every benchmark, one after another, then benchmarks/RESULTS.md (BENCH_ARGS="--only verify,curate"
 # for a subset, "--render-only" for the page alone). The serving benchmark runs in $(VLLM_VENV)
 # when it has been built (make $(VLLM_STAMP)), so vLLM is measured in the same run.
+# llama-cpp-python is built from its sdist here; ggml's AMX matmul crashed on this project's
+# AMX-capable VMs (SIGSEGV in ggml_backend_amx_mul_mat on any batch of more than one token),
+# so it is compiled without AMX (harmless where the CPU has none).
 BENCH_ARGS ?=
+LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]"
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean-venv:

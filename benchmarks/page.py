@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
-from benchmarks import scoring as _scoring, soak as _soak
+from benchmarks import llamacpp_peer as _llamacpp, scoring as _scoring, soak as _soak
 from benchmarks.suite import BENCHMARKS
 
 RUN_RECORD = "run.json"
@@ -288,7 +288,8 @@ def streaming(r: dict) -> tuple[list[Row], list[str]]:
 
 RENDER = {"streaming": streaming, "invariance": invariance, "train_vs_trl": train_vs_trl, "nf4_memory": nf4_memory,
           "verify": verify, "curate": curate, "noop_repro": noop_repro, "memory_plan": memory_plan,
-          "train_checkpointing": train_checkpointing, "soak": _soak.page, "scoring": _scoring.page}
+          "train_checkpointing": train_checkpointing, "soak": _soak.page, "scoring": _scoring.page,
+          "llamacpp_peer": _llamacpp.page}
 
 
 def _read(path: Path) -> dict | None:

@@ -47,6 +47,16 @@ def synthetic() -> dict:
                                           "after_generation": 10.0},
                     "shared_equal_after_generation": True, "max_abs_diff_shared_vs_whole_pairs": 1e-5,
                     "max_abs_diff_whole_pairs_vs_before": 0.2},
+        "llamacpp_peer": {"items": 2, "threads": 2, "bundle_digest": "ef" * 32, "prompt_tokens": 800,
+                          "golden_tokens": 100, "llama_cpp_python": "0.3.36", "load_avg_before": [0.1],
+                          "load_avg_after": [2.0],
+                          "arms": {"tailgate hf engine, bundle (NF4 + LoRA)": {
+                                       "prefill_tokens_per_s": 600.0, "decode_tokens_per_s": 12.0,
+                                       "identical_to_golden": 2},
+                                   "llama.cpp, base GGUF Q4_1 (no adapter)": {
+                                       "prefill_tokens_per_s": 300.0, "decode_tokens_per_s": 80.0}},
+                          "decode_vs_tailgate": {"tailgate hf engine, bundle (NF4 + LoRA)": 1.0,
+                                                 "llama.cpp, base GGUF Q4_1 (no adapter)": 0.15}},
         "verify": {"median_verify_bundle_s": 0.1, "median_sha256sum_s": 0.3, "total_mb": 135.0, "files": 11,
                    "largest_file_mb": 112.0, "reps": 7},
         "noop_repro": {"median_s": {"repro": 4.0, "status": 2.0, "version": 1.0},
