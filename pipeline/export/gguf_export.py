@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.export.merged import EXPORT_RECORD, ExportError, load_merged
-from pipeline.files import atomic_write_text, sha256_file
+from pipeline.export.merged import ExportError, finish, load_merged, staging
+from pipeline.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -222,12 +222,7 @@ def export_gguf(bundle_dir: str | Path, out_dir: str | Path, gguf_type: str = "q
         raise ValueError(f"GGUF type {gguf_type!r}: one of {', '.join(GGUF_TYPES)}")
     bundle, merged = load_merged(bundle_dir)
     m = bundle.manifest
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty")
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out, tmp = staging(out_dir)
     name = f"model-{gguf_type}.gguf"
     written = write_gguf(merged, bundle.root / "tokenizer", m, tmp / name, gguf_type, pre_tokenizer)
     problems = check_gguf(tmp / name, bundle)
@@ -239,19 +234,11 @@ def export_gguf(bundle_dir: str | Path, out_dir: str | Path, gguf_type: str = "q
     stops = AutoTokenizer.from_pretrained(bundle.root / "tokenizer").convert_ids_to_tokens(
         list(m.tokenizer.stop_token_ids))
     atomic_write_text(tmp / "Modelfile", modelfile(name, m, stops))
-    record = {
-        "kind": "gguf", "gguf_type": gguf_type, "file": name, "bundle_digest": m.bundle_digest,
+    record = finish(tmp, out, m, {
+        "kind": "gguf", "gguf_type": gguf_type, "file": name,
         "recipe": "dequantize_4bit(NF4 base), widened to float32, + peft merge of the adapter, written once "
                   "at the GGUF type by gguf's writer",
-        "pre_tokenizer": pre_tokenizer, **written,
-        "system_prompt": m.tokenizer.system_prompt, "stop_token_ids": list(m.tokenizer.stop_token_ids),
-        "max_context_tokens": m.inference.max_context_tokens,
-        "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
-    }
-    atomic_write_text(tmp / EXPORT_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+        "pre_tokenizer": pre_tokenizer, **written})
     log.info("export: %s GGUF of bundle %s in %s", gguf_type, m.bundle_digest[:12], out)
     return record
 

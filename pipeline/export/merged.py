@@ -90,12 +90,7 @@ def export_merged(bundle_dir: str | Path, out_dir: str | Path,
     bundle, merged = load_merged(bundle_dir)
     m = bundle.manifest
     dtype = dtype or m.quantization.compute_dtype
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty")
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out, tmp = staging(out_dir)
     merged = merged.to(DTYPES[dtype])
     config = merged.config
     if getattr(config, "quantization_config", None) is not None:
@@ -105,21 +100,38 @@ def export_merged(bundle_dir: str | Path, out_dir: str | Path,
     merged.save_pretrained(tmp, safe_serialization=True)
     for f in sorted((bundle.root / "tokenizer").iterdir()):
         shutil.copy2(f, tmp / f.name)
-    record = {
+    record = finish(tmp, out, m, {
         "kind": "merged",
         "dtype": dtype,
-        "bundle_digest": m.bundle_digest,
         "recipe": "dequantize_4bit(NF4 base), widened to float32, + peft merge of the adapter, cast once",
         "compute_dtype": m.quantization.compute_dtype,
         "quantization_of_the_bundle": m.quantization.method,
-        "system_prompt": m.tokenizer.system_prompt,
-        "stop_token_ids": list(m.tokenizer.stop_token_ids),
-        "max_context_tokens": m.inference.max_context_tokens,
-        "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
-    }
+    })
+    log.info("export: merged %s model of bundle %s in %s", dtype, m.bundle_digest[:12], out)
+    return record
+
+
+def staging(out_dir: str | Path) -> tuple[Path, Path]:
+    """(the export folder, the hidden folder it is written in first): a half-written export is
+    never where a runtime would look for one."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty")
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return out, tmp
+
+
+def finish(tmp: Path, out: Path, manifest, record: dict) -> dict:
+    """Add what every export records (the bundle, its serving pins, each file's sha256), write
+    the record and move the finished folder into place."""
+    record = {**record, "bundle_digest": manifest.bundle_digest, "system_prompt": manifest.tokenizer.system_prompt,
+              "stop_token_ids": list(manifest.tokenizer.stop_token_ids),
+              "max_context_tokens": manifest.inference.max_context_tokens,
+              "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}}
     atomic_write_text(tmp / EXPORT_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
     if out.exists():
         out.rmdir()
     tmp.rename(out)
-    log.info("export: merged %s model of bundle %s in %s", dtype, m.bundle_digest[:12], out)
     return record
