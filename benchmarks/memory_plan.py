@@ -75,11 +75,12 @@ def measure(base_q: str, batch: int, seq_len: int, checkpointing: bool, lora_r: 
     return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def predict(config: dict, batch: int, seq_len: int, checkpointing: bool, lora_r: int) -> dict:
-    from pipeline.memory import Setup, Shape, plan
+def predict(config: dict, batch: int, seq_len: int, checkpointing: bool, lora_r: int, compute_dtype: str) -> dict:
+    from pipeline.memory import Setup, Shape, dtype_bytes, plan
 
     p = plan(Shape.from_config(config), Setup(seq_len=seq_len, batch_size=batch, lora_r=lora_r,
-                                              gradient_checkpointing=checkpointing, labelled_fraction=LABELLED))
+                                              gradient_checkpointing=checkpointing, labelled_fraction=LABELLED,
+                                              compute_bytes=dtype_bytes(compute_dtype)))
     return p.as_dict()
 
 
@@ -119,8 +120,10 @@ def main(argv=None) -> int:
                 if out.returncode:
                     raise SystemExit(out.stderr[-3000:])
                 peaks[mode] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_bytes"]
-            planned = predict(config, batch, seq_len, ckpt, args.lora_r)
+            compute = json.loads((bases[model] / "quantize.json").read_text())["params"]["compute_dtype"]
+            planned = predict(config, batch, seq_len, ckpt, args.lora_r, compute)
             rows.append({"model": model, "batch": batch, "seq_len": seq_len, "gradient_checkpointing": ckpt,
+                         "compute_dtype": compute,
                          "measured_live_mib": round(peaks["live"] / 2 ** 20),
                          "measured_rss_mib": round(peaks["rss"] / 2 ** 20),
                          "planned_mib": round(planned["total_bytes"] / 2 ** 20),

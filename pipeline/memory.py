@@ -7,10 +7,11 @@ The plan adds up what a QLoRA step holds at its peak, term by term, from the mod
 
 - quantized linear weights at the measured bits per parameter (NF4 + double quantization at
   blocksize 64: 4 + 8/64 + 32/(64*256) = 4.127 bits; without double quantization 4.5; none 16);
-- 16-bit embeddings, output head (when untied) and norms;
+- the unquantized embeddings, output head (when untied) and norms, stored in the compute dtype;
 - LoRA parameters, their gradients and the optimizer's moments (peft keeps adapters in fp32;
   AdamW holds two fp32 moments per parameter, the 8-bit variant two bytes);
-- activations saved for backward, per token per layer: the bf16 tensors a Llama block keeps
+- activations saved for backward, per token per layer: the tensors a Llama block keeps in the
+  compute dtype (float32 by default on CPU, bf16 on a GPU)
   (norm inputs and outputs, q/k/v, attention output, the four MLP intermediates), the fp32
   copies peft makes of each adapter's input, and the rank-r adapter intermediates; with
   gradient checkpointing only each block's input plus one block recomputed at a time; the
@@ -91,7 +92,7 @@ class Setup:
     gradient_checkpointing: bool = False
     optimizer: str = "adamw"                 # adamw (two fp32 moments) | adamw_8bit
     device: str = "cpu"
-    compute_bytes: int = 2                   # bf16
+    compute_bytes: int = 2                   # the compute dtype's: bf16 2, float32 4
     adapter_bytes: int = 4                   # peft keeps adapters (and casts their inputs) in fp32
     labelled_fraction: float = 1.0           # share of positions the head runs on
     attention_matrix: bool = False           # the kernel keeps heads x L x L probabilities for backward
@@ -113,8 +114,8 @@ def _block_activation_bytes(s: Shape, u: Setup) -> int:
     """Bytes one block saves for backward, per token."""
     h, i = s.hidden, s.intermediate
     q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
-    # bf16: norm-1 input and output, q, k, v, attention output, norm-2 input and output,
-    # gate, up, SiLU(gate), SiLU(gate) * up (the down projection's input)
+    # in the compute dtype: norm-1 input and output, q, k, v, attention output, norm-2 input and
+    # output, gate, up, SiLU(gate), SiLU(gate) * up (the down projection's input)
     compute = u.compute_bytes * (4 * h + 2 * q + 2 * kv + 4 * i)
     shapes = s.linear_shapes()
     adapters = sum(u.adapter_bytes * (shapes[t][0] + u.lora_r) for t in u.targets if t in shapes)
@@ -127,7 +128,7 @@ def plan(s: Shape, u: Setup) -> Plan:
     shapes = s.linear_shapes()
     p.terms["quantized_weights"] = int(s.linear_params() * bits_per_param(u.method, u.double_quant) / 8)
     sixteen = s.vocab * s.hidden * (1 if s.tied else 2) + s.hidden * (2 * s.layers + 1)
-    p.terms["16bit_embeddings_norms"] = 2 * sixteen
+    p.terms["16bit_embeddings_norms"] = u.compute_bytes * sixteen  # stored in the compute dtype
     lora = s.layers * sum(u.lora_r * (shapes[t][0] + shapes[t][1]) for t in u.targets if t in shapes)
     moments = 8 if u.optimizer == "adamw" else 2
     p.terms["lora_weights_grads_optimizer"] = lora * (u.adapter_bytes * 2 + moments)
@@ -139,11 +140,16 @@ def plan(s: Shape, u: Setup) -> Plan:
     else:
         p.terms["activations"] = s.layers * (tokens * per_block + attn)
     # backward of one block: gradients of its activations and one dequantized weight at a time
-    p.terms["backward_workspace"] = tokens * per_block + 2 * max(a * b for a, b in shapes.values())
+    p.terms["backward_workspace"] = tokens * per_block + u.compute_bytes * max(a * b for a, b in shapes.values())
     labelled = int(tokens * u.labelled_fraction)
-    p.terms["loss_logits"] = labelled * s.vocab * (u.compute_bytes + 4 + 4) + tokens * s.hidden * 2 * 2
+    p.terms["loss_logits"] = labelled * s.vocab * (u.compute_bytes + 4 + 4) + tokens * s.hidden * u.compute_bytes * 2
     p.terms["runtime"] = RUNTIME_BYTES[u.device]
     return p
+
+
+def dtype_bytes(dtype: str | None) -> int:
+    """Bytes per element of a compute dtype by name (None: bf16, the QLoRA recipe's)."""
+    return 4 if dtype in ("float32", "fp32") else 2
 
 
 class MemoryBudgetExceeded(ValueError):
@@ -166,7 +172,9 @@ def plan_training(config: dict, params, quant_params: dict, lengths_labelled: li
                   double_quant=bool(quant_params.get("double_quant", False)),
                   gradient_checkpointing=params.gradient_checkpointing,
                   optimizer="adamw_8bit" if params.optimizer == "paged_adamw_8bit" else "adamw",
-                  device="cuda" if device.startswith("cuda") else "cpu", labelled_fraction=labelled)
+                  device="cuda" if device.startswith("cuda") else "cpu", labelled_fraction=labelled,
+                  # the default computes in float32 on CPU: every activation twice the bf16 size
+                  compute_bytes=dtype_bytes(quant_params.get("compute_dtype")))
     return setup, plan(Shape.from_config(config), setup)
 
 

@@ -110,3 +110,30 @@ def test_train_logs_the_plan_and_fails_early_over_budget(tiny_pipeline, tmp_path
     with pytest.raises(AttributeError):  # past the check: the patched load returned no model
         train(roomy, tiny_pipeline["base_q"], tiny_pipeline["base"], tiny_pipeline["data"], tmp_path / "adapter")
     assert len(loaded) == 1
+
+
+def test_the_plan_follows_the_compute_dtype():
+    """The default base computes in float32 on CPU, so each activation a block saves, the
+    unquantized embeddings and norms, and the dequantized weight in backward take four bytes,
+    not bf16's two (planning them at two underestimated the default run by about half)."""
+    from types import SimpleNamespace
+
+    from pipeline.memory import plan_training
+
+    cfg = {"num_hidden_layers": 4, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "vocab_size": 300, "tie_word_embeddings": True}
+    params = SimpleNamespace(batch_size=2, lora_r=8, base_precision="quantized", gradient_checkpointing=False,
+                             optimizer="adamw_torch")
+    lengths = [(100, 20), (90, 10), (50, 5)]
+    quant = {"method": "nf4", "double_quant": True}
+    (u16, p16), (u32, p32) = (plan_training(cfg, params, {**quant, "compute_dtype": d}, lengths, "cpu")
+                              for d in ("bfloat16", "float32"))
+    assert (u16.compute_bytes, u32.compute_bytes) == (2, 4)
+    s = Shape.from_config(cfg)
+    h, i, q, kv = s.hidden, s.intermediate, s.heads * s.head_dim, s.kv_heads * s.head_dim
+    tokens = u32.seq_len * u32.batch_size
+    # exactly the compute-dtype tensors doubled, nothing else
+    assert p32.terms["activations"] - p16.terms["activations"] == s.layers * tokens * 2 * (4 * h + 2 * q + 2 * kv + 4 * i)
+    assert p32.terms["16bit_embeddings_norms"] == 2 * p16.terms["16bit_embeddings_norms"]
+    assert p32.terms["quantized_weights"] == p16.terms["quantized_weights"]
+    assert p32.terms["lora_weights_grads_optimizer"] == p16.terms["lora_weights_grads_optimizer"]
