@@ -13,7 +13,8 @@ The plan adds up what a QLoRA step holds at its peak, term by term, from the mod
 - activations saved for backward, per token per layer: the tensors a Llama block keeps in the
   compute dtype (float32 by default on CPU, bf16 on a GPU)
   (norm inputs and outputs, q/k/v, attention output, the four MLP intermediates), the fp32
-  copies peft makes of each adapter's input, and the rank-r adapter intermediates; with
+  copies peft makes of each adapter's input when the compute dtype is not fp32, and the rank-r
+  adapter intermediates; with
   gradient checkpointing only each block's input plus one block recomputed at a time; the
   attention probabilities (heads x L x L) when the attention kernel materializes them;
 - the loss: logits in bf16 and fp32 plus the saved log-softmax, over the labelled positions
@@ -118,7 +119,11 @@ def _block_activation_bytes(s: Shape, u: Setup) -> int:
     # output, gate, up, SiLU(gate), SiLU(gate) * up (the down projection's input)
     compute = u.compute_bytes * (4 * h + 2 * q + 2 * kv + 4 * i)
     shapes = s.linear_shapes()
-    adapters = sum(u.adapter_bytes * (shapes[t][0] + u.lora_r) for t in u.targets if t in shapes)
+    # each adapter keeps its rank-r intermediate; peft also keeps a copy of the adapter's input
+    # cast to the adapter dtype, unless the input already is in it (float32 compute): then the
+    # tensor saved is the block's own, counted above
+    copied = u.compute_bytes != u.adapter_bytes
+    adapters = sum(u.adapter_bytes * (shapes[t][0] * copied + u.lora_r) for t in u.targets if t in shapes)
     lse = 4 * s.heads  # the attention kernel's fp32 log-sum-exp per head
     return compute + adapters + lse
 
