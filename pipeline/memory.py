@@ -157,6 +157,11 @@ def dtype_bytes(dtype: str | None) -> int:
     return 4 if dtype in ("float32", "fp32") else 2
 
 
+def compute_dtype_of(config: dict) -> str | None:
+    """The compute dtype a pre-quantized base's config records (bitsandbytes' quantization_config)."""
+    return (config.get("quantization_config") or {}).get("bnb_4bit_compute_dtype")
+
+
 class MemoryBudgetExceeded(ValueError):
     """The plan for a training run is larger than train.memory_budget_gb."""
 
@@ -261,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--optimizer", choices=("adamw", "adamw_8bit"), default="adamw")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--labelled-fraction", type=float, default=1.0)
+    ap.add_argument("--compute-dtype", choices=("bfloat16", "float16", "float32"),
+                    help="default: the config's bitsandbytes compute dtype, else bfloat16")
     ap.add_argument("--attention-matrix", action="store_true", help="the attention kernel keeps L x L probabilities")
     ap.add_argument("--paper", action="store_true", help="print the LLaMA 7B-65B table next to the QLoRA paper")
     ap.add_argument("--json", action="store_true")
@@ -271,11 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.config is None:
         ap.error("--config or --paper is required")
-    s = Shape.from_config(json.loads(args.config.read_text()))
+    cfg = json.loads(args.config.read_text())
+    s = Shape.from_config(cfg)
     u = Setup(seq_len=args.seq_len, batch_size=args.batch_size, lora_r=args.lora_r, method=args.method,
               double_quant=not args.no_double_quant, gradient_checkpointing=args.gradient_checkpointing,
               optimizer=args.optimizer, device=args.device, labelled_fraction=args.labelled_fraction,
-              attention_matrix=args.attention_matrix)
+              attention_matrix=args.attention_matrix,
+              compute_bytes=dtype_bytes(args.compute_dtype or compute_dtype_of(cfg)))
     p = plan(s, u)
     print(json.dumps({"shape": asdict(s), "setup": asdict(u), **p.as_dict()}, indent=1) if args.json
           else format_plan(p))

@@ -238,14 +238,16 @@ SMOLLM2_135M = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layer
 
 
 def default_plan(data: dict, batch: int, seq_len: int, labelled: float) -> dict:
-    from pipeline.memory import GIB, Setup, Shape, plan
+    from pipeline.memory import GIB, Setup, Shape, dtype_bytes, plan
 
     shape = Shape.from_config(SMOLLM2_135M)
     case = next(c for c in data["cases"] if c["model"] == "default" and not c["gradient_checkpointing"])
+    compute = dtype_bytes(case.get("compute_dtype"))  # the default base's (float32 since issue 17)
     check = plan(shape, Setup(seq_len=case["seq_len"], batch_size=case["batch"], lora_r=data["lora_r"],
-                              labelled_fraction=data["labelled_fraction"]))
+                              labelled_fraction=data["labelled_fraction"], compute_bytes=compute))
     assert {k: round(v / 2 ** 20, 1) for k, v in check.terms.items()} == case["terms_mib"]
-    p = plan(shape, Setup(seq_len=seq_len, batch_size=batch, lora_r=data["lora_r"], labelled_fraction=labelled))
+    p = plan(shape, Setup(seq_len=seq_len, batch_size=batch, lora_r=data["lora_r"], labelled_fraction=labelled,
+                          compute_bytes=compute))
     return {"total": p.total / GIB, "act": p.terms["activations"] / GIB}
 
 
