@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import REPO
 
-DOCS = ["README.md", "docs/platforms.md", "docs/multi-gpu.md", "docs/curate-cluster.md"]
+DOCS = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
 
 
 def _commands() -> list[tuple[str, str]]:
