@@ -8,12 +8,12 @@ the benchmark gave), failed (with the tail of its output), or never run.
 
 from __future__ import annotations
 
+import importlib
 import json
 import statistics
 from pathlib import Path
 from typing import Callable
 
-from benchmarks import llamacpp_peer as _llamacpp, scoring as _scoring, soak as _soak
 from benchmarks.suite import BENCHMARKS
 
 RUN_RECORD = "run.json"
@@ -267,29 +267,10 @@ def train_checkpointing(r: dict) -> tuple[list[Row], list[str]]:
     return rows, lines
 
 
-def streaming(r: dict) -> tuple[list[Row], list[str]]:
-    def us(side: dict) -> str:
-        return (f"{side['us_per_token']:.2f} (first / last tenth {side['us_per_token_first_10pct']:.2f} / "
-                f"{side['us_per_token_last_10pct']:.2f})")
-
-    rows, table = [], []
-    for e in r["results"]:
-        old, new = e["redecode_old"], e["decodestream_new"]
-        ratio = _x(old["us_per_token"], new["us_per_token"])
-        table.append([e["tokenizer"], f"{e['vocab']:,}", us(old), us(new), _fmt_x(ratio)])
-        rows.append((f"streamed text per token, {e['tokenizer']}: re-decode / DecodeStream", _fmt_x(ratio), "-", "-"))
-    lines = _table(["tokenizer", "vocab", "re-decode us/token", "DecodeStream us/token", "re-decode / DecodeStream"],
-                   table)
-    lines.append(f"\nOne answer of {r['tokens']:,} tokens fed one id at a time with two stop strings that never "
-                 f"occur, median of {r['reps']} repetitions; both sides released the same text. Load average "
-                 f"{r['loadavg_before'][0]} before, {r['loadavg_after'][0]} after.")
-    return rows, lines
-
-
-RENDER = {"streaming": streaming, "invariance": invariance, "train_vs_trl": train_vs_trl, "nf4_memory": nf4_memory,
+# Renderers kept here; a benchmark module that defines its own `page(result)` renders itself.
+RENDER = {"invariance": invariance, "train_vs_trl": train_vs_trl, "nf4_memory": nf4_memory,
           "verify": verify, "curate": curate, "noop_repro": noop_repro, "memory_plan": memory_plan,
-          "train_checkpointing": train_checkpointing, "soak": _soak.page, "scoring": _scoring.page,
-          "llamacpp_peer": _llamacpp.page}
+          "train_checkpointing": train_checkpointing}
 
 
 def _read(path: Path) -> dict | None:
@@ -337,7 +318,7 @@ def render(results: Path) -> str:
             sections += ["", f"Run it: `python -m benchmarks --only {bench.name}`"]
             continue
         try:
-            fn = RENDER.get(bench.name)
+            fn = RENDER.get(bench.name) or getattr(importlib.import_module(bench.module), "page", None)
             rows, lines = (serving(res, (entry or {}).get("notes", []), (entry or {}).get("python", ""))
                            if bench.name == "serving" else fn(res))
         except (KeyError, TypeError, ValueError, StopIteration) as e:

@@ -139,6 +139,28 @@ def measure(tokenizer: Any, label: str, n: int, reps: int) -> dict:
     return out
 
 
+def page(r: dict) -> tuple[list[tuple[str, str, str, str]], list[str]]:
+    """RESULTS.md's headline rows and section for a result."""
+    from benchmarks.page import _fmt_x, _table, _x
+
+    def us(side: dict) -> str:
+        return (f"{side['us_per_token']:.2f} (first / last tenth {side['us_per_token_first_10pct']:.2f} / "
+                f"{side['us_per_token_last_10pct']:.2f})")
+
+    rows, table = [], []
+    for e in r["results"]:
+        old, new = e["redecode_old"], e["decodestream_new"]
+        ratio = _x(old["us_per_token"], new["us_per_token"])
+        table.append([e["tokenizer"], f"{e['vocab']:,}", us(old), us(new), _fmt_x(ratio)])
+        rows.append((f"streamed text per token, {e['tokenizer']}: re-decode / DecodeStream", _fmt_x(ratio), "-", "-"))
+    lines = _table(["tokenizer", "vocab", "re-decode us/token", "DecodeStream us/token", "re-decode / DecodeStream"],
+                   table)
+    lines.append(f"\nOne answer of {r['tokens']:,} tokens fed one id at a time with two stop strings that never "
+                 f"occur, median of {r['reps']} repetitions; both sides released the same text. Load average "
+                 f"{r['loadavg_before'][0]} before, {r['loadavg_after'][0]} after.")
+    return rows, lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/streaming.json")
