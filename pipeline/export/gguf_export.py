@@ -77,7 +77,7 @@ def _tensor(name: str, data: np.ndarray, gguf_type: str, fallbacks: list[str]):
     return gguf.quants.quantize(data.astype(np.float32), qtype), qtype
 
 
-def write_gguf(merged, tokenizer_dir: Path, manifest, path: Path, gguf_type: str, pre_tokenizer: str) -> dict:
+def write_gguf(merged, tokenizer_dir: Path, tokenizer, manifest, path: Path, gguf_type: str, pre_tokenizer: str) -> dict:
     import gguf
 
     config = merged.config
@@ -125,9 +125,7 @@ def write_gguf(merged, tokenizer_dir: Path, manifest, path: Path, gguf_type: str
         special.special_token_ids["eot"] = stops[1]
     special.chat_template = None  # the bundle's own, below
     special.add_to_gguf(writer, quiet=True)
-    from transformers import AutoTokenizer
-
-    template = AutoTokenizer.from_pretrained(tokenizer_dir).chat_template
+    template = tokenizer.chat_template
     if not template:
         raise ExportError("the bundle's tokenizer has no chat template to embed")
     writer.add_chat_template(template)
@@ -174,14 +172,14 @@ def read_fields(path: str | Path) -> dict:
     return out
 
 
-def check_gguf(path: str | Path, bundle) -> list[str]:
+def check_gguf(path: str | Path, bundle, tokenizer=None) -> list[str]:
     """What the file lacks to answer as the bundle does (empty: nothing): the chat template byte
     for byte, the stop token as end of generation, the tokenizer's tokens by id, the digest."""
     from transformers import AutoTokenizer
 
     m = bundle.manifest
     fields = read_fields(path)
-    tok = AutoTokenizer.from_pretrained(bundle.root / "tokenizer")
+    tok = tokenizer or AutoTokenizer.from_pretrained(bundle.root / "tokenizer")
     problems = []
     if fields.get("tokenizer.chat_template") != tok.chat_template:
         problems.append("tokenizer.chat_template is missing or not the bundle's chat template")
@@ -224,15 +222,15 @@ def export_gguf(bundle_dir: str | Path, out_dir: str | Path, gguf_type: str = "q
     m = bundle.manifest
     out, tmp = staging(out_dir)
     name = f"model-{gguf_type}.gguf"
-    written = write_gguf(merged, bundle.root / "tokenizer", m, tmp / name, gguf_type, pre_tokenizer)
-    problems = check_gguf(tmp / name, bundle)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bundle.root / "tokenizer")
+    written = write_gguf(merged, bundle.root / "tokenizer", tok, m, tmp / name, gguf_type, pre_tokenizer)
+    problems = check_gguf(tmp / name, bundle, tok)
     if problems:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ExportError("the GGUF written does not carry the bundle: " + "; ".join(problems))
-    from transformers import AutoTokenizer
-
-    stops = AutoTokenizer.from_pretrained(bundle.root / "tokenizer").convert_ids_to_tokens(
-        list(m.tokenizer.stop_token_ids))
+    stops = tok.convert_ids_to_tokens(list(m.tokenizer.stop_token_ids))
     atomic_write_text(tmp / "Modelfile", modelfile(name, m, stops))
     record = finish(tmp, out, m, {
         "kind": "gguf", "gguf_type": gguf_type, "file": name,
