@@ -13,10 +13,15 @@ How, structurally rather than by measurement:
   the row is alone or among 63 others. The cache grows in blocks of `KV_BLOCK` positions, so
   its strides depend only on the row's own length.
 - A prompt is prefilled alone (one row, its own length), exactly as evaluation prefills it.
-- A decode step always runs `DECODE_WIDTH` rows: fewer live rows are padded with dummy rows
-  that attention skips, more are split into several passes. Every matmul of a decode step
-  therefore has the same shape whatever the load, and a matmul never mixes rows, so each row's
-  result is bitwise what it would be alone.
+- Every matmul of a decode step runs on blocks of exactly `DECODE_WIDTH` rows: fewer live rows
+  are padded with dummy rows that attention skips, more run as several blocks. The blocks of
+  one step share one forward pass (`_RowBlocks`: each layer's projections are called once per
+  block, so the weights are read from memory once per step and the Python of a pass is paid
+  once), yet every matmul has the same shape whatever the load and never mixes rows, so each
+  row's result is bitwise what it would be alone. Only matmuls need the blocks: a BLAS picks
+  its kernel by the number of rows (measured on this project's hosts, one row of a float32
+  linear differs between 8 and 16 rows), while norms, activations, rotary embeddings and the
+  residual adds compute each row on its own.
 - A scored continuation runs as one pass over a copy of its context's cache, the context
   prefilled alone as a prompt is (so one prefill serves every option of a choice item, and the
   generation's prefill serves the reference answer's NLL: pipeline/engines/prefix.py).
@@ -37,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 ATTENTION = "tailgate_rowwise"
-DECODE_WIDTH = 8  # rows in every decode forward pass; part of the arithmetic, so a constant
+DECODE_WIDTH = 8  # rows in every decode matmul; part of the arithmetic, so a constant
 KV_BLOCK = 256  # cache capacity grows in blocks of this many positions
 
 
@@ -142,6 +147,36 @@ def register() -> str:
     return ATTENTION
 
 
+class _RowBlocks:
+    """Runs every matmul module of a decoder on row blocks of exactly DECODE_WIDTH while on.
+
+    A matmul module is one with a weight matrix of its own (linear layers, 4-bit or not, LoRA's
+    A and B): each is called once per block and the outputs concatenated, which is the same
+    call the module gets in a pass of DECODE_WIDTH rows. Off, or for a prefill (one row of many
+    positions), the modules run as they are."""
+
+    def __init__(self, decoder) -> None:
+        self.on = False
+        for module in decoder.modules():
+            own = [p for p in module.parameters(recurse=False) if p.dim() >= 2]
+            if own and not isinstance(module, torch.nn.Embedding):
+                module.forward = self._blocked(module.forward)
+
+    def _blocked(self, inner):
+        def forward(x, *args, **kwargs):
+            rows = x.shape[0]
+            if not self.on or x.dim() != 3 or x.shape[1] != 1 or rows <= DECODE_WIDTH:
+                return inner(x, *args, **kwargs)
+            # A block starting where a fresh tensor would (64-byte aligned) is passed as a view;
+            # otherwise as a copy, so a kernel never sees another alignment than in one pass.
+            aligned = (DECODE_WIDTH * x[0].numel() * x.element_size()) % 64 == 0
+            return torch.cat([inner(b if aligned else b.clone(), *args, **kwargs)
+                              for b in x.split(DECODE_WIDTH)])
+
+        forward.tailgate_row_blocks = True
+        return forward
+
+
 class RowwiseRunner:
     """The forward passes of a batch-invariant engine over a causal LM (PEFT-wrapped or not)."""
 
@@ -157,6 +192,7 @@ class RowwiseRunner:
         self.device = next(model.parameters()).device
         # Switch only this model's attention (the engine owns the model; training never sees it).
         lm.set_attn_implementation(ATTENTION)
+        self._blocks = _RowBlocks(self.decoder)
         self._self_check(model)
 
     @torch.inference_mode()
@@ -226,16 +262,17 @@ class RowwiseRunner:
         return self.decode(seqs, token_ids)
 
     def decode(self, seqs: Seq[Sequence], token_ids: Seq[int]) -> torch.Tensor:
-        """Feed one token to each sequence; returns (len(seqs), vocab) logits for the next one."""
+        """Feed one token to each sequence; returns (len(seqs), vocab) logits for the next one.
+        All rows go through one forward pass, padded to whole blocks of DECODE_WIDTH."""
         self._check()
-        hidden = []
-        for start in range(0, len(seqs), DECODE_WIDTH):
-            part = list(seqs[start:start + DECODE_WIDTH])
-            toks = list(token_ids[start:start + DECODE_WIDTH])
-            pad = DECODE_WIDTH - len(part)
-            ids = torch.tensor([[t] for t in toks] + [[self.pad_id]] * pad, dtype=torch.long, device=self.device)
-            pos = torch.tensor([[s.length] for s in part] + [[0]] * pad, dtype=torch.long, device=self.device)
+        n = len(seqs)
+        pad = -n % DECODE_WIDTH
+        ids = torch.tensor([[t] for t in token_ids] + [[self.pad_id]] * pad, dtype=torch.long, device=self.device)
+        pos = torch.tensor([[s.length] for s in seqs] + [[0]] * pad, dtype=torch.long, device=self.device)
+        self._blocks.on = True
+        try:
             out = self.decoder(input_ids=ids, position_ids=pos, use_cache=False,
-                               tailgate_rows=part + [None] * pad)
-            hidden.append(out.last_hidden_state[:len(part), -1])
-        return self.logits(torch.cat(hidden))
+                               tailgate_rows=list(seqs) + [None] * pad)
+        finally:
+            self._blocks.on = False
+        return self.logits(out.last_hidden_state[:n, -1])

@@ -112,6 +112,48 @@ def test_a_lora_wrapped_nf4_linear_computes_each_row_of_a_decode_pass_alone(engi
             assert torch.equal(layer(y)[trial], ref[trial])
 
 
+def test_row_blocks_give_every_matmul_exactly_the_decode_width():
+    """One decode pass carries any number of rows, but each matmul module sees blocks of exactly
+    DECODE_WIDTH rows (a BLAS may pick another kernel for 16 rows than for 8: measured on this
+    project's hosts for a 576x1536 float32 linear), and each block's output is the one it gets
+    in a pass of its own."""
+    from pipeline.engines.rowwise import _RowBlocks
+
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(576, 1536), torch.nn.SiLU(), torch.nn.Linear(1536, 576))
+    seen = []
+    first = model[0].forward
+    model[0].forward = lambda x: seen.append(x.shape[0]) or first(x)  # what the module's own forward gets
+    x = torch.randn(3 * DECODE_WIDTH, 1, 576)
+    with torch.inference_mode():
+        per_block = torch.cat([model(b) for b in x.split(DECODE_WIDTH)])
+        blocks = _RowBlocks(model)
+        seen.clear()
+        model(x)  # off: one call with every row
+        assert seen == [3 * DECODE_WIDTH]
+        seen.clear()
+        blocks.on = True
+        together = model(x)
+        blocks.on = False
+        prefill = model(torch.randn(1, 40, 576))  # one row of many positions runs as it is
+    assert seen == [DECODE_WIDTH] * 3 + [1]
+    assert torch.equal(together, per_block)
+    assert prefill.shape == (1, 40, 576)
+
+
+def test_a_decode_pass_of_many_rows_gives_each_row_its_logits_alone(engine):
+    """Twenty rows (two whole blocks and a padded one) in one forward pass."""
+    texts = (TEXTS * 2)[:20]
+    feed = [3, 9, 4]
+    with torch.inference_mode():
+        alone = [_alone(engine, _ids(engine, t), feed) for t in texts]
+        seqs, firsts = zip(*(engine.start(_ids(engine, t)) for t in texts))
+        steps = [engine.step(list(seqs), [tok] * len(texts)) for tok in feed]
+    for i in range(len(texts)):
+        assert torch.equal(firsts[i][-1], alone[i][0])
+        assert all(torch.equal(steps[s][i], alone[i][s + 1]) for s in range(len(feed)))
+
+
 # -- the model ---------------------------------------------------------------------------------
 
 
