@@ -47,6 +47,13 @@ def synthetic() -> dict:
                                           "after_generation": 10.0},
                     "shared_equal_after_generation": True, "max_abs_diff_shared_vs_whole_pairs": 1e-5,
                     "max_abs_diff_whole_pairs_vs_before": 0.2},
+        "decode_blocks": {"bundle_digest": "12" * 32, "threads": 2, "steps_per_arm": 8, "items": 2,
+                          "load_avg_before": [0.1], "load_avg_after": [2.0],
+                          "steps": {str(n): {"one_pass_ms": 100.0 * n / 8, "passes_of_8_ms": 120.0 * n / 8,
+                                             "speedup": 1.2, "equal_to_passes_of_8": True, "equal_to_alone": True}
+                                    for n in (8, 16, 32)},
+                          "generate": {"8": {"wall_s": 30.0, "tokens": 200, "identical_to_golden": 2},
+                                       "32": {"wall_s": 20.0, "tokens": 200, "identical_to_golden": 2}}},
         "llamacpp_peer": {"items": 2, "threads": 2, "bundle_digest": "ef" * 32, "prompt_tokens": 800,
                           "golden_tokens": 100, "llama_cpp_python": "0.3.36", "load_avg_before": [0.1],
                           "load_avg_after": [2.0],
