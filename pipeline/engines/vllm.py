@@ -25,11 +25,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from pipeline.engines.base import Completion, GenerationRequest, TokenCallback, check_requests
+from pipeline.engines.vllm_invariance import (  # noqa: F401  (re-exported: the engine's configuration)
+    BATCH_INVARIANT_ENV, BatchInvariance, batch_invariance, detect_device, vllm_batch_invariant,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +61,13 @@ def kv_cache_bytes(config: dict, dtype: str, tokens: int) -> int:
     return 2 * config["num_hidden_layers"] * kv_heads * head_dim * _DTYPE_BYTES[dtype] * tokens
 
 
-def llm_kwargs(manifest, bundle_root: str | Path, *, seed: int = 0, max_batch: int = 8) -> dict[str, Any]:
-    """Arguments of `vllm.LLM` for a verified bundle: its own base, tokenizer and context, and a
-    KV cache sized for `max_batch` full-context sequences (the server's batch size)."""
+def llm_kwargs(manifest, bundle_root: str | Path, *, seed: int = 0, max_batch: int = 8,
+               tensor_parallel_size: int = 1) -> dict[str, Any]:
+    """Arguments of `vllm.LLM` / `AsyncEngineArgs` for a verified bundle: its own base, tokenizer
+    and context, a KV cache sized for `max_batch` full-context sequences (the server's batch
+    size), and the scale a user sets (`tensor_parallel_size` GPUs)."""
+    if tensor_parallel_size < 1:
+        raise ValueError("tensor_parallel_size must be at least 1")
     root = Path(bundle_root)
     method = manifest.quantization.method
     config = json.loads((root / "base_q" / "config.json").read_text(encoding="utf-8"))
@@ -81,6 +88,7 @@ def llm_kwargs(manifest, bundle_root: str | Path, *, seed: int = 0, max_batch: i
         # Generation config of the bundle is ignored on purpose: sampling comes from the request,
         # defaults from the manifest's inference section.
         "generation_config": "vllm",
+        "tensor_parallel_size": tensor_parallel_size,
     }
     if method in ("nf4", "fp4"):
         # The saved config carries bitsandbytes' quantization_config: vLLM loads the packed
@@ -111,124 +119,48 @@ def sampling_kwargs(req: GenerationRequest, default_stops: Sequence[int]) -> dic
     return kw
 
 
-BATCH_INVARIANT_ENV = "VLLM_BATCH_INVARIANT"
-# vLLM 0.32 documents batch invariance on NVIDIA >= 8.0 (SM80 gets Triton matmul overrides,
-# SM90+ relies on cuBLAS without split-K), these AMD Instinct archs, and Intel XPU.
-MIN_CUDA_CAPABILITY = (8, 0)
-ROCM_ARCHS = ("gfx90a", "gfx942", "gfx950")
+@dataclass
+class Setup:
+    """What both vLLM engines build from a verified bundle before vLLM starts."""
+
+    kwargs: dict[str, Any]  # vllm.LLM / AsyncEngineArgs arguments
+    invariance: BatchInvariance
+    lora_request: Any
+    tokenizer: Any
+    requested: bool
+
+    def confirm(self) -> tuple[bool, str]:
+        """(batch_invariant, detail) once vLLM runs: what it actually runs with."""
+        invariant, detail = self.invariance.invariant, self.invariance.reason
+        if invariant and vllm_batch_invariant() is False:
+            # An earlier engine in this process initialised vLLM without the mode; it is cached.
+            invariant, detail = False, detail + "; but vLLM in this process runs without it (initialised earlier)"
+        if self.requested and not invariant:
+            log.warning("vllm engine: not batch-invariant: %s", detail)
+        return invariant, detail
 
 
-@dataclass(frozen=True)
-class BatchInvariance:
-    """What to do about vLLM's batch-invariant mode, and what the engine may claim."""
-
-    env: dict[str, str]  # to put in os.environ before vLLM is imported (workers inherit it)
-    invariant: bool  # what the engine may report as `batch_invariant`
-    reason: str  # why, for logs and `batch_invariance_detail`
-    llm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra `vllm.LLM` arguments
-
-
-def _platform_support(device: str, capability: tuple[int, int] | None, arch: str | None) -> tuple[bool, str]:
-    if device == "cuda":
-        if capability is None:
-            return False, "the CUDA compute capability is unknown"
-        cc = f"{capability[0]}.{capability[1]}"
-        if tuple(capability) < MIN_CUDA_CAPABILITY:
-            return False, f"CUDA compute capability {cc} is below 8.0, the minimum for vLLM's batch invariance"
-        return True, f"CUDA compute capability {cc}"
-    if device == "rocm":
-        base = (arch or "").split(":")[0]
-        if base in ROCM_ARCHS:
-            return True, f"AMD {base}"
-        return False, f"AMD arch {arch or 'unknown'} is not one vLLM supports ({', '.join(ROCM_ARCHS)})"
-    if device == "xpu":
-        return True, "Intel XPU (Triton attention)"
-    if device == "cpu":
-        # The mode swaps in Triton GPU kernels; vLLM's CPU backend has no batch-invariant path.
-        return False, "vLLM has no batch-invariant mode on CPU"
-    return False, f"vLLM has no batch-invariant mode on device {device!r}"
-
-
-def _bnb_caveat(quantization: str | None) -> str | None:
-    if quantization != "bitsandbytes":
-        return None
-    # bitsandbytes.matmul_4bit takes its gemv_4bit kernel when the whole step is one token and
-    # dequantizes + matmuls otherwise: a sequence decoding alone is not computed as in a batch,
-    # and vLLM's batch-invariant mode does not cover that kernel.
-    return ("bitsandbytes 4-bit layers compute a one-token step with gemv_4bit and larger steps with "
-            "dequantize + matmul, which vLLM's batch-invariant mode does not make agree")
-
-
-def _env_enabled(value: str) -> bool:
-    try:  # vLLM's own reading: an integer, non-zero is on; anything else is off
-        return int(value) != 0
-    except ValueError:
-        return False
-
-
-def batch_invariance(requested: bool, device: str, capability: tuple[int, int] | None = None, *,
-                     arch: str | None = None, quantization: str | None = None,
-                     environ: Mapping[str, str] | None = None) -> BatchInvariance:
-    """Decide vLLM's batch-invariant mode. Pure: `environ` is the environment to respect (the
-    engine passes os.environ), `device` one of cuda/rocm/xpu/cpu, `capability` the CUDA compute
-    capability, `arch` the AMD gcnArchName, `quantization` llm_kwargs' quantization.
-
-    An explicit VLLM_BATCH_INVARIANT in `environ` wins over `requested`: whoever set it meant it,
-    and vLLM reads it anyway."""
-    supported, platform = _platform_support(device, capability, arch)
-    caveat = _bnb_caveat(quantization)
-    # On XPU only the Triton attention backend is invariant; elsewhere vLLM picks one itself.
-    extra = {"attention_config": {"backend": "TRITON_ATTN"}} if device == "xpu" else {}
-    explicit = (environ or {}).get(BATCH_INVARIANT_ENV)
-    if explicit is not None and explicit.strip():
-        said = f"{BATCH_INVARIANT_ENV}={explicit} set in the environment (kept as set)"
-        if not _env_enabled(explicit):
-            return BatchInvariance({}, False, said + (", so not batch-invariant although requested" if requested
-                                                      else ", so not batch-invariant"))
-        if not supported:
-            return BatchInvariance({}, False, f"{said}, but {platform}", extra)
-        if caveat:
-            return BatchInvariance({}, False, f"{said} on {platform}, but {caveat}", extra)
-        return BatchInvariance({}, True, f"{said} on {platform}", extra)
-    if not requested:
-        return BatchInvariance({}, False, "batch invariance not requested")
-    if not supported:
-        return BatchInvariance({}, False, f"requested, but {platform}")
-    env = {BATCH_INVARIANT_ENV: "1"}
-    if caveat:
-        # Still on: attention, LoRA (no split-K atomics) and every multi-token step become
-        # invariant, so answers move far less; but the engine does not claim what it cannot.
-        return BatchInvariance(env, False, f"{BATCH_INVARIANT_ENV}=1 on {platform}, but {caveat}", extra)
-    return BatchInvariance(env, True, f"{BATCH_INVARIANT_ENV}=1 on {platform}", extra)
-
-
-def detect_device() -> tuple[str, tuple[int, int] | None, str | None]:
-    """(device, CUDA capability, AMD arch) of this machine, as `batch_invariance` takes them."""
+def prepare(bundle, *, seed: int, max_batch: int, batch_invariant: bool, tensor_parallel_size: int) -> Setup:
+    # In-process, vLLM's CPU backend would otherwise drop the whole process to one torch
+    # thread ("Reducing Torch threads ... for serving") unless OMP_NUM_THREADS is set.
     import torch
 
-    if torch.cuda.is_available():
-        if getattr(torch.version, "hip", None):
-            return "rocm", None, getattr(torch.cuda.get_device_properties(0), "gcnArchName", None)
-        return "cuda", tuple(torch.cuda.get_device_capability(0)), None
-    if hasattr(torch, "xpu") and torch.xpu.is_available():
-        return "xpu", None, None
-    return "cpu", None, None
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    kwargs = llm_kwargs(bundle.manifest, bundle.root, seed=seed, max_batch=max_batch,
+                        tensor_parallel_size=tensor_parallel_size)
+    device, capability, arch = detect_device()
+    bi = batch_invariance(batch_invariant, device, capability, arch=arch,
+                          quantization=kwargs.get("quantization"), environ=os.environ)
+    # vLLM reads the variable once (at import, or when its engine starts) and its workers
+    # inherit it, so it goes in before anything imports vLLM.
+    os.environ.update(bi.env)
+    kwargs.update(bi.llm_kwargs)
+    from transformers import AutoTokenizer
+    from vllm.lora.request import LoRARequest
 
-
-def _vllm_batch_invariant() -> bool | None:
-    """What the imported vLLM actually runs with; None where this vLLM does not say."""
-    try:
-        from vllm.model_executor.layers.batch_invariant import vllm_is_batch_invariant
-
-        return bool(vllm_is_batch_invariant())
-    except (ImportError, AttributeError):
-        pass
-    try:  # later vLLM read it only through vllm.envs
-        import vllm.envs as envs
-
-        return bool(envs.VLLM_BATCH_INVARIANT)
-    except (ImportError, AttributeError):
-        return None
+    lora = LoRARequest("bundle-adapter", 1, str(bundle.root / "adapter"))
+    tokenizer = AutoTokenizer.from_pretrained(bundle.root / "tokenizer", trust_remote_code=False)
+    return Setup(kwargs, bi, lora, tokenizer, batch_invariant)
 
 
 class VLLMEngine:
@@ -249,44 +181,24 @@ class VLLMEngine:
         self.batch_invariance_detail = batch_invariance_detail
 
     @classmethod
-    def from_bundle(cls, bundle, *, seed: int = 0, max_batch: int = 8, batch_invariant: bool = True):
+    def from_bundle(cls, bundle, *, seed: int = 0, max_batch: int = 8, batch_invariant: bool = True,
+                    tensor_parallel_size: int = 1):
         """Build from a VerifiedBundle (nothing here reads a file the verifier did not hash).
         `batch_invariant` asks for vLLM's batch-invariant mode; where it cannot be had the engine
         warns, runs without, and says so in `batch_invariant` / `batch_invariance_detail`."""
         # The engine core runs in this process: simpler lifetimes, and no spawn from code paths
         # that are not guarded by `if __name__ == "__main__"` (tests, notebooks).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        # In-process, vLLM's CPU backend would otherwise drop the whole process to one torch
-        # thread ("Reducing Torch threads ... for serving") unless OMP_NUM_THREADS is set.
-        import torch
-
-        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
-        m = bundle.manifest
-        kwargs = llm_kwargs(m, bundle.root, seed=seed, max_batch=max_batch)
-        device, capability, arch = detect_device()
-        bi = batch_invariance(batch_invariant, device, capability, arch=arch,
-                              quantization=kwargs.get("quantization"), environ=os.environ)
-        # vLLM reads the variable once (at import, or when its engine starts) and its workers
-        # inherit it, so it goes in before anything below imports vLLM.
-        os.environ.update(bi.env)
-        kwargs.update(bi.llm_kwargs)
-        from transformers import AutoTokenizer
+        setup = prepare(bundle, seed=seed, max_batch=max_batch, batch_invariant=batch_invariant,
+                        tensor_parallel_size=tensor_parallel_size)
         from vllm import LLM
-        from vllm.lora.request import LoRARequest
 
-        llm = LLM(**kwargs)
-        invariant, detail = bi.invariant, bi.reason
-        actual = _vllm_batch_invariant()
-        if invariant and actual is False:
-            # An earlier engine in this process initialised vLLM without the mode; it is cached.
-            invariant, detail = False, detail + "; but vLLM in this process runs without it (initialised earlier)"
-        if batch_invariant and not invariant:
-            log.warning("vllm engine: not batch-invariant: %s", detail)
-        lora = LoRARequest("bundle-adapter", 1, str(bundle.root / "adapter"))
-        tokenizer = AutoTokenizer.from_pretrained(bundle.root / "tokenizer", trust_remote_code=False)
-        return cls(llm, lora, tokenizer, max_context_tokens=m.inference.max_context_tokens,
+        llm = LLM(**setup.kwargs)
+        invariant, detail = setup.confirm()
+        m = bundle.manifest
+        return cls(llm, setup.lora_request, setup.tokenizer, max_context_tokens=m.inference.max_context_tokens,
                    stop_token_ids=m.tokenizer.stop_token_ids,
-                   description=f"vLLM {_version()}, bundle {m.bundle_digest[:12]}, "
+                   description=f"vLLM {_version()} (offline LLM), bundle {m.bundle_digest[:12]}, "
                                + ("batch-invariant" if invariant else "not batch-invariant"),
                    batch_invariant=invariant, batch_invariance_detail=detail)
 
