@@ -15,9 +15,11 @@ own mode, switched on by VLLM_BATCH_INVARIANT=1 before vLLM is imported; `batch_
 decides it from the platform and the base, and the engine reports what it got in
 `batch_invariant` / `batch_invariance_detail`.
 
-Streaming: `LLM.generate` returns whole completions, so `on_token` is called for every token
-once the batch is done. Clients still get a well-formed SSE stream; they do not get the first
-token early. A client that has gone away is only noticed then.
+This module is vLLM's offline `LLM` (`VLLMEngine`: whole batches, so `on_token` is called for
+every token once its batch is done; it scores log-likelihoods on a GPU) and what both vLLM
+engines share: the arguments built from the bundle (`llm_kwargs`, `sampling_kwargs`) and the
+setup before vLLM starts (`prepare`). Serving runs vLLM's async engine (vllm_async.py), which
+streams each token as it is produced.
 """
 
 from __future__ import annotations
