@@ -66,6 +66,7 @@ B_EXPORT = RESULTS + "export_merged.json"
 B_SOAK = RESULTS + "soak.json"
 B_SCORING, B_MAKE_RUN = RESULTS + "scoring.json", RESULTS + "make_run.json"
 B_PEER = RESULTS + "llamacpp_peer.json"
+B_BLOCKS, B_EXPORTS = RESULTS + "decode_blocks.json", RESULTS + "exports.json"
 # Result files kept under another name when a later run took theirs: their load is in run.json
 # under the benchmark's name.
 RENAMED: dict[str, str] = {}
@@ -826,6 +827,25 @@ FIGURES: list[Figure] = [
            doc="docs/speed.md", calc=lambda d: {
                "total": f"{d['total_wall_s'] / 60:.1f} minutes ({d['total_wall_s']:g} s)",
                "stages": ", ".join(f"{k} {v:g} s" for k, v in d["stages_wall_s"].items())}),
+    Figure("reports/golden.json", "each prefilling {tokens:,} prompt tokens (about {s:.0f} s at the engine's "
+                                  "{rate:g} prefill tokens/s", doc="docs/speed.md", calc=lambda d: (lambda t, r: {
+                                      "tokens": t, "rate": r, "s": t / r})(
+                                      sum(len(g["prompt_ids"]) for g in d["prompts"]),
+                                      load(B_PEER)["arms"]["tailgate hf engine, bundle (NF4 + LoRA)"][
+                                          "prefill_tokens_per_s"])),
+    Figure(B_MAKE_RUN, "and training, {stages_wall_s.train:.0f} s of compute-bound float32 steps", doc="docs/speed.md"),
+    *[Figure(B_BLOCKS, "| %s | {steps.%s.one_pass_ms:g} | {steps.%s.passes_of_8_ms:g} | {steps.%s.speedup:g}x | "
+                       "{same} |" % ((n,) * 4), doc="docs/speed.md",
+             calc=lambda d, n=n: {"same": "yes" if d["steps"][n]["equal_to_passes_of_8"]
+                                  and d["steps"][n]["equal_to_alone"] else "no"})
+      for n in ("8", "16", "32")],
+    Figure(B_BLOCKS, "{items} golden items took {generate.32.wall_s:g} s against {generate.8.wall_s:g} s with 8 at a "
+                     "time ({ratio:.2f}x;", doc="docs/speed.md",
+           calc=lambda d: {"ratio": d["generate"]["8"]["wall_s"] / d["generate"]["32"]["wall_s"],
+                           **_assert(all(a["identical_to_golden"] == d["items"] for a in d["generate"].values()))}),
+    loaded(B_BLOCKS, "(`benchmarks/results/decode_blocks.json`, bundle `{bundle}`, {threads} threads, 1-minute load "
+                     "average {before} before and {after} after on {cores} cores, its own work)",
+           doc="docs/speed.md", calc=lambda d: {"bundle": d["bundle_digest"][:8]}),
     *[Figure(B_SCORING, "| " + label + " | {arms.%s.kernel_4bit} | {arms.%s.prefills} | {arms.%s.wall_s:g} | "
                         "{speedup_vs_before.%s:g}x |" % ((arm,) * 4), doc="docs/speed.md")
       for arm, label in (("before", "before: each pair prefilled whole, bitsandbytes' choice of kernel"),
