@@ -81,7 +81,7 @@ $(LLAMA_SERVER_DIR)/bin/llama-server: | $(STAMP)
 	tar xzf $(LLAMA_SERVER_DIR)/llama_cpp_python-*.tar.gz -C $(LLAMA_SERVER_DIR)/src --strip-components=1
 	cmake -S $(LLAMA_SERVER_DIR)/src/vendor/llama.cpp -B $(LLAMA_SERVER_DIR)/build -DCMAKE_BUILD_TYPE=Release \
 		-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF $(LLAMA_CMAKE_ARGS)
-	cmake --build $(LLAMA_SERVER_DIR)/build --target llama-server -j
+	cmake --build $(LLAMA_SERVER_DIR)/build --target llama-server -j $$(nproc)
 	cp $(LLAMA_SERVER_DIR)/build/bin/llama-server $@
 
 clean-venv:

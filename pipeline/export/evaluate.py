@@ -7,8 +7,9 @@ the bundle's pinned system prompt. Its damage is measured against the shipped bu
 evaluation, item by item (`reports/eval_samples.jsonl`): flips of the suite's correctness values,
 delta NLL of the reference answers, per-slice drops of the headline, and how many answers are the
 bundle's word for word. The gate then applies the suite's rules (the same floors the bundle met)
-plus `EXPORT_RULES`, which bound the damage against the bundle: an export that answers
-differently from the model that was tested is refused, whatever its headline.
+plus the export rules (`export.rules`, by default `EXPORT_RULES` in pipeline/params/export.py),
+which bound the damage against the bundle: an export that answers differently from the model
+that was tested is refused, whatever its headline.
 
 What it reads is checked first: the export's record must name this bundle and every file must
 hash to what the record says (a swapped or edited file is refused by name).
@@ -27,24 +28,10 @@ from pipeline.evaluate.run import _pass, _record_limit, aggregate, default_syste
 from pipeline.evaluate.scoring import correctness_metrics, lower_is_better
 from pipeline.export.merged import EXPORT_RECORD, ExportError
 from pipeline.files import sha256_file
-from pipeline.params import EvaluateParams, GateParams, GateRule
+from pipeline.params import EXPORT_RULES, EvaluateParams, GateParams, GateRule
 from pipeline.platform import detect
 
 log = logging.getLogger(__name__)
-
-# Damage against the shipped bundle that an export may carry (on top of the suite's own rules).
-# Measured on the default bundle (docs/exports.md): the float32 merged export moves the reference
-# answers' NLL by under 1e-4 nats/token and flips nothing. A GGUF at 8 bits moves more; these
-# ceilings refuse an export that answers like another model (the adapter merged into the 16-bit
-# original instead of the dequantized base the adapter was trained on moved the tiny model's
-# NLL by over ten times as much as the correct merge: tests/stages/test_export_evaluate.py).
-EXPORT_RULES = (
-    GateRule(metric="damage.abs_delta_nll_per_token.p99", max=0.05,
-             note="the export finds the reference answers as likely as the shipped bundle does, either way"),
-    GateRule(metric="damage.flip_rate", max=0.05, note="fields right as shipped, wrong in the export"),
-    GateRule(metric="damage.worst_slice_drop", max=0.05, note="no slice loses more than this against the bundle"),
-)
-
 
 def open_export(export_dir: str | Path) -> dict:
     """The export's record, after every file it lists hashes to its recorded sha256 and no file

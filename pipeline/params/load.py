@@ -10,6 +10,7 @@ from pipeline.params.base import BaseParams, QuantizeParams
 from pipeline.params.common import _Strict
 from pipeline.params.curate import CurateParams
 from pipeline.params.evaluate import EvaluateParams
+from pipeline.params.export import ExportParams
 from pipeline.params.gate import GateParams
 from pipeline.params.release import ReleaseParams
 from pipeline.params.train import BundleParams, TrainParams
@@ -23,6 +24,7 @@ SECTIONS: dict[str, type[_Strict]] = {
     "bundle": BundleParams,
     "evaluate": EvaluateParams,
     "gate": GateParams,
+    "export": ExportParams,
     "release": ReleaseParams,
 }
 
