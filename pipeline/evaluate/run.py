@@ -186,6 +186,20 @@ def _pass(engine, suite: Suite, items: list[EvalItem], default_system: str | Non
     return rows, lm.completions
 
 
+def suite_record(suite: Suite, items: int, scorers: list[Scorer], system: str | None, source: str,
+                 budget: int) -> dict:
+    """What a report says about the suite it ran (the bundle's report and an export's alike)."""
+    return {"name": suite.name, "version": suite.spec.version, "items": items,
+            "correctness_metrics": correctness_metrics(scorers), "lower_is_better": lower_is_better(scorers),
+            "system_prompt": {"text": system, "source": source},
+            "max_new_tokens": budget, "stop": list(suite.spec.generation.stop)}
+
+
+def engine_record(engine) -> dict:
+    return {"name": engine.name, "exact": engine.exact, "batch_invariant": engine.batch_invariant,
+            "description": engine.description}
+
+
 def _record_limit(report: dict, suite: Suite, limit: int | None) -> None:
     """Say everywhere a count appears how much of the suite was evaluated: the suite's size
     beside the items run, per slice too (the gate refuses a limited run unless allowed)."""
@@ -250,8 +264,7 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir:
     # after the pass: bitsandbytes picks its CPU kernel at the first forward, so this is what ran
     platform = detect(engine.model).as_record()
     log.info("evaluate: golden outputs hold for platform %s", platform["description"])
-    engine_info = {"name": engine.name, "exact": engine.exact, "batch_invariant": engine.batch_invariant,
-                   "description": engine.description}
+    engine_info = engine_record(engine)
     del engine
     correct, lower = correctness_metrics(scorers), lower_is_better(scorers)
     head = suite.spec.headline_metric
@@ -263,10 +276,7 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir:
                    "adapter_digest": files_digest(manifest.adapter.files),
                    "tokenizer_digest": files_digest(manifest.tokenizer.files),
                    "chat_template_sha256": manifest.tokenizer.chat_template_sha256},
-        "suite": {"name": suite.name, "version": suite.spec.version, "items": len(rows),
-                  "correctness_metrics": correct, "lower_is_better": lower,
-                  "system_prompt": {"text": system, "source": system_source},
-                  "max_new_tokens": budget, "stop": list(suite.spec.generation.stop)},
+        "suite": suite_record(suite, len(rows), scorers, system, system_source, budget),
         "engine": engine_info,
         "platform": platform,
         "headline_metric": head,

@@ -24,7 +24,9 @@ from pathlib import Path
 
 from pipeline.bundle.verify import verify_bundle
 from pipeline.evaluate import damage, stats
-from pipeline.evaluate.run import _pass, _record_limit, aggregate, default_system_prompt, prepare
+from pipeline.evaluate.run import (
+    _pass, _record_limit, aggregate, default_system_prompt, engine_record, prepare, suite_record,
+)
 from pipeline.evaluate.scoring import correctness_metrics, lower_is_better
 from pipeline.export.merged import EXPORT_RECORD, ExportError
 from pipeline.files import sha256_file
@@ -110,8 +112,7 @@ def evaluate_export(params: EvaluateParams, export_dir: str | Path, bundle_dir: 
     with tempfile.TemporaryDirectory(prefix="tailgate-export-") as tmp:
         rows, _ = _pass(engine, suite, items, system, params, budget, scorers, Path(tmp) / "unscored.jsonl")
     platform = detect(engine.model).as_record() if hasattr(engine, "model") else engine.platform_record()
-    engine_info = {"name": engine.name, "exact": engine.exact, "batch_invariant": engine.batch_invariant,
-                   "description": engine.description}
+    engine_info = engine_record(engine)
     del engine
     correct, lower = correctness_metrics(scorers), lower_is_better(scorers)
     head = suite.spec.headline_metric
@@ -120,10 +121,7 @@ def evaluate_export(params: EvaluateParams, export_dir: str | Path, bundle_dir: 
         "export": {k: record[k] for k in sorted(record) if k not in ("files", "system_prompt")},
         "export_files": record["files"],
         "bundle": {"chat_template_sha256": m.tokenizer.chat_template_sha256},
-        "suite": {"name": suite.name, "version": suite.spec.version, "items": len(rows),
-                  "correctness_metrics": correct, "lower_is_better": lower,
-                  "system_prompt": {"text": system, "source": source},
-                  "max_new_tokens": budget, "stop": list(suite.spec.generation.stop)},
+        "suite": suite_record(suite, len(rows), scorers, system, source, budget),
         "engine": engine_info,
         "platform": platform,
         "headline_metric": head,

@@ -451,8 +451,9 @@ FIGURES: list[Figure] = [
                   "({tp:.1f} M trainable parameters); loss {loss_first10_mean:.2f} -> {loss_last10_mean:.2f} (mean of "
                   "first/last 10 steps), val loss {val[0].val_loss:.3f} -> {val[1].val_loss:.3f}; "
                   "**{train_time_s:.0f} s**, {real_tokens_per_s:.0f} real (non-padding) tokens/s, peak RSS {rss:.1f} "
-                  "GiB, in one uninterrupted run on a quiet machine (`train.json` records no load average; the "
-                  "run's is in `benchmarks/results/make_run.json`); optimizer `{optimizer}` (CPU); the memory plan of its "
+                  "GiB, in one uninterrupted run that shared the machine for about a minute with the project's own "
+                  "tests (`train.json` records no load average; a quiet forced run's stage times are in "
+                  "`benchmarks/results/make_run.json`); optimizer `{optimizer}` (CPU); the memory plan of its "
                   "largest batch ({memory_plan.batch_size} x {memory_plan.seq_len} tokens) logged first, "
                   "{memory_plan.planned_gib:.2f} GiB against a {memory_plan.budget_gib:.0f} GiB budget",
            lambda d: {"n": len(d["steps"]), "tp": d["trainable_params"] / 1e6, "rss": gib(d["peak_rss_mb"]),
