@@ -169,7 +169,7 @@ def default_system_prompt(suite: Suite, manifest) -> tuple[str | None, str]:
     return suite.spec.system_prompt, "suite"
 
 
-def _pass(engine, suite: Suite, items: list[EvalItem], default_system: str | None, params: EvaluateParams,
+def run_suite(engine, suite: Suite, items: list[EvalItem], default_system: str | None, params: EvaluateParams,
           budget: int, scorers: list[Scorer], unscored_path: Path | None) -> tuple[list[dict], dict]:
     """One run of the suite's lm-eval tasks through engine, scored into per-item rows; also
     every generation by its prompt ids (the golden outputs)."""
@@ -200,7 +200,7 @@ def engine_record(engine) -> dict:
             "description": engine.description}
 
 
-def _record_limit(report: dict, suite: Suite, limit: int | None) -> None:
+def record_limit(report: dict, suite: Suite, limit: int | None) -> None:
     """Say everywhere a count appears how much of the suite was evaluated: the suite's size
     beside the items run, per slice too (the gate refuses a limited run unless allowed)."""
     full: dict[str, int] = {}
@@ -259,7 +259,7 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir:
     keep = prefix_budget()
     engine = HFEngine.from_bundle(bundle, prefix_cache_bytes=keep)
     log.info("evaluate: shipped precision (%s), %d items", manifest.quantization.method, len(items))
-    rows, completions = _pass(engine, suite, items, system, params, budget, scorers, unscored)
+    rows, completions = run_suite(engine, suite, items, system, params, budget, scorers, unscored)
     golden = golden_from_evaluation(engine, items, system, completions)
     # after the pass: bitsandbytes picks its CPU kernel at the first forward, so this is what ran
     platform = detect(engine.model).as_record()
@@ -282,13 +282,13 @@ def evaluate(params: EvaluateParams, bundle_dir: str | Path, reference_base_dir:
         "headline_metric": head,
         **aggregate(rows, suite, params, scorers),
     }
-    _record_limit(report, suite, params.limit)
+    record_limit(report, suite, params.limit)
     if params.damage:
         if quantized:
             log.info("evaluate: reference precision (16-bit base %s, same adapter)", reference_base_dir)
             ref_engine = HFEngine.from_bundle(bundle, precision="reference", reference_base_dir=reference_base_dir,
                                               prefix_cache_bytes=keep)
-            ref_rows, _ = _pass(ref_engine, suite, items, system, params, budget, scorers, unscored)
+            ref_rows, _ = run_suite(ref_engine, suite, items, system, params, budget, scorers, unscored)
             del ref_engine
             description = f"{manifest.quantization.compute_dtype} base (lock {manifest.base.source_sha256[:12]}) + the same adapter"
         else:

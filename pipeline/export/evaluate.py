@@ -25,7 +25,7 @@ from pathlib import Path
 from pipeline.bundle.verify import verify_bundle
 from pipeline.evaluate import damage, stats
 from pipeline.evaluate.run import (
-    _pass, _record_limit, aggregate, default_system_prompt, engine_record, prepare, suite_record,
+    aggregate, default_system_prompt, engine_record, prepare, record_limit, run_suite, suite_record,
 )
 from pipeline.evaluate.scoring import correctness_metrics, lower_is_better
 from pipeline.export.merged import EXPORT_RECORD, ExportError
@@ -110,7 +110,7 @@ def evaluate_export(params: EvaluateParams, export_dir: str | Path, bundle_dir: 
     engine = export_engine(export_dir, record, prefix_cache_bytes=default_budget())
     log.info("evaluate: %s export (%s), %d items", record["kind"], engine.description, len(items))
     with tempfile.TemporaryDirectory(prefix="tailgate-export-") as tmp:
-        rows, _ = _pass(engine, suite, items, system, params, budget, scorers, Path(tmp) / "unscored.jsonl")
+        rows, _ = run_suite(engine, suite, items, system, params, budget, scorers, Path(tmp) / "unscored.jsonl")
     platform = detect(engine.model).as_record() if hasattr(engine, "model") else engine.platform_record()
     engine_info = engine_record(engine)
     del engine
@@ -127,7 +127,7 @@ def evaluate_export(params: EvaluateParams, export_dir: str | Path, bundle_dir: 
         "headline_metric": head,
         **aggregate(rows, suite, params, scorers),
     }
-    _record_limit(report, suite, params.limit)
+    record_limit(report, suite, params.limit)
     by_id = {r["id"]: r for r in shipped_rows}
     report["damage"] = damage.compare(rows, [by_id[r["id"]] for r in rows], sorted(report["slices"]),
                                       f"the shipped bundle {m.bundle_digest[:12]} (reports/eval_samples.jsonl)",
