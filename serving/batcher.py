@@ -302,9 +302,10 @@ class Batcher:
         return once draining has emptied the queue and every handed-over job has finished."""
         while True:
             with self._cond:
-                while not self._draining and (not self._pending or self._in_flight >= self.max_batch):
+                # wait for room and for work (draining only ends the wait for work, never for room)
+                while (not self._pending and not self._draining) or self._in_flight >= self.max_batch:
                     self._cond.wait(IDLE_WAKE_S)
-                if self._draining and not self._pending:
+                if not self._pending:  # draining, nothing waiting: finish what was handed over
                     while self._in_flight:
                         self._cond.wait(IDLE_WAKE_S)
                     return

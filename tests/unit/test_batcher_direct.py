@@ -123,6 +123,34 @@ def test_draining_waits_for_requests_already_handed_over():
     assert not alive
 
 
+def test_draining_with_more_waiting_than_room_answers_all_without_spinning(monkeypatch):
+    """Draining while every slot is taken and jobs still wait: each is handed over as a slot
+    frees, and the loop sleeps meanwhile instead of polling the queue in a tight loop."""
+    taken = []
+    original = Batcher._pop_live
+
+    def counting(self, n):
+        taken.append(n)
+        return original(self, n)
+
+    monkeypatch.setattr(Batcher, "_pop_live", counting)
+
+    async def main():
+        batcher = Batcher(StreamingEngine(), ServingMetrics(), max_batch=1, max_queue=8)
+        thread = batcher.start()
+        jobs = [Job(GenerationRequest([5], SamplingParams(max_new_tokens=10)), f"r{i}") for i in range(3)]
+        for job in jobs:
+            batcher.submit(job)
+        batcher.drain()
+        results = await asyncio.gather(*(_events(j) for j in jobs))
+        await asyncio.to_thread(thread.join, 10)
+        return results
+
+    results = asyncio.run(main())
+    assert all(isinstance(r[-1], DoneEvent) and len(r[-1].completion.token_ids) == 10 for r in results)
+    assert len(taken) <= 6, f"the engine loop polled the queue {len(taken)} times"
+
+
 @pytest.mark.parametrize("streams", [False, True])
 def test_only_an_engine_that_streams_is_served_directly(streams):
     class Plain:
