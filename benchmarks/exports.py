@@ -83,7 +83,7 @@ def run(bundle_dir: str, base_dir: str, params_path: str, eval_path: str, sample
         for name, (folder, make) in made.items():
             make(folder)
             t0 = time.perf_counter()
-            report, _rows = evaluate_export(params, folder, bundle, shipped, rows)
+            report, _rows, _golden = evaluate_export(params, folder, bundle, shipped, rows)
             wall = time.perf_counter() - t0
             decision = gate_export(gate, report, bundle)
             entry = record["configurations"][name] = _summary(report, decision, wall, _size(folder))

@@ -870,8 +870,8 @@ FIGURES: list[Figure] = [
                                       "fifth": ratio_words(c["damage"]["flip_rate"]),
                                       **_assert(not c["gate_passed"] and c["headline"]["overall"] >= 0.30)})(
                                           d["configurations"]["merged_into_16bit_original"])),
-    loaded(B_LLSERVER, "(`benchmarks/results/llamacpp_server.json`, on a loaded machine: 1-minute load average {before} "
-                       "before, right after a build, and {after} after on {cores} cores)", doc="docs/speed.md"),
+    loaded(B_LLSERVER, "(`benchmarks/results/llamacpp_server.json`, with nothing else running: 1-minute load average "
+                       "{before} before and {after} after on {cores} cores, the benchmark's own work)", doc="docs/speed.md"),
     *[Figure(B_LLSERVER, "| " + arm + " | {one.tokens_per_s:g} | {many} | {same} | {one.identical_to_golden}/{items} |",
              doc="docs/speed.md", calc=lambda d, arm=arm: (lambda a: {
                  "one": a["concurrency_1"],
