@@ -83,6 +83,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--allow-unreleased", action="store_true",
                    help="serve a bare bundle that never went through the release stage (development only; "
                         "/v1/models then reports release: null)")
+    p.add_argument("--export", metavar="NAME",
+                   help="serve one of the release's exports instead of its bundle (merged, gguf_q8_0, ...: the "
+                        "card's Configurations), on the runtime it was evaluated with; with --allow-unreleased, an "
+                        "export folder (python -m pipeline.export) and --golden its own golden.json")
     p.add_argument("--golden", default=None,
                    help="golden outputs the parity probe replays (default: the release's golden.json; for a bare "
                         "bundle, reports/golden.json)")
@@ -140,8 +144,13 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _build_engine(name: str, bundle, max_batch: int, batch_invariant: bool = True, tensor_parallel_size: int = 1):
-    """torch and the weights load only here, for a verified bundle."""
+def _build_engine(name: str, bundle, max_batch: int, batch_invariant: bool = True, tensor_parallel_size: int = 1,
+                  export: tuple[Path, dict] | None = None):
+    """torch and the weights load only here, for a verified bundle (or export)."""
+    if export is not None:
+        from pipeline.export.engine import export_engine
+
+        return export_engine(*export)
     if name == "vllm":
         from pipeline.engines.vllm_async import AsyncVLLMEngine
 
@@ -209,6 +218,32 @@ def _open(args: argparse.Namespace) -> tuple[VerifiedBundle, str, dict | None, s
     return opened.bundle, args.golden or str(opened.golden_path), opened.describe(), replayed, opened
 
 
+def _open_export(args: argparse.Namespace, opened, manifest, golden_path: str, replayed: str | None
+                 ) -> tuple[tuple[Path, dict], dict, str, str | None]:
+    """The export to serve: ((folder, record), its identity, its golden file, its release-time
+    replay). Its files are checked against its record and its record against the bundle.
+    Raises ReleaseError (exit 4) or ValueError (exit 2)."""
+    from pipeline.export.record import export_digest, export_name, open_export
+
+    if args.engine != "hf":
+        raise ReleaseError("--export serves an export on the runtime it was evaluated with; drop --engine")
+    if opened is not None:
+        folder, golden, replay = opened.export(args.export)
+        golden_path, replayed = args.golden or str(golden), str(replay) if replay else None
+    else:
+        folder = Path(args.export)
+        if not folder.is_dir() or args.golden is None:
+            raise ReleaseError("--export with a bare bundle takes an export folder and --golden, the export's own "
+                               "golden.json (python -m pipeline.export evaluate writes it)")
+        replayed = None
+    record = open_export(folder)
+    if record.get("bundle_digest") != manifest.bundle_digest:
+        raise ValueError(f"export {folder} was made from bundle {str(record.get('bundle_digest'))[:12]}, not "
+                         f"{manifest.bundle_digest[:12]}")
+    identity = {"name": export_name(record), "kind": record["kind"], "digest": export_digest(folder)}
+    return (folder, record), identity, golden_path, replayed
+
+
 def _check_platform(args: argparse.Namespace, engine, golden, opened) -> PlatformCheck:
     """This machine's platform against the evaluated one and the release's attestations."""
     evaluated = golden.platform if golden is not None else (opened.record.platform if opened else None)
@@ -238,11 +273,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             f"{type(exc).__name__}: {exc}")
     manifest = bundle.manifest
     log_event(log, "bundle_verified", bundle=str(bundle.root), bundle_digest=manifest.bundle_digest)
+    export = identity = None
+    if args.export:
+        try:
+            export, identity, golden_path, release_replay = _open_export(args, opened, manifest, golden_path,
+                                                                         release_replay)
+        except ReleaseError as exc:
+            return _refuse(EXIT_RELEASE_REFUSED, str(exc))
+        except (OSError, ValueError) as exc:  # ExportError names the file
+            return _refuse(EXIT_BUNDLE_REFUSED, str(exc))
+        log_event(log, "export_verified", export=str(export[0]), **identity)
 
     golden = None
     if not args.skip_parity_probe:
         try:
-            golden = load_golden(golden_path, manifest)
+            golden = load_golden(golden_path, manifest, identity)
         except ParityError as exc:
             return _refuse(EXIT_PARITY_REFUSED, str(exc))
 
@@ -252,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         return _refuse(EXIT_PARITY_REFUSED, f"--replay-report: {exc}")
     engine = _build_engine(args.engine, bundle, args.max_batch, args.batching == "invariant",
-                           args.tensor_parallel_size)
+                           args.tensor_parallel_size, export)
     platform = _check_platform(args, engine, golden, opened)
     if args.require_attested_platform and not platform.covered:
         return _refuse(EXIT_PARITY_REFUSED, f"--require-attested-platform: {platform.message()}")
@@ -278,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   hint=f"binding beyond this machine without an API key; set {args.api_key_env}")
     state = build_state(engine, manifest, parity, max_batch=args.max_batch, max_queue=args.max_queue,
                         api_key=api_key, request_timeout_s=args.request_timeout_s, release=release,
-                        replay=replay_summary, platform=platform.as_dict())
+                        replay=replay_summary, platform=platform.as_dict(), configuration=identity)
     try:
         return serve(create_app(state), state, args.host, args.port)
     finally:

@@ -19,6 +19,8 @@ from pipeline.platform import Platform, detect, differences
 def engine_platform(engine: Any) -> Platform:
     """The platform the engine computes on (its 4-bit kernel read from the loaded model)."""
     model = getattr(engine, "model", None)
+    if hasattr(engine, "platform_record"):  # a runtime of its own (llama.cpp) says what it computes on
+        return Platform.from_record(engine.platform_record())
     if getattr(engine, "name", None) == "vllm" or model is None:
         return detect(kernel="vllm" if getattr(engine, "name", None) == "vllm" else "none")
     return detect(model)

@@ -63,6 +63,8 @@ class GoldenRecord(BaseModel):
     engine: str
     platform: dict[str, Any] | None = None  # pipeline/platform.py: where these outputs were produced
     prompts: list[GoldenPrompt]
+    # an export's own answers name it: {name, kind, digest (sha256 of its record)}; None: the bundle's
+    export: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,13 @@ class ParityReport:
                 "tolerance_nats": self.tolerance_nats, "golden_engine": self.golden_engine}
 
 
-def load_golden(path: str | Path, manifest: Manifest) -> GoldenRecord:
-    """Read the golden file and check it belongs to this bundle (before any weights load)."""
+def _configuration(export: dict[str, Any] | None) -> str:
+    return f"export {export.get('name')} ({str(export.get('digest'))[:12]})" if export else "the bundle itself"
+
+
+def load_golden(path: str | Path, manifest: Manifest, export: dict[str, Any] | None = None) -> GoldenRecord:
+    """Read the golden file and check it belongs to this bundle, and to what is served of it (the
+    bundle, or the export named by `export`), before any weights load."""
     path = Path(path)
     if not path.is_file():
         raise ParityError(f"golden file {path} not found (run the evaluate stage, or pass --skip-parity-probe "
@@ -105,6 +112,10 @@ def load_golden(path: str | Path, manifest: Manifest) -> GoldenRecord:
     if record.bundle_digest != manifest.bundle_digest:
         raise ParityError(f"golden file {path} is for bundle {record.bundle_digest[:16]}, "
                           f"this bundle is {manifest.bundle_digest[:16]}")
+    want, got = (export or {}).get("digest"), (record.export or {}).get("digest")
+    if want != got:
+        raise ParityError(f"golden file {path} holds the answers of {_configuration(record.export)}, and "
+                          f"{_configuration(export)} is served")
     if not record.prompts:
         raise ParityError(f"golden file {path} has no prompts to replay")
     return record

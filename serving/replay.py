@@ -85,6 +85,11 @@ def replay(golden: dict, client, concurrency: int) -> dict:
     if served_digest is not None and served_digest != golden.get("bundle_digest"):
         raise ReplayError(f"the server serves bundle {str(served_digest)[:16]}, the golden file is for "
                           f"{str(golden.get('bundle_digest'))[:16]}")
+    # the bundle or one of its exports: the golden answers must be those of what is served
+    served, wanted = info.get("configuration") or {}, golden.get("export") or {}
+    if "configuration" in info and served.get("digest") != wanted.get("digest"):
+        raise ReplayError(f"the server serves {served.get('name', 'the bundle')}, the golden file holds the answers "
+                          f"of {wanted.get('name', 'the bundle')}")
     load_before = [round(x, 2) for x in os.getloadavg()]
     t0 = time.perf_counter()
     from tqdm import tqdm
@@ -102,6 +107,7 @@ def replay(golden: dict, client, concurrency: int) -> dict:
         "bundle_digest": golden.get("bundle_digest"),
         "served_bundle_digest": served_digest,
         "golden_engine": golden.get("engine"),
+        "export": golden.get("export"),  # None: the bundle itself was replayed
         "concurrency": concurrency,
         "items": len(items),
         "identical": len(items) - len(different),
@@ -119,7 +125,8 @@ def replay(golden: dict, client, concurrency: int) -> dict:
 
 
 def summary(result: dict) -> str:
-    lines = [f"replayed {result['items']} evaluated items at concurrency {result['concurrency']} against bundle "
+    export = f"export {result['export']['name']} of " if result.get("export") else ""
+    lines = [f"replayed {result['items']} evaluated items at concurrency {result['concurrency']} against {export}bundle "
              f"{str(result['bundle_digest'])[:12]} in {result['wall_s']:.1f} s: {result['identical']} identical, "
              f"{result['different']} different"]
     if result["prompt_ids_mismatched"]:
@@ -178,6 +185,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                     "the release's golden.json")
     p.add_argument("--serve", metavar="RELEASE_DIR",
                    help="start `python -m serving` on this release, replay against it, stop it")
+    p.add_argument("--export", metavar="NAME",
+                   help="with --serve: serve this export of the release instead of its bundle (python -m serving "
+                        "--export; golden default: the export's own golden.json); with a bare bundle, an export folder "
+                        "and --golden")
     p.add_argument("--batching", choices=("invariant", "padded"), default="invariant",
                    help="with --serve: the server's batching (padded shows what invariance fixes)")
     p.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
@@ -201,7 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.golden is None and args.serve is None:
             raise ReplayError("give --golden (and --base-url), or --serve RELEASE_DIR")
-        args.golden = args.golden or str(Path(args.serve) / "golden.json")
+        if args.export and not args.serve:
+            raise ReplayError("--export goes with --serve")
+        default = (Path(args.serve) / "exports" / args.export if args.export else Path(args.serve or "."))
+        args.golden = args.golden or str(default / "golden.json")
         golden = json.loads(Path(args.golden).read_text(encoding="utf-8"))
         if args.concurrency < 1:
             raise ReplayError("--concurrency must be at least 1")
@@ -212,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return replay(golden, client, args.concurrency)
 
         if args.serve:
-            extra = ["--max-batch", str(max(8, args.concurrency)), "--batching", args.batching]
+            extra = ["--max-batch", str(max(8, args.concurrency)), "--batching", args.batching,
+                     *(["--export", args.export] if args.export else [])]
             if (Path(args.serve) / "manifest.json").is_file():  # a bare bundle: development only
                 extra += ["--allow-unreleased", "--golden", str(args.golden)]
             if args.public_key:

@@ -134,6 +134,9 @@ class ModelCard(BaseModel):
                                             "release was evaluated on, whether they are one class (coverage: "
                                             "evaluated, attested, not_covered, unknown) and the platforms the "
                                             "release is attested on.")
+    configuration: dict[str, Any] = Field(default_factory=lambda: {"name": "bundle"}, description="What is "
+                                          "served: the bundle itself ({name: bundle}), or one of its evaluated "
+                                          "exports ({name, kind, digest: sha256 of the export's record}).")
 
 
 class ModelList(BaseModel):

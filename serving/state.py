@@ -43,10 +43,13 @@ class ServingState:
     replay: dict[str, Any] | None = None
     # This machine's platform against the evaluated one, and the release's attestations.
     platform: dict[str, Any] | None = None
+    # The export served instead of the bundle ({name, kind, digest}); None: the bundle itself.
+    configuration: dict[str, Any] | None = None
 
     @property
     def model_id(self) -> str:
-        return f"tailgate-{self.manifest.bundle_digest[:12]}"
+        suffix = f"-{self.configuration['name']}" if self.configuration else ""
+        return f"tailgate-{self.manifest.bundle_digest[:12]}{suffix}"
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
@@ -90,17 +93,18 @@ class ServingState:
             release=self.release,
             replay=self.replay,
             platform=self.platform,
+            configuration=self.configuration or {"name": "bundle"},
         )
 
 
 def build_state(engine: TokenizingEngine, manifest: Manifest, parity: ParityReport, *, max_batch: int,
                 max_queue: int, api_key: str | None, request_timeout_s: float,
                 release: dict[str, Any] | None = None, replay: dict[str, Any] | None = None,
-                platform: dict[str, Any] | None = None) -> ServingState:
+                platform: dict[str, Any] | None = None, configuration: dict[str, Any] | None = None) -> ServingState:
     metrics = ServingMetrics()
     from serving.continuous import supports
 
     batcher = Batcher(engine, metrics, max_batch=max_batch, max_queue=max_queue, continuous=supports(engine))
     return ServingState(engine=engine, manifest=manifest, parity=parity, batcher=batcher, metrics=metrics,
                         api_key=api_key or None, request_timeout_s=request_timeout_s, release=release,
-                        replay=replay, platform=platform)
+                        replay=replay, platform=platform, configuration=configuration)

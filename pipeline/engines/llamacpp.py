@@ -17,9 +17,7 @@ bundle's only where llama.cpp's logits do.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import platform as py_platform
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -70,12 +68,13 @@ class LlamaCppEngine:
                                f"llama.cpp (llama-cpp-python {llama_cpp.__version__}), one sequence at a time")
 
     def platform_record(self) -> dict:
+        """This machine's platform (pipeline/platform.py) with llama.cpp as the kernel: what an
+        export's golden answers hold for, and what serving it compares with."""
         import llama_cpp
 
-        description = (f"cpu ({py_platform.processor() or py_platform.machine()}), llama.cpp via llama-cpp-python "
-                       f"{llama_cpp.__version__}, {self.threads} threads")
-        return {"device": "cpu", "engine": "llama.cpp", "threads": self.threads, "description": description,
-                "platform_id": hashlib.sha256(description.encode()).hexdigest()[:16]}
+        from pipeline.platform import detect
+
+        return detect(kernel=f"llama.cpp {llama_cpp.__version__} ({self.threads} threads)").as_record()
 
     def _last_logprobs(self) -> np.ndarray:
         return _log_softmax(np.asarray(self.llm.scores[self.llm.n_tokens - 1]))

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--eval", default="reports/eval.json", help="the bundle's evaluation report")
     ev.add_argument("--samples", default="reports/eval_samples.jsonl", help="the bundle's per-item rows")
     ev.add_argument("--params", default="params.yaml", help="its `evaluate` and `gate` sections are used")
-    ev.add_argument("--out", required=True, help="folder for eval.json, eval_samples.jsonl, gate.json and gate.md")
+    ev.add_argument("--out", required=True, help="folder for eval.json, eval_samples.jsonl, gate.json, gate.md and "
+                                                 "golden.json (the export's answers, what serving it replays)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -69,7 +70,7 @@ def _evaluate(args) -> int:
     from pipeline.gate.decide import render_markdown
     from pipeline.params import load_section
 
-    report, rows = evaluate_export(load_section("evaluate", args.params), args.export, args.bundle,
+    report, rows, golden = evaluate_export(load_section("evaluate", args.params), args.export, args.bundle,
                                    read_json(args.eval), read_rows(args.samples))
     decision = gate_export(load_section("gate", args.params), report, args.bundle)
     out = Path(args.out)
@@ -78,6 +79,7 @@ def _evaluate(args) -> int:
     atomic_write_text(out / "eval_samples.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
     atomic_write_json(out / "gate.json", decision)
+    atomic_write_json(out / "golden.json", golden)
     atomic_write_text(out / "gate.md", render_markdown(decision))
     d = report["damage"]
     print(f"{report['export']['kind']} export: {report['headline_metric']} "

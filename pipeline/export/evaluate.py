@@ -25,68 +25,28 @@ from pathlib import Path
 from pipeline.bundle.verify import verify_bundle
 from pipeline.evaluate import damage, stats
 from pipeline.evaluate.run import (
-    aggregate, default_system_prompt, engine_record, prepare, record_limit, run_suite, suite_record,
+    aggregate, default_system_prompt, engine_record, golden_from_evaluation, prepare, record_limit, run_suite,
+    suite_record,
 )
 from pipeline.evaluate.scoring import correctness_metrics, lower_is_better
-from pipeline.export.merged import EXPORT_RECORD, ExportError
-from pipeline.files import sha256_file
+from pipeline.export.engine import export_engine
+from pipeline.export.merged import ExportError
+from pipeline.export.record import export_digest, export_name, open_export
 from pipeline.params import EXPORT_RULES, EvaluateParams, GateParams, GateRule
 from pipeline.platform import detect
 
 log = logging.getLogger(__name__)
-
-def open_export(export_dir: str | Path) -> dict:
-    """The export's record, after every file it lists hashes to its recorded sha256 and no file
-    is there that it does not list."""
-    root = Path(export_dir)
-    path = root / EXPORT_RECORD
-    if not path.is_file():
-        raise ExportError(f"{root} has no {EXPORT_RECORD}: not an export written by `python -m pipeline.export`")
-    record = json.loads(path.read_text(encoding="utf-8"))
-    files = record.get("files") or {}
-    for name, want in sorted(files.items()):
-        if not (root / name).is_file():
-            raise ExportError(f"export file {root / name} is missing")
-        if sha256_file(root / name) != want:
-            raise ExportError(f"export file {root / name} does not match its recorded sha256 (changed after export)")
-    extra = sorted(p.name for p in root.iterdir() if p.is_file() and p.name not in files and p.name != EXPORT_RECORD)
-    if extra:
-        raise ExportError(f"export {root} holds files its record does not list: {', '.join(extra)}")
-    return record
-
-
-def export_engine(export_dir: str | Path, record: dict, prefix_cache_bytes: int = 0):
-    """The engine that serves this kind of export, built from the export folder alone."""
-    kind = record.get("kind")
-    if kind == "merged":
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from pipeline.engines.hf import HFEngine
-
-        model = AutoModelForCausalLM.from_pretrained(export_dir, dtype=getattr(torch, record["dtype"]),
-                                                     device_map={"": "cpu"}).eval()
-        tokenizer = AutoTokenizer.from_pretrained(export_dir, trust_remote_code=False)
-        return HFEngine(model, tokenizer, max_context_tokens=record["max_context_tokens"],
-                        stop_token_ids=record["stop_token_ids"], prefix_cache_bytes=prefix_cache_bytes,
-                        description=f"merged {record['dtype']} export of bundle {record['bundle_digest'][:12]}, "
-                                    "batch-invariant")
-    if kind == "gguf":
-        from pipeline.engines.llamacpp import LlamaCppEngine
-
-        return LlamaCppEngine.from_export(export_dir, record)
-    raise ExportError(f"export kind {kind!r} has no engine to evaluate it with")
-
 
 def read_rows(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def evaluate_export(params: EvaluateParams, export_dir: str | Path, bundle_dir: str | Path,
-                    shipped_report: dict, shipped_rows: list[dict]) -> tuple[dict, list[dict]]:
-    """(report, per-item rows) of the export on the bundle's suite, with `damage` against the
-    shipped bundle's evaluation (shipped_report / shipped_rows: reports/eval.json and
-    eval_samples.jsonl of this bundle)."""
+                    shipped_report: dict, shipped_rows: list[dict]) -> tuple[dict, list[dict], dict]:
+    """(report, per-item rows, golden record) of the export on the bundle's suite, with `damage`
+    against the shipped bundle's evaluation (shipped_report / shipped_rows: reports/eval.json and
+    eval_samples.jsonl of this bundle). The golden record is the export's own answers with their
+    token ids, what serving the export replays (its parity probe, the release's replay)."""
     from pipeline.engines.prefix import default_budget
 
     record = open_export(export_dir)
@@ -110,7 +70,9 @@ def evaluate_export(params: EvaluateParams, export_dir: str | Path, bundle_dir: 
     engine = export_engine(export_dir, record, prefix_cache_bytes=default_budget())
     log.info("evaluate: %s export (%s), %d items", record["kind"], engine.description, len(items))
     with tempfile.TemporaryDirectory(prefix="tailgate-export-") as tmp:
-        rows, _ = run_suite(engine, suite, items, system, params, budget, scorers, Path(tmp) / "unscored.jsonl")
+        rows, completions = run_suite(engine, suite, items, system, params, budget, scorers,
+                                      Path(tmp) / "unscored.jsonl")
+    golden = golden_from_evaluation(engine, items, system, completions)
     platform = detect(engine.model).as_record() if hasattr(engine, "model") else engine.platform_record()
     engine_info = engine_record(engine)
     del engine
@@ -137,7 +99,11 @@ def evaluate_export(params: EvaluateParams, export_dir: str | Path, bundle_dir: 
            if "nll_per_token" in r and "nll_per_token" in by_id[r["id"]]]
     if far:
         report["damage"]["abs_delta_nll_per_token"] = stats.quantiles(far)
-    return report, rows
+    identity = {"name": export_name(record), "kind": record["kind"], "digest": export_digest(export_dir)}
+    report["export"]["digest"] = identity["digest"]
+    golden_record = {"bundle_digest": m.bundle_digest, "export": identity, "engine": engine_info["name"],
+                     "platform": platform, "prompts": golden}
+    return report, rows, golden_record
 
 
 def gate_export(params: GateParams, report: dict, bundle_dir: str | Path,

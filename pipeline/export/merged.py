@@ -25,17 +25,13 @@ from typing import Literal
 import torch
 
 from pipeline.bundle.verify import verify_bundle
+from pipeline.export.record import EXPORT_RECORD, ExportError
 from pipeline.files import atomic_write_text, sha256_file
 from pipeline.platform import four_bit_layers, is_packed
 
 log = logging.getLogger(__name__)
 
-EXPORT_RECORD = "tailgate_export.json"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-class ExportError(RuntimeError):
-    """An export that would not be the model that was evaluated."""
 
 
 def load_merged(bundle_dir: str | Path):

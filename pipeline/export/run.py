@@ -1,7 +1,8 @@
 """The export stage's work: write each export params ask for, evaluate it, gate it, record it.
 
 Nothing asked for (the default) writes a record saying so and loads nothing. Each export goes to
-`<out>/<name>/` (merged, gguf_<type>), its evaluation and gate decision to `<reports>/<name>/`,
+`<out>/<name>/` (merged, gguf_<type>), its evaluation, gate decision and golden answers (what
+serving it replays) to `<reports>/<name>/`,
 and one summary of every configuration beside the bundle (size, headline, damage, verdict) to
 `<out>/exports.json` and the metrics file. A refused export is kept and recorded as refused: it
 does not stop the bundle's own release, and nothing refused is shipped.
@@ -37,7 +38,7 @@ def _write(params: ExportParams, name: str, bundle_dir: Path, out: Path) -> None
 
 def _entry(report: dict, decision: dict, size: int) -> dict:
     head, d = report["headline_metric"], report["damage"]
-    return {"kind": report["export"]["kind"], "size_bytes": size, "engine": report["engine"]["description"],
+    return {"kind": report["export"]["kind"], "digest": report["export"]["digest"], "size_bytes": size, "engine": report["engine"]["description"],
             "headline": report["overall"][head]["mean"], "gate_passed": decision["passed"],
             "gate_failed": decision["failed"], "identical_outputs": d["identical_outputs"],
             "flip_rate": d["flip_rate"], "unflip_rate": d["unflip_rate"], "worst_slice_drop": d["worst_slice_drop"],
@@ -61,13 +62,14 @@ def export_all(params: ExportParams, evaluate: EvaluateParams, gate: GateParams,
         rows = read_rows(samples_path)
         for name in summary["requested"]:
             _write(params, name, Path(bundle_dir), out / name)
-            report, export_rows = evaluate_export(evaluate, out / name, bundle_dir, shipped, rows)
+            report, export_rows, golden = evaluate_export(evaluate, out / name, bundle_dir, shipped, rows)
             decision = gate_export(gate, report, bundle_dir, tuple(params.rules))
             (reports / name).mkdir()
             atomic_write_json(reports / name / "eval.json", report)
             atomic_write_text(reports / name / "eval_samples.jsonl", "".join(
                 json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in export_rows))
             atomic_write_json(reports / name / "gate.json", decision)
+            atomic_write_json(reports / name / "golden.json", golden)
             atomic_write_text(reports / name / "gate.md", render_markdown(decision))
             summary["configurations"][name] = _entry(report, decision, _size(out / name))
             log.info("export %s: gate %s", name, "passed" if decision["passed"] else

@@ -372,7 +372,8 @@ def _release(release: dict | None) -> list[str]:
 
 def render_card(manifest: Manifest, eval_report: dict, gate_report: dict, *, base_model: str | None,
                 license: str, datasets_digest: str | None = None, language: list[str] | None = None,
-                model_name: str | None = None, release: dict | None = None, replay: dict | None = None) -> str:
+                model_name: str | None = None, release: dict | None = None, replay: dict | None = None,
+                configurations: list[str] | None = None) -> str:
     """The release's README.md: YAML front matter (HF model-card metadata) and a markdown body."""
     passed = _check(manifest, eval_report, gate_report)
     datasets_digest = datasets_digest or manifest.provenance.curated_data_digest
@@ -380,7 +381,8 @@ def render_card(manifest: Manifest, eval_report: dict, gate_report: dict, *, bas
     body = [f"# {name}", "", *_summary(manifest, eval_report, base_model), *_gate(gate_report, passed),
             *comparison_lines(gate_report),
             *_quantization(manifest), *_results(eval_report, gate_report), *_tails(eval_report), *_damage(eval_report),
-            *_serve(manifest, release), *_served(replay), *_platform(eval_report, replay), *_provenance(manifest, datasets_digest), *_release(release)]
+            *_serve(manifest, release), *_served(replay), *(configurations or []),
+            *_platform(eval_report, replay), *_provenance(manifest, datasets_digest), *_release(release)]
     data = card_data(manifest, eval_report, gate_report, passed, base_model, license, datasets_digest,
                       language, name, replay)
     text = (f"---\n{data.to_yaml(original_order=META_ORDER)}\n---\n\n"

@@ -28,6 +28,7 @@ from pipeline.release.record import (
     BUNDLE_DIR, EVIDENCE_FILES, OPTIONAL_EVIDENCE, RECORD_NAME, SIGNATURE_NAME, TOP_LEVEL, ReleaseError, ReleaseRecord,
     check_digest, is_release_dir,
 )
+from pipeline.release import configurations
 from pipeline.release.sign import verify_signature
 
 if TYPE_CHECKING:
@@ -52,6 +53,18 @@ class OpenedRelease:
         """The release-time replay under load, when the release carries one (pinned, verified)."""
         name = OPTIONAL_EVIDENCE["replay"]
         return self.root / name if name in self.record.evidence else None
+
+    def export(self, name: str) -> tuple[Path, Path, Path | None]:
+        """(export folder, its golden answers, its release-time replay) of an export the release
+        carries; ReleaseError naming the ones it does carry otherwise."""
+        if name not in self.record.exports:
+            carried = ", ".join(sorted(self.record.exports)) or "none"
+            raise ReleaseError(f"release {self.record.bundle_digest[:12]} carries no export {name!r} (it carries: "
+                               f"{carried})", configurations.EXPORTS_DIR)
+        dest = self.root / configurations.EXPORTS_DIR / name
+        replay = dest / configurations.REPLAY
+        return (dest / configurations.MODEL_DIR, dest / "golden.json",
+                replay if configurations.REPLAY in self.record.exports[name].evidence else None)
 
     def describe(self) -> dict:
         return {"bundle_digest": self.record.bundle_digest, "released_at": self.record.released_at,
@@ -125,6 +138,7 @@ def open_release(root: str | Path, *, public_key: str | Path | None = None, requ
             raise ReleaseError(f"release file {name!r} is for bundle {str(got)[:12]}, the release is {digest[:12]}",
                                name)
 
+    configurations.verify(root, record)
     bundle = verify_bundle(root / BUNDLE_DIR)  # BundleError names the file; it is a ValueError too
     if bundle.manifest.bundle_digest != digest:
         raise ReleaseError(f"the bundle in release {digest[:12]} has digest {bundle.manifest.bundle_digest[:12]}",

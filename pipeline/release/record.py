@@ -11,7 +11,11 @@ A release directory holds the bundle exactly as evaluated plus the evidence for 
     replay.json    every golden item served by `python -m serving` at release time, several at
                    a time, compared token for token with the evaluation (absent in releases
                    made with release.replay.enabled false, or before it existed)
-    release.json   the ReleaseRecord: bundle digest + sha256 of every evidence file
+    exports/<name>/  each export that passed its own gate (merged, gguf_q8_0, ...; absent when
+                   none was asked for): model/ (the export folder as written, its record pinning
+                   every file) and its own eval.json, gate.json, golden.json and replay.json
+    release.json   the ReleaseRecord: bundle digest + sha256 of every evidence file, and of each
+                   export's record and evidence
     release.sig    the model-signing signature over every file above (absent when unsigned)
 
 The card and the evidence live beside the bundle, not inside it: they are computed from the
@@ -38,7 +42,8 @@ CARD_NAME = "README.md"
 EVIDENCE_FILES = {"eval": "eval.json", "gate": "gate.json", "golden": "golden.json", "card": CARD_NAME}
 # evidence a release carries when it was produced: pinned by the record like the rest when present
 OPTIONAL_EVIDENCE = {"replay": "replay.json"}
-TOP_LEVEL = frozenset({BUNDLE_DIR, RECORD_NAME, SIGNATURE_NAME, *EVIDENCE_FILES.values(),
+EXPORTS_DIR = "exports"
+TOP_LEVEL = frozenset({BUNDLE_DIR, RECORD_NAME, SIGNATURE_NAME, EXPORTS_DIR, *EVIDENCE_FILES.values(),
                        *OPTIONAL_EVIDENCE.values()})
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -64,6 +69,16 @@ class SigningInfo(_R):
     key_fingerprint: str | None = Field(None, description="sha256 of the public key (DER), for method=key.")
 
 
+class ExportEntry(_R):
+    """One export a release carries (exports/<name>/): a configuration with its own evidence."""
+
+    kind: str = Field(description="merged or gguf.")
+    digest: str = Field(description="sha256 of the export's record, which pins the sha256 of each of its files.")
+    evidence: dict[str, FileEntry] = Field(description="Its own eval.json, gate.json, golden.json and replay.json "
+                                           "(names inside exports/<name>/) -> sha256 and size.")
+    gate_passed: bool
+
+
 class ReleaseRecord(_R):
     """release.json: signed with the rest, so nothing in it can be edited unnoticed."""
 
@@ -76,6 +91,8 @@ class ReleaseRecord(_R):
     signing: SigningInfo
     platform: dict | None = Field(None, description="The platform the evaluation (and so the golden outputs) ran "
                                   "on (pipeline/platform.py); null in releases made before it was recorded.")
+    exports: dict[str, ExportEntry] = Field(default_factory=dict, description="The exports released beside the "
+                                            "bundle, by name; each passed its own gate and replay.")
 
 
 class DvcObject(_R):

@@ -61,7 +61,7 @@ def test_the_export_is_evaluated_on_the_bundles_suite_with_damage_against_the_bu
                                                                                      evaluated_exports):
     _params, report, rows = shipped
     _root, out = evaluated_exports
-    export_report, export_rows = out["merged"]
+    export_report, export_rows, golden = out["merged"]
     assert export_report["bundle_digest"] == report["bundle_digest"]
     assert export_report["export"]["kind"] == "merged" and export_report["engine"]["batch_invariant"] is True
     assert sorted(r["id"] for r in export_rows) == sorted(r["id"] for r in rows)
@@ -70,6 +70,11 @@ def test_the_export_is_evaluated_on_the_bundles_suite_with_damage_against_the_bu
     assert d["items"] == len(rows) and d["reference"].startswith("the shipped bundle")
     assert set(d["slices"]) == set(report["slices"])
     assert "p99" in d["delta_nll_per_token"]
+    # the export's own answers, token ids included: what serving the export replays
+    assert golden["bundle_digest"] == report["bundle_digest"] and golden["export"]["name"] == "merged"
+    assert golden["export"]["digest"] == export_report["export"]["digest"]
+    assert sorted(g["id"] for g in golden["prompts"]) == sorted(r["id"] for r in export_rows)
+    assert all(len(g["token_ids"]) == len(g["logprobs"]) for g in golden["prompts"])
 
 
 def test_the_broken_export_is_further_from_the_bundle_and_refused(tiny_pipeline, evaluated_exports):
