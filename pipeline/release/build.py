@@ -97,9 +97,10 @@ def replay_under_load(params: ReleaseReplayParams, bundle_dir: Path, golden_path
     result = json.loads(out.read_text(encoding="utf-8"))
     log.info("%s", stdout.strip())
     if result["different"] and params.required:
-        raise ReleaseError(f"served under load, {result['different']} of {result['items']} answers of the {what} "
-                           f"differ from the evaluated ones; nothing is released (release.replay.required):\n"
-                           f"{stdout.strip()}", str(golden_path))
+        raise ReleaseError(f"served under load, {result['different']} of {result['items']} answers differ from the "
+                           f"evaluated ones of the {what}; nothing is released (release.replay.required):\n"
+                           f"{stdout.strip()}", EVIDENCE_FILES["golden"] if export_dir is None
+                           else f"{configurations.EXPORTS_DIR}/{export_dir.parent.name}/golden.json")
     if result["different"]:
         log.warning("releasing with %d of %d served answers different from the evaluated ones "
                     "(release.replay.required is false)", result["different"], result["items"])

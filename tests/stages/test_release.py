@@ -187,6 +187,8 @@ def test_release_stage_entry_point_writes_record_and_card(tiny_pipeline, tmp_pat
     evidence = make_evidence(tiny_pipeline["bundle"], tmp_path / "reports")
     rc = main(["--params", str(params_file), "--bundle", str(tiny_pipeline["bundle"]), "--eval", str(evidence["eval"]),
                "--gate", str(evidence["gate"]), "--golden", str(evidence["golden"]), "--out", str(tmp_path / "rel"),
+               # no export stage ran for the tiny bundle (the repository's own exports are of the default one)
+               "--exports", str(tmp_path / "exports"), "--exports-reports", str(tmp_path / "exports_reports"),
                "--record", str(tmp_path / "release.json"), "--card", str(tmp_path / "card.md")])
     assert rc == 0
     written = json.loads((tmp_path / "release.json").read_text())
