@@ -162,8 +162,9 @@ def _build_engine(name: str, bundle, max_batch: int, batch_invariant: bool = Tru
     return HFEngine.from_bundle(bundle, batch_invariant=batch_invariant)
 
 
-def _replay_report(path: str | None, manifest) -> dict | None:
-    """The replay summary for /v1/models; one for another bundle is refused (ValueError)."""
+def _replay_report(path: str | None, manifest, export: dict | None = None) -> dict | None:
+    """The replay summary for /v1/models; one for another bundle, or of another configuration
+    (the bundle's replay beside an export, or another export's), is refused (ValueError)."""
     if path is None:
         return None
     import json
@@ -172,6 +173,10 @@ def _replay_report(path: str | None, manifest) -> dict | None:
     if record.get("bundle_digest") != manifest.bundle_digest:
         raise ValueError(f"replay report {path} is for bundle {str(record.get('bundle_digest'))[:16]}, "
                          f"this bundle is {manifest.bundle_digest[:16]}")
+    replayed, served = record.get("export") or {}, export or {}
+    if replayed.get("digest") != served.get("digest"):
+        raise ValueError(f"replay report {path} replayed {replayed.get('name', 'the bundle')}, and "
+                         f"{served.get('name', 'the bundle')} is served")
     keys = ("items", "identical", "different", "concurrency", "measured_at")
     return {k: record.get(k) for k in keys}
 
@@ -225,8 +230,9 @@ def _open_export(args: argparse.Namespace, opened, manifest, golden_path: str, r
     Raises ReleaseError (exit 4) or ValueError (exit 2)."""
     from pipeline.export.record import export_digest, export_name, open_export
 
-    if args.engine != "hf":
-        raise ReleaseError("--export serves an export on the runtime it was evaluated with; drop --engine")
+    if args.engine != "hf" or args.batching != "invariant":
+        raise ReleaseError("--export serves an export on the runtime it was evaluated with; drop --engine and "
+                           "--batching")
     if opened is not None:
         folder, golden, replay = opened.export(args.export)
         golden_path, replayed = args.golden or str(golden), str(replay) if replay else None
@@ -293,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         # a report given on the command line is newer than the one signed into the release
-        replay_summary = _replay_report(args.replay_report or release_replay, manifest)
+        replay_summary = _replay_report(args.replay_report or release_replay, manifest, identity)
     except (OSError, ValueError) as exc:
         return _refuse(EXIT_PARITY_REFUSED, f"--replay-report: {exc}")
     engine = _build_engine(args.engine, bundle, args.max_batch, args.batching == "invariant",

@@ -57,3 +57,40 @@ def test_llamacpp_scores_continuations_as_the_merged_model_does(engines):
     got, want = gguf.loglikelihood(pairs), merged.loglikelihood(pairs)
     assert max(abs(g[0] - w[0]) for g, w in zip(got, want)) < 1e-3
     assert [g[1] for g in got] == [w[1] for w in want]
+
+
+def test_a_gguf_export_is_served_on_llamacpp_with_its_own_golden_answers(tiny_pipeline, tmp_path):
+    """`python -m serving --export`: the GGUF served by llama.cpp, one sequence at a time, its own
+    evaluated answers replayed at start-up and again under load by the official client."""
+    import json
+    import subprocess
+    import sys
+
+    import httpx
+
+    from pipeline.evaluate import evaluate
+    from pipeline.export import export_gguf
+    from pipeline.export.evaluate import evaluate_export
+    from pipeline.params import load_section
+    from serving.replay import launched_server
+    from tests.conftest import REPO
+
+    params = load_section("evaluate", tiny_pipeline["params"]).model_copy(
+        update={"suite": str(REPO / "eval_suites/discharge"), "damage": False})
+    report, rows, _ = evaluate(params, tiny_pipeline["bundle"])
+    export_gguf(tiny_pipeline["bundle"], tmp_path / "gguf", "f32")
+    _, _, golden = evaluate_export(params, tmp_path / "gguf", tiny_pipeline["bundle"], report, rows)
+    (tmp_path / "golden.json").write_text(json.dumps(golden))
+    args = ["--allow-unreleased", "--export", str(tmp_path / "gguf"), "--golden", str(tmp_path / "golden.json")]
+    with launched_server(str(tiny_pipeline["bundle"]), args) as url:
+        card = httpx.get(f"{url}/models").json()["data"][0]
+        assert card["configuration"]["name"] == "gguf_f32" and card["engine"]["name"] == "llama.cpp"
+        assert card["parity"]["status"] == "passed"
+    out = subprocess.run([sys.executable, "-m", "serving.replay", "--serve", str(tiny_pipeline["bundle"]),
+                          "--export", str(tmp_path / "gguf"), "--golden", str(tmp_path / "golden.json"),
+                          "--concurrency", "4", "--out", str(tmp_path / "replay.json")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    replay = json.loads((tmp_path / "replay.json").read_text())
+    assert replay["identical"] == replay["items"] == len(golden["prompts"])
+    assert replay["export"]["name"] == "gguf_f32"

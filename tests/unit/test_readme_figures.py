@@ -68,6 +68,7 @@ B_SCORING, B_MAKE_RUN = RESULTS + "scoring.json", RESULTS + "make_run.json"
 B_PEER = RESULTS + "llamacpp_peer.json"
 B_BLOCKS, B_EXPORTS = RESULTS + "decode_blocks.json", RESULTS + "exports.json"
 B_LLSERVER = RESULTS + "llamacpp_server.json"
+B_RELEXP = RESULTS + "release_exports.json"
 # Result files kept under another name when a later run took theirs: their load is in run.json
 # under the benchmark's name.
 RENAMED: dict[str, str] = {}
@@ -870,6 +871,21 @@ FIGURES: list[Figure] = [
                                       "fifth": ratio_words(c["damage"]["flip_rate"]),
                                       **_assert(not c["gate_passed"] and c["headline"]["overall"] >= 0.30)})(
                                           d["configurations"]["merged_into_16bit_original"])),
+    loaded(B_RELEXP, "(`benchmarks/results/release_exports.json`; 1-minute load average {before} before and {after} "
+                     "after on {cores} cores, its own work): both exports passed their gates and were released beside "
+                     "the bundle, {release.files} files and {mb:.0f} MB in all, the signature {release.signature} when "
+                     "the release was opened again.", doc="docs/exports.md",
+           calc=lambda d: {"mb": d["release"]["size_bytes"] / 1e6, **_assert(
+               sorted(d["release"]["exports"]) == ["gguf_q8_0", "merged"]
+               and all(c["gate_passed"] for c in d["exports_metrics"].values()))}),
+    Figure(B_RELEXP, "{rows}", doc="docs/exports.md",
+           calc=lambda d: {"rows": " ".join(d["card_configurations"][4:9])}),
+    Figure(B_RELEXP, "Every export answered all {n} of its own evaluated items again when served, {c} requests at a time",
+           doc="docs/exports.md", calc=lambda d: {"n": d["replays"]["merged"]["items"],
+                                                  "c": d["replays"]["merged"]["concurrency"], **_assert(
+               all(r["identical"] == r["items"] == 160 for r in d["replays"].values()))}),
+    Figure(B_RELEXP, "The export stage took {export_stage_wall_s:.0f} s and the release stage {release_stage_wall_s:.0f} s "
+                     "(three replays of the {replays.bundle.items} items)", doc="docs/exports.md"),
     loaded(B_LLSERVER, "(`benchmarks/results/llamacpp_server.json`, with nothing else running: 1-minute load average "
                        "{before} before and {after} after on {cores} cores, the benchmark's own work)", doc="docs/speed.md"),
     *[Figure(B_LLSERVER, "| " + arm + " | {one.tokens_per_s:g} | {many} | {same} | {one.identical_to_golden}/{items} |",
