@@ -124,6 +124,11 @@ def _exports(params: ReleaseParams, tmp: Path, configs: dict[str, dict], exports
                                       dest / configurations.REPLAY, export_dir=dest / configurations.MODEL_DIR)
                     if params.replay.enabled else None)
         entries[name] = configurations.entry(dest, open_export(dest / configurations.MODEL_DIR), replayed is not None)
+        # its own signature over its folder (model, evidence, replay): a user who deploys only this
+        # export checks it without the rest of the release; the release's signature covers it too
+        s = params.signing
+        sign_release(dest, s.method, private_key=s.private_key, public_key=s.public_key, password=_password(params),
+                     sigstore_staging=s.sigstore_staging)
         shipped[name] = {"eval": read_json(dest / "eval.json"), "replay": replayed, "size_bytes": c["size_bytes"]}
     return entries, shipped, refused
 

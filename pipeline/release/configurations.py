@@ -5,20 +5,24 @@ release takes those whose own gate passed, copies each into `exports/<name>/` (t
 as `model/`, its eval.json, gate.json and golden.json beside it), serves it the way a user will
 (`python -m serving --export`, the runtime that evaluated it) and replays every one of its own
 evaluated answers against it, and pins all of it in the release record, under the one signature.
-A refused export is named on the card and not shipped.
+A refused export is named on the card and not shipped. Each export folder is also signed on its
+own (`exports/<name>/release.sig`, same key), so a user who deploys only the GGUF checks it
+without the rest of the release.
 
-Opening a release checks each export again: the record's entry, every evidence hash, every file
-of the export against its own record, the gate verdict and the digests they all name.
+Opening a release checks each export again: its own signature when the release's is checked, the
+record's entry, every evidence hash, every file of the export against its own record, the gate
+verdict and the digests they all name.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from pipeline.bundle.manifest import FileEntry
 from pipeline.files import hash_files, read_json, sha256_file
-from pipeline.release.record import EXPORTS_DIR, ExportEntry, ReleaseError, ReleaseRecord
+from pipeline.release.record import EXPORTS_DIR, SIGNATURE_NAME, ExportEntry, ReleaseError, ReleaseRecord
 
 MODEL_DIR = "model"
 EVIDENCE = ("eval.json", "gate.json", "golden.json")
@@ -81,9 +85,10 @@ def entry(dest: Path, record: dict, replayed: bool) -> ExportEntry:
                                  for n in sorted(names)})
 
 
-def verify(root: Path, record: ReleaseRecord) -> None:
-    """Every export the record pins is there, unchanged, its own gate passed and its evidence
-    names this bundle; nothing else is under exports/. Raises ReleaseError naming the file."""
+def verify(root: Path, record: ReleaseRecord, check_signature: Callable[[Path], None] | None = None) -> None:
+    """Every export the record pins is there, unchanged (its own signature checked with
+    check_signature when given), its own gate passed and its evidence names this bundle; nothing
+    else is under exports/. Raises ReleaseError naming the file."""
     from pipeline.export.record import ExportError, export_digest, open_export
 
     folder = root / EXPORTS_DIR
@@ -98,10 +103,18 @@ def verify(root: Path, record: ReleaseRecord) -> None:
         dest = folder / name
         if not dest.is_dir():
             raise ReleaseError(f"release export {EXPORTS_DIR}/{name} is missing", f"{EXPORTS_DIR}/{name}")
-        extra = sorted(p.name for p in dest.iterdir() if p.name != MODEL_DIR and p.name not in pinned.evidence)
+        own = {MODEL_DIR, SIGNATURE_NAME}
+        extra = sorted(p.name for p in dest.iterdir() if p.name not in own and p.name not in pinned.evidence)
         if extra:
             raise ReleaseError(f"release file {EXPORTS_DIR}/{name}/{extra[0]} is not pinned by the release record",
                                f"{EXPORTS_DIR}/{name}/{extra[0]}")
+        if record.signing.method != "none" and not (dest / SIGNATURE_NAME).is_file():
+            raise ReleaseError(f"release export {name} is not signed", f"{EXPORTS_DIR}/{name}/{SIGNATURE_NAME}")
+        if check_signature is not None:
+            try:
+                check_signature(dest)
+            except ReleaseError as exc:
+                raise ReleaseError(f"release export {name}: {exc}", f"{EXPORTS_DIR}/{name}/{exc.path}") from None
         for f in sorted(pinned.evidence):
             if not (dest / f).is_file():
                 raise ReleaseError(f"release file {EXPORTS_DIR}/{name}/{f} is missing", f"{EXPORTS_DIR}/{name}/{f}")

@@ -138,7 +138,9 @@ def open_release(root: str | Path, *, public_key: str | Path | None = None, requ
             raise ReleaseError(f"release file {name!r} is for bundle {str(got)[:12]}, the release is {digest[:12]}",
                                name)
 
-    configurations.verify(root, record)
+    configurations.verify(root, record, (lambda d: verify_signature(
+        d, public_key=public_key, sigstore_identity=sigstore_identity, sigstore_issuer=sigstore_issuer))
+        if signed and can_check else None)
     bundle = verify_bundle(root / BUNDLE_DIR)  # BundleError names the file; it is a ValueError too
     if bundle.manifest.bundle_digest != digest:
         raise ReleaseError(f"the bundle in release {digest[:12]} has digest {bundle.manifest.bundle_digest[:12]}",

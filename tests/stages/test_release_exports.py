@@ -80,6 +80,7 @@ def test_the_passing_export_is_released_beside_the_bundle_with_its_own_evidence(
     entry = record.exports["merged"]
     assert entry.kind == "merged" and entry.gate_passed
     assert sorted(entry.evidence) == ["eval.json", "gate.json", "golden.json", "replay.json"]
+    assert (root / "exports/merged/release.sig").is_file()
     assert (root / "exports/merged/model/model.safetensors").is_file()
     replay = json.loads((root / "exports/merged/replay.json").read_text())
     assert replay["export"]["name"] == "merged" and replay["export"]["digest"] == entry.digest
@@ -105,8 +106,27 @@ def test_a_changed_export_file_is_refused_naming_it(released, tmp_path):
     flip_byte(pulled / "exports/merged/model/model.safetensors")
     with pytest.raises(ReleaseError, match="exports/merged/model/model.safetensors"):
         open_release(pulled)  # no key: the record and the export's own record still catch it
-    with pytest.raises(ValueError):
+    with pytest.raises(ReleaseError, match="model.safetensors"):
         open_release(pulled, public_key=params.signing.public_key, require_signature=True)
+    (pulled / "exports/merged/release.sig").unlink()
+    with pytest.raises(ReleaseError, match="release export merged is not signed"):
+        open_release(pulled)
+
+
+def test_an_export_carries_its_own_signature_and_is_checked_alone(released, tmp_path):
+    """A user deploying only the export (an Ollama host takes the GGUF folder) checks it without
+    the rest of the release; a changed file is named."""
+    import shutil
+
+    from pipeline.release.sign import verify_signature
+
+    params, _record, root = released
+    alone = tmp_path / "merged"
+    shutil.copytree(root / "exports/merged", alone)
+    verify_signature(alone, public_key=params.signing.public_key)
+    flip_byte(alone / "model/config.json", offset=-3)
+    with pytest.raises(ReleaseError, match="model/config.json"):
+        verify_signature(alone, public_key=params.signing.public_key)
 
 
 def test_an_unpinned_export_folder_is_refused(released, tmp_path):
