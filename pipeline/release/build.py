@@ -111,19 +111,17 @@ def _exports(params: ReleaseParams, tmp: Path, configs: dict[str, dict], exports
              digest: str) -> tuple[dict, dict, dict]:
     """Stage and replay each export whose own gate passed: (record entries, card data of the
     shipped ones, the refused ones)."""
-    from pipeline.export.record import open_export
-
     entries, shipped, refused = {}, {}, {}
     for name, c in configs.items():
         if not c.get("gate_passed"):
             refused[name] = c
             log.warning("export %s was refused by its gate; it is not released", name)
             continue
-        dest = configurations.stage(tmp, name, exports_dir, exports_reports, digest)
+        dest, record = configurations.stage(tmp, name, exports_dir, exports_reports, digest)
         replayed = (replay_under_load(params.replay, tmp / BUNDLE_DIR, dest / "golden.json",
                                       dest / configurations.REPLAY, export_dir=dest / configurations.MODEL_DIR)
                     if params.replay.enabled else None)
-        entries[name] = configurations.entry(dest, open_export(dest / configurations.MODEL_DIR), replayed is not None)
+        entries[name] = configurations.entry(dest, record, replayed is not None)
         # its own signature over its folder (model, evidence, replay): a user who deploys only this
         # export checks it without the rest of the release; the release's signature covers it too
         s = params.signing

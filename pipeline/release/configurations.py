@@ -42,16 +42,18 @@ def asked_for(exports_dir: str | Path | None, digest: str) -> dict[str, dict]:
     return dict(sorted((summary.get("configurations") or {}).items()))
 
 
-def stage(tmp: Path, name: str, exports_dir: str | Path, reports_dir: str | Path, digest: str) -> Path:
-    """Copy a passing export and its evidence into the release being built; return its folder."""
+def stage(tmp: Path, name: str, exports_dir: str | Path, reports_dir: str | Path, digest: str) -> tuple[Path, dict]:
+    """Copy a passing export and its evidence into the release being built; return its folder
+    and its record (every file checked against it)."""
     from pipeline.export.record import export_digest, open_export
 
     dest = tmp / EXPORTS_DIR / name
     shutil.copytree(Path(exports_dir) / name, dest / MODEL_DIR)
     for f in EVIDENCE:
         shutil.copyfile(Path(reports_dir) / name / f, dest / f)
-    check(dest, name, digest, open_export(dest / MODEL_DIR), export_digest(dest / MODEL_DIR))
-    return dest
+    record = open_export(dest / MODEL_DIR)
+    check(dest, name, digest, record, export_digest(dest / MODEL_DIR))
+    return dest, record
 
 
 def check(dest: Path, name: str, digest: str, record: dict, got_digest: str) -> None:
