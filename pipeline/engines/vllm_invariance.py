@@ -2,7 +2,7 @@
 
 Pure decisions (`batch_invariance`) are separate from what is read off the machine
 (`detect_device`) and off the imported vLLM (`vllm_batch_invariant`), so the configuration is
-tested on any machine (tests/unit/test_vllm_config.py) and both vLLM engines share it.
+tested on any machine (tests/unit/test_vllm_config.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class BatchInvariance:
     env: dict[str, str]  # to put in os.environ before vLLM is imported (workers inherit it)
     invariant: bool  # what the engine may report as `batch_invariant`
     reason: str  # why, for logs and `batch_invariance_detail`
-    llm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra `vllm.LLM` arguments
+    llm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra engine arguments (AsyncEngineArgs)
 
 
 def _platform_support(device: str, capability: tuple[int, int] | None, arch: str | None) -> tuple[bool, str]:

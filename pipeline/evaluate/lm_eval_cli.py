@@ -10,8 +10,10 @@ template (tests/serving/test_lm_eval_client.py runs it).
 Every argument is lm-eval's (`run`, `ls`, `validate` and the rest work unchanged). The wrapper
 exists because lm-eval 0.4 finds models only in its own fixed table: it has no plugin or
 entry-point discovery, so a model class outside the package must be imported before lm-eval
-parses `--model`. `--batch_size` is lm-eval's own flag. `model_args`: `bundle=<dir>` (verified before anything loads), optionally
-`max_gen_toks`, `precision=reference` with `reference_base=<16-bit base dir>`.
+parses `--model`. `--batch_size` is lm-eval's own flag. `model_args`: `bundle=<dir>` (verified
+before anything loads), optionally `max_gen_toks`, `precision=reference` with
+`reference_base=<16-bit base dir>`, or `runtime=vllm` (and `tensor_parallel_size=N`) to evaluate
+through the vllm engine serving runs (vLLM's async engine; `make test-vllm` runs it).
 """
 
 from __future__ import annotations

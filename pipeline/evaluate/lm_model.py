@@ -3,7 +3,9 @@
 Registered as lm-eval model `tailgate` (from the command line: `tailgate-lm-eval`, see
 lm_eval_cli.py): `model_args` take `bundle=<dir>` (verified before anything loads) and
 optionally `batch_size`, `max_gen_toks`, `precision` (shipped|reference) and `reference_base`
-(checked against the bundle's pinned base). Evaluation passes an already-built engine instead.
+(checked against the bundle's pinned base), and `runtime=vllm` (with `tensor_parallel_size`) to
+run the tasks through the vllm engine that serving runs (the same `AsyncLLM` path, not a second
+one; it scores log-likelihoods on a GPU only). Evaluation passes an already-built engine instead.
 """
 
 from __future__ import annotations
@@ -22,26 +24,43 @@ from pipeline.engines.base import GenerationRequest, SamplingParams
 log = logging.getLogger(__name__)
 
 
+def build_engine(bundle: str | None, runtime: str, precision: str, reference_base: str | None, batch_size: int,
+                 tensor_parallel_size: int):
+    """The engine named by lm-eval's model_args, on a bundle verified before anything loads."""
+    if bundle is None:
+        raise ValueError("tailgate lm-eval model needs bundle=<dir>")
+    if runtime not in ("hf", "vllm"):
+        raise ValueError(f"runtime must be hf or vllm, not {runtime!r}")
+    if runtime == "vllm" and precision != "shipped":
+        raise ValueError("runtime=vllm runs the shipped bundle only (precision=reference runs on hf)")
+    from pipeline.bundle.verify import verify_bundle
+
+    verified = verify_bundle(bundle)
+    if runtime == "vllm":
+        from pipeline.engines.vllm_async import AsyncVLLMEngine
+
+        return AsyncVLLMEngine.from_bundle(verified, max_batch=batch_size, tensor_parallel_size=tensor_parallel_size)
+    from pipeline.engines.hf import HFEngine
+
+    if precision == "reference" and reference_base is not None:
+        from pipeline.evaluate.damage import check_reference_base
+
+        check_reference_base(verified.manifest, reference_base)
+    return HFEngine.from_bundle(verified, precision=precision, reference_base_dir=reference_base)
+
+
 # lm-eval fills its model table with the built-in models only when the table is empty at the
 # first lookup; registering ours first would hide them (`local-chat-completions` included), so
 # the built-ins are imported above, before this registration.
 @register_model("tailgate")
 class TailgateLM(LM):
     def __init__(self, bundle: str | None = None, engine=None, batch_size: int | str = 16,
-                 precision: str = "shipped", reference_base: str | None = None, max_gen_toks: int = 256, **_ignored):
+                 precision: str = "shipped", reference_base: str | None = None, max_gen_toks: int = 256,
+                 runtime: str = "hf", tensor_parallel_size: int | str = 1, **_ignored):
         super().__init__()
         if engine is None:
-            if bundle is None:
-                raise ValueError("tailgate lm-eval model needs bundle=<dir>")
-            from pipeline.bundle.verify import verify_bundle
-            from pipeline.engines.hf import HFEngine
-
-            verified = verify_bundle(bundle)
-            if precision == "reference" and reference_base is not None:
-                from pipeline.evaluate.damage import check_reference_base
-
-                check_reference_base(verified.manifest, reference_base)
-            engine = HFEngine.from_bundle(verified, precision=precision, reference_base_dir=reference_base)
+            engine = build_engine(bundle, runtime, precision, reference_base, int(batch_size),
+                                  int(tensor_parallel_size))
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.batch_size = int(batch_size)

@@ -193,3 +193,13 @@ def test_a_tampered_bundle_is_refused_by_the_lm_eval_model(bundle_copy):
     (bundle_copy / "tokenizer/chat_template.jinja").write_text("{{ messages }}")
     with pytest.raises(BundleError, match="chat_template.jinja"):
         TailgateLM(bundle=str(bundle_copy))
+
+
+def test_the_lm_eval_model_names_what_it_cannot_run(tiny_pipeline):
+    """Refused before the bundle is read: a runtime it does not have, vLLM at reference precision."""
+    from pipeline.evaluate.lm_model import TailgateLM
+
+    with pytest.raises(ValueError, match="runtime must be hf or vllm, not 'tgi'"):
+        TailgateLM(bundle=str(tiny_pipeline["bundle"]), runtime="tgi")
+    with pytest.raises(ValueError, match="shipped bundle only"):
+        TailgateLM(bundle=str(tiny_pipeline["bundle"]), runtime="vllm", precision="reference")

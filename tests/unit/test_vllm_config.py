@@ -1,5 +1,6 @@
-"""The vllm engine's configuration, checked without vLLM: what `vllm.LLM` and
-`vllm.SamplingParams` would be given for the tiny bundle, and how outputs are read back."""
+"""The vllm engine's configuration, checked without vLLM: what vLLM's `AsyncEngineArgs` and
+`SamplingParams` would be given for the tiny bundle, and how outputs and prompt log-probs are
+read back."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import pytest
 
 from pipeline.bundle.verify import verify_bundle
 from pipeline.engines import vllm as vllm_engine
-from pipeline.engines.base import GenerationRequest, SamplingParams
-from pipeline.engines.vllm import (batch_invariance, completion_from_output, llm_kwargs, max_lora_rank,
-                                   sampling_kwargs)
+from pipeline.engines.base import Completion, GenerationRequest, SamplingParams
+from pipeline.engines.vllm import (batch_invariance, continuation_score, llm_kwargs, max_lora_rank, sampling_kwargs,
+                                   take_tokens)
+from pipeline.engines.vllm_async import AsyncVLLMEngine
 
 
 def test_llm_kwargs_load_the_bundles_own_prequantized_base_and_tokenizer(tiny_pipeline):
@@ -32,14 +34,29 @@ def test_llm_kwargs_load_the_bundles_own_prequantized_base_and_tokenizer(tiny_pi
     assert (b.root / "tokenizer/chat_template.jinja").is_file()
 
 
+def test_a_4bit_base_computing_in_float32_runs_vllm_in_bfloat16(tiny_pipeline):
+    """vllm-bnb-plugin packs 4-bit weights by the compute dtype's width; float32 would halve them."""
+    from pipeline.engines.vllm import vllm_dtype
+
+    b = verify_bundle(tiny_pipeline["bundle"])
+    m = b.manifest
+    f32 = m.model_copy(update={"quantization": m.quantization.model_copy(update={"compute_dtype": "float32"})})
+    kw = llm_kwargs(f32, b.root, max_batch=2)
+    assert kw["dtype"] == "bfloat16" and kw["quantization"] == "bitsandbytes"
+    assert kw["kv_cache_memory_bytes"] == llm_kwargs(m.model_copy(update={"quantization": m.quantization.model_copy(
+        update={"compute_dtype": "bfloat16"})}), b.root, max_batch=2)["kv_cache_memory_bytes"]
+    assert vllm_dtype("none", "float32") == "float32" and vllm_dtype("nf4", "float16") == "float16"
+
+
 def test_kv_cache_is_sized_for_the_batch_not_a_share_of_host_memory(tiny_pipeline):
-    from pipeline.engines.vllm import kv_cache_bytes
+    from pipeline.engines.vllm import KV_SPARE_TOKENS, kv_cache_bytes
 
     b = verify_bundle(tiny_pipeline["bundle"])
     kw = llm_kwargs(b.manifest, b.root, max_batch=4)
     cfg = json.loads((b.root / "base_q/config.json").read_text())
     assert kw["max_num_seqs"] == 4
-    assert kw["kv_cache_memory_bytes"] == kv_cache_bytes(cfg, b.manifest.quantization.compute_dtype, 4 * b.manifest.inference.max_context_tokens)
+    assert kw["kv_cache_memory_bytes"] == kv_cache_bytes(cfg, b.manifest.quantization.compute_dtype,
+                                                         4 * b.manifest.inference.max_context_tokens + KV_SPARE_TOKENS)
     # SmolLM2-135M: 30 layers, 3 KV heads of 64 dims, bf16 -> 23,040 bytes per position
     smol = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}
     assert kv_cache_bytes(smol, "bfloat16", 1) == 23_040
@@ -76,20 +93,43 @@ def test_sampling_kwargs_mirror_the_hf_decoding():
     assert (sampled["temperature"], sampled["top_p"], sampled["seed"], sampled["stop_token_ids"]) == (0.7, 0.9, 11, [5])
 
 
-def _out(tokens, finish="length"):
-    return SimpleNamespace(token_ids=tokens, finish_reason=finish,
-                           logprobs=[{t: SimpleNamespace(logprob=-0.1 * (i + 1))} for i, t in enumerate(tokens)])
+def _lps(tokens, start=0):
+    return [{t: SimpleNamespace(logprob=-0.1 * (start + i + 1))} for i, t in enumerate(tokens)]
+
+
+def _read(tokens, stops, row=0, on_token=None):
+    comp = Completion()
+    return comp, take_tokens(comp, tokens, _lps(tokens), stops, row, on_token)
 
 
 def test_outputs_read_back_like_the_hf_engine():
     seen = []
-    c = completion_from_output(_out([4, 5, 9, 6], "stop"), {9}, 0, lambda row, t, lp: seen.append((row, t)))
-    assert c.token_ids == [4, 5] and c.finish_reason == "stop" and c.logprobs == pytest.approx([-0.1, -0.2])
+    c, ended = _read([4, 5, 9, 6], {9}, on_token=lambda row, t, lp: seen.append((row, t)))
+    assert ended and c.token_ids == [4, 5] and c.finish_reason == "stop" and c.logprobs == pytest.approx([-0.1, -0.2])
     assert seen == [(0, 4), (0, 5)]
-    assert completion_from_output(_out([4, 5], "stop"), {9}, 0, None).finish_reason == "stop"  # id left out
-    assert completion_from_output(_out([4, 5]), {9}, 0, None).finish_reason == "length"
-    cancelled = completion_from_output(_out([4, 5, 6]), {9}, 2, lambda row, t, lp: t != 5)
-    assert cancelled.token_ids == [4, 5] and cancelled.finish_reason == "cancelled"
+    c, ended = _read([4, 5], {9})
+    assert not ended and c.token_ids == [4, 5]  # the caller reads vLLM's finish reason
+    cancelled, ended = _read([4, 5, 6], {9}, row=2, on_token=lambda row, t, lp: t != 5)
+    assert ended and cancelled.token_ids == [4, 5] and cancelled.finish_reason == "cancelled"
+    # deltas accumulate: a second output adds to the first, and no log-probs read as NaN
+    comp = Completion()
+    take_tokens(comp, [4], _lps([4]), {9}, 0, None)
+    assert not take_tokens(comp, [5], None, {9}, 0, None)
+    assert comp.token_ids == [4, 5] and comp.logprobs[0] == pytest.approx(-0.1) and comp.logprobs[1] != comp.logprobs[1]
+
+
+def _prompt_lps(ranks: dict[int, tuple[float, int]], ids):
+    return [None] + [{t: SimpleNamespace(logprob=ranks[t][0], rank=ranks[t][1])} for t in ids[1:]]
+
+
+def test_continuation_scores_read_from_prompt_logprobs():
+    ids = [1, 2, 3, 4, 5]  # context [1, 2], continuation [3, 4, 5]
+    lps = _prompt_lps({2: (-9.0, 7), 3: (-0.5, 1), 4: (-1.0, 1), 5: (-0.25, 2)}, ids)
+    total, greedy = continuation_score(lps, 2, [3, 4, 5])
+    assert total == pytest.approx(-1.75) and greedy is False  # token 5 was not the top choice
+    assert continuation_score(lps, 2, [3, 4]) == (pytest.approx(-1.5), True)
+    with pytest.raises(RuntimeError, match="no prompt log-prob"):
+        continuation_score(lps[:4], 2, [3, 4, 5])  # vLLM returned too few positions
 
 
 # -- batch invariance: the decision (pure) --
@@ -174,18 +214,23 @@ def _keep_env(monkeypatch, *names):
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    """A stand-in `vllm` that records the environment when `LLM` is imported and built."""
-    _keep_env(monkeypatch, ENV, "VLLM_ENABLE_V1_MULTIPROCESSING", "OMP_NUM_THREADS")
+    """A stand-in `vllm` that records the environment when `AsyncLLM` is imported and built."""
+    _keep_env(monkeypatch, ENV, "OMP_NUM_THREADS")
     seen = {"reports": None}
 
-    class LLM:
-        def __init__(self, **kwargs):
-            seen["kwargs"], seen["env_at_build"] = kwargs, os.environ.get(ENV)
+    class AsyncLLM:
+        @classmethod
+        def from_engine_args(cls, args):
+            seen["kwargs"], seen["env_at_build"] = args, os.environ.get(ENV)
+            return cls()
+
+        def shutdown(self):
+            seen["shut_down"] = True
 
     def module_getattr(name):
-        if name == "LLM":
+        if name == "AsyncLLM":
             seen["env_at_import"] = os.environ.get(ENV)
-            return LLM
+            return AsyncLLM
         raise AttributeError(name)
 
     def reports():
@@ -193,14 +238,22 @@ def fake_vllm(monkeypatch):
 
     mods = {name: ModuleType(name) for name in ("vllm", "vllm.lora", "vllm.lora.request", "vllm.model_executor",
                                                 "vllm.model_executor.layers",
-                                                "vllm.model_executor.layers.batch_invariant")}
-    mods["vllm"].__getattr__ = module_getattr
+                                                "vllm.model_executor.layers.batch_invariant", "vllm.engine",
+                                                "vllm.engine.arg_utils", "vllm.v1", "vllm.v1.engine",
+                                                "vllm.v1.engine.async_llm")}
+    mods["vllm.v1.engine.async_llm"].__getattr__ = module_getattr
+    mods["vllm.engine.arg_utils"].AsyncEngineArgs = lambda **kw: kw
     mods["vllm"].__version__ = "0.0-fake"
     mods["vllm.lora.request"].LoRARequest = lambda *a: ("lora",) + a
     mods["vllm.model_executor.layers.batch_invariant"].vllm_is_batch_invariant = reports
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    return seen
+    engines = []
+    seen["build"] = lambda bundle, **kw: engines.append(AsyncVLLMEngine.from_bundle(bundle, **kw)) or engines[-1]
+    yield seen
+    for engine in engines:
+        engine.close()
+    assert all(not e._thread.is_alive() for e in engines) and (not engines or seen["shut_down"])
 
 
 def _device(monkeypatch, device, capability=None):
@@ -215,7 +268,7 @@ def _sixteen_bit(bundle):
 
 def test_engine_sets_the_mode_before_vllm_is_imported_and_reports_it(tiny_pipeline, fake_vllm, monkeypatch):
     _device(monkeypatch, "cuda", (9, 0))
-    engine = vllm_engine.VLLMEngine.from_bundle(_sixteen_bit(verify_bundle(tiny_pipeline["bundle"])))
+    engine = fake_vllm["build"](_sixteen_bit(verify_bundle(tiny_pipeline["bundle"])))
     assert fake_vllm["env_at_import"] == "1" and fake_vllm["env_at_build"] == "1"
     assert engine.batch_invariant is True and "9.0" in engine.batch_invariance_detail
     assert engine.exact is False and "batch-invariant" in engine.description
@@ -225,7 +278,7 @@ def test_engine_sets_the_mode_before_vllm_is_imported_and_reports_it(tiny_pipeli
 def test_engine_on_cpu_warns_and_runs_without(tiny_pipeline, fake_vllm, monkeypatch, caplog):
     _device(monkeypatch, "cpu")
     with caplog.at_level(logging.WARNING, logger=vllm_engine.__name__):
-        engine = vllm_engine.VLLMEngine.from_bundle(verify_bundle(tiny_pipeline["bundle"]))
+        engine = fake_vllm["build"](verify_bundle(tiny_pipeline["bundle"]))
     assert fake_vllm["env_at_import"] is None and ENV not in os.environ
     assert engine.batch_invariant is False and "CPU" in engine.batch_invariance_detail
     assert any("CPU" in r.getMessage() for r in caplog.records)
@@ -235,7 +288,7 @@ def test_engine_on_cpu_warns_and_runs_without(tiny_pipeline, fake_vllm, monkeypa
 def test_engine_on_an_nf4_bundle_runs_the_mode_but_does_not_claim_it(tiny_pipeline, fake_vllm, monkeypatch, caplog):
     _device(monkeypatch, "cuda", (8, 0))
     with caplog.at_level(logging.WARNING, logger=vllm_engine.__name__):
-        engine = vllm_engine.VLLMEngine.from_bundle(verify_bundle(tiny_pipeline["bundle"]))
+        engine = fake_vllm["build"](verify_bundle(tiny_pipeline["bundle"]))
     assert fake_vllm["env_at_import"] == "1" and fake_vllm["kwargs"]["quantization"] == "bitsandbytes"
     assert engine.batch_invariant is False and "gemv_4bit" in engine.batch_invariance_detail
     assert any("gemv_4bit" in r.getMessage() for r in caplog.records)
@@ -244,10 +297,10 @@ def test_engine_on_an_nf4_bundle_runs_the_mode_but_does_not_claim_it(tiny_pipeli
 def test_engine_not_requested_or_switched_off_by_the_environment(tiny_pipeline, fake_vllm, monkeypatch):
     _device(monkeypatch, "cuda", (9, 0))
     bundle = _sixteen_bit(verify_bundle(tiny_pipeline["bundle"]))
-    engine = vllm_engine.VLLMEngine.from_bundle(bundle, batch_invariant=False)
+    engine = fake_vllm["build"](bundle, batch_invariant=False)
     assert fake_vllm["env_at_import"] is None and engine.batch_invariant is False
     monkeypatch.setenv(ENV, "0")
-    engine = vllm_engine.VLLMEngine.from_bundle(bundle)
+    engine = fake_vllm["build"](bundle)
     assert fake_vllm["env_at_import"] == "0" and os.environ[ENV] == "0"
     assert engine.batch_invariant is False and f"{ENV}=0" in engine.batch_invariance_detail
 
@@ -256,5 +309,5 @@ def test_engine_believes_vllm_over_the_environment(tiny_pipeline, fake_vllm, mon
     """vLLM caches the variable: one initialised earlier in the process without it stays without."""
     _device(monkeypatch, "cuda", (9, 0))
     fake_vllm["reports"] = False
-    engine = vllm_engine.VLLMEngine.from_bundle(_sixteen_bit(verify_bundle(tiny_pipeline["bundle"])))
+    engine = fake_vllm["build"](_sixteen_bit(verify_bundle(tiny_pipeline["bundle"])))
     assert engine.batch_invariant is False and "initialised earlier" in engine.batch_invariance_detail

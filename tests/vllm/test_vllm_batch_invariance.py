@@ -26,7 +26,7 @@ PROMPTS = ("Discharge summary for a patient with", "Allergies:", "Medications on
 @pytest.fixture(scope="module")
 def invariant_engine(tiny_pipeline, tmp_path_factory):
     from pipeline.bundle.verify import verify_bundle
-    from pipeline.engines.vllm import VLLMEngine
+    from pipeline.engines.vllm_async import AsyncVLLMEngine
 
     bundle = verify_bundle(tiny_pipeline["bundle"])
     root = tmp_path_factory.mktemp("bundle_16bit")
@@ -35,7 +35,9 @@ def invariant_engine(tiny_pipeline, tmp_path_factory):
         (root / part).symlink_to(bundle.root / part, target_is_directory=True)
     m = bundle.manifest
     sixteen = m.model_copy(update={"quantization": m.quantization.model_copy(update={"method": "none"})})
-    return VLLMEngine.from_bundle(SimpleNamespace(root=root, manifest=sixteen), batch_invariant=True)
+    engine = AsyncVLLMEngine.from_bundle(SimpleNamespace(root=root, manifest=sixteen), batch_invariant=True)
+    yield engine
+    engine.close()
 
 
 def test_a_prompt_decodes_the_same_alone_and_inside_a_batch_of_8(invariant_engine):
