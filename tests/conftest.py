@@ -136,7 +136,7 @@ def tiny_pipeline(tmp_path_factory):
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny"))
 
 
-def build_tiny_pipeline(tmp: Path, **model_kwargs) -> dict:
+def build_tiny_pipeline(tmp: Path, params_overrides: dict | None = None, **model_kwargs) -> dict:
     from pipeline.base import fetch_base
     from pipeline.bundle.build import build_bundle
     from pipeline.curate import curate
@@ -145,7 +145,7 @@ def build_tiny_pipeline(tmp: Path, **model_kwargs) -> dict:
     from pipeline.train import train
 
     build_tiny_model_dir(tmp / "tiny_hf", **model_kwargs)
-    params = tiny_params(tmp)
+    params = tiny_params(tmp, **(params_overrides or {}))
     paths = {"root": tmp, "params": params, "base": tmp / "artifacts/base", "base_q": tmp / "artifacts/base_q",
              "data": tmp / "data/curated", "adapter": tmp / "artifacts/adapter", "bundle": tmp / "artifacts/bundle",
              "raw": small_raw(tmp / "data/raw")}

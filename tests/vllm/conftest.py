@@ -11,3 +11,10 @@ from tests.serving.conftest import served, start_server  # noqa: F401  (pytest f
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_vllm"), heads=2, kv_heads=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_f32(tmp_path_factory):
+    """The same tiny model quantized and trained with float32 compute, as the default task is."""
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_vllm_f32"), heads=2, kv_heads=1,
+                               params_overrides={"quantize": {"compute_dtype": "float32"}})

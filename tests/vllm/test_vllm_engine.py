@@ -173,3 +173,33 @@ def test_lm_eval_runs_through_the_same_engine(served, tmp_path):
     finally:
         lm.engine.close()
     assert len(outputs["vllm"]) == LIMIT and outputs["vllm"] == outputs["hf"]
+
+
+def test_a_float32_bundle_runs_in_bfloat16_and_the_probe_measures_it(tiny_pipeline_f32):
+    """vllm-bnb-plugin cannot load a 4-bit base under float32 (it packs by the dtype's width):
+    the engine runs such a bundle in bfloat16, says so, and the parity probe measures the
+    difference against the bundle's own float32 answers instead of assuming it away."""
+    from pipeline.bundle.verify import verify_bundle
+    from pipeline.engines.hf import HFEngine
+    from pipeline.engines.vllm_async import AsyncVLLMEngine
+
+    bundle = verify_bundle(tiny_pipeline_f32["bundle"])
+    assert bundle.manifest.quantization.compute_dtype == "float32"
+    hf = HFEngine.from_bundle(bundle)
+    engine = AsyncVLLMEngine.from_bundle(bundle, max_batch=2)
+    try:
+        assert engine.scale["dtype"] == "bfloat16"
+        assert "computing in bfloat16 (evaluated in float32)" in engine.description
+        tok = hf.tokenizer
+        reqs = [GenerationRequest(tok.encode(t), SamplingParams(max_new_tokens=8))
+                for t in ("Discharge summary for a patient with", "Allergies:")]
+        ours, theirs = hf.generate(reqs), engine.generate(reqs)
+    finally:
+        engine.close()
+    for a, b in zip(ours, theirs):
+        assert len(b.token_ids) == len(b.logprobs) > 0
+        shared = next((i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y), len(b.token_ids))
+        if shared:  # where the tokens agree, bfloat16 moved the log-probs: not exact, and not claimed
+            worst = max(abs(x - y) for x, y in zip(a.logprobs[:shared], b.logprobs[:shared]))
+            print(f"\nfloat32 hf vs bfloat16 vLLM: {shared} tokens agree, max |delta logprob| {worst:.2e}")
+    assert engine.exact is False
