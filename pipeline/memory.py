@@ -19,7 +19,13 @@ The plan adds up what a QLoRA step holds at its peak, term by term, from the mod
   attention probabilities (heads x L x L) when the attention kernel materializes them;
 - the loss: logits in bf16 and fp32 plus the saved log-softmax, over the labelled positions
   only when the trainer runs the head there (tailgate's does), else over every position;
-- the runtime (CUDA context, or on CPU the interpreter with torch/transformers/peft loaded).
+- the runtime (CUDA context, or on CPU the interpreter with torch/transformers/peft loaded);
+- on CPU under glibc's default allocator, the heap it keeps: freed blocks stay mapped and are
+  reused imperfectly, and the measured peak RSS sits about one full set of (unrecomputed)
+  activations above the live peak, whatever the shape or checkpointing
+  (benchmarks/results/memory_plan.json). A process that returns large blocks to the system
+  (MALLOC_MMAP_THRESHOLD_ set: slower) does not keep it; a GPU's caching allocator is another
+  matter (not measured).
 
 Checked against measured peaks on the tiny and default models by benchmarks/memory_plan.py.
 """
@@ -97,6 +103,7 @@ class Setup:
     adapter_bytes: int = 4                   # peft keeps adapters (and casts their inputs) in fp32
     labelled_fraction: float = 1.0           # share of positions the head runs on
     attention_matrix: bool = False           # the kernel keeps heads x L x L probabilities for backward
+    heap_retention: bool = False             # CPU, glibc's default allocator: its kept heap is planned
 
 
 @dataclass
@@ -149,7 +156,19 @@ def plan(s: Shape, u: Setup) -> Plan:
     labelled = int(tokens * u.labelled_fraction)
     p.terms["loss_logits"] = labelled * s.vocab * (u.compute_bytes + 4 + 4) + tokens * s.hidden * u.compute_bytes * 2
     p.terms["runtime"] = RUNTIME_BYTES[u.device]
+    if u.heap_retention and u.device == "cpu":
+        p.terms["cpu_heap_retained"] = s.layers * (tokens * per_block + attn)
     return p
+
+
+def heap_retained(device: str, environ=None) -> bool:
+    """Whether a process on `device` keeps glibc's freed heap: on CPU unless told to return large
+    blocks to the system (MALLOC_MMAP_THRESHOLD_, or the same glibc tunable)."""
+    import os
+
+    env = os.environ if environ is None else environ
+    returned = "MALLOC_MMAP_THRESHOLD_" in env or "glibc.malloc.mmap_threshold" in env.get("GLIBC_TUNABLES", "")
+    return device == "cpu" and not returned
 
 
 def dtype_bytes(dtype: str | None) -> int:
@@ -183,6 +202,7 @@ def plan_training(config: dict, params, quant_params: dict, lengths_labelled: li
                   gradient_checkpointing=params.gradient_checkpointing,
                   optimizer="adamw_8bit" if params.optimizer == "paged_adamw_8bit" else "adamw",
                   device="cuda" if device.startswith("cuda") else "cpu", labelled_fraction=labelled,
+                  heap_retention=heap_retained("cuda" if device.startswith("cuda") else "cpu"),
                   # the default computes in float32 on CPU: every activation twice the bf16 size
                   compute_bytes=dtype_bytes(quant_params.get("compute_dtype")))
     return setup, plan(Shape.from_config(config), setup)
@@ -269,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compute-dtype", choices=("bfloat16", "float16", "float32"),
                     help="default: the config's bitsandbytes compute dtype, else bfloat16")
     ap.add_argument("--attention-matrix", action="store_true", help="the attention kernel keeps L x L probabilities")
+    ap.add_argument("--live", action="store_true",
+                    help="live tensors only: leave out the heap glibc keeps on CPU (what the process peaks at "
+                         "with MALLOC_MMAP_THRESHOLD_ set)")
     ap.add_argument("--paper", action="store_true", help="print the LLaMA 7B-65B table next to the QLoRA paper")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -283,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     u = Setup(seq_len=args.seq_len, batch_size=args.batch_size, lora_r=args.lora_r, method=args.method,
               double_quant=not args.no_double_quant, gradient_checkpointing=args.gradient_checkpointing,
               optimizer=args.optimizer, device=args.device, labelled_fraction=args.labelled_fraction,
-              attention_matrix=args.attention_matrix,
+              attention_matrix=args.attention_matrix, heap_retention=not args.live and heap_retained(args.device),
               compute_bytes=dtype_bytes(args.compute_dtype or compute_dtype_of(cfg)))
     p = plan(s, u)
     print(json.dumps({"shape": asdict(s), "setup": asdict(u), **p.as_dict()}, indent=1) if args.json

@@ -140,3 +140,54 @@ def test_the_plan_follows_the_compute_dtype():
     assert p32.terms["16bit_embeddings_norms"] == 2 * p16.terms["16bit_embeddings_norms"]
     assert p32.terms["quantized_weights"] == p16.terms["quantized_weights"]
     assert p32.terms["lora_weights_grads_optimizer"] == p16.terms["lora_weights_grads_optimizer"]
+
+
+def test_on_cpu_the_plan_holds_the_heap_glibc_keeps(monkeypatch):
+    """Under glibc's default allocator a CPU process peaks about one full set of activations above
+    its live tensors (benchmarks/results/memory_plan.json): the train stage's plan counts it,
+    unless the process returns large blocks to the system; a GPU's plan does not."""
+    from types import SimpleNamespace
+
+    from pipeline.memory import heap_retained, plan_training
+
+    assert heap_retained("cpu", {}) and not heap_retained("cuda", {})
+    assert not heap_retained("cpu", {"MALLOC_MMAP_THRESHOLD_": "1048576"})
+    assert not heap_retained("cpu", {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=65536"})
+    assert heap_retained("cpu", {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})
+
+    cfg = {"num_hidden_layers": 4, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "vocab_size": 300, "tie_word_embeddings": True}
+    lengths = [(100, 20), (90, 10)]
+    quant = {"method": "nf4", "double_quant": True, "compute_dtype": "float32"}
+    for ckpt in (False, True):
+        params = SimpleNamespace(batch_size=2, lora_r=8, base_precision="quantized", gradient_checkpointing=ckpt,
+                                 optimizer="adamw_torch")
+        for var in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"):
+            monkeypatch.delenv(var, raising=False)
+        u, cpu = plan_training(cfg, params, quant, lengths, "cpu")
+        _, gpu = plan_training(cfg, params, quant, lengths, "cuda:0")
+        monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
+        _, returned = plan_training(cfg, params, quant, lengths, "cpu")
+        assert "cpu_heap_retained" not in gpu.terms and "cpu_heap_retained" not in returned.terms
+        # the heap is that of the whole (unrecomputed) activations, checkpointing or not
+        full = plan(Shape.from_config(cfg), Setup(seq_len=u.seq_len, batch_size=2, lora_r=8, compute_bytes=4,
+                                                  labelled_fraction=u.labelled_fraction))
+        assert cpu.terms["cpu_heap_retained"] == full.terms["activations"] > 0
+        assert cpu.total == returned.total + full.terms["activations"]
+
+
+def test_the_command_plans_the_heap_on_cpu_and_live_tensors_on_request(tmp_path, capsys, monkeypatch):
+    import json
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                               "num_attention_heads": 4, "vocab_size": 300, "tie_word_embeddings": True}))
+    totals = {}
+    for flags in ([], ["--live"], ["--device", "cuda"]):
+        assert main(["--config", str(cfg), "--seq-len", "64", "--batch-size", "2", "--json", *flags]) == 0
+        out = json.loads(capsys.readouterr().out)
+        totals[" ".join(flags)] = (out["total_bytes"], "cpu_heap_retained" in out["terms_bytes"])
+    assert totals[""][1] and not totals["--live"][1] and not totals["--device cuda"][1]
+    assert totals[""][0] > totals["--live"][0]
