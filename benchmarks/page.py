@@ -244,16 +244,24 @@ def memory_plan(r: dict) -> tuple[list[Row], list[str]]:
     worst = max(abs(_x(c["planned_mib"], c["measured_live_mib"]) - 1) for c in cases)
     rows = [("memory planner: worst |planned / live peak - 1|", f"{worst:.1%} over {len(cases)} shapes",
              f"<= {target:.0%}", _verdict(worst <= target))]
+    if all("planned_rss_mib" in c for c in cases):
+        worst_rss = max(abs(_x(c["planned_rss_mib"], c["measured_rss_mib"]) - 1) for c in cases)
+        rows.append(("memory planner on CPU: worst |planned / default-allocator RSS - 1|",
+                     f"{worst_rss:.1%} over {len(cases)} shapes", f"<= {target:.0%}", _verdict(worst_rss <= target)))
     table = [[c["model"], f"{c['batch']} x {c['seq_len']}", "on" if c["gradient_checkpointing"] else "off",
+              "mixed" if c.get("mixed_lengths") else "fixed",
               f"{c['planned_mib']:,}", f"{c['measured_live_mib']:,}",
               f"{_x(c['planned_mib'], c['measured_live_mib']):.2f}",
-              f"{c['measured_rss_mib']:,}"] for c in cases]
-    lines = _table(["model", "batch x tokens", "checkpointing", "planned MiB", "live peak MiB", "planned / live",
-                    "default-allocator RSS MiB"], table)
-    lines.append(f"\nThree QLoRA steps per shape, each in a fresh process, LoRA r={r.get('lora_r', '?')}, "
+              f"{c.get('planned_rss_mib', float('nan')):,}", f"{c['measured_rss_mib']:,}",
+              f"{_x(c.get('planned_rss_mib', float('nan')), c['measured_rss_mib']):.2f}"] for c in cases]
+    lines = _table(["model", "batch x tokens", "checkpointing", "step lengths", "planned live MiB", "live peak MiB",
+                    "planned / live", "planned RSS MiB", "RSS MiB", "planned / RSS"], table)
+    lines.append(f"\nQLoRA steps per shape (three of one length, or eight of mixed lengths up to the longest), each "
+                 f"case in a fresh process, LoRA r={r.get('lora_r', '?')}, "
                  f"{r.get('labelled_fraction', float('nan')):.0%} of positions labelled. The live peak is the peak RSS "
-                 "with `MALLOC_MMAP_THRESHOLD_=1MiB` (what the plan counts: bytes held by live tensors); the last "
-                 "column is the same steps under glibc's default allocator, which keeps freed blocks.")
+                 "with `MALLOC_MMAP_THRESHOLD_=1MiB` (bytes held by live tensors), against the plan without the "
+                 "allocator's heap (`--live`); RSS is the same steps under glibc's default allocator, which keeps "
+                 "freed blocks, against the plan the train stage makes on CPU.")
     return rows, lines
 
 
