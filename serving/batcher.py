@@ -7,10 +7,10 @@ back to each request's asyncio queue as they are produced (`call_soon_threadsafe
 engine calls back from its own thread, not the event loop's).
 
 With `continuous=True` (the hf engine) requests do not wait for a batch to finish: each is
-prefilled alone and joins the running decode batch, leaving it the step it finishes (see
-serving/continuous.py). An engine with its own scheduler (`streams`: vLLM's async engine) gets
-each request handed over as it is taken, up to `max_batch` in flight (`direct`). Other engines
-get one `engine.generate` per batch.
+prefilled alone and joins the running decode batch, leaving it the step it finishes
+(pipeline/engines/batching.py: the decode loop evaluation runs too). An engine with its own
+scheduler (`streams`: vLLM's async engine) gets each request handed over as it is taken, up to
+`max_batch` in flight (`direct`). Other engines get one `engine.generate` per batch.
 
 `run()` is the engine loop on the calling thread: `python -m serving` gives it the main thread
 (see serving/server.py for why); `start()` runs it on a thread of its own (tests, embedding). A request whose client went away, whose stop
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from pipeline.engines.base import Completion, Engine, GenerationRequest
-from serving.logprobs import TokenLogprob
+from serving.logprobs import TokenLogprob, prompt_logprobs
 from serving.logs import log_event
 from serving.metrics import ServingMetrics
 
@@ -241,7 +241,7 @@ class Batcher:
             return self._pop_live(n)
 
     def _run_continuous(self) -> None:
-        from serving.continuous import RunningBatch
+        from pipeline.engines.batching import RunningBatch
 
         batch = RunningBatch(self.engine)
         # Block for work only when nothing is running; otherwise admit what is waiting (the
@@ -259,8 +259,8 @@ class Batcher:
             job.post(TokenEvent(token_id, logprob, top))
             return True
 
-        def on_prompt(tokens: list[TokenLogprob]) -> None:
-            job.post(PromptEvent(tuple(tokens)))
+        def on_prompt(logits) -> None:
+            job.post(PromptEvent(tuple(prompt_logprobs(logits, job.request.prompt_ids, job.top_logprobs))))
 
         job.started_at = time.monotonic()
         try:
@@ -290,7 +290,7 @@ class Batcher:
 
     def _done(self, row) -> None:
         job: Job = row.key
-        job.post(DoneEvent(row.completion, row.stop_token))
+        job.post(DoneEvent(row.completion, TokenLogprob(*row.stop_token) if row.stop_token else None))
         self.metrics.generated_tokens.inc(len(row.completion.token_ids))
         now = time.monotonic()
         log_event(log, "row", request_id=job.request_id, generated_tokens=len(row.completion.token_ids),

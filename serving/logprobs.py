@@ -7,9 +7,9 @@ k most likely tokens and the chosen one (so up to k+1 entries, as OpenAI documen
 token's character offset in the returned text.
 
 Where the numbers come from: the chosen token's log-prob is the engine's own (the one the parity
-probe checks); the alternatives and the prompt's log-probs are computed by serving's continuous
-batching loop from the same logits (serving/continuous.py), because the Engine interface hands
-out neither.
+probe checks); the alternatives and the prompt's log-probs come from the same logits, through the
+decode loop's hooks (pipeline/engines/batching.py), because the Engine interface hands out
+neither.
 
 A token's text: byte-level BPE tokens are bytes, and one character can span several tokens, so
 a token is shown as its text when its bytes are whole UTF-8 and as `bytes:\\xNN...` otherwise,
@@ -39,16 +39,6 @@ class TokenLogprob:
     logprob: float | None  # None: the first prompt token, which nothing predicts
     top: tuple[tuple[int, float], ...] = ()  # most likely (token id, log-prob) at this position, best first
     offset: int = 0  # characters of the returned text before this token's text
-
-
-def top_alternatives(logprobs: Any, k: int) -> tuple[tuple[int, float], ...]:
-    """The k most likely (token id, log-prob) pairs of a 1-D log-prob tensor, best first."""
-    if k <= 0:
-        return ()
-    import torch
-
-    values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]))
-    return tuple(zip(ids.tolist(), values.tolist()))
 
 
 def prompt_logprobs(logits: Any, prompt_ids: Sequence[int], k: int) -> list[TokenLogprob]:

@@ -102,7 +102,7 @@ def build_state(engine: TokenizingEngine, manifest: Manifest, parity: ParityRepo
                 release: dict[str, Any] | None = None, replay: dict[str, Any] | None = None,
                 platform: dict[str, Any] | None = None, configuration: dict[str, Any] | None = None) -> ServingState:
     metrics = ServingMetrics()
-    from serving.continuous import supports
+    from pipeline.engines.batching import supports
 
     batcher = Batcher(engine, metrics, max_batch=max_batch, max_queue=max_queue, continuous=supports(engine))
     return ServingState(engine=engine, manifest=manifest, parity=parity, batcher=batcher, metrics=metrics,

@@ -7,8 +7,8 @@ and the golden outputs need the log-prob of every chosen token.
 Batch-invariant by default (`rowwise.py`): every prompt is prefilled alone, every row attends
 over its own unpadded cache and every decode step has the same shape whatever the load, so a
 row's tokens do not depend on what else runs beside it. Evaluation, the golden outputs and
-serving's continuous batching all go through `start`/`step`, the engine's public batched-step
-interface. `batch_invariant=False` keeps the older padded path (`padded.py`: left-padded
+serving run one decode loop (`batching.py`, continuous batching) over `start`/`step`, the
+engine's public batched-step interface. `batch_invariant=False` keeps the older padded path (`padded.py`: left-padded
 batches, one shared KV cache), which is faster on some loads and is measured beside the
 invariant one by `benchmarks/serving.py`; it is not batch-invariant and says so.
 """
@@ -118,7 +118,9 @@ class HFEngine:
             raise ValueError("empty prompt")
         if len(prompt_ids) > self.max_context_tokens:
             raise ValueError(f"prompt ({len(prompt_ids)} tokens) exceeds the context ({self.max_context_tokens})")
-        return self._stepper.start(prompt_ids, all_positions)
+        if all_positions:
+            return self._stepper.start(prompt_ids, True)
+        return self._prefilled(prompt_ids)
 
     def step(self, seqs: Sequence, token_ids: Sequence[int]) -> torch.Tensor:
         """Feed token_ids[i] to seqs[i]; returns (len(seqs), vocab) next-token logits.
@@ -158,26 +160,27 @@ class HFEngine:
             tok = int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
         return tok, float(logprobs[tok])
 
-    @torch.inference_mode()
     def generate(self, requests: Sequence[GenerationRequest], on_token: TokenCallback | None = None, *,
                  max_live: int | None = None, on_finish: Callable[[int, Completion], None] | None = None,
                  ) -> list[Completion]:
-        """Complete every request. The batch-invariant path keeps at most max_live rows decoding
-        (default: all), admitting the next request as soon as a row finishes, so every decode
-        pass stays full; on_finish(i, completion) is called as each one ends. Neither changes a
-        token: each row's arithmetic is its own."""
+        """Complete every request. The batch-invariant path runs the continuous batching loop
+        serving runs (pipeline/engines/batching.py): at most max_live rows decoding (default:
+        all), the next request admitted as soon as a row finishes, so every decode pass stays
+        full; on_finish(i, completion) is called as each one ends. Neither changes a token:
+        each row's arithmetic is its own."""
         if not requests:
             return []
         check_requests(requests, self.max_context_tokens)
-        with self.lock:
-            if self.batch_invariant:
-                done = self._generate_stepped(requests, on_token, max_live or len(requests), on_finish)
-            else:
-                done = self._generate_padded(requests, on_token)
-                for i, c in enumerate(done):
-                    if on_finish is not None:
-                        on_finish(i, c)
-            return done
+        if self.batch_invariant:
+            from pipeline.engines.batching import generate
+
+            return generate(self, requests, on_token, max_live=max_live or len(requests), on_finish=on_finish)
+        with self.lock, torch.inference_mode():
+            done = self._generate_padded(requests, on_token)
+        for i, c in enumerate(done):
+            if on_finish is not None:
+                on_finish(i, c)
+        return done
 
     def _generators(self, requests):
         gens = []
@@ -198,58 +201,6 @@ class HFEngine:
         seq, logits = self._stepper.start(prompt_ids, False)
         self.prefixes.put(prompt_ids, seq, logits)
         return seq, logits
-
-    def _generate_stepped(self, requests, on_token, max_live: int, on_finish):
-        """Each prompt prefilled alone, then decode steps over the rows still running, the next
-        request admitted as a row finishes: the arithmetic of serving's continuous batching, so
-        a request's tokens are the same here, there, alone or under load."""
-        gens = self._generators(requests)
-        stops = [set(r.sampling.stop_token_ids or self.stop_token_ids) for r in requests]
-        results = [Completion() for _ in requests]
-        seqs: dict[int, object] = {}
-        logits: dict[int, torch.Tensor] = {}
-        waiting = iter(range(len(requests)))
-        live: list[int] = []
-
-        def admit():
-            while len(live) < max_live:
-                i = next(waiting, None)
-                if i is None:
-                    return
-                seqs[i], lg = self._prefilled(requests[i].prompt_ids)
-                logits[i] = lg[-1]
-                live.append(i)
-
-        admit()
-        while live:
-            feed = []
-            for i in live:
-                r, c = requests[i], results[i]
-                tok = None
-                if len(c.token_ids) < r.sampling.max_new_tokens:  # else finish_reason stays "length"
-                    tok, lp = self.choose(logits[i], r, gens[i])
-                    if tok in stops[i]:
-                        c.finish_reason, tok = "stop", None
-                    else:
-                        c.token_ids.append(tok)
-                        c.logprobs.append(lp)
-                        if on_token is not None and on_token(i, tok, lp) is False:
-                            c.finish_reason, tok = "cancelled", None
-                        elif len(c.token_ids) >= r.sampling.max_new_tokens:
-                            tok = None  # no pass for a token nobody reads
-                if tok is None:
-                    del seqs[i], logits[i]  # its cache is freed as it finishes
-                    if on_finish is not None:
-                        on_finish(i, c)
-                else:
-                    feed.append((i, tok))
-            live[:] = [i for i, _ in feed]
-            if live:
-                out = self._stepper.step([seqs[i] for i in live], [t for _, t in feed])
-                for j, i in enumerate(live):
-                    logits[i] = out[j]
-            admit()
-        return results
 
     def _generate_padded(self, requests, on_token):
         from transformers import DynamicCache

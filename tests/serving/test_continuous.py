@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline.engines.base import GenerationRequest, SamplingParams
-from serving.continuous import RunningBatch, supports
+from pipeline.engines.batching import RunningBatch, supports
+from serving.logprobs import prompt_logprobs
 
 def _request(engine, text: str, max_new: int, **sampling) -> GenerationRequest:
     ids = engine.tokenizer(text)["input_ids"]
@@ -109,7 +110,7 @@ def test_alternatives_prompt_scores_and_the_stop_token_come_from_the_same_logits
     got, prompt = [], []
     batch = RunningBatch(engine)
     row = batch.admit(req, lambda t, lp, top: got.append((t, lp, top)) or True, key=1, top_logprobs=3,
-                      on_prompt=prompt.extend)
+                      on_prompt=lambda logits: prompt.extend(prompt_logprobs(logits, req.prompt_ids, 3)))
     while not row.done:
         batch.step()
     assert [t for t, _, _ in got] == alone.token_ids
@@ -124,4 +125,29 @@ def test_alternatives_prompt_scores_and_the_stop_token_come_from_the_same_logits
     stop_req = GenerationRequest(req.prompt_ids, SamplingParams(max_new_tokens=4, stop_token_ids=(first,)))
     row = RunningBatch(engine).admit(stop_req, lambda t, lp, top: True)
     assert row.done and row.completion.finish_reason == "stop" and row.completion.token_ids == []
-    assert row.stop_token.token_id == first and row.stop_token.logprob == pytest.approx(first_lp, abs=1e-6)
+    stop_id, stop_lp, _top = row.stop_token
+    assert stop_id == first and stop_lp == pytest.approx(first_lp, abs=1e-6)
+
+
+def test_generate_is_the_serving_loop_with_every_callback(served):
+    """Evaluation's `generate` runs the decode loop serving runs: at most max_live rows at a
+    time, the next admitted as one finishes, each token called back as chosen (False cancels
+    that request alone) and each completion handed over as it ends; the answers are those of
+    each request alone, bit for bit."""
+    engine = served.engine
+    reqs = [_request(engine, t, n) for t, n in (("Stable.", 12), ("Summarize: pneumonia treated.", 5),
+                                                ("Hi", 1), ("Summarize: fall at home, no fracture.", 9))]
+    alone = [engine.generate([r])[0] for r in reqs]
+    streamed: dict[int, list[int]] = {i: [] for i in range(len(reqs))}
+    finished: list[int] = []
+
+    def on_token(i, tok, _lp):
+        streamed[i].append(tok)
+        return not (i == 0 and len(streamed[0]) == 3)  # request 0's caller leaves after 3 tokens
+
+    done = engine.generate(reqs, on_token, max_live=2, on_finish=lambda i, _c: finished.append(i))
+    assert sorted(finished) == [0, 1, 2, 3] and len(finished) == 4
+    assert done[0].finish_reason == "cancelled" and done[0].token_ids == alone[0].token_ids[:3]
+    for i in (1, 2, 3):
+        assert done[i].token_ids == alone[i].token_ids and done[i].logprobs == alone[i].logprobs
+        assert done[i].finish_reason == alone[i].finish_reason and streamed[i] == done[i].token_ids
