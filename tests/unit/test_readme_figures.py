@@ -69,6 +69,7 @@ B_PEER = RESULTS + "llamacpp_peer.json"
 B_BLOCKS, B_EXPORTS = RESULTS + "decode_blocks.json", RESULTS + "exports.json"
 B_LLSERVER = RESULTS + "llamacpp_server.json"
 B_RELEXP = RESULTS + "release_exports.json"
+B_EXPEXP = RESULTS + "exports_exp.json"
 # Result files kept under another name when a later run took theirs: their load is in run.json
 # under the benchmark's name.
 RENAMED: dict[str, str] = {}
@@ -894,6 +895,22 @@ FIGURES: list[Figure] = [
                all(r["identical"] == r["items"] == 160 for r in d["replays"].values()))}),
     Figure(B_RELEXP, "The export stage took {export_stage_wall_s:.0f} s and the release stage {release_stage_wall_s:.0f} s "
                      "(three replays of the {replays.bundle.items} items)", doc="docs/exports.md"),
+    loaded(B_EXPEXP, "(`benchmarks/results/exports_exp.json`, on a loaded machine: 1-minute load average {before} before "
+                     "and {after} after on {cores} cores, its own work): `{command}` found {skipped} unchanged, ran "
+                     "{ran} ({wall_s:,.0f} s, the release into the temporary copy's own registry), and `dvc exp show` "
+                     "listed the experiment beside the workspace, whose `reports/metrics/exports.json` is empty.",
+           doc="docs/exports.md",
+           calc=lambda d: {"skipped": ", ".join(n for n in ("base", "quantize", "curate", "train", "bundle", "evaluate")
+                                                if n in d["stages_skipped"]).replace(", evaluate", " and evaluate"),
+                           "ran": ", ".join(d["stages_ran"][:-1]) + " and " + d["stages_ran"][-1],
+                           **_assert(len(d["stages_skipped"]) == 6
+                                     and d["workspace"]["metrics"]["reports/metrics/exports.json"] == {})}),
+    *[Figure(B_EXPEXP, "| " + name + " | {c.headline:.3f} | {c.identical_outputs:.3f} | {c.flip_rate:.3f} | "
+                                     "{c.abs_delta_nll_p99:.2e} | {c.worst_slice_drop:.3f} | {mb:.0f} | {g} |",
+             doc="docs/exports.md", calc=lambda d, name=name: (lambda c: {
+                 "c": c, "mb": c["size_bytes"] / 1e6, "g": "passed" if c["gate_passed"] else "refused"})(
+                     d["experiment"]["metrics"]["reports/metrics/exports.json"][name]))
+      for name in ("gguf_q8_0", "merged")],
     loaded(B_LLSERVER, "(`benchmarks/results/llamacpp_server.json`, with nothing else running: 1-minute load average "
                        "{before} before and {after} after on {cores} cores, the benchmark's own work)", doc="docs/speed.md"),
     *[Figure(B_LLSERVER, "| " + arm + " | {one.tokens_per_s:g} | {many} | {same} | {one.identical_to_golden}/{items} |",

@@ -162,11 +162,11 @@ def test_lm_eval_runs_through_the_same_engine(served, tmp_path):
     lm = TailgateLM(bundle=str(served.bundle.root), runtime="vllm", batch_size=2, max_gen_toks=MAX_GEN)
     assert isinstance(lm.engine, AsyncVLLMEngine)
     task = _task(tmp_path / "tasks")
+    tasks = TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False)
     outputs = {}
     try:
         for name, model in (("vllm", lm), ("hf", TailgateLM(engine=served.engine, max_gen_toks=MAX_GEN))):
-            out = simple_evaluate(model=model, tasks=[task], limit=LIMIT, apply_chat_template=True,
-                                  task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False),
+            out = simple_evaluate(model=model, tasks=[task], limit=LIMIT, apply_chat_template=True, task_manager=tasks,
                                   log_samples=True, bootstrap_iters=0, random_seed=0, numpy_random_seed=0,
                                   torch_random_seed=0)
             outputs[name] = {s["doc"]["id"]: s["filtered_resps"][0] for s in out["samples"]["discharge_summary"]}
