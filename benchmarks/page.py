@@ -277,7 +277,7 @@ def train_checkpointing(r: dict) -> tuple[list[Row], list[str]]:
 
 # Renderers kept here; a benchmark module that defines its own `page(result)` renders itself.
 RENDER = {"invariance": invariance, "train_vs_trl": train_vs_trl, "nf4_memory": nf4_memory,
-          "verify": verify, "curate": curate, "noop_repro": noop_repro, "memory_plan": memory_plan,
+          "verify": verify, "curate": curate, "noop_repro": noop_repro, "memory_plan": memory_plan, "memory_plan_avx2": memory_plan,
           "train_checkpointing": train_checkpointing}
 
 

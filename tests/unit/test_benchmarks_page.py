@@ -124,6 +124,9 @@ def synthetic() -> dict:
         "memory_plan": {"target": 0.25, "cases": [
             {"model": "tiny", "batch": 4, "seq_len": 512, "gradient_checkpointing": False, "planned_mib": 90,
              "measured_live_mib": 100, "measured_rss_mib": 110}]},
+        "memory_plan_avx2": {"target": 0.25, "simulated": {"ATEN_CPU_CAPABILITY": "avx2"}, "cases": [
+            {"model": "default", "batch": 4, "seq_len": 512, "gradient_checkpointing": False, "planned_mib": 90,
+             "measured_live_mib": 100, "measured_rss_mib": 110, "planned_rss_mib": 105, "mixed_lengths": False}]},
         "train_checkpointing": {"results": {"off": {"steps": 5, "s_per_step": 10.0, "peak_rss_mb": 4000.0},
                                             "on": {"steps": 5, "s_per_step": 12.0, "peak_rss_mb": 2000.0}}},
         "train_vs_trl": {"goal_ratio": 1.5,

@@ -57,6 +57,7 @@ NF4D, FP4, LORA16, PTQ = (EXP + n for n in ("nf4_default", "fp4_nodq", "lora16",
 B_VERIFY, B_NOOP, B_CURATE, B_NF4 = (RESULTS + n for n in ("verify.json", "noop_repro.json", "curate.json",
                                                              "nf4_memory.json"))
 B_PLAN, B_CKPT, B_TRL = (RESULTS + n for n in ("memory_plan.json", "train_checkpointing.json", "train_vs_trl.json"))
+B_PLAN_AVX2 = RESULTS + "memory_plan_avx2.json"
 B_SERVE, B_SERVE_OLD = RESULTS + "serving.json", RESULTS + "serving_vllm.json"
 B_SERVE_PREV = RESULTS + "serving_830a1561.json"  # the run before the batch-invariant engine, with vLLM
 B_REPLAY, B_REPLAY_PAD, B_INV = (RESULTS + n for n in ("replay.json", "replay_padded.json", "invariance.json"))
@@ -656,6 +657,15 @@ FIGURES: list[Figure] = [
                    "(target {target:.0%})",
            lambda d: {"w": max(abs(c["planned_mib"] / c["measured_live_mib"] - 1) for c in d["cases"]),
                       "wr": max(abs(c["planned_rss_mib"] / c["measured_rss_mib"] - 1) for c in d["cases"])}),
+    Figure(B_PLAN_AVX2, "the default-model cases came within {w:.1%} of the live peak and {wr:.1%} of the default "
+                        "allocator's RSS; the long-record case planned {p:,} MiB and peaked at {m:,}",
+           lambda d: {"w": d["worst_relative_error"], "wr": d["worst_rss_relative_error"],
+                      "p": next(c["planned_rss_mib"] for c in d["cases"] if c["mixed_lengths"]),
+                      "m": next(c["measured_rss_mib"] for c in d["cases"] if c["mixed_lengths"]),
+                      **_assert(d["simulated"]["ATEN_CPU_CAPABILITY"] == "avx2"
+                                and all(c["model"] == "default" for c in d["cases"]))}),
+    loaded(B_PLAN_AVX2, "(`benchmarks/results/memory_plan_avx2.json`, on a loaded machine: 1-minute load average "
+                        "{before} to {after} on {cores} cores)"),
     Figure(TRAIN, "peaked at {g:.1f} GiB of RSS ({peak_rss_mb:,.0f} MiB) against its {memory_plan.planned_gib:.2f} "
                   "GiB plan ({x:.2f}x)",
            lambda d: {"g": gib(d["peak_rss_mb"]), "x": gib(d["peak_rss_mb"]) / d["memory_plan"]["planned_gib"],
