@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -41,23 +42,30 @@ def _run_queue(cwd: Path, dvc: str, workers: int, expected: int, timeout_s: floa
     the workers are stopped; a failed experiment, or none finishing in time, fails the test."""
     env = {**os.environ, **GIT_ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.Popen([dvc, "exp", "run", "--run-all", "-j", str(workers)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline, done_at = time.monotonic() + timeout_s, None
-    while proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(5)
-        status = subprocess.run([dvc, "queue", "status"], cwd=cwd, env=env, capture_output=True, text=True).stdout
-        assert "Failed" not in status, status
-        if status.count("Success") >= expected:
-            done_at = done_at or time.monotonic()
-            if time.monotonic() - done_at > 30:  # the hang: everything ran, the worker did not exit
-                subprocess.run([dvc, "queue", "stop", "--kill"], cwd=cwd, env=env, capture_output=True)
-                break
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
+    # The command's output goes to a file, not a pipe: the process DVC leaves behind to start its
+    # workers inherits the command's stdout and can outlive it, and a pipe it holds open would
+    # block reading the output to its end (seen here: the queue done, the test waiting forever).
+    log_path = cwd.parent / "queue-run.log"
+    with open(log_path, "w", encoding="utf-8") as log_file:
+        proc = subprocess.Popen([dvc, "exp", "run", "--run-all", "-j", str(workers)], cwd=cwd, env=env,
+                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline, done_at = time.monotonic() + timeout_s, None
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(5)
+            status = subprocess.run([dvc, "queue", "status"], cwd=cwd, env=env, capture_output=True,
+                                    text=True).stdout
+            assert "Failed" not in status, status
+            if status.count("Success") >= expected:
+                done_at = done_at or time.monotonic()
+                if time.monotonic() - done_at > 30:  # the hang: everything ran, the worker did not exit
+                    subprocess.run([dvc, "queue", "stop", "--kill"], cwd=cwd, env=env, capture_output=True)
+                    break
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the command and whatever it started in its session
+            proc.wait()
+    out = log_path.read_text(encoding="utf-8")
     assert done_at is not None or proc.returncode == 0, f"the queue did not finish: {out[-3000:]}"
 
 
