@@ -23,6 +23,16 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature <= 0.0
 
+    def generator(self):
+        """A sampled request's own torch.Generator (seeded with `seed`, else at random), so its
+        draws do not depend on what else runs; None when greedy."""
+        if self.greedy:
+            return None
+        import torch
+
+        return torch.Generator().manual_seed(self.seed if self.seed is not None
+                                             else int(torch.randint(0, 2**31 - 1, (1,))))
+
 
 @dataclass(frozen=True)
 class GenerationRequest:

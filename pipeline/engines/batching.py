@@ -92,12 +92,8 @@ class RunningBatch:
         e = self.engine
         check_requests([request], e.max_context_tokens)
         s = request.sampling
-        gen = None
-        if not s.greedy:
-            gen = torch.Generator().manual_seed(s.seed if s.seed is not None
-                                                else int(torch.randint(0, 2**31 - 1, (1,))))
-        row = Row(request, on_token, key, generator=gen, stops=frozenset(s.stop_token_ids or e.stop_token_ids),
-                  top_logprobs=top_logprobs)
+        row = Row(request, on_token, key, generator=s.generator(),
+                  stops=frozenset(s.stop_token_ids or e.stop_token_ids), top_logprobs=top_logprobs)
         with e.lock:
             row.seq, logits = e.start(request.prompt_ids, all_positions=on_prompt is not None)
         if on_prompt is not None:

@@ -71,7 +71,9 @@ def dequantized_weight(layer, dtype: torch.dtype) -> torch.Tensor:
 
 def _cached_forward(layer):
     original = layer.forward
+    # kept on the layer too: pipeline/engines/lora_fused.py multiplies by it directly
     cache: dict[torch.dtype, torch.Tensor] = {}
+    layer.tailgate_kept = cache
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         # Anything but a no-grad CPU inference call goes through bitsandbytes unchanged.

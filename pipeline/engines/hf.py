@@ -182,16 +182,6 @@ class HFEngine:
                 on_finish(i, c)
         return done
 
-    def _generators(self, requests):
-        gens = []
-        for r in requests:
-            g = None
-            if not r.sampling.greedy:
-                g = torch.Generator().manual_seed(r.sampling.seed if r.sampling.seed is not None
-                                                  else int(torch.randint(0, 2**31 - 1, (1,))))
-            gens.append(g)
-        return gens
-
     def _prefilled(self, prompt_ids: Sequence[int]):
         """(sequence, (1, vocab) next-token logits) of a prompt prefilled alone: a copy of the
         kept prefill when there is one (the same numbers), else a fresh prefill, kept."""
@@ -206,7 +196,7 @@ class HFEngine:
         from transformers import DynamicCache
 
         n = len(requests)
-        gens = self._generators(requests)
+        gens = [r.sampling.generator() for r in requests]
         stops = [set(r.sampling.stop_token_ids or self.stop_token_ids) for r in requests]
         ids, mask = self._left_pad([r.prompt_ids for r in requests])
         ids, mask = ids.to(self.device), mask.to(self.device)

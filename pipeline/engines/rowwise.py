@@ -162,16 +162,22 @@ class _RowBlocks:
             if own and not isinstance(module, torch.nn.Embedding):
                 module.forward = self._blocked(module.forward)
 
+    def split(self, x: torch.Tensor) -> list[torch.Tensor] | None:
+        """x's blocks of exactly DECODE_WIDTH rows when a decode pass of more rows is running,
+        else None (the module runs on x as it is)."""
+        if not self.on or x.dim() != 3 or x.shape[1] != 1 or x.shape[0] <= DECODE_WIDTH:
+            return None
+        # A block starting where a fresh tensor would (64-byte aligned) is passed as a view;
+        # otherwise as a copy, so a kernel never sees another alignment than in one pass.
+        aligned = (DECODE_WIDTH * x[0].numel() * x.element_size()) % 64 == 0
+        return [b if aligned else b.clone() for b in x.split(DECODE_WIDTH)]
+
     def _blocked(self, inner):
         def forward(x, *args, **kwargs):
-            rows = x.shape[0]
-            if not self.on or x.dim() != 3 or x.shape[1] != 1 or rows <= DECODE_WIDTH:
+            blocks = self.split(x)
+            if blocks is None:
                 return inner(x, *args, **kwargs)
-            # A block starting where a fresh tensor would (64-byte aligned) is passed as a view;
-            # otherwise as a copy, so a kernel never sees another alignment than in one pass.
-            aligned = (DECODE_WIDTH * x[0].numel() * x.element_size()) % 64 == 0
-            return torch.cat([inner(b if aligned else b.clone(), *args, **kwargs)
-                              for b in x.split(DECODE_WIDTH)])
+            return torch.cat([inner(b, *args, **kwargs) for b in blocks])
 
         forward.tailgate_row_blocks = True
         return forward
@@ -193,6 +199,9 @@ class RowwiseRunner:
         # Switch only this model's attention (the engine owns the model; training never sees it).
         lm.set_attn_implementation(ATTENTION)
         self._blocks = _RowBlocks(self.decoder)
+        from pipeline.engines.lora_fused import fuse
+
+        self.fused_layers = fuse(self.decoder, self._blocks.split)
         self._self_check(model)
 
     @torch.inference_mode()

@@ -1,0 +1,121 @@
+"""One call per LoRA linear in an inference pass: peft's arithmetic without its Python.
+
+A decode step of the default model runs 210 LoRA-wrapped linears. For each of them peft's
+forward, bitsandbytes' forward and five module calls (base, dropout, A, B, and the row-block
+wrapper of each matmul) run Python around three small matmuls: measured on the default bundle
+that Python was about a tenth of an eight-row decode step (benchmarks/results/decode_step.json).
+
+`fuse` gives each LoRA layer of an inference model a forward that runs the same torch ops on
+the same tensors in peft's order and dtypes: the base's linear (a 4-bit base multiplies by the
+weight pipeline/engines/dequant.py keeps, as its kept forward does; a 16-bit base by its
+weight), then `lora_B(lora_A(x)) * scaling` cast and added as peft adds it. Under a decode pass
+of more than DECODE_WIDTH rows the whole layer runs per row block, each block exactly as the
+separately blocked matmuls saw it. So the numbers are peft's bit for bit
+(tests/unit/test_lora_fused.py compares every layer and whole decode passes).
+
+Anything else runs peft's own forward: training or autograd, autocast, an adapter switched off
+or merged, several adapters, a variant (DoRA, aLoRA), active dropout, extra arguments, or a
+4-bit layer whose weight is not kept (first call, or over the memory budget).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Split = Callable[[torch.Tensor], "list[torch.Tensor] | None"]
+
+
+def _kind(module) -> str | None:
+    """'4bit' or 'linear' for a LoRA layer this module can run, else None."""
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:
+        return None
+    if type(module) is LoraLinear and type(module.base_layer) is torch.nn.Linear:
+        return "linear"
+    try:
+        import bitsandbytes as bnb
+        from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
+    except ImportError:
+        return None
+    if type(module) is LoraLinear4bit and isinstance(module.base_layer, bnb.nn.Linear4bit):
+        return "4bit"
+    return None
+
+
+def _plain_dropout(dropout) -> bool:
+    return isinstance(dropout, torch.nn.Identity) or (isinstance(dropout, torch.nn.Dropout) and not dropout.training)
+
+
+def _fused_forward(module, kind: str, split: Split | None):
+    (name,) = module.lora_A.keys()
+    base, lora_A, lora_B = module.base_layer, module.lora_A[name], module.lora_B[name]
+    dropout, scaling = module.lora_dropout[name], module.scaling[name]
+
+    def lora(x: torch.Tensor) -> torch.Tensor:
+        # peft's _cast_input_dtype, then lora_B(lora_A(dropout(x))) * scaling with dropout off
+        if getattr(module, "cast_input_dtype_enabled", True) and x.dtype != lora_A.weight.dtype:
+            x = x.to(lora_A.weight.dtype)
+        return F.linear(F.linear(x, lora_A.weight, lora_A.bias), lora_B.weight, lora_B.bias) * scaling
+
+    def one_4bit(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # dequant._cached_forward's base (x in the compute dtype, linear, back to x's dtype),
+        # then peft's bnb LoRA: the update cast to the result's dtype before it is added
+        result = F.linear(x.to(base.compute_dtype), weight, base.bias).to(x.dtype)
+        return result + lora(x).to(result.dtype)
+
+    def one_linear(x: torch.Tensor) -> torch.Tensor:
+        # peft's dense LoRA: added in the promoted dtype, cast back to the base's result dtype
+        result = F.linear(x, base.weight, base.bias)
+        return (result + lora(x)).to(result.dtype)
+
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if (args or kwargs or module.training or torch.is_grad_enabled() or torch.is_autocast_enabled()
+                or module.disable_adapters or module.merged or module.active_adapters != [name]
+                or name in module.lora_variant or not _plain_dropout(dropout)):
+            return forward.tailgate_fused_lora(x, *args, **kwargs)
+        if kind == "4bit":
+            weight = None
+            if base.compute_type_is_set and base.compute_dtype is not None and not base.training:
+                weight = getattr(base, "tailgate_kept", {}).get(base.compute_dtype)
+            if weight is None or (base.bias is not None and base.bias.dtype != base.compute_dtype):
+                # bitsandbytes' path sets the compute type and keeps the weight
+                return forward.tailgate_fused_lora(x)
+            one = lambda b: one_4bit(b, weight)  # noqa: E731
+        else:
+            one = one_linear
+        blocks = split(x) if split is not None else None
+        if blocks is None:
+            return one(x)
+        return torch.cat([one(b) for b in blocks])
+
+    forward.tailgate_fused_lora = module.forward  # peft's: the fallback, and what unfuse restores
+    return forward
+
+
+def fuse(model, split: Split | None = None) -> int:
+    """Give every LoRA layer of model (an inference model: see the module's docstring) the
+    one-call forward; split(x) gives a decode pass's row blocks (rowwise._RowBlocks.split).
+    Returns how many layers were fused; idempotent."""
+    n = 0
+    for module in model.modules():
+        kind = _kind(module)
+        if kind is None or len(module.lora_A) != 1 or getattr(module.forward, "tailgate_fused_lora", None):
+            continue
+        module.forward = _fused_forward(module, kind, split)
+        n += 1
+    return n
+
+
+def unfuse(model) -> int:
+    """Put peft's forward back on every fused layer (benchmarks compare the two)."""
+    n = 0
+    for module in model.modules():
+        original = getattr(module.forward, "tailgate_fused_lora", None)
+        if original is not None:
+            module.forward = original
+            n += 1
+    return n
