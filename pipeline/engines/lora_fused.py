@@ -15,15 +15,21 @@ separately blocked matmuls saw it. So the numbers are peft's bit for bit
 
 Anything else runs peft's own forward: training or autograd, autocast, an adapter switched off
 or merged, several adapters, a variant (DoRA, aLoRA), active dropout, extra arguments, or a
-4-bit layer whose weight is not kept (first call, or over the memory budget).
+4-bit layer whose weight is not kept (first call, or over the memory budget). And each layer
+checks itself once: its first fused call also runs peft's forward and keeps the fused one only
+if the two agree bit for bit, so a peft or bitsandbytes release that computes a LoRA layer
+another way leaves that layer on peft's forward (with a warning) instead of changing numbers.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 Split = Callable[[torch.Tensor], "list[torch.Tensor] | None"]
 
@@ -72,10 +78,13 @@ def _fused_forward(module, kind: str, split: Split | None):
         result = F.linear(x, base.weight, base.bias)
         return (result + lora(x)).to(result.dtype)
 
+    state = {"checked": False, "agrees": True}
+
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if (args or kwargs or module.training or torch.is_grad_enabled() or torch.is_autocast_enabled()
-                or module.disable_adapters or module.merged or module.active_adapters != [name]
-                or name in module.lora_variant or not _plain_dropout(dropout)):
+        if (not state["agrees"] or args or kwargs or module.training or torch.is_grad_enabled()
+                or torch.is_autocast_enabled() or module.disable_adapters or module.merged
+                or module.active_adapters != [name] or name in getattr(module, "lora_variant", ())
+                or not _plain_dropout(dropout)):
             return forward.tailgate_fused_lora(x, *args, **kwargs)
         if kind == "4bit":
             weight = None
@@ -88,9 +97,15 @@ def _fused_forward(module, kind: str, split: Split | None):
         else:
             one = one_linear
         blocks = split(x) if split is not None else None
-        if blocks is None:
-            return one(x)
-        return torch.cat([one(b) for b in blocks])
+        out = one(x) if blocks is None else torch.cat([one(b) for b in blocks])
+        if not state["checked"]:
+            theirs = forward.tailgate_fused_lora(x)
+            state["checked"], state["agrees"] = True, out.dtype == theirs.dtype and torch.equal(out, theirs)
+            if not state["agrees"]:
+                log.warning("LoRA layer %s: the one-call forward does not reproduce peft's numbers with this "
+                            "peft/bitsandbytes; the layer keeps peft's forward", type(module).__name__)
+                return theirs
+        return out
 
     forward.tailgate_fused_lora = module.forward  # peft's: the fallback, and what unfuse restores
     return forward

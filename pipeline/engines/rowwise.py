@@ -153,7 +153,8 @@ class _RowBlocks:
     A matmul module is one with a weight matrix of its own (linear layers, 4-bit or not, LoRA's
     A and B): each is called once per block and the outputs concatenated, which is the same
     call the module gets in a pass of DECODE_WIDTH rows. Off, or for a prefill (one row of many
-    positions), the modules run as they are."""
+    positions), the modules run as they are. A LoRA layer the engine fuses
+    (pipeline/engines/lora_fused.py) calls its matmuls itself, on blocks `split` gives it."""
 
     def __init__(self, decoder) -> None:
         self.on = False

@@ -68,6 +68,7 @@ B_SOAK = RESULTS + "soak.json"
 B_SCORING, B_MAKE_RUN = RESULTS + "scoring.json", RESULTS + "make_run.json"
 B_PEER = RESULTS + "llamacpp_peer.json"
 B_BLOCKS, B_EXPORTS = RESULTS + "decode_blocks.json", RESULTS + "exports.json"
+B_STEP, B_PROF_NOW = RESULTS + "decode_step.json", RESULTS + "profile_fused.json"
 B_LLSERVER = RESULTS + "llamacpp_server.json"
 B_RELEXP = RESULTS + "release_exports.json"
 B_EXPEXP = RESULTS + "exports_exp.json"
@@ -872,6 +873,35 @@ FIGURES: list[Figure] = [
     loaded(B_BLOCKS, "(`benchmarks/results/decode_blocks.json`, bundle `{bundle}`, {threads} threads, 1-minute load "
                      "average {before} before and {after} after on {cores} cores, its own work)",
            doc="docs/speed.md", calc=lambda d: {"bundle": d["bundle_digest"][:8]}),
+    loaded(B_PROF_NOW, "(started as the previous benchmark ended: 1-minute load average {before} before and {after} "
+                       "after on {cores} cores, its own work)", doc="docs/speed.md"),
+    Figure(B_PROF_NOW, "In a decode step of {rows} rows, matrix multiplies took {mm_n:.0%} of the CPU time here and "
+                       "{mm_a:.0%} in the simulated AVX2 arm, and attention over each row's own cache {at_n:.0%} and "
+                       "{at_a:.0%}; in the {tokens}-token prefill, matrix multiplies took {pm_n:.0%} and {pm_a:.0%}. "
+                       "Every other op stayed under 3% of a decode step.", doc="docs/speed.md",
+           calc=lambda d: (lambda n, a: {
+               "rows": n["decode_step"]["rows"], "tokens": n["prompt_tokens"],
+               "mm_n": _share(n, "decode_step", "aten::mm"), "mm_a": _share(a, "decode_step", "aten::mm"),
+               "at_n": _share(n, "decode_step", "aten::_scaled_dot_product_flash_attention_for_cpu"),
+               "at_a": _share(a, "decode_step", "aten::_scaled_dot_product_flash_attention_for_cpu"),
+               "pm_n": _share(n, "prefill", "aten::mm"), "pm_a": _share(a, "prefill", "aten::mm"),
+               **_assert(all(o["self_cpu_share"] < 0.03 for arm in (n, a) for o in arm["decode_step"]["top_ops"]
+                             if o["op"] not in ("aten::mm", "aten::_scaled_dot_product_flash_attention_for_cpu"))
+                         and n["platform"]["kernel_4bit"] == a["platform"]["kernel_4bit"] == "cpu-dequantize")})(
+               d["arms"]["native"], d["arms"]["avx2"])),
+    Figure(B_STEP, "A decode step of the default model calls {lora_layers} LoRA-wrapped linears", doc="docs/speed.md"),
+    loaded(B_STEP, "(`benchmarks/results/decode_step.json`, bundle `{bundle}`, {threads} threads, the arms "
+                   "alternating; 1-minute load average {before} before and {after} after on {cores} cores, its own "
+                   "work, on the slower day of the `make run` figure above)", doc="docs/speed.md",
+           calc=lambda d: {"bundle": d["bundle_digest"][:8]}),
+    *[Figure(B_STEP, "| %s | {rows.%s.peft_ms:g} | {rows.%s.fused_ms:g} | {ratio:.2f}x | {same} |" % ((n,) * 3),
+             doc="docs/speed.md", calc=lambda d, n=n: {
+                 "ratio": d["rows"][n]["peft_ms"] / d["rows"][n]["fused_ms"],
+                 "same": "yes" if d["rows"][n]["bitwise_equal"] else "no"})
+      for n in ("1", "8", "32")],
+    Figure(B_STEP, "About a tenth off a step of one or of eight rows", doc="docs/speed.md",
+           calc=lambda d: _assert(all(1.05 <= d["rows"][n]["peft_ms"] / d["rows"][n]["fused_ms"] < 1.15
+                                      for n in ("1", "8")))),
     loaded(B_EXPORTS, "(`benchmarks/results/exports.json`, bundle `{bundle}`; 1-minute load average {before} before "
                       "and {after} after on {cores} cores, its own work after a release run)", doc="docs/exports.md",
            calc=lambda d: {"bundle": d["bundle_digest"][:8]}),
@@ -921,8 +951,9 @@ FIGURES: list[Figure] = [
                  "c": c, "mb": c["size_bytes"] / 1e6, "g": "passed" if c["gate_passed"] else "refused"})(
                      d["experiment"]["metrics"]["reports/metrics/exports.json"][name]))
       for name in ("gguf_q8_0", "merged")],
-    loaded(B_LLSERVER, "(`benchmarks/results/llamacpp_server.json`, with nothing else running: 1-minute load average "
-                       "{before} before and {after} after on {cores} cores, the benchmark's own work)", doc="docs/speed.md"),
+    loaded(B_LLSERVER, "(`benchmarks/results/llamacpp_server.json`, nothing else running, but started as the previous "
+                       "benchmark ended: 1-minute load average {before} before and {after} after on {cores} cores, the "
+                       "benchmark's own work, on the slower day of the `make run` figure above)", doc="docs/speed.md"),
     *[Figure(B_LLSERVER, "| " + arm + " | {one.tokens_per_s:g} | {many} | {same} | {one.identical_to_golden}/{items} |",
              doc="docs/speed.md", calc=lambda d, arm=arm: (lambda a: {
                  "one": a["concurrency_1"],
@@ -1086,6 +1117,11 @@ def _one(values) -> str:
 
 def _inv(data: dict, engine: str) -> dict:
     return data["engines"][engine]
+
+
+def _share(arm: dict, phase: str, op: str) -> float:
+    """An op's share of a profiled phase's CPU time (benchmarks/profile.py's top ops)."""
+    return next(o["self_cpu_share"] for o in arm[phase]["top_ops"] if o["op"] == op)
 
 
 def _assert(ok: bool) -> dict:
