@@ -156,3 +156,36 @@ def test_a_layer_whose_fused_numbers_differ_from_pefts_keeps_pefts_forward(caplo
         want = peft_forward(x) * 2
     assert torch.equal(first, want) and torch.equal(second, want) and len(calls) == 2
     assert "does not reproduce peft's numbers" in caplog.text
+
+
+@pytest.mark.parametrize("avx512bf16", [True, False], ids=["avx512bf16-host", "avx2-host"])
+def test_both_host_classes_take_the_fused_path_with_pefts_numbers(tiny_pipeline, monkeypatch, avx512bf16):
+    """bitsandbytes would pack the 4-bit layers on an AVX512-BF16 host and not on an AVX2 one;
+    the engine turns packing off on both, so on both every layer keeps its dequantized weight
+    and runs fused, with peft's numbers (each host class simulated before the model is built)."""
+    import bitsandbytes.nn.modules as bnb_modules
+
+    from pipeline.engines.hf import load_model
+    from pipeline.engines.rowwise import RowwiseRunner
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: avx512bf16)
+    model = load_model(tiny_pipeline["base_q"], tiny_pipeline["bundle"] / "adapter")
+    runner = RowwiseRunner(model, pad_id=0)
+    with torch.inference_mode():
+        runner.start([1, 2, 3])  # keeps the weights, and each layer checks itself
+    layers = _lora_layers(model)
+    assert layers and len(layers) == runner.fused_layers
+    gen = torch.Generator().manual_seed(7)
+    with torch.inference_mode():
+        for name, layer in layers:
+            x = torch.randn(2 * DECODE_WIDTH, 1, layer.in_features, generator=gen).to(torch.bfloat16)
+            fallback, calls = layer.forward.tailgate_fused_lora, []
+            layer.forward.tailgate_fused_lora = lambda *a, **k: calls.append(1) or fallback(*a, **k)
+            runner._blocks.on = True
+            try:
+                fused = layer(x)
+                theirs = fallback(x)
+            finally:
+                runner._blocks.on = False
+                layer.forward.tailgate_fused_lora = fallback
+            assert calls == [] and torch.equal(fused, theirs), name
