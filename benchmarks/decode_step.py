@@ -54,7 +54,7 @@ def run(bundle_dir: str, golden_path: str, steps: int) -> dict:
             arms = {"peft": ([], None), "fused": ([], None)}
             for _ in range(ROUNDS):
                 for name in ("peft", "fused"):
-                    (unfuse if name == "peft" else lambda m: fuse(m, runner._blocks.split))(engine.model)
+                    (unfuse if name == "peft" else lambda m: fuse(m, runner._blocks))(engine.model)
                     logits, times = _arm(runner, prefilled, golden, n, steps)
                     kept, first = arms[name]
                     kept.extend(times)
@@ -64,7 +64,7 @@ def run(bundle_dir: str, golden_path: str, steps: int) -> dict:
             out[str(n)] = {"peft_ms": round(peft_ms, 1), "fused_ms": round(fused_ms, 1),
                            "speedup": round(peft_ms / fused_ms, 3),
                            "bitwise_equal": torch.equal(arms["peft"][1], arms["fused"][1])}
-    fuse(engine.model, runner._blocks.split)
+    fuse(engine.model, runner._blocks)
     return {"bundle_digest": bundle.manifest.bundle_digest, "threads": torch.get_num_threads(),
             "lora_layers": runner.fused_layers, "steps_per_arm": steps, "rounds": ROUNDS, "rows": out}
 

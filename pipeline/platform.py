@@ -11,6 +11,10 @@ with the tests that simulate each):
   oneDNN/MKL's GEMM dispatch (`cpu_isa`, `cpu_vendor`; ONEDNN_MAX_CPU_ISA caps it): another
   accumulation order for the same float32 matmul, softmax or norm.
 - torch's bfloat16 paths: fast (AVX512-BF16/AMX) or emulated, with different rounding.
+- MKL's instruction set when capped (`mkl_max_isa`, MKL_ENABLE_INSTRUCTIONS): its AVX2 and
+  AVX-512 GEMM kernels sum in other orders, and tile a block's rows differently.
+- How a decode block is multiplied (`decode_matmul`, pipeline/engines/blockmm.py): where the
+  BLAS would give a row other bits in another slot of the block, another orientation.
 - The thread count (`threads`): how reductions are split.
 - The GPU and its compute capability, and the library versions.
 
@@ -42,6 +46,10 @@ KERNEL_4BIT = {
 }
 
 
+# Fields a record may lack (written before they existed); unset, they leave the id as it was
+LATER_FIELDS = ("mkl_max_isa", "decode_matmul")
+
+
 class Platform(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -55,10 +63,18 @@ class Platform(BaseModel):
     kernel_4bit: str = Field(description="Which 4-bit kernel the model's layers ran (KERNEL_4BIT).")
     threads: int = Field(description="torch intra-op threads.")
     versions: dict[str, str] = Field(description="torch, transformers, peft, bitsandbytes versions.")
+    mkl_max_isa: str | None = Field(default=None, description="MKL_ENABLE_INSTRUCTIONS when set (caps MKL).")
+    decode_matmul: str | None = Field(
+        default=None, description="The decode blocks' matmul shapes not multiplied by F.linear, and how "
+        "(pipeline/engines/blockmm.py); null when every shape is.")
 
     def key(self) -> dict:
-        """What decides the numbers: everything but the CPU's model name."""
-        return self.model_dump(exclude={"cpu_model"})
+        """What decides the numbers: everything but the CPU's model name. The fields added
+        later count only when set, so a platform recorded before them keeps its id."""
+        return self.model_dump(exclude={"cpu_model", *self._unset_later()})
+
+    def _unset_later(self) -> set[str]:
+        return {f for f in LATER_FIELDS if getattr(self, f) is None}
 
     @property
     def platform_id(self) -> str:
@@ -70,12 +86,16 @@ class Platform(BaseModel):
         where = self.gpu if self.device == "cuda" else f"{self.cpu_vendor} CPU"
         bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in self.cpu_isa]
         isa = f"ATen {self.torch_cpu_capability}" + (f", {'+'.join(bf16)}" if bf16 else ", no bf16 ISA")
+        if self.mkl_max_isa:
+            isa += f", MKL capped at {self.mkl_max_isa}"
         libs = ", ".join(f"{k} {v}" for k, v in sorted(self.versions.items()))
-        return (f"{self.device} ({where}; {isa}), 4-bit kernel {self.kernel_4bit}, {self.threads} threads, {libs} "
-                f"[platform {self.platform_id}]")
+        blocks = f", decode blocks {self.decode_matmul}" if self.decode_matmul else ""
+        return (f"{self.device} ({where}; {isa}), 4-bit kernel {self.kernel_4bit}{blocks}, {self.threads} threads, "
+                f"{libs} [platform {self.platform_id}]")
 
     def as_record(self) -> dict:
-        return {**self.model_dump(), "platform_id": self.platform_id, "description": self.describe()}
+        return {**self.model_dump(exclude=self._unset_later()), "platform_id": self.platform_id,
+                "description": self.describe()}
 
     @classmethod
     def from_record(cls, record: dict | None) -> Platform | None:
@@ -162,4 +182,12 @@ def detect(model=None, kernel: str | None = None) -> Platform:
         cpu_isa=sorted(f for f in set(flags) if f in KERNEL_ISA),
         torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
         onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA") or None, gpu=gpu, kernel_4bit=kernel,
-        threads=torch.get_num_threads(), versions=library_versions())
+        threads=torch.get_num_threads(), versions=library_versions(),
+        mkl_max_isa=os.environ.get("MKL_ENABLE_INSTRUCTIONS") or None, decode_matmul=decode_matmul(model))
+
+
+def decode_matmul(model) -> str | None:
+    """What a batch-invariant engine multiplies its decode blocks with, when not F.linear
+    throughout (pipeline/engines/rowwise.py sets it on the model it runs)."""
+    plan = getattr(model, "tailgate_decode_matmul", None) if model is not None else None
+    return None if plan in (None, "linear") else plan

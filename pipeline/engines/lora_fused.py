@@ -8,30 +8,43 @@ that Python was about a tenth of an eight-row decode step (benchmarks/results/de
 `fuse` gives each LoRA layer of an inference model a forward that runs the same torch ops on
 the same tensors in peft's order and dtypes: the base's linear (a 4-bit base multiplies by the
 weight pipeline/engines/dequant.py keeps, as its kept forward does; a 16-bit base by its
-weight), then `lora_B(lora_A(x)) * scaling` cast and added as peft adds it. Under a decode pass
-of more than DECODE_WIDTH rows the whole layer runs per row block, each block exactly as the
-separately blocked matmuls saw it. So the numbers are peft's bit for bit
-(tests/unit/test_lora_fused.py compares every layer and whole decode passes).
+weight), then `lora_B(lora_A(x)) * scaling` cast and added as peft adds it. In a decode pass
+the whole layer runs per row block, each of its three products multiplied as the blocked
+matmul modules multiply that shape on this machine (pipeline/engines/blockmm.py: peft's
+`F.linear` wherever that is row-invariant). So the numbers are those of peft's forward under
+the row blocks, bit for bit (tests/unit/test_lora_fused.py compares every layer and whole
+decode passes).
 
 Anything else runs peft's own forward: training or autograd, autocast, an adapter switched off
 or merged, several adapters, a variant (DoRA, aLoRA), active dropout, extra arguments, or a
 4-bit layer whose weight is not kept (first call, or over the memory budget). And each layer
-checks itself once: its first fused call also runs peft's forward and keeps the fused one only
-if the two agree bit for bit, so a peft or bitsandbytes release that computes a LoRA layer
+checks itself once: its first fused call multiplying as peft does (a prefill, or a decode pass
+where every product is `F.linear`) also runs peft's forward and keeps the fused one only if the
+two agree bit for bit, so a peft or bitsandbytes release that computes a LoRA layer
 another way leaves that layer on peft's forward (with a warning) instead of changing numbers.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from pipeline.engines.blockmm import block_linear, key_of
+
 log = logging.getLogger(__name__)
 
-Split = Callable[[torch.Tensor], "list[torch.Tensor] | None"]
+Linear = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+class Blocks(Protocol):
+    """A decode pass's row blocks and how each block is multiplied (rowwise._RowBlocks)."""
+
+    def split(self, x: torch.Tensor) -> list[torch.Tensor] | None: ...
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor: ...
+    def how(self, n_in: int, n_out: int, dtype: torch.dtype, bias: bool) -> str: ...
 
 
 def _kind(module) -> str | None:
@@ -56,27 +69,43 @@ def _plain_dropout(dropout) -> bool:
     return isinstance(dropout, torch.nn.Identity) or (isinstance(dropout, torch.nn.Dropout) and not dropout.training)
 
 
-def _fused_forward(module, kind: str, split: Split | None):
+def _fused_forward(module, kind: str, blocks: Blocks | None):
     (name,) = module.lora_A.keys()
     base, lora_A, lora_B = module.base_layer, module.lora_A[name], module.lora_B[name]
     dropout, scaling = module.lora_dropout[name], module.scaling[name]
 
-    def lora(x: torch.Tensor) -> torch.Tensor:
+    def lora(x: torch.Tensor, linear: Linear) -> torch.Tensor:
         # peft's _cast_input_dtype, then lora_B(lora_A(dropout(x))) * scaling with dropout off
         if getattr(module, "cast_input_dtype_enabled", True) and x.dtype != lora_A.weight.dtype:
             x = x.to(lora_A.weight.dtype)
-        return F.linear(F.linear(x, lora_A.weight, lora_A.bias), lora_B.weight, lora_B.bias) * scaling
+        return linear(linear(x, lora_A.weight, lora_A.bias), lora_B.weight, lora_B.bias) * scaling
 
-    def one_4bit(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def one_4bit(x: torch.Tensor, linear: Linear, weight: torch.Tensor) -> torch.Tensor:
         # dequant._cached_forward's base (x in the compute dtype, linear, back to x's dtype),
         # then peft's bnb LoRA: the update cast to the result's dtype before it is added
-        result = F.linear(x.to(base.compute_dtype), weight, base.bias).to(x.dtype)
-        return result + lora(x).to(result.dtype)
+        result = linear(x.to(base.compute_dtype), weight, base.bias).to(x.dtype)
+        return result + lora(x, linear).to(result.dtype)
 
-    def one_linear(x: torch.Tensor) -> torch.Tensor:
+    def one_linear(x: torch.Tensor, linear: Linear) -> torch.Tensor:
         # peft's dense LoRA: added in the promoted dtype, cast back to the base's result dtype
-        result = F.linear(x, base.weight, base.bias)
-        return (result + lora(x)).to(result.dtype)
+        result = linear(x, base.weight, base.bias)
+        return (result + lora(x, linear)).to(result.dtype)
+
+    # how this machine multiplies a block by each of the layer's weights (blockmm), by identity:
+    # resolved once, not per call
+    hows: dict[int, str] = {}
+
+    def block_product(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        how = hows.get(id(w))
+        if how is None:
+            how = hows[id(w)] = blocks.how(*key_of(w, bias))
+        return block_linear(x, w, bias, how)
+
+    def as_peft(weight: torch.Tensor | None) -> bool:
+        # whether each of the layer's block products is F.linear here, as in peft's forward
+        pairs = ((base.weight if weight is None else weight, base.bias), (lora_A.weight, lora_A.bias),
+                 (lora_B.weight, lora_B.bias))
+        return all(blocks.how(*key_of(w, bias)) == "linear" for w, bias in pairs)
 
     state = {"checked": False, "agrees": True}
 
@@ -93,12 +122,17 @@ def _fused_forward(module, kind: str, split: Split | None):
             if weight is None or (base.bias is not None and base.bias.dtype != base.compute_dtype):
                 # bitsandbytes' path sets the compute type and keeps the weight
                 return forward.tailgate_fused_lora(x)
-            one = lambda b: one_4bit(b, weight)  # noqa: E731
+            one = lambda b, linear: one_4bit(b, linear, weight)  # noqa: E731
         else:
-            one = one_linear
-        blocks = split(x) if split is not None else None
-        out = one(x) if blocks is None else torch.cat([one(b) for b in blocks])
-        if not state["checked"]:
+            weight, one = None, one_linear
+        parts = blocks.split(x) if blocks is not None else None
+        if parts is None:
+            out = one(x, F.linear)
+        else:
+            out = torch.cat([one(b, block_product) for b in parts]) if len(parts) > 1 else one(parts[0], block_product)
+        # The check needs peft's own products: a decode pass that multiplies another way on this
+        # machine (blockmm) leaves it to the next prefill (the engine's first pass is one).
+        if not state["checked"] and (parts is None or as_peft(weight)):
             theirs = forward.tailgate_fused_lora(x)
             state["checked"], state["agrees"] = True, out.dtype == theirs.dtype and torch.equal(out, theirs)
             if not state["agrees"]:
@@ -111,16 +145,16 @@ def _fused_forward(module, kind: str, split: Split | None):
     return forward
 
 
-def fuse(model, split: Split | None = None) -> int:
+def fuse(model, blocks: Blocks | None = None) -> int:
     """Give every LoRA layer of model (an inference model: see the module's docstring) the
-    one-call forward; split(x) gives a decode pass's row blocks (rowwise._RowBlocks.split).
-    Returns how many layers were fused; idempotent."""
+    one-call forward; `blocks` (rowwise._RowBlocks) splits a decode pass into row blocks and
+    multiplies each. Returns how many layers were fused; idempotent."""
     n = 0
     for module in model.modules():
         kind = _kind(module)
         if kind is None or len(module.lora_A) != 1 or getattr(module.forward, "tailgate_fused_lora", None):
             continue
-        module.forward = _fused_forward(module, kind, split)
+        module.forward = _fused_forward(module, kind, blocks)
         n += 1
     return n
 

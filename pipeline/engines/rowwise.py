@@ -18,7 +18,10 @@ How, structurally rather than by measurement:
   one step share one forward pass (`_RowBlocks`: each layer's projections are called once per
   block, so the weights are read from memory once per step and the Python of a pass is paid
   once), yet every matmul has the same shape whatever the load and never mixes rows, so each
-  row's result is bitwise what it would be alone. Only matmuls need the blocks: a BLAS picks
+  row's result is bitwise what it would be alone, provided the BLAS computes a row the same in
+  every slot of a block: not every one does (MKL's AVX2 kernels do not for `F.linear`), so each
+  shape is multiplied the way a probe found row-invariant on the machine
+  (pipeline/engines/blockmm.py). Only matmuls need the blocks: a BLAS picks
   its kernel by the number of rows (measured on this project's hosts, one row of a float32
   linear differs between 8 and 16 rows), while norms, activations, rotary embeddings and the
   residual adds compute each row on its own.
@@ -40,6 +43,8 @@ from typing import Sequence as Seq
 
 import torch
 import torch.nn.functional as F
+
+from pipeline.engines.blockmm import block_linear, key_of, orientation, summary
 
 ATTENTION = "tailgate_rowwise"
 DECODE_WIDTH = 8  # rows in every decode matmul; part of the arithmetic, so a constant
@@ -151,37 +156,79 @@ class _RowBlocks:
     """Runs every matmul module of a decoder on row blocks of exactly DECODE_WIDTH while on.
 
     A matmul module is one with a weight matrix of its own (linear layers, 4-bit or not, LoRA's
-    A and B): each is called once per block and the outputs concatenated, which is the same
-    call the module gets in a pass of DECODE_WIDTH rows. Off, or for a prefill (one row of many
-    positions), the modules run as they are. A LoRA layer the engine fuses
-    (pipeline/engines/lora_fused.py) calls its matmuls itself, on blocks `split` gives it."""
+    A and B): in a decode pass each block of DECODE_WIDTH rows gets its own call, so every call
+    has the same shape whatever the load. Each shape is multiplied the way its probe found
+    row-invariant on this machine (pipeline/engines/blockmm.py: `plan`): the module's own
+    forward per block where that is, a plain linear layer transposed, anything else one row at
+    a time. Off, or for a prefill (one row of many positions), the modules run as they are. A
+    LoRA layer the engine fuses (pipeline/engines/lora_fused.py) calls its matmuls itself,
+    through `split` and `linear`."""
 
-    def __init__(self, decoder) -> None:
+    def __init__(self, decoder, device: torch.device | None = None) -> None:
         self.on = False
+        self.device = (device or next(decoder.parameters()).device).type
+        self.plan: dict[tuple, str] = {}
         for module in decoder.modules():
             own = [p for p in module.parameters(recurse=False) if p.dim() >= 2]
             if own and not isinstance(module, torch.nn.Embedding):
-                module.forward = self._blocked(module.forward)
+                module.forward = self._blocked(module, module.forward)
+                self.how(*_matmul_key(module, own[0]))
+
+    def how(self, n_in: int, n_out: int, dtype: torch.dtype, bias: bool) -> str:
+        """This machine's row-invariant way to multiply a block by such a weight (probed once)."""
+        key = (n_in, n_out, dtype, bias)
+        if key not in self.plan:
+            self.plan[key] = orientation(n_in, n_out, dtype, bias, DECODE_WIDTH, self.device)
+        return self.plan[key]
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """`F.linear` on one block of a decode pass, as the plan multiplies that shape."""
+        return block_linear(x, weight, bias, self.how(*key_of(weight, bias)))
 
     def split(self, x: torch.Tensor) -> list[torch.Tensor] | None:
-        """x's blocks of exactly DECODE_WIDTH rows when a decode pass of more rows is running,
-        else None (the module runs on x as it is)."""
-        if not self.on or x.dim() != 3 or x.shape[1] != 1 or x.shape[0] <= DECODE_WIDTH:
+        """x's blocks of exactly DECODE_WIDTH rows when a decode pass is running, else None (the
+        module runs on x as it is)."""
+        if not self.on or x.dim() != 3 or x.shape[1] != 1:
             return None
+        if x.shape[0] == DECODE_WIDTH:
+            return [x]
         # A block starting where a fresh tensor would (64-byte aligned) is passed as a view;
         # otherwise as a copy, so a kernel never sees another alignment than in one pass.
         aligned = (DECODE_WIDTH * x[0].numel() * x.element_size()) % 64 == 0
         return [b if aligned else b.clone() for b in x.split(DECODE_WIDTH)]
 
-    def _blocked(self, inner):
+    def _blocked(self, module, inner):
+        key = None
+
         def forward(x, *args, **kwargs):
+            nonlocal key
             blocks = self.split(x)
             if blocks is None:
                 return inner(x, *args, **kwargs)
-            return torch.cat([inner(b, *args, **kwargs) for b in blocks])
+            if key is None:
+                own = [p for p in module.parameters(recurse=False) if p.dim() >= 2]
+                key = _matmul_key(module, own[0])
+            how = self.how(*key)
+            if how == "linear":
+                outs = [inner(b, *args, **kwargs) for b in blocks]
+            elif how == "transposed" and type(module) is torch.nn.Linear and not args and not kwargs:
+                outs = [block_linear(b, module.weight, module.bias, how) for b in blocks]
+            else:  # the module's own forward, one row at a time: row-invariant whatever it does
+                outs = [inner(r, *args, **kwargs) for b in blocks for r in b.split(1)]
+            return outs[0] if len(outs) == 1 else torch.cat(outs)
 
         forward.tailgate_row_blocks = True
         return forward
+
+
+def _matmul_key(module, weight: torch.Tensor) -> tuple:
+    """(in, out, dtype, bias) of the product a matmul module computes: a 4-bit layer multiplies
+    its dequantized weight in its compute dtype, anything else its weight as it is."""
+    bias = getattr(module, "bias", None)
+    if hasattr(weight, "quant_state"):
+        return (module.in_features, module.out_features, module.compute_dtype or torch.float32,
+                bias is not None)
+    return key_of(weight, bias)
 
 
 class RowwiseRunner:
@@ -199,10 +246,13 @@ class RowwiseRunner:
         self.device = next(model.parameters()).device
         # Switch only this model's attention (the engine owns the model; training never sees it).
         lm.set_attn_implementation(ATTENTION)
-        self._blocks = _RowBlocks(self.decoder)
+        self._blocks = _RowBlocks(self.decoder, self.device)
+        self._blocks.how(*_matmul_key(self.head, self.head.weight))
         from pipeline.engines.lora_fused import fuse
 
-        self.fused_layers = fuse(self.decoder, self._blocks.split)
+        self.fused_layers = fuse(self.decoder, self._blocks)
+        # part of the arithmetic, so of the platform record (pipeline/platform.py reads it)
+        model.tailgate_decode_matmul = summary(self._blocks.plan)
         self._self_check(model)
 
     @torch.inference_mode()
@@ -230,15 +280,23 @@ class RowwiseRunner:
         return Sequence(self.n_layers)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Output head over (n, hidden) rows, in blocks of exactly DECODE_WIDTH rows."""
+        """Output head over (n, hidden) rows, in blocks of exactly DECODE_WIDTH rows (each
+        multiplied as the plan says for the head's shape)."""
         n = hidden.shape[0]
         padded = -(-n // DECODE_WIDTH) * DECODE_WIDTH
         if padded != n:
             hidden = torch.cat([hidden, hidden.new_zeros(padded - n, hidden.shape[1])])
-        out = torch.cat([self.head(hidden[i:i + DECODE_WIDTH]) for i in range(0, padded, DECODE_WIDTH)])[:n]
+        out = torch.cat([self._head(hidden[i:i + DECODE_WIDTH]) for i in range(0, padded, DECODE_WIDTH)])[:n]
         if self.softcap:
             out = torch.tanh(out / self.softcap) * self.softcap
         return out
+
+    def _head(self, block: torch.Tensor) -> torch.Tensor:
+        if type(self.head) is torch.nn.Linear:
+            return self._blocks.linear(block, self.head.weight, self.head.bias)
+        if self._blocks.how(*_matmul_key(self.head, self.head.weight)) == "linear":
+            return self.head(block)
+        return torch.cat([self.head(r) for r in block.split(1)])
 
     def prefill(self, seq: Sequence, token_ids: Seq[int]) -> torch.Tensor:
         """Run a whole prompt into an empty sequence; returns its (len, hidden) final states."""

@@ -79,7 +79,7 @@ def test_decode_passes_and_prefills_are_pefts_bit_for_bit(engine):
     try:
         first, steps = run()
     finally:
-        fuse(model, engine._stepper._blocks.split)
+        fuse(model, engine._stepper._blocks)
     assert all(torch.equal(a, b) for a, b in zip(fused_first, first))
     assert all(torch.equal(a, b) for a, b in zip(fused_steps, steps))
 
@@ -107,7 +107,7 @@ def test_a_dense_float32_lora_layer_gives_pefts_numbers_in_blocks():
     with torch.inference_mode():
         blocks.on = True
         theirs = model(x)
-        assert fuse(model, blocks.split) == 2
+        assert fuse(model, blocks) == 2
         fused = model(x)
         blocks.on = False
         prefill_fused = model(x.view(1, -1, 576))

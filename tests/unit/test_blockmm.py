@@ -1,0 +1,125 @@
+"""A decode block's rows get the same bits in every slot, on both host classes (blockmm.py).
+
+MKL's AVX2 float32 kernels tile `F.linear`'s rows six at a time, so in a block of 8 the last
+two rows are computed by another kernel: on an AVX2-only Intel host a request decoding in slot
+6 or 7 drifted from the same request in slot 0. The engine probes each shape and multiplies it
+the first way that is row-invariant. These tests run a 4-bit + LoRA model of the default
+model's widths in a subprocess under this host's own dispatch and under MKL/ATen/oneDNN capped
+at AVX2 (the other host class, simulated), put one row in every slot of a decode pass, and ask
+for the same logits bit for bit; with the probe overruled to F.linear the AVX2 run must show
+the drift, so the test can tell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.engines.blockmm import HOWS, block_linear, orientation, summary
+from pipeline.engines.rowwise import DECODE_WIDTH
+
+REPO = Path(__file__).resolve().parents[2]
+AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+@pytest.mark.parametrize("how", HOWS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_every_orientation_computes_the_same_product(how, bias):
+    gen = torch.Generator().manual_seed(3)
+    x, w = torch.randn(DECODE_WIDTH, 1, 96, generator=gen), torch.randn(40, 96, generator=gen)
+    b = torch.randn(40, generator=gen) if bias else None
+    out = block_linear(x, w, b, how)
+    assert out.shape == (DECODE_WIDTH, 1, 40) and out.is_contiguous()
+    torch.testing.assert_close(out, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    if how == "rows":  # each row alone: exactly F.linear of a one-row input
+        assert all(torch.equal(out[i], F.linear(x[i], w, b)) for i in range(DECODE_WIDTH))
+
+
+def test_the_probe_answers_with_an_orientation_and_the_summary_names_the_others():
+    assert orientation(64, 48, torch.float32, False, DECODE_WIDTH) in HOWS
+    plan = {(576, 1536, torch.float32, False): "transposed", (16, 576, torch.float32, True): "rows",
+            (64, 64, torch.bfloat16, False): "linear"}
+    assert summary(plan) == "16x576 float32 +bias: rows; 576x1536 float32: transposed"
+    assert summary({(64, 64, torch.float32, False): "linear"}) == "linear"
+    with pytest.raises(ValueError, match="orientation"):
+        block_linear(torch.zeros(2, 4), torch.zeros(3, 4), None, "sideways")
+
+
+def slot_check() -> dict:
+    """Run in a subprocess: a 4-bit (NF4, float32 compute) + LoRA model of SmolLM2-135M's widths,
+    one row decoded in every slot of an 8-row pass, with the probe's plan and with F.linear."""
+    import tempfile
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+
+    import pipeline.engines.rowwise as rowwise
+    from pipeline.engines.dequant import prepare_for_inference
+    from pipeline.platform import detect
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=1024, hidden_size=576, intermediate_size=1536, num_hidden_layers=2,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=256,
+                         tie_word_embeddings=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        LlamaForCausalLM(config).save_pretrained(tmp)
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.float32)
+        base = LlamaForCausalLM.from_pretrained(tmp, quantization_config=quant, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")).eval()
+    for m in model.modules():  # a trained adapter: B is not zero
+        if hasattr(m, "lora_B") and len(m.lora_B):
+            torch.nn.init.normal_(m.lora_B["default"].weight, std=0.02)
+    prepare_for_inference(model)
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 1024, (5 + 3 * i,), generator=gen).tolist() for i in range(DECODE_WIDTH)]
+    feed = [p[-1] for p in prompts]
+
+    def slots(runner) -> bool:
+        with torch.inference_mode():
+            pre = [runner.start(p)[0] for p in prompts]
+            first = runner.decode([s.copy() for s in pre], feed)[0]
+            for shift in range(1, DECODE_WIDTH):
+                order = [(i + shift) % DECODE_WIDTH for i in range(DECODE_WIDTH)]
+                out = runner.decode([pre[i].copy() for i in order], [feed[i] for i in order])
+                if not torch.equal(out[order.index(0)], first):
+                    return False
+        return True
+
+    runner = rowwise.RowwiseRunner(model, pad_id=0)
+    result = {"fused": runner.fused_layers, "invariant": slots(runner),
+              "linear_invariant": rowwise.orientation(576, 1536, torch.float32, False, DECODE_WIDTH) == "linear",
+              "platform": detect(model).as_record()}
+    rowwise._RowBlocks.how = lambda self, *key: "linear"  # overrule the probe: peft's F.linear
+    result["forced_linear_invariant"] = slots(runner)
+    return result
+
+
+def _run(env: dict) -> dict:
+    code = "import json; from tests.unit.test_blockmm import slot_check; print(json.dumps(slot_check()))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("dispatch", ["native", "avx2"])
+def test_a_row_decodes_to_the_same_bits_in_every_slot_of_a_block(dispatch):
+    r = _run(AVX2 if dispatch == "avx2" else {})
+    assert r["fused"] == 14  # 7 linears a layer, 2 layers: the fused forward is what is tested
+    assert r["invariant"], f"a row's logits depend on its slot under {dispatch} dispatch ({r['platform']})"
+    plan = r["platform"].get("decode_matmul")
+    if not r["linear_invariant"]:
+        # the probe saw F.linear drift and chose another way, which the record names; and
+        # overruled, the engine drifts: this test would catch the engine without the probe
+        assert plan and "576x1536 float32: " in plan
+        assert not r["forced_linear_invariant"]
+    if dispatch == "avx2":
+        assert r["platform"]["mkl_max_isa"] == "AVX2"
