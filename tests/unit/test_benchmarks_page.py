@@ -102,6 +102,16 @@ def synthetic() -> dict:
                         "rounds": 2, "load_avg_before": [0.1], "load_avg_after": [2.0],
                         "rows": {str(n): {"peft_ms": 100.0 * n, "fused_ms": 90.0 * n, "speedup": 1.111,
                                           "bitwise_equal": True} for n in (1, 8, 32)}},
+        "row_slots": {"bundle_digest": "12" * 32, "prompts": 2, "steps_timed": 3, "load_avg_before": [0.1],
+                      "load_avg_after": [2.0], "arm_env": {},
+                      "arms": {name: {"platform": {"decode_matmul": plan},
+                                      **{engine: {"slot_max_abs_diff": diff, "slots_bitwise_equal": diff == 0.0,
+                                                  "step_ms_8_rows": 100.0, "answers": 2,
+                                                  "answers_differing_alone_vs_together": int(diff > 0),
+                                                  "logprobs_differing_alone_vs_together": 2 * int(diff > 0)}
+                                         for engine, diff in (("probed", 0.0), ("f_linear", bad))}}
+                               for name, plan, bad in (("native", None, 0.0), ("avx2", "576x576 float32: transposed",
+                                                                                 3.8e-5))}},
         "llamacpp_peer": {"items": 2, "threads": 2, "bundle_digest": "ef" * 32, "prompt_tokens": 800,
                           "golden_tokens": 100, "llama_cpp_python": "0.3.36", "load_avg_before": [0.1],
                           "load_avg_after": [2.0],
