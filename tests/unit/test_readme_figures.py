@@ -69,6 +69,7 @@ B_SCORING, B_MAKE_RUN = RESULTS + "scoring.json", RESULTS + "make_run.json"
 B_PEER = RESULTS + "llamacpp_peer.json"
 B_BLOCKS, B_EXPORTS = RESULTS + "decode_blocks.json", RESULTS + "exports.json"
 B_STEP, B_PROF_NOW = RESULTS + "decode_step.json", RESULTS + "profile_fused.json"
+B_SLOTS = RESULTS + "row_slots.json"
 B_LLSERVER = RESULTS + "llamacpp_server.json"
 B_RELEXP = RESULTS + "release_exports.json"
 B_EXPEXP = RESULTS + "exports_exp.json"
@@ -889,6 +890,28 @@ FIGURES: list[Figure] = [
                              if o["op"] not in ("aten::mm", "aten::_scaled_dot_product_flash_attention_for_cpu"))
                          and n["platform"]["kernel_4bit"] == a["platform"]["kernel_4bit"] == "cpu-dequantize")})(
                d["arms"]["native"], d["arms"]["avx2"])),
+    loaded(B_SLOTS, "(`benchmarks/results/row_slots.json`, bundle `{bundle}`, 1-minute load average {before} before "
+                    "and {after} after on {cores} cores, its own work)", doc="docs/platforms.md",
+           calc=lambda d: {"bundle": d["bundle_digest"][:8]}),
+    Figure(B_SLOTS, "differed from slot 0 by up to {arms.avx2.f_linear.slot_max_abs_diff:.2g} in its logits when "
+                    "every block was multiplied by `F.linear`, and {arms.avx2.f_linear.logprobs_differing_alone_vs_together} "
+                    "of {prompts} golden prompts generated together at concurrency 8 came back with other log-probs than "
+                    "each alone ({arms.avx2.f_linear.answers_differing_alone_vs_together} of them with other tokens in "
+                    "this sample;", doc="docs/platforms.md"),
+    Figure(B_SLOTS, "The probe chose the transposed product for every shape there, and every slot and every answer was "
+                    "bitwise equal, at {arms.avx2.probed.step_ms_8_rows:g} ms an 8-row decode step against "
+                    "{arms.avx2.f_linear.step_ms_8_rows:g} ms with `F.linear`: exactness costs that host class {share:.0%} "
+                    "more time a step.", doc="docs/platforms.md",
+           calc=lambda d: (lambda a: {"share": a["probed"]["step_ms_8_rows"] / a["f_linear"]["step_ms_8_rows"] - 1,
+                                      **_assert(a["probed"]["slots_bitwise_equal"]
+                                                and a["probed"]["logprobs_differing_alone_vs_together"] == 0
+                                                and all(h.endswith(": transposed")
+                                                        for h in a["platform"]["decode_matmul"].split("; ")))})(
+               d["arms"]["avx2"])),
+    Figure(B_SLOTS, "its two engines, the same code there, took {arms.native.probed.step_ms_8_rows:g} and "
+                    "{arms.native.f_linear.step_ms_8_rows:g} ms a step", doc="docs/platforms.md",
+           calc=lambda d: _assert("decode_matmul" not in d["arms"]["native"]["platform"]
+                                  and d["arms"]["native"]["probed"]["slots_bitwise_equal"])),
     Figure(B_STEP, "A decode step of the default model calls {lora_layers} LoRA-wrapped linears", doc="docs/speed.md"),
     loaded(B_STEP, "(`benchmarks/results/decode_step.json`, bundle `{bundle}`, {threads} threads, the arms "
                    "alternating; 1-minute load average {before} before and {after} after on {cores} cores, its own "
