@@ -106,8 +106,8 @@ class Platform(BaseModel):
 
 def differences(recorded: Platform, here: Platform) -> list[str]:
     """Each field of the platform class that differs, as 'field: recorded -> here'."""
-    a, b = recorded.key(), here.key()
-    return [f"{k}: {a[k]} -> {b[k]}" for k in sorted(a) if a[k] != b[k]]
+    a, b = recorded.key(), here.key()  # a later field unset on one side is absent from its key
+    return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def cpu_info() -> tuple[str, str, list[str]]:

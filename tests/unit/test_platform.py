@@ -49,6 +49,27 @@ def test_a_capped_onednn_isa_is_another_platform():
     assert capped.platform_id != detect().platform_id
 
 
+def test_a_capped_mkl_isa_is_another_platform():
+    capped = Platform.from_record(_detect_in_subprocess(MKL_ENABLE_INSTRUCTIONS="AVX2"))
+    assert capped.mkl_max_isa == "AVX2" and "MKL capped at AVX2" in capped.describe()
+    assert capped.platform_id != detect().platform_id
+
+
+def test_fields_added_later_keep_an_older_records_id_until_they_are_set():
+    """A record written before `mkl_max_isa` and `decode_matmul` existed names the same class
+    (releases carry such records); a decode plan other than F.linear is another class."""
+    here = detect()
+    record = here.as_record()
+    assert "decode_matmul" not in record and "mkl_max_isa" not in record  # unset: as older records were
+    older = {k: v for k, v in record.items() if k not in ("platform_id", "description")}
+    assert Platform.from_record(older).platform_id == record["platform_id"]
+    planned = here.model_copy(update={"decode_matmul": "576x1536 float32: transposed"})
+    assert planned.platform_id != here.platform_id
+    assert differences(here, planned) == ["decode_matmul: None -> 576x1536 float32: transposed"]
+    again = Platform.from_record(json.loads(json.dumps(planned.as_record())))
+    assert again == planned and "decode blocks 576x1536 float32: transposed" in again.describe()
+
+
 def test_the_thread_count_is_part_of_the_platform():
     before = torch.get_num_threads()
     try:
