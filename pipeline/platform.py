@@ -183,11 +183,16 @@ def detect(model=None, kernel: str | None = None) -> Platform:
         torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
         onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA") or None, gpu=gpu, kernel_4bit=kernel,
         threads=torch.get_num_threads(), versions=library_versions(),
-        mkl_max_isa=os.environ.get("MKL_ENABLE_INSTRUCTIONS") or None, decode_matmul=decode_matmul(model))
+        mkl_max_isa=(os.environ.get("MKL_ENABLE_INSTRUCTIONS") or "").upper() or None, decode_matmul=decode_matmul(model))
 
 
 def decode_matmul(model) -> str | None:
     """What a batch-invariant engine multiplies its decode blocks with, when not F.linear
     throughout (pipeline/engines/rowwise.py sets it on the model it runs)."""
-    plan = getattr(model, "tailgate_decode_matmul", None) if model is not None else None
-    return None if plan in (None, "linear") else plan
+    plan = getattr(model, "tailgate_decode_plan", None) if model is not None else None
+    if not plan:
+        return None
+    from pipeline.engines.blockmm import summary
+
+    text = summary(plan)
+    return None if text == "linear" else text

@@ -42,8 +42,8 @@ def block_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if how == "linear":
         return F.linear(x, weight, bias)
     flat = x.reshape(-1, x.shape[-1])
-    if how == "rows":
-        out = torch.cat([F.linear(r, weight, bias) for r in flat.split(1)])
+    if how == "rows":  # each row a fresh tensor, so no row sits at another alignment than another
+        out = torch.cat([F.linear(r.clone(), weight, bias) for r in flat.split(1)])
     elif how == "transposed":
         t = torch.mm(weight, flat.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, flat.t())
         out = t.t().contiguous()

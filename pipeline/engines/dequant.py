@@ -69,34 +69,45 @@ def dequantized_weight(layer, dtype: torch.dtype) -> torch.Tensor:
         layer.weight.view(-1, 1), absmax, state.blocksize, state.quant_type, state.shape, dtype)
 
 
+def kept_forward(layer, x: torch.Tensor, linear=F.linear) -> torch.Tensor:
+    """Linear4bit.forward's own steps, in its order (compute dtype, bias cast), then the
+    gemm_4bit default kernel's product, `linear`, on the dequantized weight: the one the layer
+    keeps, else dequantized now (the same numbers). The rowwise engine passes another `linear`
+    for decode blocks on machines where F.linear is not row-invariant (blockmm.py)."""
+    if not layer.compute_type_is_set:
+        layer.set_compute_type(x)
+        layer.compute_type_is_set = True
+    inp_dtype = x.dtype
+    if layer.compute_dtype is not None:
+        x = x.to(layer.compute_dtype)
+    bias = layer.bias
+    if bias is not None:
+        if bias.dtype != x.dtype:
+            bias.data = bias.data.to(x.dtype)
+        bias = bias.to(layer.compute_dtype)
+    cache = getattr(layer, "tailgate_kept", None)
+    weight = cache.get(x.dtype) if cache is not None else None
+    if weight is None:
+        weight = dequantized_weight(layer, x.dtype)
+        if cache is not None:
+            cache[x.dtype] = weight
+    return linear(x, weight, bias).to(inp_dtype)
+
+
+def takes_kept_forward(layer, x: torch.Tensor) -> bool:
+    """Whether a call is a no-grad CPU inference call on an unpacked layer (anything else goes
+    through bitsandbytes unchanged)."""
+    return not (layer.training or x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad)
+                or getattr(layer.weight.quant_state, "packing_format_for_cpu", False))
+
+
 def _cached_forward(layer):
     original = layer.forward
     # kept on the layer too: pipeline/engines/lora_fused.py multiplies by it directly
-    cache: dict[torch.dtype, torch.Tensor] = {}
-    layer.tailgate_kept = cache
+    layer.tailgate_kept = {}
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        # Anything but a no-grad CPU inference call goes through bitsandbytes unchanged.
-        if (layer.training or x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad)
-                or getattr(layer.weight.quant_state, "packing_format_for_cpu", False)):
-            return original(x)
-        # Linear4bit.forward's own steps, in its order (compute dtype, bias cast), then the
-        # gemm_4bit default kernel's linear on the kept weight.
-        if not layer.compute_type_is_set:
-            layer.set_compute_type(x)
-            layer.compute_type_is_set = True
-        inp_dtype = x.dtype
-        if layer.compute_dtype is not None:
-            x = x.to(layer.compute_dtype)
-        bias = layer.bias
-        if bias is not None:
-            if bias.dtype != x.dtype:
-                bias.data = bias.data.to(x.dtype)
-            bias = bias.to(layer.compute_dtype)
-        weight = cache.get(x.dtype)
-        if weight is None:
-            weight = cache[x.dtype] = dequantized_weight(layer, x.dtype)
-        return F.linear(x, weight, bias).to(inp_dtype)
+        return kept_forward(layer, x) if takes_kept_forward(layer, x) else original(x)
 
     forward.tailgate_dequantize_once = True
     return forward

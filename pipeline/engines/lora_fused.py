@@ -18,9 +18,8 @@ decode passes).
 Anything else runs peft's own forward: training or autograd, autocast, an adapter switched off
 or merged, several adapters, a variant (DoRA, aLoRA), active dropout, extra arguments, or a
 4-bit layer whose weight is not kept (first call, or over the memory budget). And each layer
-checks itself once: its first fused call multiplying as peft does (a prefill, or a decode pass
-where every product is `F.linear`) also runs peft's forward and keeps the fused one only if the
-two agree bit for bit, so a peft or bitsandbytes release that computes a LoRA layer
+checks itself once: its first fused call also runs peft's forward (under the row blocks, in a
+decode pass) and keeps the fused one only if the two agree bit for bit, so a peft or bitsandbytes release that computes a LoRA layer
 another way leaves that layer on peft's forward (with a warning) instead of changing numbers.
 """
 
@@ -91,8 +90,8 @@ def _fused_forward(module, kind: str, blocks: Blocks | None):
         result = linear(x, base.weight, base.bias)
         return (result + lora(x, linear)).to(result.dtype)
 
-    # how this machine multiplies a block by each of the layer's weights (blockmm), by identity:
-    # resolved once, not per call
+    # How this machine multiplies a block by each of the layer's weights (blockmm), resolved at
+    # the layer's first decode pass: F.linear itself where every product is F.linear.
     hows: dict[int, str] = {}
 
     def block_product(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -101,11 +100,13 @@ def _fused_forward(module, kind: str, blocks: Blocks | None):
             how = hows[id(w)] = blocks.how(*key_of(w, bias))
         return block_linear(x, w, bias, how)
 
-    def as_peft(weight: torch.Tensor | None) -> bool:
-        # whether each of the layer's block products is F.linear here, as in peft's forward
-        pairs = ((base.weight if weight is None else weight, base.bias), (lora_A.weight, lora_A.bias),
-                 (lora_B.weight, lora_B.bias))
-        return all(blocks.how(*key_of(w, bias)) == "linear" for w, bias in pairs)
+    def products(weight: torch.Tensor | None) -> Linear:
+        if "products" not in state:
+            for w, bias in ((base.weight if weight is None else weight, base.bias), (lora_A.weight, lora_A.bias),
+                            (lora_B.weight, lora_B.bias)):
+                hows[id(w)] = blocks.how(*key_of(w, bias))
+            state["products"] = F.linear if set(hows.values()) == {"linear"} else block_product
+        return state["products"]
 
     state = {"checked": False, "agrees": True}
 
@@ -129,10 +130,11 @@ def _fused_forward(module, kind: str, blocks: Blocks | None):
         if parts is None:
             out = one(x, F.linear)
         else:
-            out = torch.cat([one(b, block_product) for b in parts]) if len(parts) > 1 else one(parts[0], block_product)
-        # The check needs peft's own products: a decode pass that multiplies another way on this
-        # machine (blockmm) leaves it to the next prefill (the engine's first pass is one).
-        if not state["checked"] and (parts is None or as_peft(weight)):
+            linear = products(weight)
+            out = torch.cat([one(b, linear) for b in parts]) if len(parts) > 1 else one(parts[0], linear)
+        # peft's forward under the row blocks multiplies each block as the plan says too
+        # (rowwise._RowBlocks), so the two agree bit for bit in every pass
+        if not state["checked"]:
             theirs = forward.tailgate_fused_lora(x)
             state["checked"], state["agrees"] = True, out.dtype == theirs.dtype and torch.equal(out, theirs)
             if not state["agrees"]:

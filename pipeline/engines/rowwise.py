@@ -39,12 +39,14 @@ bit for bit (tests/unit/test_batch_invariance.py); the default model's figures c
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence as Seq
 
 import torch
 import torch.nn.functional as F
 
-from pipeline.engines.blockmm import block_linear, key_of, orientation, summary
+from pipeline.engines.blockmm import block_linear, key_of, orientation
+from pipeline.engines.dequant import kept_forward, takes_kept_forward
 
 ATTENTION = "tailgate_rowwise"
 DECODE_WIDTH = 8  # rows in every decode matmul; part of the arithmetic, so a constant
@@ -198,23 +200,30 @@ class _RowBlocks:
         return [b if aligned else b.clone() for b in x.split(DECODE_WIDTH)]
 
     def _blocked(self, module, inner):
-        key = None
+        how = None
 
         def forward(x, *args, **kwargs):
-            nonlocal key
+            nonlocal how
             blocks = self.split(x)
             if blocks is None:
                 return inner(x, *args, **kwargs)
-            if key is None:
+            if how is None:
                 own = [p for p in module.parameters(recurse=False) if p.dim() >= 2]
-                key = _matmul_key(module, own[0])
-            how = self.how(*key)
+                how = self.how(*_matmul_key(module, own[0]))
             if how == "linear":
                 outs = [inner(b, *args, **kwargs) for b in blocks]
-            elif how == "transposed" and type(module) is torch.nn.Linear and not args and not kwargs:
+            elif args or kwargs:
+                outs = [inner(r.clone(), *args, **kwargs) for b in blocks for r in b.split(1)]
+            elif type(module) is torch.nn.Linear:
                 outs = [block_linear(b, module.weight, module.bias, how) for b in blocks]
-            else:  # the module's own forward, one row at a time: row-invariant whatever it does
-                outs = [inner(r, *args, **kwargs) for b in blocks for r in b.split(1)]
+            elif getattr(getattr(module, "weight", None), "quant_state", None) is not None \
+                    and takes_kept_forward(module, x):
+                # a 4-bit layer's own steps around the same product the fused LoRA forward
+                # computes, so peft's forward and the fused one agree here too
+                product = functools.partial(block_linear, how=how)
+                outs = [kept_forward(module, b, product) for b in blocks]
+            else:  # the module's own forward one row at a time (each row a fresh tensor)
+                outs = [inner(r.clone(), *args, **kwargs) for b in blocks for r in b.split(1)]
             return outs[0] if len(outs) == 1 else torch.cat(outs)
 
         forward.tailgate_row_blocks = True
@@ -251,8 +260,9 @@ class RowwiseRunner:
         from pipeline.engines.lora_fused import fuse
 
         self.fused_layers = fuse(self.decoder, self._blocks)
-        # part of the arithmetic, so of the platform record (pipeline/platform.py reads it)
-        model.tailgate_decode_matmul = summary(self._blocks.plan)
+        # part of the arithmetic, so of the platform record (pipeline/platform.py summarises it
+        # when asked: a shape first met later is in the plan by then)
+        model.tailgate_decode_plan = self._blocks.plan
         self._self_check(model)
 
     @torch.inference_mode()

@@ -52,17 +52,14 @@ def test_the_probe_answers_with_an_orientation_and_the_summary_names_the_others(
         block_linear(torch.zeros(2, 4), torch.zeros(3, 4), None, "sideways")
 
 
-def slot_check() -> dict:
-    """Run in a subprocess: a 4-bit (NF4, float32 compute) + LoRA model of SmolLM2-135M's widths,
-    one row decoded in every slot of an 8-row pass, with the probe's plan and with F.linear."""
+def _model():
+    """A 4-bit (NF4, float32 compute) + LoRA model of SmolLM2-135M's widths, 2 layers."""
     import tempfile
 
     from peft import LoraConfig, get_peft_model
     from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
-    import pipeline.engines.rowwise as rowwise
     from pipeline.engines.dequant import prepare_for_inference
-    from pipeline.platform import detect
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=1024, hidden_size=576, intermediate_size=1536, num_hidden_layers=2,
@@ -78,27 +75,50 @@ def slot_check() -> dict:
         if hasattr(m, "lora_B") and len(m.lora_B):
             torch.nn.init.normal_(m.lora_B["default"].weight, std=0.02)
     prepare_for_inference(model)
+    return model
+
+
+def slot_check() -> dict:
+    """Run in a subprocess: one row decoded in every slot of an 8-row pass, with the probe's plan
+    (through the fused LoRA forward, then through peft's own forward under the row blocks) and,
+    on a fresh model, with the probe overruled to F.linear."""
+    import logging
+
+    import pipeline.engines.rowwise as rowwise
+    from pipeline.engines.lora_fused import unfuse
+    from pipeline.platform import detect
+
+    warnings = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("pipeline.engines.lora_fused").addHandler(handler)
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(3, 1024, (5 + 3 * i,), generator=gen).tolist() for i in range(DECODE_WIDTH)]
     feed = [p[-1] for p in prompts]
 
-    def slots(runner) -> bool:
+    def slots(runner) -> tuple[bool, torch.Tensor]:
         with torch.inference_mode():
             pre = [runner.start(p)[0] for p in prompts]
-            first = runner.decode([s.copy() for s in pre], feed)[0]
+            first = runner.decode([s.copy() for s in pre], feed)
+            same = True
             for shift in range(1, DECODE_WIDTH):
                 order = [(i + shift) % DECODE_WIDTH for i in range(DECODE_WIDTH)]
                 out = runner.decode([pre[i].copy() for i in order], [feed[i] for i in order])
-                if not torch.equal(out[order.index(0)], first):
-                    return False
-        return True
+                same = same and torch.equal(out[order.index(0)], first[0])
+        return same, first
 
+    model = _model()
     runner = rowwise.RowwiseRunner(model, pad_id=0)
-    result = {"fused": runner.fused_layers, "invariant": slots(runner),
+    invariant, fused_logits = slots(runner)
+    result = {"fused": runner.fused_layers, "invariant": invariant,
               "linear_invariant": rowwise.orientation(576, 1536, torch.float32, False, DECODE_WIDTH) == "linear",
               "platform": detect(model).as_record()}
+    unfuse(model)  # peft's own forward, its matmul modules under the row blocks
+    result["peft_invariant"], peft_logits = slots(runner)
+    result["peft_equal_fused"] = torch.equal(peft_logits, fused_logits)
+    result["fused_warnings"] = warnings
     rowwise._RowBlocks.how = lambda self, *key: "linear"  # overrule the probe: peft's F.linear
-    result["forced_linear_invariant"] = slots(runner)
+    result["forced_linear_invariant"] = slots(rowwise.RowwiseRunner(_model(), pad_id=0))[0]
     return result
 
 
@@ -113,8 +133,10 @@ def _run(env: dict) -> dict:
 @pytest.mark.parametrize("dispatch", ["native", "avx2"])
 def test_a_row_decodes_to_the_same_bits_in_every_slot_of_a_block(dispatch):
     r = _run(AVX2 if dispatch == "avx2" else {})
-    assert r["fused"] == 14  # 7 linears a layer, 2 layers: the fused forward is what is tested
+    assert r["fused"] == 14 and r["fused_warnings"] == []  # 7 linears a layer, 2 layers, none fell back
     assert r["invariant"], f"a row's logits depend on its slot under {dispatch} dispatch ({r['platform']})"
+    # the peft forward a layer falls back to computes the fused layer's numbers under either plan
+    assert r["peft_invariant"] and r["peft_equal_fused"]
     plan = r["platform"].get("decode_matmul")
     if not r["linear_invariant"]:
         # the probe saw F.linear drift and chose another way, which the record names; and
