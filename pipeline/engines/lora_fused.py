@@ -9,18 +9,19 @@ that Python was about a tenth of an eight-row decode step (benchmarks/results/de
 the same tensors in peft's order and dtypes: the base's linear (a 4-bit base multiplies by the
 weight pipeline/engines/dequant.py keeps, as its kept forward does; a 16-bit base by its
 weight), then `lora_B(lora_A(x)) * scaling` cast and added as peft adds it. In a decode pass
-the whole layer runs per row block, each of its three products multiplied as the blocked
-matmul modules multiply that shape on this machine (pipeline/engines/blockmm.py: peft's
-`F.linear` wherever that is row-invariant). So the numbers are those of peft's forward under
-the row blocks, bit for bit (tests/unit/test_lora_fused.py compares every layer and whole
-decode passes).
+each of its three products runs in the row blocks the blocked matmul modules use for that
+shape, multiplied as they multiply it on this machine (pipeline/engines/blockmm.py and
+widths.py: peft's `F.linear` wherever that is row-invariant). So the numbers are those of
+peft's forward under the row blocks, bit for bit (tests/unit/test_lora_fused.py compares every
+layer and whole decode passes).
 
 Anything else runs peft's own forward: training or autograd, autocast, an adapter switched off
 or merged, several adapters, a variant (DoRA, aLoRA), active dropout, extra arguments, or a
 4-bit layer whose weight is not kept (first call, or over the memory budget). And each layer
 checks itself once: its first fused call also runs peft's forward (under the row blocks, in a
-decode pass) and keeps the fused one only if the two agree bit for bit, so a peft or bitsandbytes release that computes a LoRA layer
-another way leaves that layer on peft's forward (with a warning) instead of changing numbers.
+decode pass) and keeps the fused one only if the two agree bit for bit, so a peft or
+bitsandbytes release that computes a LoRA layer another way leaves that layer on peft's
+forward (with a warning) instead of changing numbers.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from pipeline.engines.blockmm import block_linear, key_of
-
 log = logging.getLogger(__name__)
 
 Linear = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -41,8 +40,8 @@ Linear = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Ten
 class Blocks(Protocol):
     """A decode pass's row blocks and how each block is multiplied (rowwise._RowBlocks)."""
 
-    def split(self, x: torch.Tensor) -> list[torch.Tensor] | None: ...
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor: ...
+    def decoding(self, x: torch.Tensor) -> bool: ...
+    def multiply(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor: ...
     def how(self, n_in: int, n_out: int, dtype: torch.dtype, bias: bool) -> str: ...
 
 
@@ -90,24 +89,6 @@ def _fused_forward(module, kind: str, blocks: Blocks | None):
         result = linear(x, base.weight, base.bias)
         return (result + lora(x, linear)).to(result.dtype)
 
-    # How this machine multiplies a block by each of the layer's weights (blockmm), resolved at
-    # the layer's first decode pass: F.linear itself where every product is F.linear.
-    hows: dict[int, str] = {}
-
-    def block_product(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        how = hows.get(id(w))
-        if how is None:
-            how = hows[id(w)] = blocks.how(*key_of(w, bias))
-        return block_linear(x, w, bias, how)
-
-    def products(weight: torch.Tensor | None) -> Linear:
-        if "products" not in state:
-            for w, bias in ((base.weight if weight is None else weight, base.bias), (lora_A.weight, lora_A.bias),
-                            (lora_B.weight, lora_B.bias)):
-                hows[id(w)] = blocks.how(*key_of(w, bias))
-            state["products"] = F.linear if set(hows.values()) == {"linear"} else block_product
-        return state["products"]
-
     state = {"checked": False, "agrees": True}
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -126,12 +107,9 @@ def _fused_forward(module, kind: str, blocks: Blocks | None):
             one = lambda b, linear: one_4bit(b, linear, weight)  # noqa: E731
         else:
             weight, one = None, one_linear
-        parts = blocks.split(x) if blocks is not None else None
-        if parts is None:
-            out = one(x, F.linear)
-        else:
-            linear = products(weight)
-            out = torch.cat([one(b, linear) for b in parts]) if len(parts) > 1 else one(parts[0], linear)
+        # in a decode pass each product runs block by block, each shape in its own blocks; the
+        # casts, the scaling and the add are per element, so they run on the whole pass
+        out = one(x, blocks.multiply if blocks is not None and blocks.decoding(x) else F.linear)
         # peft's forward under the row blocks multiplies each block as the plan says too
         # (rowwise._RowBlocks), so the two agree bit for bit in every pass
         if not state["checked"]:

@@ -13,9 +13,11 @@ How, structurally rather than by measurement:
   the row is alone or among 63 others. The cache grows in blocks of `KV_BLOCK` positions, so
   its strides depend only on the row's own length.
 - A prompt is prefilled alone (one row, its own length), exactly as evaluation prefills it.
-- Every matmul of a decode step runs on blocks of exactly `DECODE_WIDTH` rows: fewer live rows
-  are padded with dummy rows that attention skips, more run as several blocks. The blocks of
-  one step share one forward pass (`_RowBlocks`: each layer's projections are called once per
+- Every matmul of a decode step computes a row as in a block of exactly `DECODE_WIDTH` rows:
+  it runs on blocks of that width or of another width the BLAS computes a row alike in
+  (probed per shape, pipeline/engines/widths.py); fewer live rows are padded with dummy rows
+  that attention skips, more run as several blocks. The blocks of one step share one forward
+  pass (`_RowBlocks`: each layer's projections are called once per
   block, so the weights are read from memory once per step and the Python of a pass is paid
   once), yet every matmul has the same shape whatever the load and never mixes rows, so each
   row's result is bitwise what it would be alone, provided the BLAS computes a row the same in
@@ -28,9 +30,9 @@ How, structurally rather than by measurement:
 - A scored continuation runs as one pass over a copy of its context's cache, the context
   prefilled alone as a prompt is (so one prefill serves every option of a choice item, and the
   generation's prefill serves the reference answer's NLL: pipeline/engines/prefix.py).
-- The output head runs on blocks of exactly `DECODE_WIDTH` hidden rows everywhere (decode, the
-  prefill's last position, prompt log-probs, scoring), so a position's logits do not depend
-  on which other positions were asked for.
+- The output head runs on such blocks everywhere (decode, the prefill's last position, prompt
+  log-probs, scoring), so a position's logits do not depend on which other positions were
+  asked for.
 
 Tests build batches of 1, 2, 4 and 8 rows and random join/leave schedules and compare logits
 bit for bit (tests/unit/test_batch_invariance.py); the default model's figures come from
@@ -47,9 +49,10 @@ import torch.nn.functional as F
 
 from pipeline.engines.blockmm import block_linear, key_of, orientation
 from pipeline.engines.dequant import kept_forward, takes_kept_forward
+from pipeline.engines.widths import cover, widths
 
 ATTENTION = "tailgate_rowwise"
-DECODE_WIDTH = 8  # rows in every decode matmul; part of the arithmetic, so a constant
+DECODE_WIDTH = 8  # a decode matmul computes each row as a block of this many rows does; part of the arithmetic
 KV_BLOCK = 256  # cache capacity grows in blocks of this many positions
 
 
@@ -155,61 +158,92 @@ def register() -> str:
 
 
 class _RowBlocks:
-    """Runs every matmul module of a decoder on row blocks of exactly DECODE_WIDTH while on.
+    """Runs every matmul module of a decoder on row blocks while on (a decode pass).
 
     A matmul module is one with a weight matrix of its own (linear layers, 4-bit or not, LoRA's
-    A and B): in a decode pass each block of DECODE_WIDTH rows gets its own call, so every call
-    has the same shape whatever the load. Each shape is multiplied the way its probe found
-    row-invariant on this machine (pipeline/engines/blockmm.py: `plan`): the module's own
-    forward per block where that is, a plain linear layer transposed, anything else one row at
-    a time. Off, or for a prefill (one row of many positions), the modules run as they are. A
-    LoRA layer the engine fuses (pipeline/engines/lora_fused.py) calls its matmuls itself,
-    through `split` and `linear`."""
+    A and B): in a decode pass each block gets its own call, of a width that computes a row to
+    the bits a block of DECODE_WIDTH does (pipeline/engines/widths.py), so a row's arithmetic is
+    the same whatever the load. Each shape is multiplied the way its probe found row-invariant
+    on this machine (pipeline/engines/blockmm.py: `plan`): the module's own forward per block
+    where that is, a plain linear layer transposed, anything else one row at a time. Only the
+    blocks holding live rows are computed; the rows past them (padding) come out zero. Off, or
+    for a prefill (one row of many positions), the modules run as they are. A LoRA layer the
+    engine fuses (pipeline/engines/lora_fused.py) calls its matmuls itself, through `multiply`."""
 
     def __init__(self, decoder, device: torch.device | None = None) -> None:
         self.on = False
+        self.live: int | None = None  # live rows of the running decode pass (None: every row)
         self.device = (device or next(decoder.parameters()).device).type
         self.plan: dict[tuple, str] = {}
+        self.widths: dict[tuple, tuple[int, ...]] = {}
         for module in decoder.modules():
             own = [p for p in module.parameters(recurse=False) if p.dim() >= 2]
             if own and not isinstance(module, torch.nn.Embedding):
                 module.forward = self._blocked(module, module.forward)
-                self.how(*_matmul_key(module, own[0]))
+                self.allowed(_matmul_key(module, own[0]))
 
     def how(self, n_in: int, n_out: int, dtype: torch.dtype, bias: bool) -> str:
-        """This machine's row-invariant way to multiply a block by such a weight (probed once)."""
+        """This machine's row-invariant way to multiply a block by such a weight (probed once,
+        with the block widths that give the same bits)."""
         key = (n_in, n_out, dtype, bias)
         if key not in self.plan:
             self.plan[key] = orientation(n_in, n_out, dtype, bias, DECODE_WIDTH, self.device)
         return self.plan[key]
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """`F.linear` on one block of a decode pass, as the plan multiplies that shape."""
-        return block_linear(x, weight, bias, self.how(*key_of(weight, bias)))
+    def allowed(self, key: tuple) -> tuple[int, ...]:
+        """The block widths that compute a row of this shape as DECODE_WIDTH does, multiplied
+        the way `how` says (probed once)."""
+        if key not in self.widths:
+            self.widths[key] = widths(*key, self.how(*key), DECODE_WIDTH, self.device)
+        return self.widths[key]
 
-    def split(self, x: torch.Tensor) -> list[torch.Tensor] | None:
-        """x's blocks of exactly DECODE_WIDTH rows when a decode pass is running, else None (the
-        module runs on x as it is)."""
-        if not self.on or x.dim() != 3 or x.shape[1] != 1:
+    def rows(self, live: int) -> int:
+        """Rows a decode pass of `live` rows carries: enough for every shape's blocks."""
+        return max([live] + [sum(cover(live, self.allowed(key))) for key in list(self.plan)])
+
+    def decoding(self, x: torch.Tensor) -> bool:
+        return self.on and x.dim() == 3 and x.shape[1] == 1
+
+    def split(self, x: torch.Tensor, key: tuple) -> list[torch.Tensor] | None:
+        """x's blocks for a weight of `key` when a decode pass is running (covering its live
+        rows), else None (the module runs on x as it is)."""
+        if not self.decoding(x):
             return None
-        if x.shape[0] == DECODE_WIDTH:
+        sizes = cover(self.live or x.shape[0], self.allowed(key))
+        if sizes == (x.shape[0],):
             return [x]
         # A block starting where a fresh tensor would (64-byte aligned) is passed as a view;
-        # otherwise as a copy, so a kernel never sees another alignment than in one pass.
-        aligned = (DECODE_WIDTH * x[0].numel() * x.element_size()) % 64 == 0
-        return [b if aligned else b.clone() for b in x.split(DECODE_WIDTH)]
+        # otherwise as a copy, so a kernel never sees another alignment than in the probe.
+        aligned = (x[0].numel() * x.element_size()) % 64 == 0
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        return [x[a:a + w] if aligned else x[a:a + w].clone() for a, w in zip(starts, sizes)]
+
+    @staticmethod
+    def join(outs: list[torch.Tensor], rows: int) -> torch.Tensor:
+        """The blocks' outputs as one pass of `rows` rows; rows past the blocks are padding: zero."""
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        if out.shape[0] < rows:
+            out = torch.cat([out, out.new_zeros(rows - out.shape[0], *out.shape[1:])])
+        return out
+
+    def multiply(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """`F.linear(x, weight, bias)` over a decode pass, block by block as the plan says."""
+        key = key_of(weight, bias)
+        how = self.how(*key)
+        return self.join([block_linear(b, weight, bias, how) for b in self.split(x, key)], x.shape[0])
 
     def _blocked(self, module, inner):
-        how = None
+        key, how = None, None
 
         def forward(x, *args, **kwargs):
-            nonlocal how
-            blocks = self.split(x)
-            if blocks is None:
+            nonlocal key, how
+            if not self.decoding(x):
                 return inner(x, *args, **kwargs)
-            if how is None:
+            if key is None:
                 own = [p for p in module.parameters(recurse=False) if p.dim() >= 2]
-                how = self.how(*_matmul_key(module, own[0]))
+                key = _matmul_key(module, own[0])
+                how = self.how(*key)
+            blocks = self.split(x, key)
             if how == "linear":
                 outs = [inner(b, *args, **kwargs) for b in blocks]
             elif args or kwargs:
@@ -224,7 +258,7 @@ class _RowBlocks:
                 outs = [kept_forward(module, b, product) for b in blocks]
             else:  # the module's own forward one row at a time (each row a fresh tensor)
                 outs = [inner(r.clone(), *args, **kwargs) for b in blocks for r in b.split(1)]
-            return outs[0] if len(outs) == 1 else torch.cat(outs)
+            return self.join(outs, x.shape[0])
 
         forward.tailgate_row_blocks = True
         return forward
@@ -256,7 +290,7 @@ class RowwiseRunner:
         # Switch only this model's attention (the engine owns the model; training never sees it).
         lm.set_attn_implementation(ATTENTION)
         self._blocks = _RowBlocks(self.decoder, self.device)
-        self._blocks.how(*_matmul_key(self.head, self.head.weight))
+        self._blocks.allowed(_matmul_key(self.head, self.head.weight))
         from pipeline.engines.lora_fused import fuse
 
         self.fused_layers = fuse(self.decoder, self._blocks)
@@ -290,21 +324,23 @@ class RowwiseRunner:
         return Sequence(self.n_layers)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Output head over (n, hidden) rows, in blocks of exactly DECODE_WIDTH rows (each
-        multiplied as the plan says for the head's shape)."""
+        """Output head over (n, hidden) rows, in blocks of widths that compute a row as a block
+        of DECODE_WIDTH does (each multiplied as the plan says for the head's shape)."""
         n = hidden.shape[0]
-        padded = -(-n // DECODE_WIDTH) * DECODE_WIDTH
-        if padded != n:
-            hidden = torch.cat([hidden, hidden.new_zeros(padded - n, hidden.shape[1])])
-        out = torch.cat([self._head(hidden[i:i + DECODE_WIDTH]) for i in range(0, padded, DECODE_WIDTH)])[:n]
+        sizes = cover(n, self._blocks.allowed(_matmul_key(self.head, self.head.weight)))
+        if sum(sizes) != n:
+            hidden = torch.cat([hidden, hidden.new_zeros(sum(sizes) - n, hidden.shape[1])])
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        out = torch.cat([self._head(hidden[a:a + w]) for a, w in zip(starts, sizes)])[:n]
         if self.softcap:
             out = torch.tanh(out / self.softcap) * self.softcap
         return out
 
     def _head(self, block: torch.Tensor) -> torch.Tensor:
+        how = self._blocks.how(*_matmul_key(self.head, self.head.weight))
         if type(self.head) is torch.nn.Linear:
-            return self._blocks.linear(block, self.head.weight, self.head.bias)
-        if self._blocks.how(*_matmul_key(self.head, self.head.weight)) == "linear":
+            return block_linear(block, self.head.weight, self.head.bias, how)
+        if how == "linear":
             return self.head(block)
         return torch.cat([self.head(r) for r in block.split(1)])
 
@@ -341,16 +377,16 @@ class RowwiseRunner:
 
     def decode(self, seqs: Seq[Sequence], token_ids: Seq[int]) -> torch.Tensor:
         """Feed one token to each sequence; returns (len(seqs), vocab) logits for the next one.
-        All rows go through one forward pass, padded to whole blocks of DECODE_WIDTH."""
+        All rows go through one forward pass, padded to what every shape's blocks cover."""
         self._check()
         n = len(seqs)
-        pad = -n % DECODE_WIDTH
+        pad = self._blocks.rows(n) - n
         ids = torch.tensor([[t] for t in token_ids] + [[self.pad_id]] * pad, dtype=torch.long, device=self.device)
         pos = torch.tensor([[s.length] for s in seqs] + [[0]] * pad, dtype=torch.long, device=self.device)
-        self._blocks.on = True
+        self._blocks.on, self._blocks.live = True, n
         try:
             out = self.decoder(input_ids=ids, position_ids=pos, use_cache=False,
                                tailgate_rows=list(seqs) + [None] * pad)
         finally:
-            self._blocks.on = False
+            self._blocks.on, self._blocks.live = False, None
         return self.logits(out.last_hidden_state[:n, -1])

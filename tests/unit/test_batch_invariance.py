@@ -112,12 +112,14 @@ def test_a_lora_wrapped_nf4_linear_computes_each_row_of_a_decode_pass_alone(engi
             assert torch.equal(layer(y)[trial], ref[trial])
 
 
-def test_row_blocks_give_every_matmul_exactly_the_decode_width():
-    """One decode pass carries any number of rows, but each matmul module sees blocks of exactly
-    DECODE_WIDTH rows (a BLAS may pick another kernel for 16 rows than for 8: measured on this
-    project's hosts for a 576x1536 float32 linear), and each block's output is the one it gets
-    in a pass of its own."""
-    from pipeline.engines.rowwise import _RowBlocks
+def test_row_blocks_give_every_matmul_widths_that_compute_a_row_as_the_decode_width():
+    """One decode pass carries any number of rows, but each matmul module sees blocks of widths
+    its probe found to compute a row to the bits a block of DECODE_WIDTH gives it (a BLAS may
+    pick another kernel for 16 rows than for 8: measured on this project's hosts for a
+    576x1536 float32 linear), so the pass equals blocks of DECODE_WIDTH each in a pass of its
+    own; rows past the live ones are padding, left out of the blocks and zero."""
+    from pipeline.engines.rowwise import _RowBlocks, _matmul_key
+    from pipeline.engines.widths import cover
 
     torch.manual_seed(3)
     model = torch.nn.Sequential(torch.nn.Linear(576, 1536), torch.nn.SiLU(), torch.nn.Linear(1536, 576))
@@ -128,16 +130,23 @@ def test_row_blocks_give_every_matmul_exactly_the_decode_width():
     with torch.inference_mode():
         per_block = torch.cat([model(b) for b in x.split(DECODE_WIDTH)])
         blocks = _RowBlocks(model)
+        allowed = blocks.allowed(_matmul_key(model[0], model[0].weight))
+        assert DECODE_WIDTH in allowed
         seen.clear()
         model(x)  # off: one call with every row
         assert seen == [3 * DECODE_WIDTH]
         seen.clear()
         blocks.on = True
         together = model(x)
-        blocks.on = False
+        blocks.live = 3
+        three = model(x[:DECODE_WIDTH])
+        blocks.on, blocks.live = False, None
         prefill = model(torch.randn(1, 40, 576))  # one row of many positions runs as it is
-    assert seen == [DECODE_WIDTH] * 3 + [1]
+    assert seen == list(cover(3 * DECODE_WIDTH, allowed)) + list(cover(3, allowed)) + [1]
+    assert all(w in allowed for w in seen[:-1])
     assert torch.equal(together, per_block)
+    assert torch.equal(three[:3], per_block[:3])
+    assert blocks.rows(3) <= DECODE_WIDTH and blocks.rows(3) >= 3
     assert prefill.shape == (1, 40, 576)
 
 

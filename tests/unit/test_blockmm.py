@@ -79,7 +79,8 @@ def _model():
 
 
 def slot_check() -> dict:
-    """Run in a subprocess: one row decoded in every slot of an 8-row pass, with the probe's plan
+    """Run in a subprocess: one row decoded in every slot of an 8-row pass, alone, and last in
+    passes of 3, 13 and 20 rows, with the probe's plan
     (through the fused LoRA forward, then through peft's own forward under the row blocks) and,
     on a fresh model, with the probe overruled to F.linear."""
     import logging
@@ -93,18 +94,23 @@ def slot_check() -> dict:
     handler.emit = lambda record: warnings.append(record.getMessage())
     logging.getLogger("pipeline.engines.lora_fused").addHandler(handler)
     gen = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(3, 1024, (5 + 3 * i,), generator=gen).tolist() for i in range(DECODE_WIDTH)]
+    prompts = [torch.randint(3, 1024, (5 + 3 * (i % 8),), generator=gen).tolist() for i in range(20)]
     feed = [p[-1] for p in prompts]
 
     def slots(runner) -> tuple[bool, torch.Tensor]:
         with torch.inference_mode():
             pre = [runner.start(p)[0] for p in prompts]
-            first = runner.decode([s.copy() for s in pre], feed)
+            first = runner.decode([s.copy() for s in pre[:DECODE_WIDTH]], feed[:DECODE_WIDTH])
             same = True
             for shift in range(1, DECODE_WIDTH):
                 order = [(i + shift) % DECODE_WIDTH for i in range(DECODE_WIDTH)]
                 out = runner.decode([pre[i].copy() for i in order], [feed[i] for i in order])
                 same = same and torch.equal(out[order.index(0)], first[0])
+            # alone, and last of passes whose blocks take other widths (pipeline/engines/widths.py)
+            for n in (1, 3, 13, 20):
+                order = list(range(1, n)) + [0]
+                out = runner.decode([pre[i].copy() for i in order], [feed[i] for i in order])
+                same = same and torch.equal(out[-1], first[0])
         return same, first
 
     model = _model()
