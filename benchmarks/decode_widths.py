@@ -74,7 +74,7 @@ def page(r: dict) -> tuple[list[tuple[str, str, str, str]], list[str]]:
     rows = [("one-row decode step: probed block widths vs blocks of exactly 8",
              f"{ratio:.2f}x ({a1['probed_ms']:g} vs {a1['fixed_ms']:g} ms)", ">= 1x, bitwise equal",
              "pass" if exact and ratio >= 1 else "FAIL")]
-    lines = ["| live rows | rows in the pass (8-row blocks / probed) | blocks of 8, ms/step | probed widths, "
+    lines = ["| live rows | rows in the pass (8-row blocks / probed) | 8-row blocks, ms/step | probed widths, "
              "ms/step | speed-up | logits bitwise equal |", "|---|---|---|---|---|---|"]
     for n, a in r["rows"].items():
         lines.append(f"| {n} | {a['fixed_rows']} / {a['probed_rows']} | {a['fixed_ms']:g} | {a['probed_ms']:g} | "

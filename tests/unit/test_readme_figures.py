@@ -70,6 +70,7 @@ B_PEER = RESULTS + "llamacpp_peer.json"
 B_BLOCKS, B_EXPORTS = RESULTS + "decode_blocks.json", RESULTS + "exports.json"
 B_STEP, B_PROF_NOW = RESULTS + "decode_step.json", RESULTS + "profile_fused.json"
 B_SLOTS = RESULTS + "row_slots.json"
+B_WIDTHS = RESULTS + "decode_widths.json"
 B_LLSERVER = RESULTS + "llamacpp_server.json"
 B_RELEXP = RESULTS + "release_exports.json"
 B_EXPEXP = RESULTS + "exports_exp.json"
@@ -912,6 +913,35 @@ FIGURES: list[Figure] = [
                     "{arms.native.f_linear.step_ms_8_rows:g} ms a step", doc="docs/platforms.md",
            calc=lambda d: _assert("decode_matmul" not in d["arms"]["native"]["platform"]
                                   and d["arms"]["native"]["probed"]["slots_bitwise_equal"])),
+    Figure(B_WIDTHS, "MKL gives a row of the default model's 576x1536 product the same bits in every block of\n"
+                     "{mlp_lo} to {mlp_hi} rows, and of its 576x576 one in every block of {attn_lo} to {attn_hi}",
+           doc="docs/speed.md", calc=lambda d: {
+               "mlp_lo": min(d["widths"]["576x1536 float32"]), "mlp_hi": max(d["widths"]["576x1536 float32"]),
+               "attn_lo": min(d["widths"]["576x576 float32"]), "attn_hi": max(d["widths"]["576x576 float32"]),
+               **_assert(all(d["widths"][k] == list(range(min(d["widths"][k]), max(d["widths"][k]) + 1))
+                             for k in ("576x1536 float32", "576x576 float32")))}),
+    Figure(B_WIDTHS, "A lone row runs {rows.1.probed_rows} rows through the attention projections and {head} through "
+                     "the MLP and the\nhead", doc="docs/speed.md",
+           calc=lambda d: {"head": min(d["widths"]["576x49152 float32"]),
+                           **_assert(min(d["widths"]["576x1536 float32"]) == min(d["widths"]["576x49152 float32"])
+                                     == min(d["widths"]["1536x576 float32"])
+                                     and min(d["widths"]["576x576 float32"]) == d["rows"]["1"]["probed_rows"])}),
+    loaded(B_WIDTHS, "(`benchmarks/results/decode_widths.json`, bundle\n`{bundle}`, {threads} threads, the arms "
+                     "alternating; 1-minute load average {before} before and {after} after on {cores}\ncores, its own "
+                     "work)", doc="docs/speed.md", calc=lambda d: {"bundle": d["bundle_digest"][:8]}),
+    *[Figure(B_WIDTHS, "| %s | {r.fixed_rows} / {r.probed_rows} | {r.fixed_ms:g} | {r.probed_ms:g} | {ratio:.2f}x | "
+                       "{same} |" % n, doc="docs/speed.md", calc=lambda d, n=n: {
+                           "r": d["rows"][n], "ratio": d["rows"][n]["fixed_ms"] / d["rows"][n]["probed_ms"],
+                           "same": "yes" if d["rows"][n]["bitwise_equal"] else "no"})
+      for n in ("1", "3", "8", "13", "32")],
+    Figure(B_WIDTHS, "A lone request's step is about a fifth shorter and a full serving batch of 8 is unchanged;\n"
+                     "evaluation's 32 rows gain little, because its MLP weights, the most bytes, still take three",
+           doc="docs/speed.md", calc=lambda d: _assert(
+               0.15 <= 1 - d["rows"]["1"]["probed_ms"] / d["rows"]["1"]["fixed_ms"] < 0.25
+               and abs(d["rows"]["8"]["fixed_ms"] / d["rows"]["8"]["probed_ms"] - 1) < 0.03
+               and d["rows"]["32"]["fixed_ms"] / d["rows"]["32"]["probed_ms"] < 1.15
+               and len(__import__("pipeline.engines.widths", fromlist=["cover"]).cover(
+                   32, tuple(d["widths"]["576x1536 float32"]))) == 3)),
     Figure(B_STEP, "A decode step of the default model calls {lora_layers} LoRA-wrapped linears", doc="docs/speed.md"),
     loaded(B_STEP, "(`benchmarks/results/decode_step.json`, bundle `{bundle}`, {threads} threads, the arms "
                    "alternating; 1-minute load average {before} before and {after} after on {cores} cores, its own "
