@@ -844,6 +844,13 @@ FIGURES: list[Figure] = [
                       **_assert(all(a["prefill_tokens_per_s"] < d["arms"]["tailgate hf engine, bundle (NF4 + LoRA)"]
                                     ["prefill_tokens_per_s"] for k, a in d["arms"].items() if k.startswith("llama")))},
            doc="docs/speed.md"),
+    loaded(B_PEER, "prefill is faster than llama.cpp's on each (1-minute load average {before} before and {after} "
+                   "after on {cores} cores, its own work, started a minute after a profiling run", doc="docs/speed.md"),
+    Figure(B_PEER, "(llama.cpp's f32 arm reads the same bytes {r:.1f} times as fast", doc="docs/speed.md",
+           calc=lambda d: {"r": d["arms"]["llama.cpp, GGUF export f32"]["decode_tokens_per_s"]
+                           / d["arms"]["tailgate hf engine, bundle (NF4 + LoRA)"]["decode_tokens_per_s"]}),
+    loaded(B_PEER, "16 golden prompts, greedy; 1-minute load average {before} before and {after} after on {cores} "
+                   "cores, the benchmark's own work", doc="docs/exports.md"),
     Figure(B_PEER, "the f32 GGUF answered {f32} of {items} token for token as the evaluated bundle did, and the q8_0 "
                    "one {q8} of {items} (the others first differ at token {fd:g} in the median)",
            lambda d: {"f32": d["arms"]["llama.cpp, GGUF export f32"]["identical_to_golden"],
