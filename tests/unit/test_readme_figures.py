@@ -1013,7 +1013,7 @@ FIGURES: list[Figure] = [
       for name in ("gguf_q8_0", "merged")],
     loaded(B_LLSERVER, "(`benchmarks/results/llamacpp_server.json`, nothing else running, but started as the previous "
                        "benchmark ended: 1-minute load average {before} before and {after} after on {cores} cores, the "
-                       "benchmark's own work, on the slower day of the `make run` figure above)", doc="docs/speed.md"),
+                       "benchmark's own work)", doc="docs/speed.md"),
     *[Figure(B_LLSERVER, "| " + arm + " | {one.tokens_per_s:g} | {many} | {same} | {one.identical_to_golden}/{items} |",
              doc="docs/speed.md", calc=lambda d, arm=arm: (lambda a: {
                  "one": a["concurrency_1"],
