@@ -88,8 +88,10 @@ def page(r: dict) -> tuple[list[tuple[str, str, str, str]], list[str]]:
     return rows, lines
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.decode_step", description=__doc__.splitlines()[0])
+def step_main(argv, prog: str, doc: str, measure) -> int:
+    """The command line of a decode-step benchmark on the bundle: `measure(bundle, golden, steps)`
+    timed into --out with the machine and its load (decode_widths.py runs the same way)."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--bundle", default="artifacts/bundle")
     p.add_argument("--golden", default="reports/golden.json")
@@ -98,11 +100,15 @@ def main(argv=None) -> int:
     from benchmarks import machine, write_result
 
     record = {"machine": machine(), "load_avg_before": [round(x, 2) for x in os.getloadavg()]}
-    record.update(run(args.bundle, args.golden, args.steps))
+    record.update(measure(args.bundle, args.golden, args.steps))
     record["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
     write_result(args.out, record)
     print(json.dumps(record["rows"], indent=1))
     return 0
+
+
+def main(argv=None) -> int:
+    return step_main(argv, "python -m benchmarks.decode_step", __doc__, run)
 
 
 if __name__ == "__main__":

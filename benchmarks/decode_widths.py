@@ -13,14 +13,12 @@ the widths are a speed change only.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
 
-from benchmarks.decode_step import _arm
+from benchmarks.decode_step import _arm, step_main
 
 LIVE = (1, 3, 8, 13, 32)
 ROUNDS = 2
@@ -88,20 +86,7 @@ def page(r: dict) -> tuple[list[tuple[str, str, str, str]], list[str]]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.decode_widths", description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True)
-    p.add_argument("--bundle", default="artifacts/bundle")
-    p.add_argument("--golden", default="reports/golden.json")
-    p.add_argument("--steps", type=int, default=12)
-    args = p.parse_args(argv)
-    from benchmarks import machine, write_result
-
-    record = {"machine": machine(), "load_avg_before": [round(x, 2) for x in os.getloadavg()]}
-    record.update(run(args.bundle, args.golden, args.steps))
-    record["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
-    write_result(args.out, record)
-    print(json.dumps(record["rows"], indent=1))
-    return 0
+    return step_main(argv, "python -m benchmarks.decode_widths", __doc__, run)
 
 
 if __name__ == "__main__":
