@@ -20,10 +20,20 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # make test runs two pytest-xdist workers: each worker, and what it starts, takes its share of the
 # cores, since two workers of two BLAS threads each oversubscribe a 2-core machine and spin.
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+# A test that proves something of the threads a release runs with (tests/unit/test_blockmm.py)
+# starts its subprocess without the caps named in TAILGATE_TEST_THREAD_CAPS.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "TAILGATE_TEST_THREAD_CAPS" not in os.environ:
     _share = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
-    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(_var, _share)
+    _capped = [v for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if v not in os.environ]
+    os.environ.update({v: _share for v in _capped}, TAILGATE_TEST_THREAD_CAPS=",".join(_capped))
+
+
+def uncapped_env(extra: dict | None = None) -> dict:
+    """os.environ without the thread caps make test's workers run under (plus extra): a
+    subprocess then runs with torch's default threads, as a release is served."""
+    caps = [v for v in os.environ.get("TAILGATE_TEST_THREAD_CAPS", "").split(",") if v]
+    env = {k: v for k, v in os.environ.items() if k not in caps and k != "TAILGATE_TEST_THREAD_CAPS"}
+    return {**env, **(extra or {})}
 
 REPO = Path(__file__).resolve().parents[1]
 CHATML = (

@@ -13,7 +13,6 @@ the drift, so the test can tell.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 
 from pipeline.engines.blockmm import HOWS, block_linear, orientation, summary
 from pipeline.engines.rowwise import DECODE_WIDTH
+from tests.conftest import uncapped_env
 
 REPO = Path(__file__).resolve().parents[2]
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -130,7 +130,8 @@ def slot_check() -> dict:
 
 def _run(env: dict) -> dict:
     code = "import json; from tests.unit.test_blockmm import slot_check; print(json.dumps(slot_check()))"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, **env}, capture_output=True,
+    # with torch's default threads (not make test's per-worker cap): the threads a release runs
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=uncapped_env(env), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
