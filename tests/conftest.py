@@ -32,7 +32,8 @@ def uncapped_env(extra: dict | None = None) -> dict:
     """os.environ without the thread caps make test's workers run under (plus extra): a
     subprocess then runs with torch's default threads, as a release is served."""
     caps = [v for v in os.environ.get("TAILGATE_TEST_THREAD_CAPS", "").split(",") if v]
-    env = {k: v for k, v in os.environ.items() if k not in caps and k != "TAILGATE_TEST_THREAD_CAPS"}
+    drop = set(caps) | {"TAILGATE_TEST_THREAD_CAPS", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     return {**env, **(extra or {})}
 
 REPO = Path(__file__).resolve().parents[1]

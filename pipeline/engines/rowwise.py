@@ -194,7 +194,11 @@ class _RowBlocks:
         """The block widths that compute a row of this shape as DECODE_WIDTH does, multiplied
         the way `how` says (probed once)."""
         if key not in self.widths:
-            self.widths[key] = widths(*key, self.how(*key), DECODE_WIDTH, self.device)
+            # The probe speaks for a CPU BLAS on dense weights. On a GPU a 4-bit layer runs
+            # bitsandbytes' own kernel, which picks its method by the number of rows where the
+            # probe does not look: DECODE_WIDTH alone there.
+            how = self.how(*key)
+            self.widths[key] = widths(*key, how, DECODE_WIDTH, self.device) if self.device == "cpu" else (DECODE_WIDTH,)
         return self.widths[key]
 
     def rows(self, live: int) -> int:
@@ -209,22 +213,16 @@ class _RowBlocks:
         rows), else None (the module runs on x as it is)."""
         if not self.decoding(x):
             return None
-        sizes = cover(self.live or x.shape[0], self.allowed(key))
-        if sizes == (x.shape[0],):
-            return [x]
-        # A block starting where a fresh tensor would (64-byte aligned) is passed as a view;
-        # otherwise as a copy, so a kernel never sees another alignment than in the probe.
-        aligned = (x[0].numel() * x.element_size()) % 64 == 0
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        return [x[a:a + w] if aligned else x[a:a + w].clone() for a, w in zip(starts, sizes)]
+        return blocks_of(x, cover(self.live or x.shape[0], self.allowed(key)))
 
     @staticmethod
     def join(outs: list[torch.Tensor], rows: int) -> torch.Tensor:
-        """The blocks' outputs as one pass of `rows` rows; rows past the blocks are padding: zero."""
+        """The blocks' outputs as one pass of `rows` rows; rows past the blocks are padding: zero
+        (or cut, where a shape met only during the pass needed more rows than the pass has)."""
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         if out.shape[0] < rows:
             out = torch.cat([out, out.new_zeros(rows - out.shape[0], *out.shape[1:])])
-        return out
+        return out[:rows]
 
     def multiply(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """`F.linear(x, weight, bias)` over a decode pass, block by block as the plan says."""
@@ -262,6 +260,19 @@ class _RowBlocks:
 
         forward.tailgate_row_blocks = True
         return forward
+
+
+def blocks_of(x: torch.Tensor, sizes: tuple[int, ...]) -> list[torch.Tensor]:
+    """x's rows as blocks of these sizes, zero rows added past its end when they sum to more. A
+    block starting where a fresh tensor would (64-byte aligned) is passed as a view; otherwise as
+    a copy, so a kernel never sees another alignment than in the probe."""
+    if sizes == (x.shape[0],):
+        return [x]
+    if sum(sizes) > x.shape[0]:
+        x = torch.cat([x, x.new_zeros(sum(sizes) - x.shape[0], *x.shape[1:])])
+    aligned = (x[0].numel() * x.element_size()) % 64 == 0
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [x[a:a + w] if aligned else x[a:a + w].clone() for a, w in zip(starts, sizes)]
 
 
 def _matmul_key(module, weight: torch.Tensor) -> tuple:
@@ -328,10 +339,7 @@ class RowwiseRunner:
         of DECODE_WIDTH does (each multiplied as the plan says for the head's shape)."""
         n = hidden.shape[0]
         sizes = cover(n, self._blocks.allowed(_matmul_key(self.head, self.head.weight)))
-        if sum(sizes) != n:
-            hidden = torch.cat([hidden, hidden.new_zeros(sum(sizes) - n, hidden.shape[1])])
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        out = torch.cat([self._head(hidden[a:a + w]) for a, w in zip(starts, sizes)])[:n]
+        out = torch.cat([self._head(b) for b in blocks_of(hidden, sizes)])[:n]
         if self.softcap:
             out = torch.tanh(out / self.softcap) * self.softcap
         return out

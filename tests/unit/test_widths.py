@@ -51,8 +51,8 @@ def test_every_width_the_probe_allows_computes_a_row_as_the_decode_width_does(sh
     gen = torch.Generator().manual_seed(99)
     weight, probe = torch.randn(n_out, n_in, generator=gen), torch.randn(n_in, generator=gen)
 
-    def row(width: int, slot: int) -> torch.Tensor:
-        block = torch.randn(width, n_in, generator=gen)
+    def row(width: int, slot: int, zeros: bool = False) -> torch.Tensor:
+        block = torch.zeros(width, n_in) if zeros else torch.randn(width, n_in, generator=gen)
         block[slot] = probe
         return block_linear(block, weight, None, how)[slot]
 
@@ -60,4 +60,33 @@ def test_every_width_the_probe_allows_computes_a_row_as_the_decode_width_does(sh
         want = row(DECODE_WIDTH, 0)
         for width in CANDIDATES:
             same = [torch.equal(row(width, slot), want) for slot in range(width)]
+            same += [torch.equal(row(width, slot, zeros=True), want) for slot in {0, width - 1}]
             assert all(same) if width in allowed else not all(same), (width, same)
+
+
+def test_blocks_past_the_end_of_a_pass_are_padded_and_misaligned_rows_copied():
+    """A shape met only during a pass may need more rows than the pass carries: its blocks get
+    zero rows past the end rather than a width never allowed; a block that would start at
+    another alignment than a fresh tensor is a copy."""
+    from pipeline.engines.rowwise import blocks_of
+
+    x = torch.randn(3, 1, 16)  # 64-byte rows: views
+    got = blocks_of(x, (4,))
+    assert [b.shape[0] for b in got] == [4] and torch.equal(got[0][:3], x) and not got[0][3].any()
+    views = blocks_of(torch.randn(6, 1, 16), (4, 2))
+    assert all(b._base is not None for b in views)
+    odd = blocks_of(torch.randn(6, 1, 10), (4, 2))  # 40-byte rows: the second block would be misaligned
+    assert [b.shape[0] for b in odd] == [4, 2] and all(b.data_ptr() % 64 == 0 for b in odd)
+
+
+def test_off_the_cpu_every_shape_keeps_blocks_of_the_decode_width(monkeypatch):
+    """On a GPU a 4-bit layer runs bitsandbytes' kernel, which picks its method by row count
+    where the probe does not look: no other width is allowed there."""
+    import pipeline.engines.rowwise as rowwise
+
+    blocks = rowwise._RowBlocks(torch.nn.Linear(32, 48))
+    assert DECODE_WIDTH in blocks.allowed((32, 48, torch.float32, True))
+    blocks.device = "cuda"  # its orientation probe would run on the GPU: not here
+    monkeypatch.setattr(rowwise, "orientation", lambda *key: "linear")
+    assert blocks.allowed((64, 48, torch.float32, False)) == (DECODE_WIDTH,)
+    assert blocks.rows(1) >= DECODE_WIDTH
