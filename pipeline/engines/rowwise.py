@@ -13,20 +13,20 @@ How, structurally rather than by measurement:
   the row is alone or among 63 others. The cache grows in blocks of `KV_BLOCK` positions, so
   its strides depend only on the row's own length.
 - A prompt is prefilled alone (one row, its own length), exactly as evaluation prefills it.
-- Every matmul of a decode step computes a row as in a block of exactly `DECODE_WIDTH` rows:
+- Every matmul of a decode step computes a row as a block of exactly `DECODE_WIDTH` rows does:
   it runs on blocks of that width or of another width the BLAS computes a row alike in
   (probed per shape, pipeline/engines/widths.py); fewer live rows are padded with dummy rows
   that attention skips, more run as several blocks. The blocks of one step share one forward
-  pass (`_RowBlocks`: each layer's projections are called once per
-  block, so the weights are read from memory once per step and the Python of a pass is paid
-  once), yet every matmul has the same shape whatever the load and never mixes rows, so each
-  row's result is bitwise what it would be alone, provided the BLAS computes a row the same in
-  every slot of a block: not every one does (MKL's AVX2 kernels do not for `F.linear`), so each
-  shape is multiplied the way a probe found row-invariant on the machine
-  (pipeline/engines/blockmm.py). Only matmuls need the blocks: a BLAS picks
-  its kernel by the number of rows (measured on this project's hosts, one row of a float32
-  linear differs between 8 and 16 rows), while norms, activations, rotary embeddings and the
-  residual adds compute each row on its own.
+  pass (`_RowBlocks`: each layer's projections are called once per block, so the weights are
+  read from memory once per block and the Python of a pass is paid once), yet no matmul mixes
+  rows or computes one otherwise than a block of `DECODE_WIDTH` does, whatever the load, so
+  each row's result is bitwise what it would be alone, provided the BLAS computes a row the
+  same in every slot of a block: not every one does (MKL's AVX2 kernels do not for
+  `F.linear`), so each shape is multiplied the way a probe found row-invariant on the machine
+  (pipeline/engines/blockmm.py). Only matmuls need the blocks: a BLAS picks its kernel by the
+  number of rows (measured on this project's hosts, one row of a float32 linear differs
+  between 8 and 16 rows), while norms, activations, rotary embeddings and the residual adds
+  compute each row on its own.
 - A scored continuation runs as one pass over a copy of its context's cache, the context
   prefilled alone as a prompt is (so one prefill serves every option of a choice item, and the
   generation's prefill serves the reference answer's NLL: pipeline/engines/prefix.py).
@@ -183,8 +183,7 @@ class _RowBlocks:
                 self.allowed(_matmul_key(module, own[0]))
 
     def how(self, n_in: int, n_out: int, dtype: torch.dtype, bias: bool) -> str:
-        """This machine's row-invariant way to multiply a block by such a weight (probed once,
-        with the block widths that give the same bits)."""
+        """This machine's row-invariant way to multiply a block by such a weight (probed once)."""
         key = (n_in, n_out, dtype, bias)
         if key not in self.plan:
             self.plan[key] = orientation(n_in, n_out, dtype, bias, DECODE_WIDTH, self.device)
