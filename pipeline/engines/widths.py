@@ -15,8 +15,9 @@ bits it gets in a block of DECODE_WIDTH, in every slot, beside random rows and b
 rows (kernel choice depends on shapes and strides, not on values); DECODE_WIDTH itself always
 qualifies. `cover` then splits a pass's live rows into the fewest blocks of those widths, each
 shape on its own, so a row's arithmetic is the evaluated one whatever the load
-(tests/unit/test_widths.py checks the default model's shapes under this host's dispatch and the
-AVX2 one, and whole decode passes against each row alone). The probe multiplies dense weights,
+(tests/unit/test_widths.py checks the allowed widths of the default model's shapes on other data;
+tests/unit/test_blockmm.py decodes a row alone and among 3, 8, 13 and 20 rows under this host's
+dispatch and the AVX2 one, bit for bit). The probe multiplies dense weights,
 as the CPU engine does (its 4-bit weights dequantized once); on a GPU bitsandbytes' own 4-bit
 kernel chooses its method by the number of rows, so the engine keeps DECODE_WIDTH alone there.
 """
