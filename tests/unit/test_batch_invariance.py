@@ -117,7 +117,7 @@ def test_row_blocks_give_every_matmul_widths_that_compute_a_row_as_the_decode_wi
     its probe found to compute a row to the bits a block of DECODE_WIDTH gives it (a BLAS may
     pick another kernel for 16 rows than for 8: measured on this project's hosts for a
     576x1536 float32 linear), so the pass equals blocks of DECODE_WIDTH each in a pass of its
-    own; rows past the live ones are padding, left out of the blocks and zero."""
+    own; rows past the blocks that cover the live ones are padding, left out and zero."""
     from pipeline.engines.rowwise import _RowBlocks, _matmul_key
     from pipeline.engines.widths import cover
 
@@ -147,8 +147,12 @@ def test_row_blocks_give_every_matmul_widths_that_compute_a_row_as_the_decode_wi
         assert all(w in allowed for w in seen[:-1])
     assert torch.equal(together, per_block)
     assert torch.equal(three[:3], per_block[:3])
-    assert not three[3:].any()  # padding rows: left out of the blocks, zero
-    assert blocks.rows(3) == max(3, min(allowed), min(blocks.allowed(_matmul_key(model[2], model[2].weight))))
+    # A block may hold more rows than are live (on a host whose widths skip 3, the three live
+    # rows run as a block of 4); the rows past every shape's blocks are padding: left out, zero.
+    covered = max(sum(cover(3, blocks.allowed(_matmul_key(m, m.weight)))) for m in (model[0], model[2]))
+    assert covered >= 3
+    assert not three[covered:].any()
+    assert blocks.rows(3) == covered
     assert prefill.shape == (1, 40, 576)
 
 
