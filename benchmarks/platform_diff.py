@@ -97,16 +97,22 @@ def kernel_check(bundle_dir: str, golden: dict, n: int) -> dict:
     reqs = [GenerationRequest(g["prompt_ids"], SamplingParams(max_new_tokens=g["max_new_tokens"])) for g in prompts]
     import bitsandbytes.nn.modules as bnb_modules
 
+    import pipeline.engines.dequant as dequant
+
     answers = {}
-    probe = bnb_modules.has_avx512bf16
+    probe, prepare = bnb_modules.has_avx512bf16, dequant.prepare_for_inference
     for kernel, packed in (("cpu-packed-bf16", True), ("cpu-dequantize", False)):
         # Linear4bit reads the CPU probe when it is built, and the engine's first forward (its
-        # self-check) already converts: the probe is answered before the model loads
+        # self-check) already converts: the probe is answered before the model loads. Engines
+        # keep every layer off the packed kernel (pipeline/engines/dequant.py), so the packed
+        # arm loads the model as bitsandbytes alone would, without that step.
         bnb_modules.has_avx512bf16 = (lambda: True) if packed else (lambda: False)
+        if packed:
+            dequant.prepare_for_inference = lambda model, budget_bytes=None: None
         try:
             engine = HFEngine.from_bundle(bundle)
         finally:
-            bnb_modules.has_avx512bf16 = probe
+            bnb_modules.has_avx512bf16, dequant.prepare_for_inference = probe, prepare
         layers = four_bit_layers(engine.model)
         if any(is_packed(m) for _n, m in layers) != packed:
             raise RuntimeError(f"the {kernel} arm did not get that kernel")

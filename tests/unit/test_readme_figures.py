@@ -74,6 +74,9 @@ B_WIDTHS = RESULTS + "decode_widths.json"
 B_LLSERVER = RESULTS + "llamacpp_server.json"
 B_RELEXP = RESULTS + "release_exports.json"
 B_EXPEXP = RESULTS + "exports_exp.json"
+# the default rebuilt from a fresh clone on a third host class (AMD EPYC, AVX512-BF16, no AMX)
+PDIFF_EPYC, B_WIDTHS_EPYC = RESULTS + "platform_diff_epyc.json", RESULTS + "decode_widths_epyc.json"
+B_MAKE_RUN_EPYC, EPYC = RESULTS + "make_run_epyc.json", EXP + "amd_epyc_avx512bf16/"
 # Result files kept under another name when a later run took theirs: their load is in run.json
 # under the benchmark's name.
 RENAMED: dict[str, str] = {}
@@ -1085,6 +1088,68 @@ FIGURES: list[Figure] = [
                      "{memory.worker_processes} workers at {w} MiB each",
            lambda d: {"w": _one(fmt(w, ".0f") for w in d["memory"]["worker_peak_rss_mib"])},
            doc="docs/curate-cluster.md"),
+    # ---- docs/platforms.md, a third host class -------------------------------------------------
+    Figure(PDIFF_EPYC, "rebuilt the default from a fresh clone: another adapter again (bundle `{b}`), yet all "
+                       "{golden.identical_answers} of the {golden.items} golden answers came out as this run's token "
+                       "for token and its release replayed them all",
+           calc=lambda d: {"b": d["bundle_digest"][1][:8],
+                           **_assert(d["golden"]["identical_answers"] == d["golden"]["items"]
+                                     and not d["identical"]["adapter"]
+                                     and d["bundle_digest"][0] == load(EVAL)["bundle_digest"]
+                                     and load(EPYC + "replay.json")["identical"] == d["golden"]["items"])}),
+    Figure(PDIFF_EPYC, "on an AMD EPYC with AVX-512 and AVX512-BF16 but no AMX (platform `{b.platform.platform_id}`; "
+                       "the committed reports' Intel Xeon is `{a.platform.platform_id}`), every stage from the base "
+                       "package on, at the committed reports' commit", doc="docs/platforms.md",
+           calc=lambda d: _assert(d["b"]["platform"]["cpu_vendor"] == "AuthenticAMD"
+                                  and "avx512_bf16" in d["b"]["platform"]["cpu_isa"]
+                                  and not any(f.startswith("amx") for f in d["b"]["platform"]["cpu_isa"])
+                                  and d["a"]["platform"]["platform_id"] == load(EVAL)["platform"]["platform_id"]
+                                  and load(EPYC + "eval.json")["bundle_digest"] == d["bundle_digest"][1])),
+    loaded(PDIFF_EPYC, "compares the two (1-minute load average {before} before and {after} after on {cores} cores, "
+                       "its own work)", doc="docs/platforms.md"),
+    Figure(PDIFF_EPYC, "Training's loss agrees to within {train.max_abs_loss_diff:.1e} at every one of the "
+                       "{train.steps} steps and the validation loss ends at {vb:.4f} against {va:.4f}, but the adapter's "
+                       "bytes differ, so the bundle is `{b}` there against `{a}`", doc="docs/platforms.md",
+           calc=lambda d: {"vb": d["train"]["val_loss_b"][-1]["val_loss"], "va": d["train"]["val_loss_a"][-1]["val_loss"],
+                           "b": d["bundle_digest"][1][:8], "a": d["bundle_digest"][0][:8],
+                           **_assert(d["identical"]["quantized_base"] and d["identical"]["curated_data"]
+                                     and not d["identical"]["adapter"])}),
+    Figure(PDIFF_EPYC, "{golden.identical_answers} of the {golden.items} golden answers are the same token for token, "
+                       "and the evaluation reads the same: field accuracy {eval.overall[1]:.3f} against "
+                       "{eval.overall[0]:.3f}, and on every slice ({sl} on both); flip rate "
+                       "{eval.damage.flip_rate[1]:.3f} on both", doc="docs/platforms.md",
+           calc=lambda d: {"sl": ", ".join(f"{s} {fmt(v[1], '.3f')}" for s, v in d["eval"]["slices"].items()),
+                           **_assert(all(v[0] == v[1] for v in d["eval"]["slices"].values())
+                                     and d["eval"]["overall"][0] == d["eval"]["overall"][1]
+                                     and d["eval"]["damage"]["flip_rate"][0] == d["eval"]["damage"]["flip_rate"][1])}),
+    Figure(EPYC + "replay.json", "came back {identical} of {items} identical at\nconcurrency {concurrency}, in "
+                                 "{wall_s:.1f} s", doc="docs/platforms.md",
+           calc=lambda d: _assert(d["different"] == 0 and d["bundle_digest"] == d["served_bundle_digest"])),
+    Figure(PDIFF_EPYC, "generating {kernel_check.items} golden prompts with it and again with the dequantize-then-matmul "
+                       "kernel gives {kernel_check.identical_answers} of {kernel_check.items} identical answers (the "
+                       "first difference at token {kernel_check.first_difference_median_token:.0f} in the median)",
+           doc="docs/platforms.md"),
+    loaded(B_WIDTHS_EPYC, "(`benchmarks/results/decode_widths_epyc.json`, bundle `{bundle}`; 1-minute load average "
+                          "{before} before and {after} after on {cores} cores, its own work and the end of the "
+                          "comparison above)", doc="docs/platforms.md",
+           calc=lambda d: {"bundle": d["bundle_digest"][:8]}),
+    Figure(B_WIDTHS_EPYC, "every shape of the default computes a row alike in blocks of {w}, so a lone request runs as a "
+                          "block of {rows.1.probed_rows}, and its step took {rows.1.probed_ms:g} ms against "
+                          "{rows.1.fixed_ms:g} ms with blocks of 8 ({r1:.2f}x: no gain on this host), while 13 live rows "
+                          "gained {r13:.2f}x and 32 rows {r32:.2f}x, every logit bitwise equal between the arms",
+           doc="docs/platforms.md",
+           calc=lambda d: {"w": _one(tuple(v) for v in d["widths"].values()) and "4, 8 and 12 to 16 rows",
+                           **{f"r{n}": d["rows"][n]["fixed_ms"] / d["rows"][n]["probed_ms"] for n in ("1", "13", "32")},
+                           **_assert(_one(tuple(v) for v in d["widths"].values()) == (4, 8, 12, 13, 14, 15, 16)
+                                     and all(r["bitwise_equal"] for r in d["rows"].values())
+                                     and d["rows"]["1"]["probed_ms"] >= d["rows"]["1"]["fixed_ms"])}),
+    loaded(B_MAKE_RUN_EPYC, "A fresh clone's `make run` took {m:.1f} minutes there (`benchmarks/results/make_run_epyc.json`, "
+                            "1-minute load average {before} before and {after} after on {cores} cores, the run's own "
+                            "work): training {stages_wall_s.train:g} s, evaluation {stages_wall_s.evaluate:g} s, the "
+                            "release with its replay {stages_wall_s.release:g} s", doc="docs/platforms.md",
+           calc=lambda d: {"m": d["total_wall_s"] / 60,
+                           **_assert(d["forced"] and d["bundle_digest"] == load(EPYC + "eval.json")["bundle_digest"]
+                                     and not d["skipped"] and d["machine"]["cpu"] == "AMD EPYC")}),
 ]
 
 
