@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -86,10 +87,25 @@ class RunningServer:
         self.thread.join(timeout_s)
 
 
+# A server process binds the port it is given after this process picked it. Ports asked of the
+# kernel (bind to 0) come from its ephemeral range, where two pytest-xdist workers may be handed
+# the same closed port in that window; each worker draws instead from its own block below that
+# range (the kernel's default starts at 32768), so no two workers can pick alike.
+PORT_BLOCK, PORT_BASE = 1000, 20000
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    low = PORT_BASE + PORT_BLOCK * (index % 12)
+    for port in random.Random().sample(range(low, low + PORT_BLOCK), PORT_BLOCK):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # held by a server of this worker's, or by another program
+            return port
+    raise RuntimeError(f"no free port in {low}-{low + PORT_BLOCK - 1}")
 
 
 @contextmanager
