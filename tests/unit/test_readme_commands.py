@@ -59,3 +59,14 @@ def test_every_documented_module_answers_help(module):
     done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, f"python -m {module} --help: {done.stderr[-800:]}"
+
+
+def test_every_relative_link_in_the_docs_resolves():
+    """The README links its depth in docs/ and the docs link each other and the repository: a
+    page moved or renamed leaves no link pointing at nothing."""
+    broken = []
+    for doc in DOCS:
+        for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (REPO / doc).read_text(encoding="utf-8")):
+            if not re.match(r"[a-z]+:", link) and not ((REPO / doc).parent / link).exists():
+                broken.append(f"{doc}: {link}")
+    assert not broken, broken
