@@ -66,7 +66,7 @@ PDIFF = RESULTS + "platform_diff.json"
 B_EXPORT = RESULTS + "export_merged.json"
 B_SOAK = RESULTS + "soak.json"
 B_SCORING, B_MAKE_RUN = RESULTS + "scoring.json", RESULTS + "make_run.json"
-B_PEER = RESULTS + "llamacpp_peer.json"
+B_PEER, B_PEER_EPYC = RESULTS + "llamacpp_peer.json", RESULTS + "llamacpp_peer_epyc.json"
 B_BLOCKS, B_EXPORTS = RESULTS + "decode_blocks.json", RESULTS + "exports.json"
 B_STEP, B_PROF_NOW = RESULTS + "decode_step.json", RESULTS + "profile_fused.json"
 B_SLOTS = RESULTS + "row_slots.json"
@@ -1091,6 +1091,25 @@ FIGURES: list[Figure] = [
                      "{memory.worker_processes} workers at {w} MiB each",
            lambda d: {"w": _one(fmt(w, ".0f") for w in d["memory"]["worker_peak_rss_mib"])},
            doc="docs/curate-cluster.md"),
+    loaded(B_PEER_EPYC, "(`benchmarks/results/llamacpp_peer_epyc.json`,\nbundle `{b}`, 1-minute load average {before} "
+                        "before and {after} after on {cores} cores, its own work)", doc="docs/speed.md",
+           calc=lambda d: {"b": d["bundle_digest"][:8], **_assert(d["machine"]["cpu"] == "AMD EPYC")}),
+    Figure(B_PEER_EPYC, "tailgate decoded {t:g} tokens/s, {rq:.2f}x llama.cpp's {q:g} on the Q4_1 base and {rf:.2f}x "
+                        "its {f:g} on the f32 export, whose answers were the evaluated ones, {same} of {items}. There "
+                        "llama.cpp decodes from the same float32 weights {x:.1f} times as fast as the engine",
+           doc="docs/speed.md", calc=lambda d: (lambda a: {
+               "t": a["tailgate hf engine, bundle (NF4 + LoRA)"]["decode_tokens_per_s"],
+               "q": a["llama.cpp, base GGUF Q4_1 (no adapter)"]["decode_tokens_per_s"],
+               "f": a["llama.cpp, GGUF export f32"]["decode_tokens_per_s"],
+               "rq": a["tailgate hf engine, bundle (NF4 + LoRA)"]["decode_tokens_per_s"]
+               / a["llama.cpp, base GGUF Q4_1 (no adapter)"]["decode_tokens_per_s"],
+               "rf": a["tailgate hf engine, bundle (NF4 + LoRA)"]["decode_tokens_per_s"]
+               / a["llama.cpp, GGUF export f32"]["decode_tokens_per_s"],
+               "x": a["llama.cpp, GGUF export f32"]["decode_tokens_per_s"]
+               / a["tailgate hf engine, bundle (NF4 + LoRA)"]["decode_tokens_per_s"],
+               "same": a["llama.cpp, GGUF export f32"]["identical_to_golden"], "items": d["items"],
+               **_assert(a["tailgate hf engine, bundle (NF4 + LoRA)"]["identical_to_golden"] == d["items"])})(
+               d["arms"])),
     # ---- docs/platforms.md, a third host class -------------------------------------------------
     Figure(PDIFF_EPYC, "rebuilt the default from a fresh clone: another adapter again (bundle `{b}`), yet all "
                        "{golden.identical_answers} of the {golden.items} golden answers came out as this run's token "
