@@ -77,6 +77,8 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("decode_widths", "Decode steps in blocks of exactly 8 rows vs every width that computes a row alike",
           "benchmarks.decode_widths", BUNDLE + (("reports/golden.json", "dvc repro evaluate"),),
           quick_args=("--steps", "3")),
+    Bench("fixed_matmul", "One-row decode matmuls: a fixed-order kernel vs the engine's MKL blocks",
+          "benchmarks.fixed_matmul", programs=("c++", "ninja"), quick_args=("--steps", "1")),
     Bench("row_slots", "A row in every slot of a decode block, on both host classes (AVX2 simulated)",
           "benchmarks.row_slots", BUNDLE + (("reports/golden.json", "dvc repro evaluate"),),
           quick_args=("--prompts", "1")),

@@ -67,6 +67,7 @@ B_EXPORT = RESULTS + "export_merged.json"
 B_SOAK = RESULTS + "soak.json"
 B_SCORING, B_MAKE_RUN = RESULTS + "scoring.json", RESULTS + "make_run.json"
 B_PEER, B_PEER_EPYC = RESULTS + "llamacpp_peer.json", RESULTS + "llamacpp_peer_epyc.json"
+B_FIXED = RESULTS + "fixed_matmul.json"
 B_BLOCKS, B_EXPORTS = RESULTS + "decode_blocks.json", RESULTS + "exports.json"
 B_STEP, B_PROF_NOW = RESULTS + "decode_step.json", RESULTS + "profile_fused.json"
 B_SLOTS = RESULTS + "row_slots.json"
@@ -1110,6 +1111,16 @@ FIGURES: list[Figure] = [
                "same": a["llama.cpp, GGUF export f32"]["identical_to_golden"], "items": d["items"],
                **_assert(a["tailgate hf engine, bundle (NF4 + LoRA)"]["identical_to_golden"] == d["items"])})(
                d["arms"])),
+    loaded(B_FIXED, "(`benchmarks/results/fixed_matmul.json`, on the AMD\nEPYC of [platforms](platforms.md), 1-minute "
+                    "load average {before} before and {after} after on {cores} cores)", doc="docs/speed.md",
+           calc=lambda d: _assert(d["machine"]["cpu"] == "AMD EPYC")),
+    *[Figure(B_FIXED, "| %s | {r.engine_rows} | {r.engine_ms:g} | {r.fixed_ms:g} | {r.speedup:.2f}x |" % n,
+             doc="docs/speed.md", calc=lambda d, n=n: {"r": d["rows"][n]}) for n in ("1", "3", "8", "13", "32")],
+    Figure(B_FIXED, "Every row of the kernel's output equals that row computed alone, bit for bit, and it differs\n"
+                    "from `F.linear` by at most {fixed_max_abs_diff_vs_f_linear:.1e}", doc="docs/speed.md",
+           calc=lambda d: _assert(d["fixed_rows_bitwise_alone"])),
+    Figure(B_FIXED, "the same float32 weights, read once a step, give one row's matmuls in a quarter of the\ntime",
+           doc="docs/speed.md", calc=lambda d: _assert(3.5 <= d["rows"]["1"]["speedup"] <= 4.5)),
     # ---- docs/platforms.md, a third host class -------------------------------------------------
     Figure(PDIFF_EPYC, "rebuilt the default from a fresh clone: another adapter again (bundle `{b}`), yet all "
                        "{golden.identical_answers} of the {golden.items} golden answers came out as this run's token "
