@@ -19,11 +19,14 @@ VLLM_STAMP  = $(VLLM_VENV)/.installed
 
 .PHONY: install run test test-fast test-avx2 test-vllm bench llama-server replay clean-venv
 
-$(STAMP): pyproject.toml constraints.txt Makefile
+# --no-build-isolation: setup.py compiles the fixed-order decode matmul (pipeline/engines/fixedmm.cpp)
+# against the torch installed just before, not against one an isolated build would download.
+$(STAMP): pyproject.toml setup.py pipeline/engines/fixedmm.cpp constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=77" wheel
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-build-isolation -c constraints.txt -e ".[dev]"
+	$(BIN)/python -c "import torch; from pipeline.engines import _fixedmm"  # built, and loads
 	touch $@
 
 install: $(STAMP)

@@ -8,7 +8,9 @@ matmul on blocks of exactly DECODE_WIDTH rows (the engine before pipeline/engine
 a lone request padded to 8 rows through every weight), and with the widths the probe allows for
 each shape on this machine; the arms alternate (two rounds each) so that drift on a shared
 machine falls on both. Every row's logits of every step must be bitwise equal between the arms:
-the widths are a speed change only.
+the widths are a speed change only. Since float32 decode blocks run the fixed-order kernel
+(pipeline/engines/fixedmm.py), which needs no widths, this measures the BLAS fallback
+(TAILGATE_DECODE_KERNEL=blas: a bfloat16 compute dtype, or a build without the kernel).
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ ROUNDS = 2
 
 
 def run(bundle_dir: str, golden_path: str, steps: int) -> dict:
+    import os
+
     import torch
+
+    from pipeline.engines.fixedmm import ENV_KERNEL
+
+    os.environ[ENV_KERNEL] = "blas"  # the widths are the BLAS blocks'
 
     from pipeline.bundle.verify import verify_bundle
     from pipeline.engines.hf import HFEngine

@@ -14,6 +14,9 @@ a probe row the same bits in every slot of a block, with random rows and with ze
 it, is the one used for that shape everywhere the engine computes it (evaluation and serving
 alike):
 
+- "fixed": the fixed-order kernel (pipeline/engines/fixedmm.py), row-invariant by construction
+  and for any number of rows, where it applies (float32 on the CPU, built, not turned off); the
+  probe still checks it;
 - "linear": `F.linear` on the block, as peft and bitsandbytes call it;
 - "transposed": the same product asked of the BLAS the other way round (weight @ blockᵀ), which
   puts the block's rows in the vector lanes of the micro-kernel, where every lane runs the same
@@ -33,7 +36,9 @@ import functools
 import torch
 import torch.nn.functional as F
 
-HOWS = ("linear", "transposed", "rows")
+from pipeline.engines import fixedmm
+
+HOWS = (fixedmm.HOW, "linear", "transposed", "rows")
 TRIALS = 3  # random companions twice, zero (padding) companions once
 
 
@@ -41,6 +46,8 @@ def block_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """`F.linear(x, weight, bias)` for a block of rows x (..., in), computed `how`."""
     if how == "linear":
         return F.linear(x, weight, bias)
+    if how == fixedmm.HOW:
+        return fixedmm.linear(x, weight, bias)
     flat = x.reshape(-1, x.shape[-1])
     if how == "rows":  # each row a fresh tensor, so no row sits at another alignment than another
         out = torch.cat([F.linear(r.clone(), weight, bias) for r in flat.split(1)])
@@ -73,11 +80,22 @@ def _row_invariant(how: str, n_in: int, n_out: int, dtype: torch.dtype, bias: bo
     return True
 
 
-@functools.lru_cache(maxsize=None)
-def orientation(n_in: int, n_out: int, dtype: torch.dtype, bias: bool, width: int, device: str = "cpu") -> str:
+def orientation(n_in: int, n_out: int, dtype: torch.dtype, bias: bool, width: int, device: str = "cpu",
+                fixed: bool | None = None) -> str:
     """How a block of `width` rows is multiplied by an (n_out, n_in) weight in this process: the
-    first of HOWS whose rows are the same bits in every slot ("rows" always is)."""
+    first of HOWS that applies and whose rows are the same bits in every slot ("rows" always is).
+    `fixed` says whether the fixed-order kernel may be chosen (default: where it applies)."""
+    if fixed is None:
+        fixed = fixedmm.applies(dtype, device)
+    return _orientation(n_in, n_out, dtype, bias, width, device, fixed)
+
+
+@functools.lru_cache(maxsize=None)
+def _orientation(n_in: int, n_out: int, dtype: torch.dtype, bias: bool, width: int, device: str,
+                 fixed: bool) -> str:
     for how in HOWS[:-1]:
+        if how == fixedmm.HOW and not fixed:
+            continue
         if _row_invariant(how, n_in, n_out, dtype, bias, width, device):
             return how
     return "rows"
@@ -89,7 +107,10 @@ def key_of(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
 
 def summary(plan: dict[tuple, str]) -> str:
     """The platform record's `decode_matmul`: "linear" when every shape multiplies as peft
-    does, else each other shape and how, sorted (so the same plan reads the same)."""
+    does, the one way when every shape multiplies alike ("fixed"), else each shape not
+    multiplied as peft does and how, sorted (so the same plan reads the same)."""
+    if len(set(plan.values())) == 1:
+        return next(iter(plan.values()))
     other = sorted(f"{i}x{o} {str(d).removeprefix('torch.')}{' +bias' if b else ''}: {how}"
                    for (i, o, d, b), how in plan.items() if how != "linear")
     return "; ".join(other) if other else "linear"

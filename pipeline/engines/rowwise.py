@@ -13,20 +13,18 @@ How, structurally rather than by measurement:
   the row is alone or among 63 others. The cache grows in blocks of `KV_BLOCK` positions, so
   its strides depend only on the row's own length.
 - A prompt is prefilled alone (one row, its own length), exactly as evaluation prefills it.
-- Every matmul of a decode step computes a row as a block of exactly `DECODE_WIDTH` rows does:
-  it runs on blocks of that width or of another width the BLAS computes a row alike in
-  (probed per shape, pipeline/engines/widths.py); fewer live rows are padded with dummy rows
-  that attention skips, more run as several blocks. The blocks of one step share one forward
-  pass (`_RowBlocks`: each layer's projections are called once per block, so the weights are
-  read from memory once per block and the Python of a pass is paid once), yet no matmul mixes
-  rows or computes one otherwise than a block of `DECODE_WIDTH` does, whatever the load, so
-  each row's result is bitwise what it would be alone, provided the BLAS computes a row the
-  same in every slot of a block: not every one does (MKL's AVX2 kernels do not for
-  `F.linear`), so each shape is multiplied the way a probe found row-invariant on the machine
-  (pipeline/engines/blockmm.py). Only matmuls need the blocks: a BLAS picks its kernel by the
-  number of rows (measured on this project's hosts, one row of a float32 linear differs
-  between 8 and 16 rows), while norms, activations, rotary embeddings and the residual adds
-  compute each row on its own.
+- Every matmul of a decode step computes a row the same whatever the load. In float32 on the
+  CPU the fixed-order kernel (pipeline/engines/fixedmm.py) does so by construction: the live
+  rows are one block, with no padding. Elsewhere a row is computed as a block of exactly
+  `DECODE_WIDTH` rows does: on blocks of that width or of another width the BLAS computes a
+  row alike in (probed per shape, pipeline/engines/widths.py), fewer live rows padded with
+  dummy rows that attention skips, more run as several blocks, each shape multiplied the way
+  a probe found row-invariant on the machine (pipeline/engines/blockmm.py; MKL's AVX2 kernels
+  are not for `F.linear`). The blocks of one step share one forward pass (`_RowBlocks`: each
+  layer's projections are called once per block, so the weights are read once per block and
+  the Python of a pass is paid once). Only matmuls need this: a BLAS picks its kernel by the
+  number of rows, while norms, activations, rotary embeddings and the residual adds compute
+  each row on its own.
 - A scored continuation runs as one pass over a copy of its context's cache, the context
   prefilled alone as a prompt is (so one prefill serves every option of a choice item, and the
   generation's prefill serves the reference answer's NLL: pipeline/engines/prefix.py).
@@ -47,9 +45,10 @@ from typing import Sequence as Seq
 import torch
 import torch.nn.functional as F
 
+from pipeline.engines import fixedmm
 from pipeline.engines.blockmm import block_linear, key_of, orientation
 from pipeline.engines.dequant import kept_forward, takes_kept_forward
-from pipeline.engines.widths import cover, widths
+from pipeline.engines.widths import CANDIDATES, cover, widths
 
 ATTENTION = "tailgate_rowwise"
 DECODE_WIDTH = 8  # a decode matmul computes each row as a block of this many rows does; part of the arithmetic
@@ -191,7 +190,9 @@ class _RowBlocks:
 
     def allowed(self, key: tuple) -> tuple[int, ...]:
         """The block widths that compute a row of this shape as DECODE_WIDTH does, multiplied
-        the way `how` says (probed once)."""
+        the way `how` says (probed once; the fixed-order kernel needs no probe: `sizes`)."""
+        if key not in self.widths and self.how(*key) == fixedmm.HOW:
+            self.widths[key] = CANDIDATES
         if key not in self.widths:
             # The probe speaks for a CPU BLAS on dense weights. On a GPU a 4-bit layer runs
             # bitsandbytes' own kernel, which picks its method by the number of rows where the
@@ -200,9 +201,17 @@ class _RowBlocks:
             self.widths[key] = widths(*key, how, DECODE_WIDTH, self.device) if self.device == "cpu" else (DECODE_WIDTH,)
         return self.widths[key]
 
+    def sizes(self, rows: int, key: tuple) -> tuple[int, ...]:
+        """The blocks `rows` live rows are multiplied in for a weight of `key`: one block of
+        exactly those rows where the fixed-order kernel multiplies the shape (any width computes
+        a row alike), else the fewest blocks of the probed widths."""
+        if self.how(*key) == fixedmm.HOW:
+            return (rows,)
+        return cover(rows, self.allowed(key))
+
     def rows(self, live: int) -> int:
         """Rows a decode pass of `live` rows carries: enough for every shape's blocks."""
-        return max([live] + [sum(cover(live, self.allowed(key))) for key in list(self.plan)])
+        return max([live] + [sum(self.sizes(live, key)) for key in list(self.plan)])
 
     def decoding(self, x: torch.Tensor) -> bool:
         return self.on and x.dim() == 3 and x.shape[1] == 1
@@ -212,7 +221,7 @@ class _RowBlocks:
         rows), else None (the module runs on x as it is)."""
         if not self.decoding(x):
             return None
-        return blocks_of(x, cover(self.live or x.shape[0], self.allowed(key)))
+        return blocks_of(x, self.sizes(self.live or x.shape[0], key))
 
     @staticmethod
     def join(outs: list[torch.Tensor], rows: int) -> torch.Tensor:
@@ -337,7 +346,7 @@ class RowwiseRunner:
         """Output head over (n, hidden) rows, in blocks of widths that compute a row as a block
         of DECODE_WIDTH does (each multiplied as the plan says for the head's shape)."""
         n = hidden.shape[0]
-        sizes = cover(n, self._blocks.allowed(_matmul_key(self.head, self.head.weight)))
+        sizes = self._blocks.sizes(n, _matmul_key(self.head, self.head.weight))
         out = torch.cat([self._head(b) for b in blocks_of(hidden, sizes)])[:n]
         if self.softcap:
             out = torch.tanh(out / self.softcap) * self.softcap

@@ -128,15 +128,15 @@ def test_row_blocks_give_every_matmul_widths_that_compute_a_row_as_the_decode_wi
     model[0].forward = lambda x: seen.append(x.shape[0]) or first(x)  # what the module's own forward gets
     x = torch.randn(3 * DECODE_WIDTH, 1, 576)
     with torch.inference_mode():
-        per_block = torch.cat([model(b) for b in x.split(DECODE_WIDTH)])
         blocks = _RowBlocks(model)
         allowed = blocks.allowed(_matmul_key(model[0], model[0].weight))
         assert DECODE_WIDTH in allowed
         seen.clear()
         model(x)  # off: one call with every row
         assert seen == [3 * DECODE_WIDTH]
-        seen.clear()
         blocks.on = True
+        per_block = torch.cat([model(b) for b in x.split(DECODE_WIDTH)])
+        seen.clear()
         together = model(x)
         blocks.live = 3
         three = model(x[:DECODE_WIDTH])
@@ -149,7 +149,7 @@ def test_row_blocks_give_every_matmul_widths_that_compute_a_row_as_the_decode_wi
     assert torch.equal(three[:3], per_block[:3])
     # A block may hold more rows than are live (on a host whose widths skip 3, the three live
     # rows run as a block of 4); the rows past every shape's blocks are padding: left out, zero.
-    covered = max(sum(cover(3, blocks.allowed(_matmul_key(m, m.weight)))) for m in (model[0], model[2]))
+    covered = max(sum(blocks.sizes(3, _matmul_key(m, m.weight))) for m in (model[0], model[2]))
     assert covered >= 3
     assert not three[covered:].any()
     assert blocks.rows(3) == covered

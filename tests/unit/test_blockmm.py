@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.engines.blockmm import HOWS, block_linear, orientation, summary
+from pipeline.engines.fixedmm import ENV_KERNEL, ENV_PORTABLE
 from pipeline.engines.rowwise import DECODE_WIDTH
 from tests.conftest import uncapped_env
 
@@ -83,9 +84,11 @@ def slot_check() -> dict:
     passes of 3, 13 and 20 rows, with the probe's plan
     (through the fused LoRA forward, then through peft's own forward under the row blocks) and,
     on a fresh model, with the probe overruled to F.linear."""
+    import hashlib
     import logging
 
     import pipeline.engines.rowwise as rowwise
+    from pipeline.engines.blockmm import _row_invariant
     from pipeline.engines.lora_fused import unfuse
     from pipeline.platform import detect
 
@@ -117,8 +120,9 @@ def slot_check() -> dict:
     runner = rowwise.RowwiseRunner(model, pad_id=0)
     invariant, fused_logits = slots(runner)
     result = {"fused": runner.fused_layers, "invariant": invariant,
-              "linear_invariant": rowwise.orientation(576, 1536, torch.float32, False, DECODE_WIDTH) == "linear",
-              "platform": detect(model).as_record()}
+              "linear_invariant": _row_invariant("linear", 576, 1536, torch.float32, False, DECODE_WIDTH, "cpu"),
+              "platform": detect(model).as_record(),
+              "logits_sha256": hashlib.sha256(fused_logits.numpy().tobytes()).hexdigest()}
     unfuse(model)  # peft's own forward, its matmul modules under the row blocks
     result["peft_invariant"], peft_logits = slots(runner)
     result["peft_equal_fused"] = torch.equal(peft_logits, fused_logits)
@@ -137,18 +141,34 @@ def _run(env: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("kernel", ["fixed", "blas"])
 @pytest.mark.parametrize("dispatch", ["native", "avx2"])
-def test_a_row_decodes_to_the_same_bits_in_every_slot_of_a_block(dispatch):
-    r = _run(AVX2 if dispatch == "avx2" else {})
+def test_a_row_decodes_to_the_same_bits_in_every_slot_of_a_block(dispatch, kernel):
+    r = _run({**(AVX2 if dispatch == "avx2" else {}), ENV_KERNEL: kernel})
     assert r["fused"] == 14 and r["fused_warnings"] == []  # 7 linears a layer, 2 layers, none fell back
     assert r["invariant"], f"a row's logits depend on its slot under {dispatch} dispatch ({r['platform']})"
     # the peft forward a layer falls back to computes the fused layer's numbers under either plan
     assert r["peft_invariant"] and r["peft_equal_fused"]
     plan = r["platform"].get("decode_matmul")
-    if not r["linear_invariant"]:
+    if kernel == "fixed":
+        # every product of the pass (base, LoRA A and B, the head) in the fixed order, and the
+        # record says so; overruled to F.linear, the engine drifts where the BLAS would
+        assert plan == "fixed"
+        if not r["linear_invariant"]:
+            assert not r["forced_linear_invariant"]
+    elif not r["linear_invariant"]:
         # the probe saw F.linear drift and chose another way, which the record names; and
         # overruled, the engine drifts: this test would catch the engine without the probe
         assert plan and "576x1536 float32: " in plan
         assert not r["forced_linear_invariant"]
     if dispatch == "avx2":
         assert r["platform"]["mkl_max_isa"] == "AVX2"
+
+
+def test_the_portable_fixed_order_kernel_decodes_the_same_logits():
+    """A CPU without AVX2 runs the kernel's portable path: simulated here, the whole decode of
+    every slot gives the logits of the AVX2 + FMA path bit for bit."""
+    fast, portable = (_run({ENV_KERNEL: "fixed", ENV_PORTABLE: flag}) for flag in ("0", "1"))
+    assert fast["invariant"] and portable["invariant"]
+    assert portable["logits_sha256"] == fast["logits_sha256"]
+    assert portable["platform"]["platform_id"] == fast["platform"]["platform_id"]
