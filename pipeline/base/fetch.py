@@ -114,6 +114,11 @@ def fetch_base(params: BaseParams, out_dir: str | Path, cache_dir: Path | None =
         source = {"kind": "local_dir", "path": str(local),
                   "sha256": {p.name: sha256_file(p) for p in weights}}
 
+    # Always local (a registry package's file or a directory): never a download. Said outright,
+    # not left to HF_HUB_OFFLINE, because transformers writes the loading option into the saved
+    # tokenizer_config.json, so the base's bytes (and every digest after them) would depend on
+    # the environment `dvc repro` ran in.
+    kwargs["local_files_only"] = True
     config = AutoConfig.from_pretrained(load_dir, trust_remote_code=False, **kwargs)
     _refuse_remote_code(config)
     tokenizer = AutoTokenizer.from_pretrained(load_dir, trust_remote_code=False, **kwargs)
