@@ -131,6 +131,7 @@ def kernel_check(bundle_dir: str, golden: dict, n: int) -> dict:
 
 
 def compare(a_rev: str, a_label: str, b_label: str) -> dict:
+    before = [round(x, 2) for x in os.getloadavg()]
     lock_a, lock_b = _at(a_rev, "dvc.lock"), _at(None, "dvc.lock")
     ev_a, ev_b = _at(a_rev, "reports/eval.json"), _at(None, "reports/eval.json")
     tr_a, tr_b = _at(a_rev, "reports/train.json"), _at(None, "reports/train.json")
@@ -148,7 +149,8 @@ def compare(a_rev: str, a_label: str, b_label: str) -> dict:
         "train": _train(tr_a, tr_b),
         "eval": _eval(ev_a, ev_b),
         "golden": _golden(_at(a_rev, "reports/golden.json"), _at(None, "reports/golden.json")),
-        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "load_avg_before": before,
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

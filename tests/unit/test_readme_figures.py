@@ -67,6 +67,7 @@ B_EXPORT = RESULTS + "export_merged.json"
 B_SOAK = RESULTS + "soak.json"
 B_SCORING, B_MAKE_RUN = RESULTS + "scoring.json", RESULTS + "make_run.json"
 B_PEER, B_PEER_EPYC = RESULTS + "llamacpp_peer.json", RESULTS + "llamacpp_peer_epyc.json"
+B_PEER_FIXED = RESULTS + "llamacpp_peer_fixed.json"
 B_FIXED = RESULTS + "fixed_matmul.json"
 B_BLOCKS, B_EXPORTS = RESULTS + "decode_blocks.json", RESULTS + "exports.json"
 B_STEP, B_PROF_NOW = RESULTS + "decode_step.json", RESULTS + "profile_fused.json"
@@ -891,6 +892,20 @@ FIGURES: list[Figure] = [
                                       load(B_PEER)["arms"]["tailgate hf engine, bundle (NF4 + LoRA)"][
                                           "prefill_tokens_per_s"])),
     Figure(B_MAKE_RUN, "and training, {stages_wall_s.train:.0f} s of compute-bound float32 steps", doc="docs/speed.md"),
+    Figure(B_MAKE_RUN, "It was a fresh clone's run on the AMD EPYC with AVX-512 of [platforms](platforms.md), the first "
+                       "through the fixed-order decode matmul", doc="docs/speed.md",
+           calc=lambda d: _assert(d["machine"]["cpu"] == "AMD EPYC" and d["bundle_digest"] == load(EVAL)["bundle_digest"]
+                                  and load(EVAL)["platform"]["decode_matmul"] == "fixed")),
+    Figure(B_MAKE_RUN_EPYC, "evaluation had taken {stages_wall_s.evaluate:g} s and the release {stages_wall_s.release:g} "
+                            "s, and training, which the kernel does not touch, {stages_wall_s.train:g} s",
+           doc="docs/speed.md"),
+    loaded(B_MAKE_RUN_EPYC, "(`benchmarks/results/make_run_epyc.json`, 1-minute load average {before} before and "
+                            "{after} after on {cores} cores, the run's own work)", doc="docs/speed.md"),
+    loaded(B_MAKE_RUN_INTEL, "its forced run took {m:.1f} minutes, training {stages_wall_s.train:g} s, evaluation "
+                             "{stages_wall_s.evaluate:g} s and the release {stages_wall_s.release:g} s "
+                             "(`benchmarks/results/make_run_intel.json`, 1-minute load average {before} before and "
+                             "{after} after on {cores} cores, the run's own work)", doc="docs/speed.md",
+           calc=lambda d: {"m": d["total_wall_s"] / 60}),
     *[Figure(B_BLOCKS, "| %s | {steps.%s.one_pass_ms:g} | {steps.%s.passes_of_8_ms:g} | {steps.%s.speedup:g}x | "
                        "{same} |" % ((n,) * 4), doc="docs/speed.md",
              calc=lambda d, n=n: {"same": "yes" if d["steps"][n]["equal_to_passes_of_8"]
@@ -1109,9 +1124,10 @@ FIGURES: list[Figure] = [
     loaded(B_PEER_EPYC, "(`benchmarks/results/llamacpp_peer_epyc.json`,\nbundle `{b}`, 1-minute load average {before} "
                         "before and {after} after on {cores} cores, its own work)", doc="docs/speed.md",
            calc=lambda d: {"b": d["bundle_digest"][:8], **_assert(d["machine"]["cpu"] == "AMD EPYC")}),
-    Figure(B_PEER_EPYC, "tailgate decoded {t:g} tokens/s, {rq:.2f}x llama.cpp's {q:g} on the Q4_1 base and {rf:.2f}x "
-                        "its {f:g} on the f32 export, whose answers were the evaluated ones, {same} of {items}. There "
-                        "llama.cpp decodes from the same float32 weights {x:.1f} times as fast as the engine",
+    Figure(B_PEER_EPYC, "with the BLAS blocks: tailgate decoded {t:g} tokens/s, {rq:.2f}x llama.cpp's {q:g} on the Q4_1 "
+                        "base and {rf:.2f}x its {f:g} on the f32 export, whose answers were the evaluated ones, {same} "
+                        "of {items}. There llama.cpp decodes from the same float32 weights {x:.1f} times as fast as the "
+                        "engine",
            doc="docs/speed.md", calc=lambda d: (lambda a: {
                "t": a["tailgate hf engine, bundle (NF4 + LoRA)"]["decode_tokens_per_s"],
                "q": a["llama.cpp, base GGUF Q4_1 (no adapter)"]["decode_tokens_per_s"],
@@ -1125,19 +1141,54 @@ FIGURES: list[Figure] = [
                "same": a["llama.cpp, GGUF export f32"]["identical_to_golden"], "items": d["items"],
                **_assert(a["tailgate hf engine, bundle (NF4 + LoRA)"]["identical_to_golden"] == d["items"])})(
                d["arms"])),
+    loaded(B_PEER_FIXED, "(`benchmarks/results/llamacpp_peer_fixed.json`, bundle `{b}`, 1-minute load average "
+                         "{before} before and {after} after on {cores} cores, its own work)", doc="docs/speed.md",
+           calc=lambda d: {"b": d["bundle_digest"][:8], **_assert(d["machine"]["cpu"] == "AMD EPYC"
+                                                                  and d["bundle_digest"] == load(EVAL)["bundle_digest"])}),
+    Figure(B_PEER_FIXED, "tailgate decoded {t:g} tokens/s, {rq:.2f}x llama.cpp's {q:g} on the Q4_1 base and {rf:.2f}x "
+                         "its {f:g} on the f32 export, every answer still the evaluated one ({same} of {items}); "
+                         "llama.cpp now decodes the same float32 weights {x:.1f} times as fast. A lone step took "
+                         "{ms:.1f} ms, of which the matmuls alone take about {mm:g} ms",
+           doc="docs/speed.md", calc=lambda d: (lambda a, t: {
+               "t": t, "q": a["llama.cpp, base GGUF Q4_1 (no adapter)"]["decode_tokens_per_s"],
+               "f": a["llama.cpp, GGUF export f32"]["decode_tokens_per_s"],
+               "rq": t / a["llama.cpp, base GGUF Q4_1 (no adapter)"]["decode_tokens_per_s"],
+               "rf": t / a["llama.cpp, GGUF export f32"]["decode_tokens_per_s"],
+               "x": a["llama.cpp, GGUF export f32"]["decode_tokens_per_s"] / t, "ms": 1000 / t,
+               "mm": load(B_FIXED)["rows"]["1"]["fixed_ms"],
+               "same": a["tailgate hf engine, bundle (NF4 + LoRA)"]["identical_to_golden"], "items": d["items"],
+               **_assert(a["tailgate hf engine, bundle (NF4 + LoRA)"]["identical_to_golden"] == d["items"])})(
+               d["arms"], d["arms"]["tailgate hf engine, bundle (NF4 + LoRA)"]["decode_tokens_per_s"])),
     loaded(B_FIXED, "(`benchmarks/results/fixed_matmul.json`, on the AMD\nEPYC of [platforms](platforms.md), 1-minute "
                     "load average {before} before and {after} after on {cores} cores)", doc="docs/speed.md",
            calc=lambda d: _assert(d["machine"]["cpu"] == "AMD EPYC")),
-    *[Figure(B_FIXED, "| %s | {r.engine_rows} | {r.engine_ms:g} | {r.fixed_ms:g} | {r.speedup:.2f}x |" % n,
+    *[Figure(B_FIXED, "| %s | {r.blas_rows} | {r.blas_ms:g} | {r.fixed_ms:g} | {r.speedup:.2f}x |" % n,
              doc="docs/speed.md", calc=lambda d, n=n: {"r": d["rows"][n]}) for n in ("1", "3", "8", "13", "32")],
     Figure(B_FIXED, "Every row of the kernel's output equals that row computed alone, bit for bit, and it differs\n"
                     "from `F.linear` by at most {fixed_max_abs_diff_vs_f_linear:.1e}", doc="docs/speed.md",
            calc=lambda d: _assert(d["fixed_rows_bitwise_alone"])),
-    Figure(B_FIXED, "the same float32 weights, read once a step, give one row's matmuls in a quarter of the\ntime",
-           doc="docs/speed.md", calc=lambda d: _assert(3.5 <= d["rows"]["1"]["speedup"] <= 4.5)),
+    Figure(B_FIXED, "A lone row's matmuls take about a quarter of the time: the same float32 weights, read once a "
+                    "step", doc="docs/speed.md", calc=lambda d: _assert(3.5 <= d["rows"]["1"]["speedup"] <= 4.5
+                                                                        and d["kernel_path"] == "avx2-fma")),
+    loaded(PDIFF_FIXED, "(`benchmarks/results/platform_diff_fixed.json` compares those reports with the Intel Xeon's "
+                        "before them, 1-minute load average {before} before and {after} after on {cores} cores)",
+           doc="docs/speed.md"),
+    Figure(PDIFF_FIXED, "its adapter is the one this host class trained before, and all {golden.identical_answers} of "
+                        "the {golden.items} golden answers came out token for token as the Intel reports' MKL blocks had "
+                        "them. Field accuracy is {e:.3f} on both, every slice and the damage figures are equal, and the "
+                        "NLL p99 moved from {eval.nll_p99[0]:.8f} to {eval.nll_p99[1]:.8f}", doc="docs/speed.md",
+           calc=lambda d: {"e": d["eval"]["overall"][1], **_assert(
+               d["golden"]["identical_answers"] == d["golden"]["items"]
+               and d["eval"]["overall"][0] == d["eval"]["overall"][1]
+               and all(a == b for a, b in d["eval"]["slices"].values())
+               and all(a == b for a, b in d["eval"]["damage"].values())
+               and d["bundle_digest"][0] == load(INTEL + "eval.json")["bundle_digest"]
+               and d["bundle_digest"][1] == load(EVAL)["bundle_digest"]
+               and d["a"]["platform"]["cpu_vendor"] == "GenuineIntel" and d["b"]["platform"]["decode_matmul"] == "fixed"
+               and load(EVAL)["bundle"]["adapter_digest"] == load(EPYC + "eval.json")["bundle"]["adapter_digest"])}),
     # ---- docs/platforms.md, a third host class -------------------------------------------------
     Figure(PDIFF_EPYC, "rebuilt the default from a fresh clone: another adapter again (bundle `{b}`), yet all "
-                       "{golden.identical_answers} of the {golden.items} golden answers came out as this run's token "
+                       "{golden.identical_answers} of the {golden.items} golden answers came out as the Xeon run's token "
                        "for token and its release replayed them all",
            calc=lambda d: {"b": d["bundle_digest"][1][:8],
                            **_assert(d["golden"]["identical_answers"] == d["golden"]["items"]
@@ -1145,8 +1196,8 @@ FIGURES: list[Figure] = [
                                      and d["bundle_digest"][0] == load(INTEL + "eval.json")["bundle_digest"]
                                      and load(EPYC + "replay.json")["identical"] == d["golden"]["items"])}),
     Figure(PDIFF_EPYC, "on an AMD EPYC with AVX-512 and AVX512-BF16 but no AMX (platform `{b.platform.platform_id}`; "
-                       "the committed reports' Intel Xeon is `{a.platform.platform_id}`), every stage from the base "
-                       "package on, at the committed reports' commit", doc="docs/platforms.md",
+                       "the Intel Xeon of the reports then was `{a.platform.platform_id}`), every stage from the base "
+                       "package on, at the commit of those reports", doc="docs/platforms.md",
            calc=lambda d: _assert(d["b"]["platform"]["cpu_vendor"] == "AuthenticAMD"
                                   and "avx512_bf16" in d["b"]["platform"]["cpu_isa"]
                                   and not any(f.startswith("amx") for f in d["b"]["platform"]["cpu_isa"])
