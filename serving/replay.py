@@ -143,40 +143,66 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+# Tries at a loopback port: between `_free_port` closing its probe socket and the server binding
+# the port, another process may take it; the server then exits, and another port is tried.
+BIND_ATTEMPTS = 3
+_PORT_TAKEN = ("address already in use", "errno 98", '"http_failed"')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # which drains
+    try:
+        proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+
+
 @contextmanager
 def launched_server(release: str, extra: Sequence[str] = (), ready_timeout_s: float = 1800) -> Iterator[str]:
     """`python -m serving --bundle RELEASE` on a free loopback port; yields its /v1 URL and
-    stops it (SIGTERM, which drains) afterwards."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "serving", "--bundle", release, "--port", str(port), "--max-queue", "1024",
-           "--request-timeout-s", "3600", "--log-level", "WARNING", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
+    stops it (SIGTERM, which drains) afterwards. A port taken before the server bound it is
+    replaced by another, up to BIND_ATTEMPTS times."""
+    import httpx
 
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise ReplayError(f"the server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise ReplayError("the server did not become ready")
-            time.sleep(0.5)
+    deadline = time.monotonic() + ready_timeout_s
+    for attempt in range(1, BIND_ATTEMPTS + 1):
+        port = _free_port()
+        cmd = [sys.executable, "-m", "serving", "--bundle", release, "--port", str(port), "--max-queue", "1024",
+               "--request-timeout-s", "3600", "--log-level", "WARNING", *extra]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            while True:
+                if proc.poll() is not None:
+                    err = proc.stderr.read()
+                    if attempt < BIND_ATTEMPTS and any(m in err.lower() for m in _PORT_TAKEN):
+                        break  # the port went to someone else: another one
+                    raise ReplayError(f"the server exited with {proc.returncode}: {err[-2000:]}")
+                try:
+                    if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ReplayError("the server did not become ready")
+                time.sleep(0.5)
+        except BaseException:
+            _stop(proc)
+            raise
+        if proc.poll() is None:
+            break
+    try:
         yield f"{url}/v1"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        _stop(proc)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -118,3 +118,32 @@ def test_the_replay_report_is_shown_on_models_and_must_be_for_this_bundle(served
     path.write_text(json.dumps({"bundle_digest": "0" * 64, "items": 1}))
     with pytest.raises(ValueError, match="is for bundle"):
         _replay_report(str(path), manifest)
+
+
+def test_a_port_taken_before_the_server_binds_it_is_replaced(served, tiny_pipeline, monkeypatch):
+    """`launched_server` (the release's replay, attestation) picks a free port and closes it
+    before the server binds it; a port another process took in between makes the server exit,
+    and another port is tried, a bounded number of times."""
+    import socket
+
+    import httpx
+
+    import serving.replay as replay
+    from serving.replay import ReplayError, launched_server
+
+    args = ["--allow-unreleased", "--golden", str(served.golden_path)]
+    real = replay._free_port
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        handed = iter([taken])
+        monkeypatch.setattr(replay, "_free_port", lambda: next(handed, None) or real())
+        with launched_server(str(tiny_pipeline["bundle"]), args) as url:
+            assert f":{taken}/" not in url
+            assert httpx.get(f"{url}/models", timeout=10).status_code == 200
+        monkeypatch.setattr(replay, "BIND_ATTEMPTS", 1)
+        handed = iter([taken])
+        with pytest.raises(ReplayError, match="exited"):
+            with launched_server(str(tiny_pipeline["bundle"]), args):
+                pass
