@@ -107,10 +107,11 @@ def key_of(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
 
 def summary(plan: dict[tuple, str]) -> str:
     """The platform record's `decode_matmul`: "linear" when every shape multiplies as peft
-    does, the one way when every shape multiplies alike ("fixed"), else each shape not
-    multiplied as peft does and how, sorted (so the same plan reads the same)."""
-    if len(set(plan.values())) == 1:
-        return next(iter(plan.values()))
+    does, "fixed" when every shape runs the fixed-order kernel, else each shape not multiplied
+    as peft does and how, sorted (so the same plan reads the same, as it did before the kernel:
+    a release recorded then keeps its platform id)."""
+    if plan and set(plan.values()) == {fixedmm.HOW}:
+        return fixedmm.HOW
     other = sorted(f"{i}x{o} {str(d).removeprefix('torch.')}{' +bias' if b else ''}: {how}"
                    for (i, o, d, b), how in plan.items() if how != "linear")
     return "; ".join(other) if other else "linear"

@@ -49,6 +49,12 @@ def test_the_probe_answers_with_an_orientation_and_the_summary_names_the_others(
             (64, 64, torch.bfloat16, False): "linear"}
     assert summary(plan) == "16x576 float32 +bias: rows; 576x1536 float32: transposed"
     assert summary({(64, 64, torch.float32, False): "linear"}) == "linear"
+    # one name for a plan of the fixed-order kernel throughout; a BLAS plan reads as it always did
+    both = {(576, 1536, torch.float32, False): "transposed", (576, 576, torch.float32, False): "transposed"}
+    assert summary(both) == "576x1536 float32: transposed; 576x576 float32: transposed"
+    assert summary({k: "fixed" for k in both}) == "fixed"
+    assert summary({**{k: "fixed" for k in both}, (64, 64, torch.bfloat16, False): "rows"}) == \
+        "576x1536 float32: fixed; 576x576 float32: fixed; 64x64 bfloat16: rows"
     with pytest.raises(ValueError, match="orientation"):
         block_linear(torch.zeros(2, 4), torch.zeros(3, 4), None, "sideways")
 
