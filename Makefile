@@ -21,7 +21,8 @@ VLLM_STAMP  = $(VLLM_VENV)/.installed
 
 # --no-build-isolation: setup.py compiles the fixed-order decode matmul (pipeline/engines/fixedmm.cpp)
 # against the torch installed just before, not against one an isolated build would download.
-$(STAMP): pyproject.toml setup.py pipeline/engines/fixedmm.cpp constraints.txt Makefile
+$(STAMP): pyproject.toml setup.py pipeline/engines/fixedmm.cpp pipeline/engines/fixedmm4.cpp pipeline/engines/fixedmm.h \
+		constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=77" wheel
 	$(BIN)/python -m pip install -q "$(TORCH)"

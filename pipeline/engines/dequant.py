@@ -15,7 +15,9 @@ bundle's declared compute dtype and the same kernel runs on both host classes (t
 record says `cpu-dequantize`). And since the base is frozen, the dequantized weight is the same
 tensor at every call: `dequantize_once` computes it at the first call, exactly as bitsandbytes'
 kernel does, and keeps it, so each later call is the same `linear` on the same tensor, bit for
-bit (tests/unit/test_dequant_once.py compares every layer with bitsandbytes' own forward). It
+bit (tests/unit/test_dequant_once.py compares every layer with bitsandbytes' own forward). A
+decode step's fixed-order matmul multiplies a kept float32 weight from the 4-bit codes instead,
+to the same bits (pipeline/engines/fixedmm.py: `attach_4bit`). It
 costs the dequantized weights' memory (430 MB in float32 for the default 135M base), so it is
 skipped when they would not fit `budget_bytes`; the numbers are the same either way.
 
@@ -30,6 +32,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from pipeline.engines import fixedmm
 from pipeline.engines.base import memory_share
 from pipeline.platform import four_bit_layers
 
@@ -57,16 +60,34 @@ def no_packing(model) -> int:
     return len(layers)
 
 
+def _absmax(state) -> torch.Tensor:
+    """A 4-bit weight's block scales as bitsandbytes' dequantize reads them: a nested absmax
+    restored the same way."""
+    if not state.nested:
+        return state.absmax
+    return torch.ops.bitsandbytes.dequantize_blockwise.default(
+        state.absmax, state.state2.absmax, state.state2.code, state.state2.blocksize, torch.float32) + state.offset
+
+
 def dequantized_weight(layer, dtype: torch.dtype) -> torch.Tensor:
     """The (out, in) weight bitsandbytes' gemm_4bit default kernel multiplies by, in dtype:
     its nested absmax restored the same way, then the same dequantize op."""
     state = layer.weight.quant_state
-    absmax = state.absmax
-    if state.nested:
-        absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(
-            state.absmax, state.state2.absmax, state.state2.code, state.state2.blocksize, torch.float32) + state.offset
     return torch.ops.bitsandbytes.dequantize_4bit.default(
-        layer.weight.view(-1, 1), absmax, state.blocksize, state.quant_type, state.shape, dtype)
+        layer.weight.view(-1, 1), _absmax(state), state.blocksize, state.quant_type, state.shape, dtype)
+
+
+def _attach_codes(layer, weight: torch.Tensor) -> None:
+    """Let the fixed-order decode matmul multiply a kept float32 weight from the layer's 4-bit
+    codes (the same bits from an eighth of the bytes: pipeline/engines/fixedmm.py checks that)."""
+    state = layer.weight.quant_state
+    if weight.dtype != torch.float32 or not fixedmm.applies(weight.dtype, weight.device.type) \
+            or state.code is None or state.code.numel() != 16 or len(state.shape) != 2:
+        return
+    absmax = _absmax(state).to(torch.float32).contiguous()
+    fixedmm.attach_4bit(weight, fixedmm.FourBit(
+        layer.weight.data.view(torch.uint8).reshape(-1).contiguous(), absmax,
+        state.code.to(device="cpu", dtype=torch.float32).contiguous(), int(state.shape[0]), int(state.blocksize)))
 
 
 def kept_forward(layer, x: torch.Tensor, linear=F.linear) -> torch.Tensor:
@@ -91,6 +112,7 @@ def kept_forward(layer, x: torch.Tensor, linear=F.linear) -> torch.Tensor:
         weight = dequantized_weight(layer, x.dtype)
         if cache is not None:
             cache[x.dtype] = weight
+            _attach_codes(layer, weight)
     return linear(x, weight, bias).to(inp_dtype)
 
 

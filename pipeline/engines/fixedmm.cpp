@@ -8,24 +8,16 @@
 // Every fma is IEEE fused (one rounding), so the AVX2 path below (eight lanes in one register)
 // and the portable path (std::fma one lane at a time) give the same bits; the tests compare
 // them. No step reads another row, and the threads split the outputs, never a sum.
+//
+// fixedmm4.cpp runs the same order on a weight kept as 4-bit codes.
 
-#include <torch/extension.h>
+#include "fixedmm.h"
 
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
-#include <cmath>
-
+namespace fixedmm {
 namespace {
-
-inline float lanes_sum(const float* l) {
-  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
-
-inline float tail(const float* x, const float* w, int64_t k0, int64_t K, float s) {
-  for (int64_t k = k0; k < K; ++k) s = std::fma(x[k], w[k], s);
-  return s;
-}
 
 // The portable path: the order above, one output at a time.
 void outputs_portable(const float* X, int64_t M, int64_t K, const float* W, int64_t n0, int64_t n1, float* Y,
@@ -88,11 +80,6 @@ __attribute__((target("avx2,fma"))) void outputs_avx2(const float* X, int64_t M,
   }
 }
 
-bool avx2_fma() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
-
 }  // namespace
 
 // x (M, K) and w (N, K), float32 on the CPU; `portable` forces the path without AVX2.
@@ -113,18 +100,55 @@ torch::Tensor fixed_linear(torch::Tensor x, torch::Tensor w, bool portable) {
   const bool fast = !portable && avx2_fma();
   // about 64 K-long dot products per task: enough work to be worth a thread; outputs are split
   // between threads, sums never are, so the thread count does not change a bit
-  const int64_t grain = std::max<int64_t>(12, (int64_t{1} << 16) / std::max<int64_t>(1, K * M));
-  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+  at::parallel_for(0, N, grain(K, M), [&](int64_t n0, int64_t n1) {
     if (fast) outputs_avx2(X, M, K, W, n0, n1, Y, N);
     else outputs_portable(X, M, K, W, n0, n1, Y, N);
   });
   return y;
 }
 
+// A LoRA layer's decode product in one call, in peft's arithmetic: the base product, then
+// (x @ A.T) @ B.T, each in the fixed order, times `scaling` (rounded to float32, as torch's
+// float32 multiply by a Python number is) and added: out = base + (h * s), two roundings.
+// The base weight is a float32 matrix `w`, or 4-bit codes (q, absmax, code) for N outputs.
+torch::Tensor fixed_lora(torch::Tensor x, c10::optional<torch::Tensor> w, c10::optional<torch::Tensor> q,
+                         c10::optional<torch::Tensor> absmax, c10::optional<torch::Tensor> code, int64_t N,
+                         int64_t bs, torch::Tensor a, torch::Tensor b, double scaling, int64_t limit) {
+  TORCH_CHECK(x.dim() == 2, "fixed_lora: x must be a matrix, got ", x.sizes());
+  const bool portable = limit == 0;
+  torch::Tensor out = w.has_value() ? fixed_linear(x, *w, portable)
+                                    : fixed_linear_4bit(x, q.value(), absmax.value(), code.value(), N, bs, limit);
+  torch::Tensor up = fixed_linear(fixed_linear(x, a, portable), b, portable);
+  TORCH_CHECK(up.sizes() == out.sizes(), "fixed_lora: the update's shape ", up.sizes(), " is not the base's ",
+              out.sizes());
+  float* O = out.data_ptr<float>();
+  const float* U = up.data_ptr<float>();
+  const float s = static_cast<float>(scaling);
+  const int64_t n = out.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    const float scaled = U[i] * s;
+    O[i] = O[i] + scaled;
+  }
+  return out;
+}
+
 bool has_avx2_fma() { return avx2_fma(); }
 
+}  // namespace fixedmm
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("fixed_linear", &fixed_linear, "x @ w.T, every output summed in one fixed order", py::arg("x"),
+  m.def("fixed_linear", &fixedmm::fixed_linear, "x @ w.T, every output summed in one fixed order", py::arg("x"),
         py::arg("w"), py::arg("portable") = false);
-  m.def("has_avx2_fma", &has_avx2_fma, "whether this CPU runs the AVX2 + FMA path");
+  m.def("fixed_linear_4bit", &fixedmm::fixed_linear_4bit, "x @ w.T for a 4-bit weight, dequantized in registers",
+        py::arg("x"), py::arg("q"), py::arg("absmax"), py::arg("code"), py::arg("n"), py::arg("blocksize"),
+        py::arg("limit") = 2);
+  m.def("dequantize_4bit", &fixedmm::dequantize_4bit, "the float32 weight fixed_linear_4bit multiplies by", py::arg("q"),
+        py::arg("absmax"), py::arg("code"), py::arg("n"), py::arg("k"), py::arg("blocksize"),
+        py::arg("limit") = 2);
+  m.def("path_4bit", &fixedmm::path_4bit, "which path a 4-bit product of this row length and block size takes",
+        py::arg("k"), py::arg("blocksize"), py::arg("limit") = 2);
+  m.def("fixed_lora", &fixedmm::fixed_lora, "a LoRA layer's product: base + (x @ A.T @ B.T) * scaling", py::arg("x"),
+        py::arg("w"), py::arg("q"), py::arg("absmax"), py::arg("code"), py::arg("n"), py::arg("blocksize"),
+        py::arg("a"), py::arg("b"), py::arg("scaling"), py::arg("limit") = 2);
+  m.def("has_avx2_fma", &fixedmm::has_avx2_fma, "whether this CPU runs the AVX2 + FMA path");
 }

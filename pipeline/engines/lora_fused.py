@@ -32,6 +32,9 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
+from pipeline.engines import fixedmm
+from pipeline.engines.blockmm import key_of
+
 log = logging.getLogger(__name__)
 
 Linear = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -39,6 +42,8 @@ Linear = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Ten
 
 class Blocks(Protocol):
     """A decode pass's row blocks and how each block is multiplied (rowwise._RowBlocks)."""
+
+    live: int | None  # the pass's live rows (None: every row)
 
     def decoding(self, x: torch.Tensor) -> bool: ...
     def multiply(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor: ...
@@ -89,7 +94,22 @@ def _fused_forward(module, kind: str, blocks: Blocks | None):
         result = linear(x, base.weight, base.bias)
         return (result + lora(x, linear)).to(result.dtype)
 
-    state = {"checked": False, "agrees": True}
+    # "one_call": None until the first one-call pass was compared with peft's forward in the same
+    # decode pass (then whether it agreed)
+    state = {"checked": False, "agrees": True, "one_call": None}
+    # the layer as one fixed-order call (fixedmm.lora) in a decode pass, where every operand is
+    # float32 without a bias and the plan multiplies all three shapes by the fixed-order kernel
+    plain = (lora_A.bias is None and lora_B.bias is None and base.bias is None
+             and lora_A.weight.dtype == lora_B.weight.dtype == torch.float32
+             and (kind == "4bit" and base.compute_dtype == torch.float32
+                  or kind == "linear" and base.weight.dtype == torch.float32))
+    shapes = [key_of(lora_A.weight, None), key_of(lora_B.weight, None),
+              (base.in_features, base.out_features, torch.float32, False)]
+
+    def one_call(x: torch.Tensor) -> bool:
+        return (plain and state["one_call"] is not False and x.dtype == torch.float32 and blocks is not None
+                and blocks.decoding(x)
+                and blocks.live in (None, x.shape[0]) and all(blocks.how(*k) == fixedmm.HOW for k in shapes))
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if (not state["agrees"] or args or kwargs or module.training or torch.is_grad_enabled()
@@ -107,9 +127,19 @@ def _fused_forward(module, kind: str, blocks: Blocks | None):
             one = lambda b, linear: one_4bit(b, linear, weight)  # noqa: E731
         else:
             weight, one = None, one_linear
-        # in a decode pass each product runs block by block, each shape in its own blocks; the
-        # casts, the scaling and the add are per element, so they run on the whole pass
-        out = one(x, blocks.multiply if blocks is not None and blocks.decoding(x) else F.linear)
+        if one_call(x):
+            out = fixedmm.lora(x, base.weight if weight is None else weight, lora_A.weight, lora_B.weight, scaling)
+            if state["one_call"] is None:  # checked once, in a decode pass, against peft's forward
+                theirs = forward.tailgate_fused_lora(x)
+                state["one_call"] = out.dtype == theirs.dtype and torch.equal(out, theirs)
+                if not state["one_call"]:
+                    log.warning("LoRA layer %s: the one-call decode product does not reproduce peft's numbers; "
+                                "the layer multiplies block by block", type(module).__name__)
+                    return theirs
+        else:
+            # in a decode pass each product runs block by block, each shape in its own blocks;
+            # the casts, the scaling and the add are per element, so they run on the whole pass
+            out = one(x, blocks.multiply if blocks is not None and blocks.decoding(x) else F.linear)
         # peft's forward under the row blocks multiplies each block as the plan says too
         # (rowwise._RowBlocks), so the two agree bit for bit in every pass
         if not state["checked"]:

@@ -19,7 +19,7 @@ from typing import Sequence as Seq
 import torch
 
 from pipeline.engines.base import memory_share
-from pipeline.engines.rowwise import Sequence
+from pipeline.engines.kvcache import Sequence
 
 # At most this share of the machine's memory, and never more than the cap: the default suite's
 # 160 prompts take about 3 GiB of float32 KV cache on the 135M base.
