@@ -10,7 +10,8 @@
 //
 // Three paths, the same weights and the same sums: portable (one weight at a time), AVX2 (eight
 // weights from two 8-entry permutes and a blend), AVX-512 (sixteen from one permute; the sums stay
-// eight-lane chains, fed the first eight weights, then the next eight). The vector paths need
+// eight-lane chains, fed the first eight weights, then the next eight). The vector paths look the
+// weights up in a block's 16 products code value times scale, each computed once a block. The vector paths need
 // rows made of whole blocks (K a multiple of the block size) and blocks of whole vectors.
 
 #include "fixedmm.h"
@@ -58,26 +59,27 @@ void outputs_portable(const float* X, int64_t M, int64_t K, const Codes& c, int6
   }
 }
 
-// Eight weights from four bytes (each byte's two indices in order) times the block's scale. An
-// odd lane keeps its whole byte: the permutes read only its low 3 bits and the blend its bit 3.
-AVX2 inline __m256 eight_weights(const uint8_t* q, __m256 code_lo, __m256 code_hi, __m256 scale) {
+// Eight weights from four bytes (each byte's two indices in order), looked up in the block's 16
+// weights (code value times scale, computed once a block: the same product, so the same bits).
+// An odd lane keeps its whole byte: the permutes read only its low 3 bits and the blend its bit 3.
+AVX2 inline __m256 eight_weights(const uint8_t* q, __m256 table_lo, __m256 table_hi) {
   int32_t four;
   std::memcpy(&four, q, 4);
   const __m128i twice = _mm_shuffle_epi8(_mm_cvtsi32_si128(four),
                                          _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1));
   const __m256i idx = _mm256_srlv_epi32(_mm256_cvtepu8_epi32(twice), _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0));
-  const __m256 lo = _mm256_permutevar8x32_ps(code_lo, idx);
-  const __m256 hi = _mm256_permutevar8x32_ps(code_hi, idx);
-  return _mm256_mul_ps(_mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28))), scale);
+  const __m256 lo = _mm256_permutevar8x32_ps(table_lo, idx);
+  const __m256 hi = _mm256_permutevar8x32_ps(table_hi, idx);
+  return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
 }
 
 // Sixteen weights from eight bytes: one 16-entry permute (it reads the low 4 bits of a lane).
-AVX512 inline __m512 sixteen_weights(const uint8_t* q, __m512 code, __m512 scale) {
+AVX512 inline __m512 sixteen_weights(const uint8_t* q, __m512 table) {
   const __m128i twice = _mm_shuffle_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q)),
                                          _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
   const __m512i idx = _mm512_srlv_epi32(_mm512_cvtepu8_epi32(twice),
                                         _mm512_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0));
-  return _mm512_mul_ps(_mm512_permutexvar_ps(idx, code), scale);
+  return _mm512_permutexvar_ps(idx, table);
 }
 
 // R rows by C outputs: R * C independent chains (a lone row would otherwise wait on one chain's
@@ -90,11 +92,15 @@ AVX2 void tile_avx2(const float* X, int64_t K, const Codes& c, int64_t n, float*
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < C; ++j) acc[r][j] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
-    __m256 scale[C];
-    for (int j = 0; j < C; ++j) scale[j] = _mm256_set1_ps(c.absmax[(n + j) * blocks + b]);
+    __m256 lo[C], hi[C];
+    for (int j = 0; j < C; ++j) {
+      const __m256 scale = _mm256_set1_ps(c.absmax[(n + j) * blocks + b]);
+      lo[j] = _mm256_mul_ps(code_lo, scale);
+      hi[j] = _mm256_mul_ps(code_hi, scale);
+    }
     for (int64_t k = b * c.bs; k < (b + 1) * c.bs; k += 8) {
       __m256 w[C];
-      for (int j = 0; j < C; ++j) w[j] = eight_weights(c.q + ((n + j) * K + k) / 2, code_lo, code_hi, scale[j]);
+      for (int j = 0; j < C; ++j) w[j] = eight_weights(c.q + ((n + j) * K + k) / 2, lo[j], hi[j]);
       for (int r = 0; r < R; ++r) {
         const __m256 xv = _mm256_loadu_ps(X + r * K + k);
         for (int j = 0; j < C; ++j) acc[r][j] = _mm256_fmadd_ps(xv, w[j], acc[r][j]);
@@ -117,12 +123,12 @@ AVX512 void tile_avx512(const float* X, int64_t K, const Codes& c, int64_t n, fl
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < C; ++j) acc[r][j] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
-    __m512 scale[C];
-    for (int j = 0; j < C; ++j) scale[j] = _mm512_set1_ps(c.absmax[(n + j) * blocks + b]);
+    __m512 table[C];
+    for (int j = 0; j < C; ++j) table[j] = _mm512_mul_ps(code, _mm512_set1_ps(c.absmax[(n + j) * blocks + b]));
     for (int64_t k = b * c.bs; k < (b + 1) * c.bs; k += 16) {
       __m256 w0[C], w1[C];
       for (int j = 0; j < C; ++j) {
-        const __m512 w = sixteen_weights(c.q + ((n + j) * K + k) / 2, code, scale[j]);
+        const __m512 w = sixteen_weights(c.q + ((n + j) * K + k) / 2, table[j]);
         w0[j] = _mm512_castps512_ps256(w);
         w1[j] = _mm512_extractf32x8_ps(w, 1);
       }
@@ -214,14 +220,16 @@ namespace {
 
 AVX2 void dequantize_avx2(const Codes& c, int64_t K, int64_t n0, int64_t n1, float* W) {
   const __m256 code_lo = _mm256_loadu_ps(c.code), code_hi = _mm256_loadu_ps(c.code + 8);
-  for (int64_t i = n0 * K; i < n1 * K; i += 8)
-    _mm256_storeu_ps(W + i, eight_weights(c.q + i / 2, code_lo, code_hi, _mm256_set1_ps(c.absmax[i / c.bs])));
+  for (int64_t i = n0 * K; i < n1 * K; i += 8) {
+    const __m256 scale = _mm256_set1_ps(c.absmax[i / c.bs]);
+    _mm256_storeu_ps(W + i, eight_weights(c.q + i / 2, _mm256_mul_ps(code_lo, scale), _mm256_mul_ps(code_hi, scale)));
+  }
 }
 
 AVX512 void dequantize_avx512(const Codes& c, int64_t K, int64_t n0, int64_t n1, float* W) {
   const __m512 code = _mm512_loadu_ps(c.code);
   for (int64_t i = n0 * K; i < n1 * K; i += 16)
-    _mm512_storeu_ps(W + i, sixteen_weights(c.q + i / 2, code, _mm512_set1_ps(c.absmax[i / c.bs])));
+    _mm512_storeu_ps(W + i, sixteen_weights(c.q + i / 2, _mm512_mul_ps(code, _mm512_set1_ps(c.absmax[i / c.bs]))));
 }
 
 }  // namespace

@@ -107,9 +107,12 @@ def _fused_forward(module, kind: str, blocks: Blocks | None):
               (base.in_features, base.out_features, torch.float32, False)]
 
     def one_call(x: torch.Tensor) -> bool:
-        return (plain and state["one_call"] is not False and x.dtype == torch.float32 and blocks is not None
-                and blocks.decoding(x)
-                and blocks.live in (None, x.shape[0]) and all(blocks.how(*k) == fixedmm.HOW for k in shapes))
+        if not (plain and state["one_call"] is not False and x.dtype == torch.float32 and blocks is not None
+                and blocks.decoding(x) and blocks.live in (None, x.shape[0])):
+            return False
+        if "fixed" not in state:  # a shape's plan is probed once a process, so asked once
+            state["fixed"] = all(blocks.how(*k) == fixedmm.HOW for k in shapes)
+        return state["fixed"]
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if (not state["agrees"] or args or kwargs or module.training or torch.is_grad_enabled()

@@ -40,16 +40,19 @@ bit for bit (tests/unit/test_batch_invariance.py); the default model's figures c
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Sequence as Seq
 
 import torch
 import torch.nn.functional as F
 
-from pipeline.engines import fixedmm
+from pipeline.engines import decode_llama, fixedmm
 from pipeline.engines.blockmm import block_linear, key_of, orientation
 from pipeline.engines.dequant import kept_forward, takes_kept_forward
 from pipeline.engines.kvcache import KV_BLOCK, Sequence  # noqa: F401  (re-exported)
 from pipeline.engines.widths import CANDIDATES, cover, widths
+
+log = logging.getLogger(__name__)
 
 ATTENTION = "tailgate_rowwise"
 DECODE_WIDTH = 8  # a decode matmul computes each row as a block of this many rows does; part of the arithmetic
@@ -261,6 +264,7 @@ class RowwiseRunner:
         from pipeline.engines.lora_fused import fuse
 
         self.fused_layers = fuse(self.decoder, self._blocks)
+        self.lean = decode_llama.applies(self.decoder)  # decode passes without transformers' Python
         # part of the arithmetic, so of the platform record (pipeline/platform.py summarises it
         # when asked: a shape first met later is in the plan by then)
         model.tailgate_decode_plan = self._blocks.plan
@@ -280,6 +284,15 @@ class RowwiseRunner:
                 "architecture (largest logit difference "
                 f"{float((mine.float() - ref.float()).abs().max()) if mine.shape == ref.shape else 'n/a'}); "
                 "serve it with batch_invariant=False")
+        if self.lean:  # one decode pass both ways: the lean pass must be transformers' to the bit
+            seq = self.start(ids[:-1])[0]
+            lean = self.decode([seq.copy()], ids[-1:])
+            self.lean = False
+            theirs = self.decode([seq.copy()], ids[-1:])
+            self.lean = torch.equal(lean, theirs)
+            if not self.lean:
+                log.warning("the lean decode pass does not reproduce transformers' %s forward; decoding through it",
+                            type(self.decoder).__name__)
 
     def _check(self) -> None:
         # Another attention would ignore `tailgate_rows` and attend over nothing cached.
@@ -347,10 +360,14 @@ class RowwiseRunner:
         pad = self._blocks.rows(n) - n
         ids = torch.tensor([[t] for t in token_ids] + [[self.pad_id]] * pad, dtype=torch.long, device=self.device)
         pos = torch.tensor([[s.length] for s in seqs] + [[0]] * pad, dtype=torch.long, device=self.device)
+        rows = list(seqs) + [None] * pad
         self._blocks.on, self._blocks.live = True, n
         try:
-            out = self.decoder(input_ids=ids, position_ids=pos, use_cache=False,
-                               tailgate_rows=list(seqs) + [None] * pad)
+            if self.lean:
+                hidden = decode_llama.decode_pass(self.decoder, ids, pos, rowwise_attention, rows)
+            else:
+                hidden = self.decoder(input_ids=ids, position_ids=pos, use_cache=False,
+                                      tailgate_rows=rows).last_hidden_state
         finally:
             self._blocks.on, self._blocks.live = False, None
-        return self.logits(out.last_hidden_state[:n, -1])
+        return self.logits(hidden[:n, -1])
