@@ -10,12 +10,17 @@ one order whatever the number of rows, so the live rows are one block, and it is
 engine runs for float32 on the CPU; the BLAS blocks remain its fallback (TAILGATE_DECODE_KERNEL=
 blas, or a bfloat16 compute dtype).
 
+A 4-bit base's layers are multiplied from their codes (pipeline/engines/fixedmm4.cpp): the same
+order on weights dequantized in registers, an eighth of the bytes, the same bits.
+
 Per decode step over the default base's matmul shapes (30 layers of q, k, v, o, gate, up, down
 and the 49,152-row output head; random float32 weights, since the time depends on the shapes
 only) and for 1, 3, 8, 13 and 32 live rows: the median time of the BLAS blocks (the probed
-widths, each multiplied as the probe says) and of the kernel on exactly the live rows, the arms
-alternating. Checked: every row of the kernel's output equals that row computed alone, bit for
-bit, and its largest difference from `F.linear`.
+widths, each multiplied as the probe says), of the kernel on exactly the live rows, and of the
+kernel from the layers' NF4 codes (the weights quantized by bitsandbytes, the head float32 as in
+the engine), the arms alternating. Checked: every row of the kernel's output equals that row
+computed alone, bit for bit, the codes arm gives the dense arm's bits on the dequantized weights,
+and the kernel's largest difference from `F.linear`.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ def run(steps: int) -> dict:
     kernel = fixedmm.linear
     torch.manual_seed(0)
     weights = [torch.randn(o, i) * 0.05 for _ in range(LAYERS) for i, o in SHAPES] + [torch.randn(VOCAB, HIDDEN) * 0.05]
+    dequantized, codes_ok = _four_bit(weights[:-1])  # the layers as NF4, the head float32
+    dequantized.append(weights[-1])
     plans = {}
     for w in weights:
         key = (w.shape[1], w.shape[0])
@@ -63,21 +70,26 @@ def run(steps: int) -> dict:
         for w in weights:
             kernel(xs[w.shape[1]], w)
 
+    def codes_step(xs):
+        for w in dequantized:
+            kernel(xs[w.shape[1]], w)
+
     out = {}
     with torch.inference_mode():
         for n in LIVE:
             xs = {HIDDEN: torch.randn(n, HIDDEN), MLP: torch.randn(n, MLP)}
-            times = {"blas": [], "fixed": []}
+            times = {"blas": [], "fixed": [], "codes": []}
             for _ in range(ROUNDS):
-                for name, step in (("blas", blas_step), ("fixed", fixed_step)):
+                for name, step in (("blas", blas_step), ("fixed", fixed_step), ("codes", codes_step)):
                     step(xs)  # warm: caches, the probe's first call
                     for _ in range(steps):
                         t0 = time.perf_counter()
                         step(xs)
                         times[name].append(time.perf_counter() - t0)
-            blas_ms, fixed_ms = (statistics.median(times[k]) * 1e3 for k in ("blas", "fixed"))
+            blas_ms, fixed_ms, codes_ms = (statistics.median(times[k]) * 1e3 for k in ("blas", "fixed", "codes"))
             out[str(n)] = {"blas_rows": sum(cover(n, plans[(HIDDEN, MLP)][1])), "blas_ms": round(blas_ms, 1),
-                           "fixed_ms": round(fixed_ms, 1), "speedup": round(blas_ms / fixed_ms, 3)}
+                           "fixed_ms": round(fixed_ms, 1), "speedup": round(blas_ms / fixed_ms, 3),
+                           "codes_ms": round(codes_ms, 1), "codes_speedup_vs_fixed": round(fixed_ms / codes_ms, 3)}
         # every row as it is alone, for every shape; and how far the kernel's sums are from MKL's
         invariant, max_diff = True, 0.0
         for i, o in set(SHAPES) | {(HIDDEN, VOCAB)}:
@@ -87,9 +99,35 @@ def run(steps: int) -> dict:
             invariant &= all(torch.equal(kernel(x[r:r + 1], w)[0], together[r]) for r in range(13))
             invariant &= torch.equal(kernel(x[:5], w), together[:5])
             max_diff = max(max_diff, float((together - F.linear(x, w)).abs().max()))
-    return {"threads": torch.get_num_threads(), "layers": LAYERS, "steps_per_arm": steps, "rounds": ROUNDS,
+        for w in dequantized[:len(SHAPES)]:  # from the codes: the dense kernel's bits on the same weights
+            x = torch.randn(13, w.shape[1])
+            codes_ok &= torch.equal(kernel(x, w), fixedmm._extension().fixed_linear(x, w, False))
+    return {"codes_path": fixedmm._extension().path_4bit(HIDDEN, 64), "codes_bitwise_as_dense": bool(codes_ok),
+            "threads": torch.get_num_threads(), "layers": LAYERS, "steps_per_arm": steps, "rounds": ROUNDS,
             "kernel_path": fixedmm.path(), "blas_widths": {f"{i}x{o}": list(p[1]) for (i, o), p in sorted(plans.items())},
             "rows": out, "fixed_rows_bitwise_alone": invariant, "fixed_max_abs_diff_vs_f_linear": max_diff}
+
+
+def _four_bit(weights):
+    """The weights quantized as the default base is (NF4, nested absmax, blocks of 64): for each,
+    the dequantized float32 copy the engine keeps with its codes attached (pipeline/engines/
+    dequant.py), and whether every one attached (its codes reproduce it bit for bit)."""
+    import bitsandbytes as bnb
+    import torch
+
+    from pipeline.engines.dequant import _attach_codes, dequantized_weight
+
+    kept, ok = [], True
+    for w in weights:
+        layer = bnb.nn.Linear4bit(w.shape[1], w.shape[0], bias=False, compute_dtype=torch.float32,
+                                  quant_type="nf4", compress_statistics=True)
+        layer.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4", compress_statistics=True)
+        layer = layer.to("cpu")
+        dense = dequantized_weight(layer, torch.float32)
+        _attach_codes(layer, dense)
+        ok &= getattr(dense, "tailgate_four_bit", None) is not None
+        kept.append(dense)
+    return kept, ok
 
 
 def page(r: dict) -> tuple[list[tuple[str, str, str, str]], list[str]]:
@@ -98,13 +136,22 @@ def page(r: dict) -> tuple[list[tuple[str, str, str, str]], list[str]]:
     rows = [("one-row decode matmuls: the fixed-order kernel vs the BLAS blocks",
              f"{a1['blas_ms'] / a1['fixed_ms']:.2f}x ({a1['fixed_ms']:g} vs {a1['blas_ms']:g} ms)",
              "every row bitwise as alone", "pass" if r["fixed_rows_bitwise_alone"] else "FAIL")]
-    lines = ["| live rows | BLAS rows (MLP blocks) | BLAS blocks, ms/step | fixed order, ms/step | speed-up |",
-             "|---|---|---|---|---|"]
+    if "codes_ms" in a1:
+        rows.append(("one-row decode matmuls: from the NF4 codes vs the float32 copy",
+                     f"{a1['fixed_ms'] / a1['codes_ms']:.2f}x ({a1['codes_ms']:g} vs {a1['fixed_ms']:g} ms)",
+                     "the same bits", "pass" if r["codes_bitwise_as_dense"] else "FAIL"))
+    codes = "codes_ms" in a1
+    lines = ["| live rows | BLAS rows (MLP blocks) | BLAS blocks, ms/step | fixed order, ms/step | speed-up |"
+             + (" from NF4 codes, ms/step | codes vs float32 |" if codes else ""),
+             "|---|---|---|---|---|" + ("---|---|" if codes else "")]
     for n, a in r["rows"].items():
         lines.append(f"| {n} | {a['blas_rows']} | {a['blas_ms']:g} | {a['fixed_ms']:g} | "
-                     f"{a['blas_ms'] / a['fixed_ms']:.2f}x |")
+                     f"{a['blas_ms'] / a['fixed_ms']:.2f}x |"
+                     + (f" {a['codes_ms']:g} | {a['fixed_ms'] / a['codes_ms']:.2f}x |" if codes else ""))
     lines.append(f"\nEvery row bitwise as alone: {r['fixed_rows_bitwise_alone']}; largest difference from "
-                 f"F.linear {r['fixed_max_abs_diff_vs_f_linear']:.1e}; the kernel's {r['kernel_path']} path. {r['threads']} threads, median of "
+                 f"F.linear {r['fixed_max_abs_diff_vs_f_linear']:.1e}; the kernel's {r['kernel_path']} path"
+                 + (f", from codes its {r['codes_path']} path, the same bits as the float32 copy: "
+                    f"{r['codes_bitwise_as_dense']}" if codes else "") + f". {r['threads']} threads, median of "
                  f"{r['rounds']} x {r['steps_per_arm']} steps an arm. Load average {r['load_avg_before']} before, "
                  f"{r['load_avg_after']} after.")
     return rows, lines
