@@ -69,6 +69,7 @@ B_SCORING, B_MAKE_RUN = RESULTS + "scoring.json", RESULTS + "make_run.json"
 B_PEER, B_PEER_EPYC = RESULTS + "llamacpp_peer.json", RESULTS + "llamacpp_peer_epyc.json"
 B_PEER_FIXED = RESULTS + "llamacpp_peer_fixed.json"
 B_PEER_CODES = RESULTS + "llamacpp_peer_codes.json"
+B_MAKE_RUN_FIXED = RESULTS + "make_run_fixed.json"
 B_FIXED = RESULTS + "fixed_matmul.json"
 B_BLOCKS, B_EXPORTS = RESULTS + "decode_blocks.json", RESULTS + "exports.json"
 B_STEP, B_PROF_NOW = RESULTS + "decode_step.json", RESULTS + "profile_fused.json"
@@ -503,7 +504,7 @@ FIGURES: list[Figure] = [
                   "**{train_time_s:.0f} s**, {real_tokens_per_s:.0f} real (non-padding) tokens/s, peak RSS {rss:.1f} "
                   "GiB, in one uninterrupted run with nothing else of the project's running (`train.json` records "
                   "no load average; a quiet forced run's stage times are in "
-                  "`benchmarks/results/make_run.json`); optimizer `{optimizer}` (CPU); the memory plan of its "
+                  "`benchmarks/results/make_run_fixed.json`); optimizer `{optimizer}` (CPU); the memory plan of its "
                   "largest batch ({memory_plan.batch_size} x {memory_plan.seq_len} tokens, with the heap the CPU "
                   "allocator keeps) logged first, "
                   "{memory_plan.planned_gib:.2f} GiB against a {memory_plan.budget_gib:.0f} GiB budget",
@@ -861,10 +862,11 @@ FIGURES: list[Figure] = [
                   "adapter merged into the 16-bit base (usual recipe)", "shipped, as this host runs it")],
     loaded(B_EXPORT, "`benchmarks/results/export_merged.json` was written on a loaded machine, 1-minute load "
                      "average {before} to {after} on {cores} cores", doc="docs/exports.md"),
-    Figure(B_MAKE_RUN, "A forced `dvc repro` of the whole default took {m:.1f} minutes here (training "
+    loaded(B_MAKE_RUN, "A forced `dvc repro` of the whole default took {m:.1f} minutes here (training "
                        "{stages_wall_s.train:.0f} s, evaluation {stages_wall_s.evaluate:.0f} s, the release's replay "
-                       "and signing {stages_wall_s.release:.0f} s",
-           lambda d: {"m": d["total_wall_s"] / 60, **_assert(d["forced"] and not d["stale_after"])}),
+                       "and signing {stages_wall_s.release:.0f} s; 1-minute load average {before} before, from the "
+                       "install's compile, and {after} after on {cores} cores;",
+           calc=lambda d: {"m": d["total_wall_s"] / 60, **_assert(d["forced"] and not d["stale_after"])}),
     # ---- docs/speed.md --------------------------------------------------------------------
     Figure(RESULTS + "profile.json", "which took {share:.0%} of the CPU time of a {arms.native.prompt_tokens}-token "
                                      "prefill ({arms.native.prefill.wall_s:.2f} s, against {arms.avx2.prefill.wall_s:.2f} s "
@@ -901,8 +903,8 @@ FIGURES: list[Figure] = [
                       "fd": d["arms"]["llama.cpp, GGUF export q8_0"]["first_difference_median"]},
            doc="docs/exports.md"),
     loaded(B_MAKE_RUN, "A forced `dvc repro` of the whole default (every stage, as a fresh clone's `make run` runs "
-                       "them) took {total} on this machine (1-minute load average {before} before and {after} after "
-                       "on {cores} cores, the run's own work): {stages}",
+                       "them) took {total} on this machine (1-minute load average {before} before, from the `make "
+                       "install` that had just compiled the kernel, and {after} after on {cores} cores): {stages}",
            doc="docs/speed.md", calc=lambda d: {
                "total": f"{d['total_wall_s'] / 60:.1f} minutes ({d['total_wall_s']:g} s)",
                "stages": ", ".join(f"{k} {v:g} s" for k, v in d["stages_wall_s"].items())}),
@@ -914,9 +916,18 @@ FIGURES: list[Figure] = [
                                           "prefill_tokens_per_s"])),
     Figure(B_MAKE_RUN, "and training, {stages_wall_s.train:.0f} s of compute-bound float32 steps", doc="docs/speed.md"),
     Figure(B_MAKE_RUN, "It was a fresh clone's run on the AMD EPYC with AVX-512 of [platforms](platforms.md), the first "
-                       "through the fixed-order decode matmul", doc="docs/speed.md",
+                       "reading the 4-bit codes", doc="docs/speed.md",
            calc=lambda d: _assert(d["machine"]["cpu"] == "AMD EPYC" and d["bundle_digest"] == load(EVAL)["bundle_digest"]
-                                  and load(EVAL)["platform"]["decode_matmul"] == "fixed")),
+                                  and load(EVAL)["platform"]["decode_matmul"] == "fixed" and d["dirty_paths"] == 0)),
+    loaded(B_MAKE_RUN_FIXED, "The run before it, the first through the fixed-order decode matmul, took {m:.1f} minutes: "
+                             "evaluation {stages_wall_s.evaluate:g} s, the release {stages_wall_s.release:g} s, training "
+                             "{stages_wall_s.train:g} s (`benchmarks/results/make_run_fixed.json`, 1-minute load "
+                             "average {before} before and {after} after on {cores} cores, the run's own work)",
+           doc="docs/speed.md", calc=lambda d: {"m": d["total_wall_s"] / 60}),
+    Figure(B_PEER_CODES, "about {s:.0f} s at the {rate:g} prefill tokens/s it measured on the AMD EPYC",
+           doc="docs/speed.md", calc=lambda d: (lambda t, r: {"s": t / r, "rate": r})(
+               sum(len(g["prompt_ids"]) for g in load(GOLDEN)["prompts"]),
+               d["arms"]["tailgate hf engine, bundle (NF4 + LoRA)"]["prefill_tokens_per_s"])),
     Figure(B_MAKE_RUN_EPYC, "evaluation had taken {stages_wall_s.evaluate:g} s and the release {stages_wall_s.release:g} "
                             "s, and training, which the kernel does not touch, {stages_wall_s.train:g} s",
            doc="docs/speed.md"),
