@@ -109,23 +109,27 @@ def run(steps: int) -> dict:
 
 
 def _four_bit(weights):
-    """The weights quantized as the default base is (NF4, nested absmax, blocks of 64): for each,
-    the dequantized float32 copy the engine keeps with its codes attached (pipeline/engines/
-    dequant.py), and whether every one attached (its codes reproduce it bit for bit)."""
+    """The weights quantized as the default base is (NF4, nested absmax, blocks of 64) and prepared
+    as the engine prepares a model (pipeline/engines/dequant.py): for each, the dequantized float32
+    copy the first inference call keeps, its codes attached, and whether every one attached (its
+    codes reproduce it bit for bit)."""
     import bitsandbytes as bnb
     import torch
 
-    from pipeline.engines.dequant import _attach_codes, dequantized_weight
+    from pipeline.engines import fixedmm
+    from pipeline.engines.dequant import prepare_for_inference
 
     kept, ok = [], True
     for w in weights:
         layer = bnb.nn.Linear4bit(w.shape[1], w.shape[0], bias=False, compute_dtype=torch.float32,
                                   quant_type="nf4", compress_statistics=True)
         layer.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4", compress_statistics=True)
-        layer = layer.to("cpu")
-        dense = dequantized_weight(layer, torch.float32)
-        _attach_codes(layer, dense)
-        ok &= getattr(dense, "tailgate_four_bit", None) is not None
+        layer = layer.to("cpu").eval()
+        prepare_for_inference(torch.nn.Sequential(layer))
+        with torch.inference_mode():
+            layer(torch.zeros(1, w.shape[1]))
+        dense = layer.tailgate_kept[torch.float32]
+        ok &= fixedmm.attached(dense)
         kept.append(dense)
     return kept, ok
 
