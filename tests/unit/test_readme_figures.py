@@ -76,6 +76,7 @@ B_STEP, B_PROF_NOW = RESULTS + "decode_step.json", RESULTS + "profile_fused.json
 B_SLOTS = RESULTS + "row_slots.json"
 B_WIDTHS = RESULTS + "decode_widths.json"
 B_LLSERVER = RESULTS + "llamacpp_server.json"
+B_LLSERVER_CODES = RESULTS + "llamacpp_server_codes.json"
 B_RELEXP = RESULTS + "release_exports.json"
 B_EXPEXP = RESULTS + "exports_exp.json"
 # the default rebuilt from a fresh clone on a third host class (AMD EPYC, AVX512-BF16, no AMX)
@@ -1102,6 +1103,31 @@ FIGURES: list[Figure] = [
                / a["llama-server, GGUF export q8_0"]["concurrency_8"]["tokens_per_s"],
                **_assert(a["tailgate server (hf engine, bundle NF4 + LoRA)"]["concurrency_8"][
                    "identical_to_concurrency_1"] == d["items"])})(d["arms"])),
+    loaded(B_LLSERVER_CODES, "`benchmarks/results/llamacpp_server_codes.json`, 1-minute load average {before} "
+                             "before, from the llama-server build that had just ended, and {after} after on {cores} "
+                             "cores)", doc="docs/speed.md",
+           calc=lambda d: _assert(d["machine"]["cpu"] == "AMD EPYC" and d["bundle_digest"] == load(EVAL)["bundle_digest"])),
+    *[Figure(B_LLSERVER_CODES, "| " + arm + " | {a:g} | {b} | {c} | {g}/{items} |", doc="docs/speed.md",
+             calc=lambda d, arm=arm: (lambda r: {
+                 "a": r["concurrency_1"]["tokens_per_s"], "g": r["concurrency_1"]["identical_to_golden"],
+                 "b": f"{r['concurrency_8']['tokens_per_s']:g}" if "concurrency_8" in r else "-",
+                 "c": f"{r['concurrency_8']['identical_to_concurrency_1']}/{d['items']}" if "concurrency_8" in r else "-"})(
+                 d["arms"][arm]))
+      for arm in ("naive sequential generate (same weights, in process)", "tailgate server (hf engine, bundle NF4 + LoRA)",
+                  "llama-server, GGUF export f32", "llama-server, GGUF export q8_0")],
+    Figure(B_LLSERVER_CODES, "A lone request ran at {lone:.2f}x the naive loop; at concurrency 8 tailgate delivered "
+                             "{f32:.2f}x llama-server's tokens/s on the f32 export and {q8:.2f}x on the q8_0 one, every "
+                             "answer the request's own answer alone, where llama-server's 8 slots changed {cf} of the "
+                             "f32 export's {items} answers and {cq} of the q8_0 one's", doc="docs/speed.md",
+           calc=lambda d: (lambda a, t: {
+               "lone": t["concurrency_1"]["tokens_per_s"]
+               / a["naive sequential generate (same weights, in process)"]["concurrency_1"]["tokens_per_s"],
+               "f32": t["concurrency_8"]["tokens_per_s"] / a["llama-server, GGUF export f32"]["concurrency_8"]["tokens_per_s"],
+               "q8": t["concurrency_8"]["tokens_per_s"] / a["llama-server, GGUF export q8_0"]["concurrency_8"]["tokens_per_s"],
+               "cf": d["items"] - a["llama-server, GGUF export f32"]["concurrency_8"]["identical_to_concurrency_1"],
+               "cq": d["items"] - a["llama-server, GGUF export q8_0"]["concurrency_8"]["identical_to_concurrency_1"],
+               **_assert(t["concurrency_8"]["identical_to_concurrency_1"] == d["items"])})(
+               d["arms"], d["arms"]["tailgate server (hf engine, bundle NF4 + LoRA)"])),
     Figure(B_LLSERVER, "but changed {changed} of {items} q8_0 answers against the same request alone", doc="docs/speed.md",
            calc=lambda d: {"changed": d["items"] - d["arms"]["llama-server, GGUF export q8_0"]["concurrency_8"][
                "identical_to_concurrency_1"], **_assert(d["arms"]["llama-server, GGUF export f32"]["concurrency_8"][
